@@ -1,0 +1,59 @@
+# The two commands of the README's quick start: `make run` and `make test`.
+# Everything they need is set up here, so a fresh clone works with nothing else done by hand.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= etc/misp-dns.toml
+# Debian packages the integration tests and benchmarks drive: command -> package.
+DEBIAN_TOOLS := unbound:unbound dig:dnsutils dnsperf:dnsperf rsyslogd:rsyslog
+
+.PHONY: run test lint typecheck unit check-config tools bench clean
+
+run: $(VENV)/.installed
+	$(BIN)/twistd -n --pidfile= misp-dns --config $(CONFIG)
+
+check-config: $(VENV)/.installed
+	$(BIN)/twistd misp-dns --check-config --config $(CONFIG)
+
+test: $(VENV)/.installed-test tools lint typecheck unit
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy
+
+unit: $(VENV)/.installed-test tools
+	$(BIN)/pytest
+
+bench: $(VENV)/.installed-test tools
+	$(BIN)/python bench/run.py
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m misp_dns.plugincache
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m misp_dns.plugincache
+	touch $(VENV)/.installed $@
+
+# Installs the Debian tools the tests use when one is missing (the tests run as root on CI).
+tools:
+	@missing=""; \
+	for pair in $(DEBIAN_TOOLS); do \
+		command -v $${pair%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis twisted/plugins/dropin.cache

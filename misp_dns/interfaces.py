@@ -1,0 +1,43 @@
+"""The seams of misp-dns: what a policy, an indicator source and an export sink promise.
+
+Third-party packages implement these to plug into the server; `misp_dns.testing` holds
+verified in-memory fakes of each.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = ["IIndicatorSource", "IPolicy", "ISink"]
+
+
+class IPolicy(Interface):
+    """Decides about one query: block, allow, or no opinion (None, the next policy decides)."""
+
+    name = Attribute("The policy's type name, as written in the config's `type`.")
+
+    def decide(query):  # type: ignore[no-untyped-def]
+        """Return a `Decision` or None for a `PolicyQuery`.
+
+        Synchronous and free of side effects: it runs on every query, on the reactor thread.
+        """
+
+
+class IIndicatorSource(Interface):
+    """Fetches the current set of indicators from somewhere (MISP REST, a MISP feed, ...)."""
+
+    def fetch():  # type: ignore[no-untyped-def]
+        """Return a Deferred firing with the list of `Indicator`s, or failing on error."""
+
+
+class ISink(Interface):
+    """Receives finished query records for export (a file, syslog, an HTTP collector)."""
+
+    def start():  # type: ignore[no-untyped-def]
+        """Open what the sink needs; return None or a Deferred."""
+
+    def write(records):  # type: ignore[no-untyped-def]
+        """Take a batch of records (dicts); must not block or raise."""
+
+    def stop():  # type: ignore[no-untyped-def]
+        """Flush and close; return None or a Deferred."""

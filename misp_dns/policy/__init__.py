@@ -1,0 +1,1 @@
+"""The policy chain: the decisions that block or allow a query before it is resolved."""
