@@ -252,8 +252,8 @@ def _network(text: str) -> Network:
 
 
 def _is_homogeneous_tuple(type_: Any) -> bool:
-    args = getattr(type_, "__args__", ())
-    return getattr(type_, "__origin__", None) is tuple and len(args) == 2 and args[1] is ...
+    args: tuple[Any, ...] = getattr(type_, "__args__", ())
+    return getattr(type_, "__origin__", None) is tuple and args[1:] == (...,)
 
 
 def _make_converter() -> cattrs.Converter:

@@ -16,7 +16,7 @@ class IPolicy(Interface):
 
     name = Attribute("The policy's type name, as written in the config's `type`.")
 
-    def decide(query):  # type: ignore[no-untyped-def]
+    def decide(query):
         """Return a `Decision` or None for a `PolicyQuery`.
 
         Synchronous and free of side effects: it runs on every query, on the reactor thread.
@@ -26,18 +26,18 @@ class IPolicy(Interface):
 class IIndicatorSource(Interface):
     """Fetches the current set of indicators from somewhere (MISP REST, a MISP feed, ...)."""
 
-    def fetch():  # type: ignore[no-untyped-def]
+    def fetch():
         """Return a Deferred firing with the list of `Indicator`s, or failing on error."""
 
 
 class ISink(Interface):
     """Receives finished query records for export (a file, syslog, an HTTP collector)."""
 
-    def start():  # type: ignore[no-untyped-def]
+    def start():
         """Open what the sink needs; return None or a Deferred."""
 
-    def write(records):  # type: ignore[no-untyped-def]
+    def write(records):
         """Take a batch of records (dicts); must not block or raise."""
 
-    def stop():  # type: ignore[no-untyped-def]
+    def stop():
         """Flush and close; return None or a Deferred."""

@@ -71,7 +71,9 @@ def _from_entry_points(group: str) -> Iterable[PluginType]:
         try:
             plugin = entry_point.load()
         except Exception:
-            _log.failure("cannot load {group} entry point {name}", group=group, name=entry_point.name)
+            _log.failure(
+                "cannot load {group} entry point {name}", group=group, name=entry_point.name
+            )
             continue
         if isinstance(plugin, PluginType):
             yield plugin

@@ -1,0 +1,1 @@
+"""The DNS server core: wire format, listeners, answer cache and upstream forwarding."""

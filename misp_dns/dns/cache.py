@@ -1,0 +1,107 @@
+"""The answer cache: bounded, least recently used out, TTLs counting down on every hit.
+
+Entries are keyed by (lower-case name, type, class, DO bit). Positive answers live for the
+smallest TTL among their records; negative answers (NXDOMAIN, and NOERROR without answers)
+live for the smaller of their SOA's TTL and MINIMUM (RFC 2308 section 5) and are not cached
+without an SOA. SERVFAIL, REFUSED and truncated answers are never cached.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.names import dns
+
+from misp_dns.dns.answer import Answer, Kind, copy_with_ttl
+
+__all__ = ["AnswerCache", "CacheKey"]
+
+CacheKey = tuple[bytes, int, int, bool]
+
+MAX_TTL = 86400
+MAX_NEGATIVE_TTL = 3 * 3600
+
+
+@attrs.frozen
+class _Entry:
+    answer: Answer
+    stored_at: float
+    ttl: int
+
+
+def _negative_ttl(authority: Sequence[dns.RRHeader]) -> int | None:
+    for record in authority:
+        if record.type == dns.SOA:
+            soa: Any = record.payload
+            return min(record.ttl, soa.minimum, MAX_NEGATIVE_TTL)
+    return None
+
+
+def cache_lifetime(answer: Answer) -> int:
+    """How many seconds `answer` may be served from the cache; 0 means never cache it."""
+    if answer.rcode == dns.ENAME or (answer.rcode == dns.OK and not answer.answers):
+        return _negative_ttl(answer.authority) or 0
+    if answer.rcode != dns.OK:
+        return 0
+    records = [r for r in (*answer.answers, *answer.authority, *answer.additional) if r.type != 41]
+    return min([MAX_TTL, *(r.ttl for r in records)])
+
+
+class AnswerCache:
+    """A bounded LRU cache of answers, aged by an injected clock."""
+
+    def __init__(self, max_entries: int, clock: IReactorTime) -> None:
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: CacheKey) -> Answer | None:
+        """The cached answer with TTLs reduced by its age, or None when absent or expired."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        age = int(self._clock.seconds() - entry.stored_at)
+        if age >= entry.ttl:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        stored = entry.answer
+
+        def aged(records: Sequence[dns.RRHeader]) -> list[dns.RRHeader]:
+            return [copy_with_ttl(r, max(0, r.ttl - age)) for r in records]
+
+        return attrs.evolve(
+            stored,
+            answers=aged(stored.answers),
+            authority=aged(stored.authority),
+            additional=aged(stored.additional),
+            kind=Kind.CACHED,
+            rtt=None,
+        )
+
+    def put(self, key: CacheKey, answer: Answer) -> None:
+        """Store `answer` for as long as its records allow (not at all if that is 0)."""
+        if self._max_entries <= 0:
+            return
+        ttl = cache_lifetime(answer)
+        if ttl <= 0:
+            return
+        if answer.rcode == dns.ENAME or not answer.answers:
+            # The SOA of a negative answer is served with the negative TTL (RFC 2308 §3).
+            answer = attrs.evolve(
+                answer,
+                authority=[
+                    copy_with_ttl(r, ttl) if r.type == dns.SOA else r for r in answer.authority
+                ],
+            )
+        self._entries[key] = _Entry(answer, self._clock.seconds(), ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)

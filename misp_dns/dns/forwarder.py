@@ -1,0 +1,320 @@
+"""Forwarding questions to upstream resolvers over UDP, with TCP when an answer is truncated.
+
+Unlike `twisted.names.client.Resolver`, the forwarder sends EDNS (UDP size 1232, the
+client's DO bit), accepts a reply only from the address it asked, with the query's ID and
+the same question, retries over TCP on TC, and gives up after one bounded total time
+(`timeout`, about 5 s) instead of a minute of retries. The upstream's RCODE is kept as it is:
+NXDOMAIN with its SOA, SERVFAIL and REFUSED all reach the client unchanged.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from twisted.internet import defer, error
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.names import dns
+
+from misp_dns.config import HostPort, Upstream
+from misp_dns.dns.answer import Answer, Kind
+from misp_dns.dns.wire import EDNS_UDP_SIZE, OPT, encode_opt, parse_message
+
+__all__ = ["Forwarder", "UpstreamFailed", "system_upstreams"]
+
+FIRST_ATTEMPT_TIMEOUT = 1.0
+
+
+class UpstreamFailed(Exception):
+    """No upstream gave a usable answer within the time allowed."""
+
+
+def system_upstreams(path: str = "/etc/resolv.conf") -> list[Upstream]:
+    """The `nameserver` addresses of resolv.conf, port 53, in file order."""
+    found: list[Upstream] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            lines = file.readlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            try:
+                found.append(Upstream(*attrs.astuple(HostPort.parse(fields[1], 53))))
+            except ValueError:
+                continue  # e.g. a link-local address with a %scope
+    return found
+
+
+@attrs.frozen
+class _Question:
+    name: bytes
+    qtype: int
+    qclass: int
+    dnssec_ok: bool
+    checking_disabled: bool
+
+    def packet(self, ident: int, edns: bool) -> bytes:
+        message = dns.Message(id=ident, recDes=1, checkingDisabled=int(self.checking_disabled))
+        message.queries = [dns.Query(self.name, self.qtype, self.qclass)]
+        wire = message.toStr()
+        if not edns:
+            return wire
+        opt = encode_opt(EDNS_UDP_SIZE, dnssec_ok=self.dnssec_ok)
+        return wire[:10] + struct.pack("!H", 1) + wire[12:] + opt
+
+    def reply_matches(self, ident: int, data: bytes) -> dns.Message | None:
+        """The decoded reply if it answers this question with this ID, else None."""
+        if len(data) < 12 or struct.unpack_from("!H", data)[0] != ident or not data[2] & 0x80:
+            return None
+        try:
+            reply = parse_message(data)
+        except ValueError:
+            return None
+        if len(reply.queries) != 1:
+            return None
+        asked = reply.queries[0]
+        if (
+            asked.name.name.lower() != self.name.lower()
+            or asked.type != self.qtype
+            or asked.cls != self.qclass
+        ):
+            return None
+        return reply
+
+
+class _UDPExchange:
+    """One query over a fresh, connected, non-blocking UDP socket (a random source port).
+
+    It is read through the reactor's `addReader` directly: Twisted's UDP `Port` writes two
+    log lines per socket, which per upstream query would flood the log. The connected socket
+    only receives datagrams from the upstream; replies that do not match are ignored.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        upstream: HostPort,
+        accept: Callable[[bytes], dns.Message | None],
+    ) -> None:
+        self.reactor = reactor
+        self.upstream = upstream
+        self.accept = accept
+        self.result: defer.Deferred[dns.Message] = defer.Deferred()
+        self.socket = socket.socket(upstream.family, socket.SOCK_DGRAM)
+        self.socket.setblocking(False)
+
+    def send(self, packet: bytes) -> None:
+        """Connect to the upstream, send `packet`, and start listening for the reply."""
+        try:
+            self.socket.connect((self.upstream.host, self.upstream.port))
+            self.socket.send(packet)
+        except OSError as exc:
+            self.close()
+            raise error.ConnectError(string=f"{self.upstream}: {exc.strerror}") from None
+        self.reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def logPrefix(self) -> str:
+        return "upstream-udp"
+
+    def doRead(self) -> None:
+        for _ in range(16):
+            try:
+                data = self.socket.recv(65535)
+            except BlockingIOError:
+                return
+            except ConnectionRefusedError:
+                self._fail(error.ConnectionRefusedError(str(self.upstream)))
+                return
+            except OSError as exc:
+                self._fail(error.ConnectError(string=f"{self.upstream}: {exc.strerror}"))
+                return
+            reply = self.accept(data)
+            if reply is not None and not self.result.called:
+                self.result.callback(reply)
+                return
+
+    def _fail(self, reason: Exception) -> None:
+        if not self.result.called:
+            self.result.errback(reason)
+
+    def connectionLost(self, reason: Any) -> None:
+        self._fail(error.ConnectionLost(str(self.upstream)))
+
+    def close(self) -> None:
+        """Stop listening and release the socket."""
+        if self.socket.fileno() >= 0:
+            self.reactor.removeReader(self)
+            self.socket.close()
+
+
+class _TCPExchange(Protocol):
+    """One query over a fresh TCP connection: send one frame, read one frame."""
+
+    def __init__(self, packet: bytes, accept: Callable[[bytes], dns.Message | None]) -> None:
+        self.packet = packet
+        self.accept = accept
+        self.buffer = b""
+        self.result: defer.Deferred[dns.Message] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(struct.pack("!H", len(self.packet)) + self.packet)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) < 2:
+            return
+        (length,) = struct.unpack_from("!H", self.buffer)
+        if len(self.buffer) < 2 + length:
+            return
+        reply = self.accept(self.buffer[2 : 2 + length])
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        if self.result.called:
+            return
+        if reply is None:
+            self.result.errback(UpstreamFailed("TCP reply does not answer the question"))
+        else:
+            self.result.callback(reply)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.result.called:
+            self.result.errback(UpstreamFailed("TCP connection closed before a reply"))
+
+
+class _OneShotFactory(Factory):
+    """Hands out one prepared protocol, quietly (no log line per connection)."""
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._protocol
+
+
+class Forwarder:
+    """Resolves questions through a list of upstream resolvers, failing over in order."""
+
+    log = Logger()
+
+    def __init__(self, upstreams: Sequence[HostPort], reactor: Any, timeout: float = 5.0) -> None:
+        if not upstreams:
+            raise ValueError("no upstream resolvers")
+        self._upstreams = list(upstreams)
+        self._reactor = reactor
+        self._timeout = timeout
+        self._preferred = 0
+
+    def resolve(
+        self,
+        name: bytes,
+        qtype: int,
+        qclass: int = dns.IN,
+        *,
+        dnssec_ok: bool = False,
+        checking_disabled: bool = False,
+    ) -> defer.Deferred[Answer]:
+        """Ask the upstreams; fire with an Answer, or fail with UpstreamFailed."""
+        question = _Question(name, qtype, qclass, dnssec_ok, checking_disabled)
+        return defer.Deferred.fromCoroutine(self._resolve(question))
+
+    async def _resolve(self, question: _Question) -> Answer:
+        started = self._reactor.seconds()
+        deadline = started + self._timeout
+        attempt_timeout = FIRST_ATTEMPT_TIMEOUT
+        count = len(self._upstreams)
+        problems: list[str] = []
+        while True:
+            refused = 0
+            for offset in range(count):
+                index = (self._preferred + offset) % count
+                upstream = self._upstreams[index]
+                remaining = deadline - self._reactor.seconds()
+                if remaining <= 0:
+                    raise UpstreamFailed(f"no answer within {self._timeout:g} s: {problems}")
+                try:
+                    reply = await self._exchange(
+                        upstream, question, min(attempt_timeout, remaining), deadline
+                    )
+                except error.ConnectionRefusedError:
+                    refused += 1
+                    problems.append(f"{upstream} refused")
+                    continue
+                except (UpstreamFailed, error.ConnectError, defer.TimeoutError) as exc:
+                    problems.append(f"{upstream} {exc.__class__.__name__}")
+                    continue
+                self._preferred = index
+                return self._answer(reply, self._reactor.seconds() - started)
+            if refused == count:
+                # Nothing listens at any upstream: waiting would not change that.
+                raise UpstreamFailed(f"every upstream refused: {problems}")
+            attempt_timeout *= 2
+
+    async def _exchange(
+        self, upstream: HostPort, question: _Question, timeout: float, deadline: float
+    ) -> dns.Message:
+        reply = await self._udp(upstream, question, timeout, edns=True)
+        if reply.rCode == dns.EFORMAT and reply.answer:
+            # An old server that does not speak EDNS (RFC 6891 section 7).
+            reply = await self._udp(upstream, question, timeout, edns=False)
+        if reply.trunc:
+            remaining = max(0.1, deadline - self._reactor.seconds())
+            reply = await self._tcp(upstream, question, remaining)
+        return reply
+
+    async def _udp(
+        self, upstream: HostPort, question: _Question, timeout: float, *, edns: bool
+    ) -> dns.Message:
+        ident = secrets.randbits(16)
+        exchange = _UDPExchange(
+            self._reactor, upstream, lambda data: question.reply_matches(ident, data)
+        )
+        exchange.send(question.packet(ident, edns))
+        exchange.result.addTimeout(timeout, self._reactor)
+        try:
+            return await exchange.result
+        finally:
+            exchange.close()
+
+    async def _tcp(self, upstream: HostPort, question: _Question, timeout: float) -> dns.Message:
+        ident = secrets.randbits(16)
+        exchange = _TCPExchange(
+            question.packet(ident, edns=True), lambda data: question.reply_matches(ident, data)
+        )
+        endpoint_class = TCP6ClientEndpoint if ":" in upstream.host else TCP4ClientEndpoint
+        endpoint = endpoint_class(self._reactor, upstream.host, upstream.port, timeout=timeout)
+        started = self._reactor.seconds()
+        await endpoint.connect(_OneShotFactory(exchange))
+        remaining = max(0.1, timeout - (self._reactor.seconds() - started))
+        exchange.result.addTimeout(remaining, self._reactor)
+        try:
+            return await exchange.result
+        finally:
+            exchange.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _answer(self, reply: dns.Message, rtt: float) -> Answer:
+        rcode = reply.rCode
+        for record in reply.additional:
+            if record.type == OPT:
+                # The upper eight bits of an extended RCODE live in the OPT record's TTL.
+                rcode |= ((record.ttl >> 24) & 0xFF) << 4
+        return Answer(
+            rcode=rcode,
+            answers=tuple(reply.answers),
+            authority=tuple(reply.authority),
+            additional=tuple(r for r in reply.additional if r.type != OPT),
+            kind=Kind.RECURSIVE,
+            authentic=bool(reply.authenticData),
+            rtt=rtt,
+        )

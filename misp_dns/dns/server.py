@@ -1,0 +1,244 @@
+"""The listeners: DNS over UDP and TCP, in front of one `Responder`.
+
+`Responder.respond` turns a received packet into the bytes to send back (or None to stay
+silent): wire checks, the client ACL, the resolver chain, encoding with truncation, and a
+`QueryEvent` for every answered query handed to the observers (the exporter). The UDP and
+TCP protocols only move bytes; TCP adds framing, pipelining (answers go out in whatever
+order they are ready), an idle timeout and a cap on open connections.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol, Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+from misp_dns.dns.acl import ClientACL
+from misp_dns.dns.answer import Answer, Kind
+from misp_dns.dns.resolver import ChainResolver
+from misp_dns.dns.responses import refused_answer, server_failure
+from misp_dns.dns.wire import (
+    TCP_MAX_SIZE,
+    DropPacket,
+    Request,
+    RequestError,
+    encode_response,
+    read_request,
+)
+
+__all__ = ["DNSDatagramProtocol", "DNSStreamFactory", "QueryEvent", "Responder"]
+
+# Queries one TCP connection may have in flight before we stop reading from it.
+MAX_PIPELINED = 64
+
+
+@attrs.frozen
+class QueryEvent:
+    """One answered query, as the exporter sees it."""
+
+    timestamp: float
+    client: str
+    transport: str
+    request: Request
+    answer: Answer
+    response_size: int
+
+
+@attrs.define
+class Counters:
+    """What the responder has seen since start."""
+
+    queries: int = 0
+    dropped: int = 0
+    format_errors: int = 0
+    refused: int = 0
+    server_failures: int = 0
+
+
+class Responder:
+    """Turns query packets into response packets."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        resolver: ChainResolver,
+        acl: ClientACL,
+        clock: IReactorTime,
+        observers: list[Callable[[QueryEvent], None]] | None = None,
+    ) -> None:
+        self.resolver = resolver
+        self.acl = acl
+        self.clock = clock
+        self.observers = observers if observers is not None else []
+        self.counters = Counters()
+
+    def respond(
+        self, data: bytes, client: str, transport: str
+    ) -> bytes | defer.Deferred[Any] | None:
+        """The response to `data` from `client`, now or later; None means send nothing."""
+        started = self.clock.seconds()
+        try:
+            request = read_request(data)
+        except DropPacket:
+            self.counters.dropped += 1
+            return None
+        except RequestError as problem:
+            self.counters.format_errors += 1
+            return encode_response(problem.message, problem.edns, problem.rcode)
+        self.counters.queries += 1
+        if not self.acl.allows(client):
+            self.counters.refused += 1
+            return self._finish(refused_answer(), request, client, transport, started)
+        result = self.resolver.resolve(request, client, transport)
+        if isinstance(result, defer.Deferred):
+            return result.addCallback(self._finish, request, client, transport, started)
+        return self._finish(result, request, client, transport, started)
+
+    def _finish(
+        self, answer: Answer, request: Request, client: str, transport: str, started: float
+    ) -> bytes:
+        max_size = request.udp_limit if transport == "udp" else TCP_MAX_SIZE
+        query = request.message
+        try:
+            wire = encode_response(
+                query,
+                request.edns,
+                answer.rcode,
+                answer.answers,
+                answer.authority,
+                answer.additional,
+                max_size=max_size,
+                ede=answer.ede,
+                # AD only for clients that asked for DNSSEC data (RFC 6840 section 5.7).
+                authentic=answer.authentic and bool(request.edns and request.edns.dnssec_ok),
+            )
+        except Exception:
+            self.log.failure("cannot encode the answer to {name!r}", name=query.queries[0].name)
+            answer = server_failure()
+            wire = encode_response(query, request.edns, answer.rcode)
+        if answer.kind is Kind.SERVER_FAILURE:
+            self.counters.server_failures += 1
+        if self.observers:
+            event = QueryEvent(started, client, transport, request, answer, len(wire))
+            for observer in self.observers:
+                try:
+                    observer(event)
+                except Exception:
+                    self.log.failure("query observer failed")
+        return wire
+
+
+class DNSDatagramProtocol(DatagramProtocol):
+    """DNS over UDP."""
+
+    noisy = False
+
+    def __init__(self, responder: Responder) -> None:
+        self.responder = responder
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        result = self.responder.respond(data, addr[0], "udp")
+        if isinstance(result, defer.Deferred):
+            result.addCallback(self._send, addr)
+        elif result is not None:
+            self._send(result, addr)
+
+    def _send(self, wire: bytes | None, addr: Any) -> None:
+        if wire is not None and self.transport is not None:
+            self.transport.write(wire, addr)
+
+
+class DNSStreamProtocol(Protocol, TimeoutMixin):
+    """DNS over TCP: length-prefixed messages, pipelined, closed when idle."""
+
+    factory: DNSStreamFactory
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._in_flight = 0
+        self._paused = False
+        self._client = ""
+
+    def connectionMade(self) -> None:
+        self.factory.open_connections += 1
+        self._client = self.transport.getPeer().host  # type: ignore[union-attr]
+        self.setTimeout(self.factory.idle_timeout)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.open_connections -= 1
+        self.setTimeout(None)
+
+    def timeoutConnection(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        self._buffer += data
+        while len(self._buffer) >= 2:
+            (length,) = struct.unpack_from("!H", self._buffer)
+            if len(self._buffer) < 2 + length:
+                break
+            message = bytes(self._buffer[2 : 2 + length])
+            del self._buffer[: 2 + length]
+            self._handle(message)
+
+    def _handle(self, message: bytes) -> None:
+        result = self.factory.responder.respond(message, self._client, "tcp")
+        if isinstance(result, defer.Deferred):
+            self._in_flight += 1
+            if self._in_flight >= MAX_PIPELINED and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+            result.addCallback(self._answered)
+        elif result is not None:
+            self._send(result)
+
+    def _answered(self, wire: bytes | None) -> None:
+        self._in_flight -= 1
+        if self._paused and self._in_flight < MAX_PIPELINED // 2:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+        if wire is not None:
+            self._send(wire)
+
+    def _send(self, wire: bytes) -> None:
+        if self.transport is not None and self.connected:
+            self.transport.write(struct.pack("!H", len(wire)) + wire)
+            self.resetTimeout()
+
+
+class DNSStreamFactory(ServerFactory):
+    """Builds TCP connections up to `max_connections`; beyond that, new ones are closed."""
+
+    protocol = DNSStreamProtocol  # type: ignore[assignment]
+    noisy = False
+    log = Logger()
+
+    def __init__(self, responder: Responder, idle_timeout: float, max_connections: int) -> None:
+        self.responder = responder
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self.rejected_connections = 0
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        if self.open_connections >= self.max_connections:
+            self.rejected_connections += 1
+            if self.rejected_connections % 1000 == 1:
+                self.log.warn(
+                    "TCP connection from {client} closed: {count} open, the limit"
+                    " (server.tcp_max_connections); {rejected} closed so far",
+                    client=addr.host,
+                    count=self.open_connections,
+                    rejected=self.rejected_connections,
+                )
+            return None
+        return super().buildProtocol(addr)  # type: ignore[return-value]

@@ -1,0 +1,327 @@
+"""Reading queries off the wire and writing responses onto it, EDNS included.
+
+Twisted's `dns.Message` does the record codec; this module adds what a server needs around
+it and what the stock server gets wrong:
+
+- `read_request` classifies a packet: unreadable or a response (dropped, `DropPacket`),
+  malformed but with a readable header (FORMERR), wrong question count (FORMERR), several
+  OPT records (FORMERR), EDNS version above 0 (BADVERS), an opcode other than QUERY
+  (NOTIMP); each a `RequestError` carrying what the error response must echo.
+- `encode_response` writes a response that copies ID, opcode, RD, CD and the question as
+  asked, sets QR and RA, adds an OPT record (our UDP size, the DO bit echoed, extended RCODE,
+  Extended DNS Errors) only when the query had one, and truncates UDP answers at whole
+  RRsets with TC set so the message stays valid.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from io import BytesIO
+
+import attrs
+from twisted.names import dns
+
+__all__ = [
+    "BADVERS",
+    "EDNS_UDP_SIZE",
+    "OPT",
+    "DropPacket",
+    "Edns",
+    "Request",
+    "RequestError",
+    "encode_ede",
+    "encode_opt",
+    "encode_response",
+    "read_request",
+]
+
+HEADER = struct.Struct("!HBBHHHH")
+OPT = 41
+BADVERS = 16
+EDNS_UDP_SIZE = 1232
+PLAIN_UDP_SIZE = 512
+TCP_MAX_SIZE = 65535
+OPTION_EDE = 15
+
+
+class DropPacket(Exception):
+    """The packet must not be answered: it is unreadable, or it is itself a response."""
+
+
+@attrs.frozen
+class Edns:
+    """The EDNS(0) pseudo-record of a message (RFC 6891)."""
+
+    udp_size: int = EDNS_UDP_SIZE
+    version: int = 0
+    dnssec_ok: bool = False
+    options: tuple[tuple[int, bytes], ...] = ()
+
+
+@attrs.frozen
+class Request:
+    """A query that passed every wire check and can be resolved."""
+
+    message: dns.Message
+    edns: Edns | None
+
+    @property
+    def question(self) -> dns.Query:
+        """The one question, exactly as the client wrote it."""
+        return self.message.queries[0]
+
+    @property
+    def udp_limit(self) -> int:
+        """How large a UDP response to this query may be."""
+        if self.edns is None:
+            return PLAIN_UDP_SIZE
+        return max(PLAIN_UDP_SIZE, min(self.edns.udp_size, EDNS_UDP_SIZE))
+
+
+@attrs.define
+class RequestError(Exception):
+    """A query that gets an error response instead of an answer.
+
+    `message` holds whatever could be read (at least the header); `edns` is the query's
+    OPT when it was readable, so the response can carry one back.
+    """
+
+    rcode: int
+    message: dns.Message
+    edns: Edns | None = None
+    reason: str = ""
+
+
+def _header_only(data: bytes) -> dns.Message:
+    ident, byte3, byte4, *_ = HEADER.unpack_from(data)
+    message = dns.Message(
+        id=ident,
+        opCode=(byte3 >> 3) & 0xF,
+        recDes=byte3 & 1,
+        checkingDisabled=(byte4 >> 4) & 1,
+    )
+    return message
+
+
+def _read_edns(record: dns.RRHeader) -> Edns:
+    data = record.payload.data if isinstance(record.payload, dns.UnknownRecord) else b""
+    options = []
+    offset = 0
+    while offset + 4 <= len(data):
+        code, length = struct.unpack_from("!HH", data, offset)
+        offset += 4
+        if offset + length > len(data):
+            raise ValueError("OPT option runs past its record")
+        options.append((code, data[offset : offset + length]))
+        offset += length
+    if offset != len(data):
+        raise ValueError("OPT record has trailing bytes")
+    ttl = record.ttl
+    return Edns(
+        udp_size=record.cls,
+        version=(ttl >> 16) & 0xFF,
+        dnssec_ok=bool(ttl & 0x8000),
+        options=tuple(options),
+    )
+
+
+def parse_message(data: bytes) -> dns.Message:
+    """Decode a whole message strictly: every counted record present, nothing left over.
+
+    Raises ValueError for anything malformed (Twisted's own decoder silently stops at the
+    end of the data, which would accept a message missing half its records).
+    """
+    message = dns.Message()
+    stream = BytesIO(data)
+    try:
+        message.decode(stream)
+    except Exception as exc:
+        raise ValueError(f"undecodable message: {exc}") from None
+    _ident, _b3, _b4, qd, an, ns, ar = HEADER.unpack_from(data)
+    counted = (qd, an, ns, ar)
+    found = (
+        len(message.queries),
+        len(message.answers),
+        len(message.authority),
+        len(message.additional),
+    )
+    if counted != found:
+        raise ValueError(f"counts {counted} but holds {found}")
+    if stream.tell() != len(data):
+        raise ValueError("trailing bytes after the last record")
+    return message
+
+
+def find_edns(message: dns.Message) -> Edns | None:
+    """The message's OPT record; ValueError when it has several or a misplaced one."""
+    records = [r for r in message.additional if r.type == OPT]
+    if any(r.type == OPT for r in (*message.answers, *message.authority)):
+        raise ValueError("OPT record outside the additional section")
+    if len(records) > 1:
+        raise ValueError("more than one OPT record")
+    if not records:
+        return None
+    if records[0].name.name != b"":
+        raise ValueError("OPT record owner is not the root")
+    return _read_edns(records[0])
+
+
+def read_request(data: bytes) -> Request:
+    """Classify a received packet; return a Request or raise DropPacket / RequestError."""
+    if len(data) < HEADER.size:
+        raise DropPacket("shorter than a DNS header")
+    if data[2] & 0x80:
+        raise DropPacket("a response, not a query")
+    header = _header_only(data)
+    try:
+        message = parse_message(data)
+    except ValueError as exc:
+        raise RequestError(dns.EFORMAT, header, reason=str(exc)) from None
+    if message.opCode != dns.OP_QUERY:
+        if len(message.queries) != 1:
+            raise RequestError(dns.ENOTIMP, header, reason=f"opcode {message.opCode}")
+        try:
+            edns = find_edns(message)
+        except ValueError:
+            edns = None
+        raise RequestError(dns.ENOTIMP, message, edns, reason=f"opcode {message.opCode}")
+    if len(message.queries) != 1:
+        raise RequestError(dns.EFORMAT, header, reason=f"{len(message.queries)} questions")
+    try:
+        edns = find_edns(message)
+    except ValueError as exc:
+        raise RequestError(dns.EFORMAT, message, reason=str(exc)) from None
+    if edns is not None and edns.version > 0:
+        raise RequestError(BADVERS, message, edns, reason=f"EDNS version {edns.version}")
+    return Request(message, edns)
+
+
+def encode_ede(info_code: int, extra_text: str = "") -> tuple[int, bytes]:
+    """An Extended DNS Error option (RFC 8914) as an (option code, data) pair."""
+    return OPTION_EDE, struct.pack("!H", info_code) + extra_text.encode("utf-8")
+
+
+def encode_opt(
+    udp_size: int,
+    *,
+    extended_rcode: int = 0,
+    dnssec_ok: bool = False,
+    options: Sequence[tuple[int, bytes]] = (),
+) -> bytes:
+    """Wire bytes of an OPT pseudo-record (version 0)."""
+    rdata = b"".join(struct.pack("!HH", code, len(value)) + value for code, value in options)
+    flags = (extended_rcode & 0xFF) << 24 | (0x8000 if dnssec_ok else 0)
+    return b"\x00" + struct.pack("!HHIH", OPT, udp_size, flags, len(rdata)) + rdata
+
+
+def _rrsets(records: Sequence[dns.RRHeader]) -> list[list[dns.RRHeader]]:
+    """Group consecutive records of one owner, type and class into RRsets."""
+    groups: list[list[dns.RRHeader]] = []
+    last = None
+    for record in records:
+        key = (record.name.name.lower(), record.type, record.cls)
+        if groups and key == last:
+            groups[-1].append(record)
+        else:
+            groups.append([record])
+            last = key
+    return groups
+
+
+@attrs.define
+class _Draft:
+    """Header fields and sections of a response before it is encoded."""
+
+    query: dns.Message
+    rcode: int
+    answers: Sequence[dns.RRHeader] = ()
+    authority: Sequence[dns.RRHeader] = ()
+    additional: Sequence[dns.RRHeader] = ()
+    authentic: bool = False
+
+    def encode(self, sections: tuple[Sequence[dns.RRHeader], ...], truncated: bool) -> bytes:
+        message = dns.Message(
+            id=self.query.id,
+            answer=1,
+            opCode=self.query.opCode,
+            recDes=self.query.recDes,
+            recAv=1,
+            rCode=self.rcode & 0xF,
+            trunc=int(truncated),
+            authenticData=int(self.authentic),
+            checkingDisabled=self.query.checkingDisabled,
+            # Twisted's default of 512 silently cuts records and keeps the counts.
+            maxSize=TCP_MAX_SIZE,
+        )
+        message.queries = list(self.query.queries)
+        message.answers, message.authority, message.additional = (list(s) for s in sections)
+        return message.toStr()
+
+
+def _with_opt(wire: bytes, opt: bytes) -> bytes:
+    if not opt:
+        return wire
+    arcount = struct.unpack_from("!H", wire, 10)[0] + 1
+    return wire[:10] + struct.pack("!H", arcount) + wire[12:] + opt
+
+
+def encode_response(
+    query: dns.Message,
+    edns: Edns | None,
+    rcode: int,
+    answers: Sequence[dns.RRHeader] = (),
+    authority: Sequence[dns.RRHeader] = (),
+    additional: Sequence[dns.RRHeader] = (),
+    *,
+    max_size: int = TCP_MAX_SIZE,
+    ede: Sequence[tuple[int, str]] = (),
+    authentic: bool = False,
+) -> bytes:
+    """Encode a response to `query`, fitting it into `max_size` bytes.
+
+    When the whole answer does not fit, whole RRsets are left out from the end; TC is set
+    when an answer or authority RRset had to go (RFC 2181 section 9), not for additional
+    data alone. OPT records in `additional` are ignored: the response's OPT is built here.
+    """
+    opt = b""
+    if edns is not None:
+        opt = encode_opt(
+            EDNS_UDP_SIZE,
+            extended_rcode=rcode >> 4,
+            dnssec_ok=edns.dnssec_ok,
+            options=[encode_ede(code, text) for code, text in ede],
+        )
+    additional = [r for r in additional if r.type != OPT]
+    draft = _Draft(query, rcode, answers, authority, additional, authentic)
+    wire = draft.encode((answers, authority, additional), truncated=False)
+    if len(wire) + len(opt) <= max_size:
+        return _with_opt(wire, opt)
+    return _with_opt(_truncated(draft, max_size - len(opt)), opt)
+
+
+def _truncated(draft: _Draft, budget: int) -> bytes:
+    """The largest prefix of whole RRsets that fits `budget`, found by bisection."""
+    sets = [
+        (section, rrset)
+        for section, records in enumerate((draft.answers, draft.authority, draft.additional))
+        for rrset in _rrsets(records)
+    ]
+    essential = sum(1 for section, _ in sets if section < 2)
+
+    def attempt(keep: int) -> bytes:
+        sections: tuple[list[dns.RRHeader], ...] = ([], [], [])
+        for section, rrset in sets[:keep]:
+            sections[section].extend(rrset)
+        return draft.encode(sections, truncated=keep < essential)
+
+    low, high = 0, len(sets) - 1  # keeping everything is known not to fit
+    best = attempt(0)
+    while low < high:
+        middle = (low + high + 1) // 2
+        wire = attempt(middle)
+        if len(wire) <= budget:
+            low, best = middle, wire
+        else:
+            high = middle - 1
+    return best

@@ -1,0 +1,1 @@
+"""Threat intelligence in: fetching indicators from MISP, normalising and storing them."""
