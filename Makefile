@@ -39,8 +39,8 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m misp_dns.plugincache
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/python -m pip install -q -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml contrib/example-policy/pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e '.[test]' -e contrib/example-policy
 	$(BIN)/python -m misp_dns.plugincache
 	touch $(VENV)/.installed $@
 

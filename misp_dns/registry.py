@@ -86,7 +86,9 @@ def _from_entry_points(group: str) -> Iterable[PluginType]:
 
 
 def _builtin_policies() -> list[PluginType]:
-    return []
+    from misp_dns.policy import allowlist, misp
+
+    return [allowlist.plugin, misp.misp_plugin, misp.feed_plugin]
 
 
 def _builtin_exporters() -> list[PluginType]:

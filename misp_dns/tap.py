@@ -14,7 +14,6 @@ import sys
 from typing import Any
 
 from twisted.application import internet, service
-from twisted.internet import reactor as global_reactor
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -44,15 +43,20 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        from twisted.internet import reactor
+
         registry = default_registry()
         try:
             config = load_config(self["config"], registry)
+            # Building the policies reads their files (allowlists, API keys), so that a
+            # problem there is a config error too, reported before anything starts.
+            policies = build_policies(config, registry, reactor)
         except ConfigError as problem:
             for line in problem.problems:
                 print(f"misp-dns: {line}", file=sys.stderr)
             sys.exit(1)
-        self["registry"] = registry
         self["parsed"] = config
+        self["policies"] = policies
         if self["check-config"]:
             print(f"misp-dns: {self['config']}: configuration is valid")
             sys.exit(0)
@@ -70,7 +74,22 @@ class _ServerService(service.MultiService):
         super().startService()
 
 
-def build_service(config: Config, registry: Registry, reactor: Any) -> service.MultiService:
+def build_policies(config: Config, registry: Registry, reactor: Any) -> list[Any]:
+    """The `[[policy]]` tables turned into policy objects, in config order."""
+    context = BuildContext(reactor=reactor, server=config.server, state_dir=config.server.state_dir)
+    problems: list[str] = []
+    policies = []
+    for index, table in enumerate(config.policy):
+        try:
+            policies.append(registry.policies[table.type].build(table.options, context))
+        except ConfigError as problem:
+            problems.extend(f"policy[{index}]: {line}" for line in problem.problems)
+    if problems:
+        raise ConfigError(problems)
+    return policies
+
+
+def build_service(config: Config, policies: list[Any], reactor: Any) -> service.MultiService:
     """The service tree for `config`: listeners, resolver chain and policy services."""
     server = config.server
     upstreams = list(server.upstreams) or system_upstreams()
@@ -81,14 +100,7 @@ def build_service(config: Config, registry: Registry, reactor: Any) -> service.M
         )
         sys.exit(1)
     server_name = server.server_name or socket.gethostname() or "localhost"
-    context = BuildContext(reactor=reactor, server=server, state_dir=server.state_dir)
-    policies = []
-    services = []
-    for table in config.policy:
-        built = registry.policies[table.type].build(table.options, context)
-        policies.append(built)
-        if getattr(built, "service", None) is not None:
-            services.append(built.service)
+    services = [p.service for p in policies if getattr(p, "service", None) is not None]
     resolver = ChainResolver(
         PolicyChain(policies),
         AnswerCache(config.cache.max_entries, reactor),
@@ -105,7 +117,9 @@ def build_service(config: Config, registry: Registry, reactor: Any) -> service.M
     top.responder = responder  # type: ignore[attr-defined]
     for policy_service in services:
         policy_service.setServiceParent(top)
-    tcp_factory = DNSStreamFactory(responder, server.tcp_idle_timeout, server.tcp_max_connections)
+    tcp_factory = DNSStreamFactory(
+        responder, server.tcp_idle_timeout, server.tcp_max_connections, reactor
+    )
     for address in server.listen:
         udp = internet.UDPServer(
             address.port, DNSDatagramProtocol(responder), interface=address.host
@@ -118,4 +132,6 @@ def build_service(config: Config, registry: Registry, reactor: Any) -> service.M
 
 def makeService(options: Options) -> service.IService:
     """Called by twistd with the parsed options."""
-    return build_service(options["parsed"], options["registry"], global_reactor)
+    from twisted.internet import reactor
+
+    return build_service(options["parsed"], options["policies"], reactor)

@@ -168,6 +168,7 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
         self._client = ""
 
     def connectionMade(self) -> None:
+        self.callLater = self.factory.clock.callLater  # type: ignore[method-assign,assignment]
         self.factory.open_connections += 1
         self._client = self.transport.getPeer().host  # type: ignore[union-attr]
         self.setTimeout(self.factory.idle_timeout)
@@ -222,8 +223,15 @@ class DNSStreamFactory(ServerFactory):
     noisy = False
     log = Logger()
 
-    def __init__(self, responder: Responder, idle_timeout: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        responder: Responder,
+        idle_timeout: float,
+        max_connections: int,
+        clock: IReactorTime,
+    ) -> None:
         self.responder = responder
+        self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.open_connections = 0

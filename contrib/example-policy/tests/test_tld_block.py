@@ -1,0 +1,38 @@
+"""The example policy blocks names under the listed TLDs, and plugs into misp-dns's config."""
+
+from __future__ import annotations
+
+import pytest
+from example_policy import TldBlockOptions, TldBlockPolicy, plugin
+from zope.interface.verify import verifyObject
+
+from misp_dns.config import ConfigError, parse_config
+from misp_dns.interfaces import IPolicy
+from misp_dns.policy.decision import Action, PolicyQuery
+from misp_dns.registry import default_registry
+
+
+def test_blocks_names_under_listed_tlds() -> None:
+    """Every name under .zip is blocked with a report naming the TLD; others are not."""
+    policy = TldBlockPolicy(frozenset({"zip"}), 300)
+    assert verifyObject(IPolicy, policy)
+    decision = policy.decide(PolicyQuery("invoice.pdf.zip", 1))
+    assert decision is not None and decision.action is Action.BLOCK
+    assert decision.report == "source=tld-block;tld=zip"
+    assert policy.decide(PolicyQuery("zip.example.com", 1)) is None
+
+
+def test_found_through_the_entry_point() -> None:
+    """Installed beside misp-dns, `type = "tld-block"` is a known policy type."""
+    registry = default_registry()
+    assert registry.policies["tld-block"] is plugin
+    config = parse_config({"policy": [{"type": "tld-block", "tlds": ["zip", "mov"]}]}, registry)
+    assert config.policy[0].options == TldBlockOptions(("zip", "mov"))
+
+
+def test_bad_options_are_config_errors() -> None:
+    """An unknown key or a bad TLD is reported with its TOML path like any built-in."""
+    registry = default_registry()
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"policy": [{"type": "tld-block", "tlds": ["zip"], "tld": 1}]}, registry)
+    assert caught.value.problems == ["policy[0].tld: unknown key"]

@@ -1,0 +1,96 @@
+"""The `allowlist` policy: names that are never blocked, whatever a later policy says.
+
+A listed name allows itself and every name below it, and the allow decision stops the
+chain. Put it first in the config so it wins over the blocking policies.
+
+Config keys:
+    domains  array of names, default []
+    files    array of file paths, one name per line, `#` starts a comment; default []
+
+Example:
+    [[policy]]
+    type = "allowlist"
+    domains = ["example.com", "intranet.corp"]
+    files = ["/etc/misp-dns/allow.txt"]
+
+A name that is not a valid domain name is a config error naming the file and line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+from zope.interface import implementer
+
+from misp_dns.config import ConfigError
+from misp_dns.intel.indicator import BlockEntry
+from misp_dns.intel.normalize import InvalidIndicator, normalize_name
+from misp_dns.interfaces import IPolicy
+from misp_dns.policy.decision import Action, Decision, PolicyQuery
+from misp_dns.policy.domainset import DomainSet
+from misp_dns.registry import BuildContext, PluginType
+
+__all__ = ["AllowlistOptions", "AllowlistPolicy", "plugin"]
+
+SOURCE = "allowlist"
+
+
+@attrs.frozen
+class AllowlistOptions:
+    """The options of a `[[policy]] type = "allowlist"` table."""
+
+    domains: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+def _names(options: AllowlistOptions) -> Iterable[tuple[str, str]]:
+    """(where, name) pairs from the config and the files, `where` for error messages."""
+    for index, name in enumerate(options.domains):
+        yield f"domains[{index}]", name
+    for path in options.files:
+        try:
+            with open(path, encoding="utf-8") as file:
+                lines = file.readlines()
+        except OSError as exc:
+            raise ConfigError([f"allowlist file {path}: cannot read: {exc.strerror}"]) from None
+        for number, line in enumerate(lines, start=1):
+            text = line.split("#", 1)[0].strip()
+            if text:
+                yield f"{path}:{number}", text
+
+
+@implementer(IPolicy)
+@attrs.frozen
+class AllowlistPolicy:
+    """Allows the listed names and everything below them."""
+
+    names: DomainSet
+    name: str = SOURCE
+
+    @classmethod
+    def from_config(cls, options: AllowlistOptions) -> AllowlistPolicy:
+        """Build the policy, raising ConfigError for names that are not domain names."""
+        entries, problems = [], []
+        for where, text in _names(options):
+            try:
+                entries.append(BlockEntry(normalize_name(text), subdomains=True))
+            except InvalidIndicator as bad:
+                problems.append(f"allowlist {where}: {bad}")
+        if problems:
+            raise ConfigError(problems)
+        return cls(DomainSet.build(entries))
+
+    def decide(self, query: PolicyQuery) -> Decision | None:
+        """ALLOW when the name is listed or below a listed name; otherwise no opinion."""
+        match = self.names.match(query.name)
+        if match is None:
+            return None
+        return Decision(Action.ALLOW, SOURCE, indicator=match.name, ede_code=None)
+
+
+def _build(options: AllowlistOptions, context: BuildContext) -> AllowlistPolicy:
+    return AllowlistPolicy.from_config(options)
+
+
+plugin = PluginType(SOURCE, AllowlistOptions, _build)

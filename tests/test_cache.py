@@ -1,0 +1,108 @@
+"""The answer cache: bounded LRU, TTLs counting down, negative answers per RFC 2308."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.names import dns
+
+from misp_dns.dns.answer import Answer, Kind
+from misp_dns.dns.cache import AnswerCache
+
+KEY = (b"www.example.com", dns.A, dns.IN, False)
+
+
+def a_answer(ttl: int = 300, name: bytes = b"www.example.com") -> Answer:
+    record = dns.RRHeader(name, dns.A, dns.IN, ttl, dns.Record_A("192.0.2.1", ttl))
+    return Answer(dns.OK, answers=(record,))
+
+
+def soa_record(ttl: int, minimum: int) -> dns.RRHeader:
+    soa = dns.Record_SOA(b"ns.example.com", b"admin.example.com", minimum=minimum, ttl=ttl)
+    return dns.RRHeader(b"example.com", dns.SOA, dns.IN, ttl, soa)
+
+
+def test_hit_counts_ttl_down_and_says_cached() -> None:
+    """A cached answer is served with its TTL reduced by the seconds it has been stored."""
+    clock = Clock()
+    cache = AnswerCache(10, clock)
+    cache.put(KEY, a_answer(300))
+    clock.advance(42)
+    hit = cache.get(KEY)
+    assert hit is not None
+    assert hit.kind is Kind.CACHED
+    assert hit.answers[0].ttl == 258
+
+
+def test_entry_expires_with_its_smallest_ttl() -> None:
+    """Once the TTL has run out the entry is gone."""
+    clock = Clock()
+    cache = AnswerCache(10, clock)
+    cache.put(KEY, a_answer(30))
+    clock.advance(30)
+    assert cache.get(KEY) is None
+    assert len(cache) == 0
+
+
+def test_least_recently_used_leaves_first() -> None:
+    """At max_entries, the entry not used for longest is dropped, not the one just read."""
+    clock = Clock()
+    cache = AnswerCache(2, clock)
+    keys = [(f"n{i}.test".encode(), dns.A, dns.IN, False) for i in range(3)]
+    cache.put(keys[0], a_answer())
+    cache.put(keys[1], a_answer())
+    assert cache.get(keys[0]) is not None
+    cache.put(keys[2], a_answer())
+    assert cache.get(keys[1]) is None
+    assert cache.get(keys[0]) is not None
+    assert cache.get(keys[2]) is not None
+    assert len(cache) == 2
+
+
+def test_do_bit_is_part_of_the_key() -> None:
+    """An answer fetched without DNSSEC records is not served to a DO=1 client."""
+    cache = AnswerCache(10, Clock())
+    cache.put(KEY, a_answer())
+    assert cache.get((*KEY[:3], True)) is None
+
+
+def test_nxdomain_cached_for_soa_minimum() -> None:
+    """NXDOMAIN lives for min(SOA TTL, SOA MINIMUM), and the SOA is served with that TTL."""
+    clock = Clock()
+    cache = AnswerCache(10, clock)
+    cache.put(KEY, Answer(dns.ENAME, authority=(soa_record(3600, 60),)))
+    clock.advance(10)
+    hit = cache.get(KEY)
+    assert hit is not None and hit.rcode == dns.ENAME
+    assert hit.authority[0].ttl == 50
+    clock.advance(50)
+    assert cache.get(KEY) is None
+
+
+def test_nodata_cached_by_soa() -> None:
+    """NOERROR with no answer but an SOA is a cached negative answer too."""
+    cache = AnswerCache(10, Clock())
+    cache.put(KEY, Answer(dns.OK, authority=(soa_record(120, 900),)))
+    hit = cache.get(KEY)
+    assert hit is not None and hit.answers == [] and hit.authority[0].ttl == 120
+
+
+def test_negative_answer_without_soa_is_not_cached() -> None:
+    """Without an SOA there is no negative TTL, so nothing is stored."""
+    cache = AnswerCache(10, Clock())
+    cache.put(KEY, Answer(dns.ENAME))
+    assert cache.get(KEY) is None
+
+
+def test_failures_are_not_cached() -> None:
+    """SERVFAIL and REFUSED from upstream are never served from the cache."""
+    cache = AnswerCache(10, Clock())
+    for rcode in (dns.ESERVER, dns.EREFUSED):
+        cache.put(KEY, Answer(rcode, authority=(soa_record(300, 300),)))
+        assert cache.get(KEY) is None
+
+
+def test_zero_entries_disables_the_cache() -> None:
+    """max_entries = 0 turns caching off."""
+    cache = AnswerCache(0, Clock())
+    cache.put(KEY, a_answer())
+    assert cache.get(KEY) is None

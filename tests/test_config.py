@@ -1,0 +1,151 @@
+"""Loading the TOML config: defaults, strict types, and one readable line per problem."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import attrs
+import pytest
+
+from misp_dns.config import (
+    ConfigError,
+    Duration,
+    HostPort,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+from misp_dns.registry import PluginType, Registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def problems(raw: dict, registry: Registry | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, registry or Registry())
+    return caught.value.problems
+
+
+def test_empty_file_gives_safe_defaults() -> None:
+    """With no keys at all the server listens on loopback and is no open resolver."""
+    config = parse_config({}, Registry())
+    assert config.server.listen == (HostPort("127.0.0.1", 5300),)
+    assert config.server.upstreams == ()
+    assert ipaddress.ip_network("10.0.0.0/8") in config.server.allow_clients
+    assert all(net.is_private or net.is_loopback for net in config.server.allow_clients)
+    assert config.cache.max_entries == 100_000
+    assert config.server.tcp_idle_timeout == 30
+
+
+def test_shipped_config_is_valid() -> None:
+    """etc/misp-dns.toml, which `make run` uses, loads as it is."""
+    config = load_config(REPO / "etc" / "misp-dns.toml")
+    assert config.server.listen == (HostPort("127.0.0.1", 5300),)
+
+
+def test_addresses_ipv6_and_default_upstream_port() -> None:
+    """"[::1]:53" is IPv6, and an upstream without a port uses 53."""
+    config = parse_config(
+        {"server": {"listen": ["[::1]:5353"], "upstreams": ["9.9.9.9", "[2001:db8::1]:5300"]}},
+        Registry(),
+    )
+    assert config.server.listen[0] == HostPort("::1", 5353)
+    assert [str(u) for u in config.server.upstreams] == ["9.9.9.9:53", "[2001:db8::1]:5300"]
+
+
+def test_unknown_keys_and_sections_are_named() -> None:
+    """A typo is an error naming its TOML path, not silently ignored."""
+    found = problems({"server": {"lisen": []}, "cahce": {}})
+    assert "server.lisen: unknown key" in found
+    assert "cahce: unknown section" in found
+
+
+def test_wrong_types_name_path_and_value() -> None:
+    """Each wrong type is one line with the TOML path and the bad value."""
+    found = problems(
+        {
+            "server": {"listen": "127.0.0.1:53", "upstreams": [53], "tcp_idle_timeout": True},
+            "cache": {"max_entries": "10"},
+        }
+    )
+    assert "server.listen: expected an array, got '127.0.0.1:53' (string)" in found
+    assert "server.upstreams[0]: expected \"IP:port\", got 53 (integer)" in found
+    assert "server.tcp_idle_timeout: expected a number, got True (boolean)" in found
+    assert "cache.max_entries: expected an integer, got '10' (string)" in found
+    assert len(found) == 4
+
+
+def test_bad_values_name_path_and_value() -> None:
+    """Values of the right type but out of range are errors with the value shown."""
+    assert problems({"server": {"listen": ["127.0.0.1:99999"]}}) == [
+        "server.listen[0]: port out of range 0..65535 in '127.0.0.1:99999'"
+    ]
+    assert problems({"server": {"allow_clients": ["10.0.0.0/33"]}}) == [
+        "server.allow_clients[0]: expected an IP network such as 10.0.0.0/8, got '10.0.0.0/33'"
+    ]
+    assert problems({"cache": {"max_entries": -1}}) == [
+        "cache.max_entries: must be within 0..100000000, got -1"
+    ]
+    assert problems({"server": {"server_name": "bad name"}}) == [
+        "server.server_name: expected a host name, got 'bad name'"
+    ]
+    assert problems({"server": {"listen": []}}) == ["server.listen: needs at least one address"]
+
+
+def test_policy_type_nothing_provides_is_an_error() -> None:
+    """A [[policy]] whose type no installed package provides is named with its index."""
+    assert problems({"policy": [{"type": "nope"}]}) == [
+        "policy[0].type: no policy type 'nope' is installed"
+    ]
+    assert problems({"export": [{"path": "x"}]}) == [
+        "export[0].type: required, a string naming the export type"
+    ]
+
+
+@attrs.frozen
+class _ExampleOptions:
+    interval: Duration = Duration(60)
+    names: tuple[str, ...] = ()
+
+
+def test_plugin_tables_are_structured_by_type() -> None:
+    """Each [[policy]] table is checked against its type's own options class."""
+    registry = Registry(policies={"example": PluginType("example", _ExampleOptions, print)})
+    config = parse_config(
+        {"policy": [{"type": "example", "interval": "2h", "names": ["a"]}]}, registry
+    )
+    assert config.policy[0].type == "example"
+    assert config.policy[0].options == _ExampleOptions(Duration(7200), ("a",))
+    found = problems({"policy": [{}, {"type": "example", "interval": "2 hours"}]}, registry)
+    assert found == [
+        "policy[0].type: required, a string naming the policy type",
+        "policy[1].interval: expected a duration such as 30m, 2h or 15d, got '2 hours'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30m", 1800), ("2h", 7200), ("15d", 1296000), ("45s", 45)]
+)
+def test_durations(text: str, seconds: int) -> None:
+    """Durations are written <int>m|h|d."""
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "2", "0h", "h", "1.5h", "2 hours", "-1d"])
+def test_bad_durations(text: str) -> None:
+    """Anything else is rejected with the text shown."""
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(text)
+
+
+def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
+    """A missing file or broken TOML is one clear line naming the file."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "missing.toml")
+    assert "cannot read" in caught.value.problems[0]
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\nlisten = 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(broken)
+    assert caught.value.problems[0].startswith(f"{broken}: not valid TOML")

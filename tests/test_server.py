@@ -1,0 +1,167 @@
+"""The responder and the TCP protocol: ACL, observers, framing, pipelining, idle and cap."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Any
+
+import dns.edns
+import dns.message
+import dns.rcode
+import pytest
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.names import dns as tdns
+
+from misp_dns.dns.acl import ClientACL
+from misp_dns.dns.answer import Answer
+from misp_dns.dns.server import DNSStreamFactory, QueryEvent, Responder
+from misp_dns.dns.wire import Request
+
+
+class ScriptedResolver:
+    """Answers each question with one A record, at once or when the test fires it."""
+
+    def __init__(self, deferred: bool = False) -> None:
+        self.deferred = deferred
+        self.pending: dict[bytes, defer.Deferred[Answer]] = {}
+
+    def resolve(self, request: Request, client: str, transport: str) -> Any:
+        name = request.question.name.name
+        record = tdns.RRHeader(name, tdns.A, tdns.IN, 60, tdns.Record_A("192.0.2.7", 60))
+        answer = Answer(tdns.OK, answers=(record,))
+        if not self.deferred:
+            return answer
+        self.pending[name] = defer.Deferred()
+        return self.pending[name].addCallback(lambda _: answer)
+
+
+def make_responder(resolver: Any = None, allow: str = "127.0.0.0/8") -> Responder:
+    acl = ClientACL([ipaddress.ip_network(allow)])
+    return Responder(resolver or ScriptedResolver(), acl, Clock())
+
+
+def query(name: str = "www.example.com", **kwargs: Any) -> bytes:
+    return dns.message.make_query(name, "A", **kwargs).to_wire()
+
+
+def test_client_outside_acl_gets_refused_with_ede_18() -> None:
+    """Not an open resolver: other clients get REFUSED and, with EDNS, EDE 18 Prohibited."""
+    responder = make_responder()
+    wire = responder.respond(query(use_edns=0), "203.0.113.9", "udp")
+    assert isinstance(wire, bytes)
+    response = dns.message.from_wire(wire)
+    assert response.rcode() == dns.rcode.REFUSED
+    assert [option.code for option in response.options] == [dns.edns.EDECode.PROHIBITED]
+    plain = dns.message.from_wire(responder.respond(query(use_edns=False), "203.0.113.9", "udp"))  # type: ignore[arg-type]
+    assert plain.rcode() == dns.rcode.REFUSED and plain.edns == -1
+
+
+def test_ipv4_mapped_client_matches_ipv4_network() -> None:
+    """::ffff:127.0.0.1 from a dual-stack socket is the loopback client it is."""
+    assert ClientACL([ipaddress.ip_network("127.0.0.0/8")]).allows("::ffff:127.0.0.1")
+    assert not ClientACL([ipaddress.ip_network("127.0.0.0/8")]).allows("::ffff:10.0.0.1")
+
+
+def test_answered_queries_reach_observers() -> None:
+    """Every answered query is handed to the observers (the exporter) with its answer."""
+    responder = make_responder()
+    events: list[QueryEvent] = []
+    responder.observers.append(events.append)
+    responder.respond(query(), "127.0.0.1", "udp")
+    (event,) = events
+    assert event.client == "127.0.0.1" and event.transport == "udp"
+    assert event.answer.rcode == tdns.OK
+
+
+@pytest.mark.allow_errors
+def test_failing_observer_does_not_cost_the_answer() -> None:
+    """An observer that raises is logged; the client still gets its answer."""
+    responder = make_responder()
+
+    def broken(event: QueryEvent) -> None:
+        raise RuntimeError("sink exploded")
+
+    responder.observers.append(broken)
+    wire = responder.respond(query(), "127.0.0.1", "udp")
+    assert isinstance(wire, bytes)
+    assert dns.message.from_wire(wire).rcode() == dns.rcode.NOERROR
+
+
+def test_responses_and_unreadable_packets_get_no_answer() -> None:
+    """QR=1 packets and packets shorter than a header are dropped and counted."""
+    responder = make_responder()
+    response = dns.message.make_response(dns.message.make_query("x.test", "A")).to_wire()
+    assert responder.respond(response, "127.0.0.1", "udp") is None
+    assert responder.respond(b"\x00\x01", "127.0.0.1", "udp") is None
+    assert responder.counters.dropped == 2
+
+
+def connect(factory: DNSStreamFactory) -> tuple[Any, StringTransport]:
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    assert protocol is not None
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def frames(data: bytes) -> list[dns.message.Message]:
+    found = []
+    while data:
+        (length,) = struct.unpack_from("!H", data)
+        found.append(dns.message.from_wire(data[2 : 2 + length]))
+        data = data[2 + length :]
+    return found
+
+
+def framed(wire: bytes) -> bytes:
+    return struct.pack("!H", len(wire)) + wire
+
+
+def test_tcp_pipelined_queries_answered_in_order_ready() -> None:
+    """Two queries in one segment are both answered, each as soon as it is ready."""
+    resolver = ScriptedResolver(deferred=True)
+    factory = DNSStreamFactory(make_responder(resolver), 30, 10, Clock())
+    protocol, transport = connect(factory)
+    protocol.dataReceived(framed(query("first.test")) + framed(query("second.test")))
+    assert transport.value() == b""
+    resolver.pending[b"second.test"].callback(None)
+    resolver.pending[b"first.test"].callback(None)
+    names = [m.question[0].name.to_text() for m in frames(transport.value())]
+    assert names == ["second.test.", "first.test."]
+
+
+def test_tcp_frame_split_across_segments() -> None:
+    """A query that arrives a byte at a time is answered once it is complete."""
+    factory = DNSStreamFactory(make_responder(), 30, 10, Clock())
+    protocol, transport = connect(factory)
+    for byte in framed(query("split.test")):
+        protocol.dataReceived(bytes([byte]))
+    (answer,) = frames(transport.value())
+    assert answer.question[0].name.to_text() == "split.test."
+
+
+def test_tcp_idle_connection_closed_after_timeout() -> None:
+    """A connection that sends nothing is closed after tcp_idle_timeout seconds."""
+    clock = Clock()
+    factory = DNSStreamFactory(make_responder(), 30, 10, clock)
+    protocol, transport = connect(factory)
+    clock.advance(29)
+    protocol.dataReceived(framed(query()))
+    clock.advance(29)
+    assert not transport.disconnecting
+    clock.advance(1.5)
+    assert transport.disconnecting or transport.disconnected
+
+
+def test_tcp_connection_cap() -> None:
+    """Beyond tcp_max_connections, new connections are refused until one closes."""
+    factory = DNSStreamFactory(make_responder(), 30, 2, Clock())
+    first, _ = connect(factory)
+    connect(factory)
+    assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)) is None
+    first.connectionLost(None)
+    assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)) is not None

@@ -1,0 +1,253 @@
+"""Wire checks and response encoding, judged by dnspython as an independent strict parser."""
+
+from __future__ import annotations
+
+import struct
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdatatype
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.names import dns as tdns
+
+from misp_dns.dns.wire import (
+    BADVERS,
+    DropPacket,
+    RequestError,
+    encode_opt,
+    encode_response,
+    read_request,
+)
+
+
+def query_wire(name: str = "wWw.ExAmple.COM", rdtype: str = "A", **kwargs: object) -> bytes:
+    message = dns.message.make_query(name, rdtype, **kwargs)  # type: ignore[arg-type]
+    return message.to_wire()
+
+
+def respond(wire: bytes, rcode: int = tdns.OK, **kwargs: object) -> dns.message.Message:
+    request = read_request(wire)
+    encoded = encode_response(request.message, request.edns, rcode, **kwargs)  # type: ignore[arg-type]
+    return dns.message.from_wire(encoded)
+
+
+def a_record(name: bytes, address: str, ttl: int = 300) -> tdns.RRHeader:
+    return tdns.RRHeader(name, tdns.A, tdns.IN, ttl, tdns.Record_A(address, ttl))
+
+
+def test_response_echoes_id_opcode_rd_and_question_case() -> None:
+    """A client using 0x20 case randomisation gets its question back byte for byte."""
+    query = dns.message.make_query("wWw.ExAmple.COM", "AAAA", use_edns=False)
+    query.id = 4242
+    response = respond(query.to_wire())
+    assert response.id == 4242
+    assert response.flags & dns.flags.QR and response.flags & dns.flags.RA
+    assert response.flags & dns.flags.RD
+    assert not response.flags & dns.flags.AA
+    assert response.question[0].name.to_text() == "wWw.ExAmple.COM."
+    assert response.question[0].rdtype == dns.rdatatype.AAAA
+
+
+def test_rd_clear_is_copied() -> None:
+    """A query without RD gets a response without RD."""
+    query = dns.message.make_query("example.com", "A")
+    query.flags &= ~dns.flags.RD
+    assert not respond(query.to_wire()).flags & dns.flags.RD
+
+
+def test_opt_answered_with_our_size_and_do_echoed() -> None:
+    """An EDNS query gets OPT back with UDP size 1232 and its DO bit."""
+    response = respond(query_wire(use_edns=0, payload=4096, want_dnssec=True))
+    assert response.edns == 0
+    assert response.payload == 1232
+    assert response.ednsflags & dns.flags.DO
+
+
+def test_no_opt_without_edns() -> None:
+    """A plain query gets no OPT record (the stock server never sent one either way)."""
+    response = respond(query_wire(use_edns=False))
+    assert response.edns == -1
+
+
+def test_edns_version_one_is_badvers() -> None:
+    """EDNS version 1 is answered BADVERS with a version-0 OPT (stock Twisted says NOERROR)."""
+    wire = query_wire(use_edns=1)
+    with pytest.raises(RequestError) as caught:
+        read_request(wire)
+    problem = caught.value
+    assert problem.rcode == BADVERS
+    response = dns.message.from_wire(encode_response(problem.message, problem.edns, problem.rcode))
+    assert response.rcode() == dns.rcode.BADVERS
+    assert response.edns == 0
+
+
+def test_two_opt_records_are_formerr() -> None:
+    """RFC 6891: a query with more than one OPT is a format error."""
+    wire = query_wire(use_edns=0)
+    opt = encode_opt(1232)
+    arcount = struct.unpack_from("!H", wire, 10)[0] + 1
+    doubled = wire[:10] + struct.pack("!H", arcount) + wire[12:] + opt
+    with pytest.raises(RequestError) as caught:
+        read_request(doubled)
+    assert caught.value.rcode == tdns.EFORMAT
+
+
+@pytest.mark.parametrize("qdcount", [0, 2])
+def test_question_count_other_than_one_is_formerr(qdcount: int) -> None:
+    """A query with no question or two questions gets FORMERR (stock Twisted answers it)."""
+    wire = query_wire(use_edns=False)
+    header, question = wire[:12], wire[12:]
+    body = question * qdcount
+    packet = header[:4] + struct.pack("!H", qdcount) + header[6:] + body
+    with pytest.raises(RequestError) as caught:
+        read_request(packet)
+    assert caught.value.rcode == tdns.EFORMAT
+    response = dns.message.from_wire(
+        encode_response(caught.value.message, caught.value.edns, caught.value.rcode)
+    )
+    assert response.rcode() == dns.rcode.FORMERR
+    assert response.id == struct.unpack_from("!H", wire)[0]
+
+
+@pytest.mark.parametrize("cut", [13, 20, 27])
+def test_malformed_with_readable_header_is_formerr(cut: int) -> None:
+    """A message cut short, whose header still reads, is answered FORMERR with its ID."""
+    wire = query_wire(use_edns=0)
+    with pytest.raises(RequestError) as caught:
+        read_request(wire[:cut])
+    assert caught.value.rcode == tdns.EFORMAT
+    assert caught.value.message.id == struct.unpack_from("!H", wire)[0]
+
+
+def test_counts_claiming_more_records_than_present_is_formerr() -> None:
+    """A header that promises an answer record that is not there is malformed."""
+    wire = bytearray(query_wire(use_edns=False))
+    wire[7] = 1  # ANCOUNT = 1, with no record following
+    with pytest.raises(RequestError):
+        read_request(bytes(wire))
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00" * 5, b"\x12\x34" + b"\x00" * 9])
+def test_unreadable_packet_is_dropped(data: bytes) -> None:
+    """Fewer bytes than a header: no answer at all."""
+    with pytest.raises(DropPacket):
+        read_request(data)
+
+
+def test_response_packet_is_dropped() -> None:
+    """A packet with QR=1 is never answered (stock Twisted answers it, a reflection loop)."""
+    query = dns.message.make_query("example.com", "A")
+    response = dns.message.make_response(query)
+    with pytest.raises(DropPacket):
+        read_request(response.to_wire())
+
+
+@pytest.mark.parametrize("opcode", [dns.opcode.NOTIFY, dns.opcode.STATUS, dns.opcode.UPDATE])
+def test_other_opcodes_get_notimp_response(opcode: int) -> None:
+    """NOTIFY, STATUS and UPDATE get NOTIMP: a real response with QR set, not an echo."""
+    query = dns.message.make_query("example.com", "SOA", use_edns=False)
+    query.set_opcode(opcode)
+    with pytest.raises(RequestError) as caught:
+        read_request(query.to_wire())
+    problem = caught.value
+    response = dns.message.from_wire(encode_response(problem.message, problem.edns, problem.rcode))
+    assert response.rcode() == dns.rcode.NOTIMP
+    assert response.opcode() == opcode
+    assert response.flags & dns.flags.QR
+    assert response.id == query.id
+
+
+def test_ede_option_carries_code_and_text() -> None:
+    """Extended DNS Errors reach the client as RFC 8914 options with code and text."""
+    response = respond(
+        query_wire(use_edns=0), tdns.ENAME, ede=[(15, "source=misp-connector;domain=x.test")]
+    )
+    (option,) = response.options
+    assert isinstance(option, dns.edns.EDEOption)
+    assert option.code == dns.edns.EDECode.BLOCKED
+    assert option.text == "source=misp-connector;domain=x.test"
+
+
+def test_ede_is_not_sent_without_edns() -> None:
+    """A client that sent no OPT gets none, so no EDE either."""
+    response = respond(query_wire(use_edns=False), tdns.EREFUSED, ede=[(18, "")])
+    assert response.edns == -1
+    assert response.rcode() == dns.rcode.REFUSED
+
+
+def test_udp_answer_over_512_is_truncated_to_a_valid_message() -> None:
+    """Without EDNS a 120-record answer is cut at the RRset, TC set, counts consistent."""
+    records = [a_record(b"big.test", f"10.0.0.{i}") for i in range(120)]
+    request = read_request(query_wire("big.test", use_edns=False))
+    wire = encode_response(request.message, None, tdns.OK, records, max_size=512)
+    assert len(wire) <= 512
+    response = dns.message.from_wire(wire)
+    assert response.flags & dns.flags.TC
+    assert response.answer == []
+
+
+def test_truncation_keeps_whole_rrsets_that_fit() -> None:
+    """Of two RRsets, the small first one stays whole and the one that does not fit goes."""
+    small = [a_record(b"a.test", "192.0.2.1")]
+    large = [a_record(b"b.test", f"10.0.1.{i}") for i in range(100)]
+    request = read_request(query_wire("a.test", use_edns=0))
+    wire = encode_response(request.message, request.edns, tdns.OK, small + large, max_size=1232)
+    response = dns.message.from_wire(wire)
+    assert response.flags & dns.flags.TC
+    assert [rrset.name.to_text() for rrset in response.answer] == ["a.test."]
+    assert response.edns == 0
+
+
+def test_dropping_only_additional_data_does_not_set_tc() -> None:
+    """RFC 2181 section 9: additional data that does not fit is left out without TC."""
+    answer = [a_record(b"a.test", "192.0.2.1")]
+    extra = [a_record(b"glue.test", f"10.0.2.{i}") for i in range(100)]
+    request = read_request(query_wire("a.test", use_edns=False))
+    wire = encode_response(request.message, None, tdns.OK, answer, (), extra, max_size=512)
+    response = dns.message.from_wire(wire)
+    assert not response.flags & dns.flags.TC
+    assert len(response.answer) == 1
+    assert response.additional == []
+
+
+def test_tcp_size_never_truncates() -> None:
+    """Over TCP the same 120-record answer goes out whole."""
+    records = [a_record(b"big.test", f"10.0.0.{i}") for i in range(120)]
+    request = read_request(query_wire("big.test", use_edns=False))
+    response = dns.message.from_wire(encode_response(request.message, None, tdns.OK, records))
+    assert not response.flags & dns.flags.TC
+    assert len(response.answer[0]) == 120
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=12),
+    limit=st.sampled_from([512, 1232]),
+    edns=st.booleans(),
+)
+def test_any_truncated_answer_is_valid_and_fits(sizes: list[int], limit: int, edns: bool) -> None:
+    """Whatever the RRsets, a UDP response fits the limit, parses, and keeps whole RRsets."""
+    records = [
+        tdns.RRHeader(
+            f"n{index}.test".encode(),
+            tdns.TXT,
+            tdns.IN,
+            60,
+            tdns.Record_TXT(b"x" * 50, str(serial).encode(), ttl=60),
+        )
+        for index, size in enumerate(sizes)
+        for serial in range(size)
+    ]
+    request = read_request(query_wire("n0.test", "TXT", use_edns=0 if edns else False))
+    wire = encode_response(request.message, request.edns, tdns.OK, records, max_size=limit)
+    assert len(wire) <= limit
+    response = dns.message.from_wire(wire)
+    kept = {rrset.name.to_text(): len(rrset) for rrset in response.answer}
+    for index, size in enumerate(sizes):
+        assert kept.get(f"n{index}.test.", size) == size
+    truncated = len(kept) < len(sizes)
+    assert bool(response.flags & dns.flags.TC) == truncated
