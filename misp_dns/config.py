@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CacheConfig",
+    "FieldError",
     "Config",
     "ConfigError",
     "Duration",
@@ -139,7 +140,7 @@ def between(low: float, high: float) -> Callable[[Any, attrs.Attribute[Any], Any
 
     def check(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
         if not low <= value <= high:
-            raise _FieldError(attribute.name, f"must be within {low}..{high}, got {value!r}")
+            raise FieldError(attribute.name, f"must be within {low}..{high}, got {value!r}")
 
     return check
 
@@ -149,12 +150,12 @@ def at_least(low: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
 
     def check(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
         if value < low:
-            raise _FieldError(attribute.name, f"must be at least {low}, got {value!r}")
+            raise FieldError(attribute.name, f"must be at least {low}, got {value!r}")
 
     return check
 
 
-class _FieldError(ValueError):
+class FieldError(ValueError):
     """Raised by validators in `__init__`, where cattrs cannot tell which field failed."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -175,7 +176,7 @@ def _valid_server_name(_instance: object, attribute: attrs.Attribute[Any], value
         not re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label)
         for label in labels
     ):
-        raise _FieldError(attribute.name, f"expected a host name, got {value!r}")
+        raise FieldError(attribute.name, f"expected a host name, got {value!r}")
 
 
 @attrs.frozen
@@ -193,7 +194,7 @@ class ServerConfig:
 
     def __attrs_post_init__(self) -> None:
         if not self.listen:
-            raise _FieldError("listen", "needs at least one address")
+            raise FieldError("listen", "needs at least one address")
 
 
 @attrs.frozen
@@ -310,10 +311,14 @@ def _problems(exc: BaseException, path: str) -> list[str]:
                     sub_path = f"{path}[{note.index}]"
             lines.extend(_problems(sub, sub_path))
         return lines
-    if isinstance(exc, _FieldError):
+    if isinstance(exc, FieldError):
         return [f"{_join(path, exc.field)}: {exc}"]
     if isinstance(exc, KeyError):
-        return [f"{_join(path, str(exc.args[0]))}: required key is missing"]
+        key = str(exc.args[0])
+        # cattrs already notes the missing attribute, so `path` may end with it.
+        if path != key and not path.endswith(f".{key}"):
+            path = _join(path, key)
+        return [f"{path}: required key is missing"]
     if isinstance(exc, _BadValue | ValueError | TypeError):
         return [f"{path or '(top level)'}: {exc}"]
     raise exc

@@ -92,7 +92,9 @@ def _builtin_policies() -> list[PluginType]:
 
 
 def _builtin_exporters() -> list[PluginType]:
-    return []
+    from misp_dns.export import http, jsonl, syslog
+
+    return [jsonl.plugin, syslog.plugin, http.plugin]
 
 
 def default_registry() -> Registry:

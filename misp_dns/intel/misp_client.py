@@ -34,7 +34,7 @@ import attrs
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -52,8 +52,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 import misp_dns
-from misp_dns.interfaces import IIndicatorSource
 from misp_dns.intel.indicator import BLOCKING_TYPES, RawIndicator
+from misp_dns.interfaces import IIndicatorSource
 
 if TYPE_CHECKING:
     from misp_dns.policy.misp_options import MispOptions
@@ -116,6 +116,7 @@ class _Retryable(Exception):
 # Failures of the connection itself: worth another attempt.
 _TRANSPORT_ERRORS = (
     error.ConnectError,
+    error.DNSLookupError,
     error.ConnectionLost,
     error.ConnectionClosed,
     ResponseFailed,
@@ -341,23 +342,28 @@ def _shape(payload: object) -> str:
 class _CappedBody(Protocol):
     """Collects a response body, failing (and closing the connection) past `limit` bytes."""
 
-    def __init__(self, finished: Deferred[bytes], limit: int, what: str) -> None:
+    def __init__(self, finished: Deferred[bytes], limit: int, declared: int | None, what: str):
         self._finished: Deferred[bytes] | None = finished
         self._limit = limit
+        self._declared = declared
         self._what = what
         self._chunks: list[bytes] = []
         self._size = 0
+
+    def connectionMade(self) -> None:
+        if self._declared is not None and self._declared > self._limit:
+            self._fail(f"a body of {self._declared} bytes announced")
 
     def dataReceived(self, data: bytes) -> None:
         if self._finished is None:
             return
         self._size += len(data)
         if self._size > self._limit:
-            self._fail(MispResponseError(f"{self._what}: body larger than {self._limit} bytes"))
+            self._fail(f"more than {self._size - len(data)} bytes received")
             return
         self._chunks.append(data)
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         finished, self._finished = self._finished, None
         if finished is None:
             return
@@ -369,46 +375,36 @@ class _CappedBody(Protocol):
     def cancel(self) -> None:
         """Stop reading: the connection is closed and the Deferred fails with CancelledError."""
         self._finished = None
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-    def _fail(self, exc: Exception) -> None:
-        finished, self._finished = self._finished, None
         self._chunks = []
         if self.transport is not None:
             self.transport.loseConnection()
+
+    def _fail(self, detail: str) -> None:
+        finished = self._finished
+        self.cancel()
         if finished is not None:
-            finished.errback(Failure(exc))
+            finished.errback(
+                MispResponseError(f"{self._what}: {detail}, over the {self._limit}-byte cap")
+            )
 
 
 def _read_body(response: IResponse, limit: int, what: str) -> Deferred[bytes]:
-    if response.length is not UNKNOWN_LENGTH and response.length > limit:
-        body: _CappedBody
-        failed: Deferred[bytes] = Deferred()
-        body = _CappedBody(failed, limit, what)
-        response.deliverBody(body)
-        body.cancel()  # close the connection: nothing of it is wanted
-        return defer.fail(
-            MispResponseError(f"{what}: body of {response.length} bytes, over {limit}")
-        )
+    """The whole body, or a failure past `limit` bytes; cancelling closes the connection."""
     if response.length == 0:
         return defer.succeed(b"")
-    finished: Deferred[bytes] = Deferred(lambda _d: body.cancel())
-    body = _CappedBody(finished, limit, what)
-    response.deliverBody(body)
+    declared = None if response.length is UNKNOWN_LENGTH else int(response.length)
+    finished: Deferred[bytes] = Deferred(lambda _d: protocol.cancel())
+    protocol = _CappedBody(finished, limit, declared, what)
+    response.deliverBody(protocol)
     return finished
 
 
 def _describe_failure(exc: BaseException) -> str:
-    reasons = getattr(exc, "reasons", None)
-    if isinstance(exc, ResponseFailed | ResponseNeverReceived | RequestTransmissionFailed) and (
-        reasons
-    ):
-        inner = "; ".join(
-            f"{r.type.__name__}: {r.getErrorMessage()}" if isinstance(r, Failure) else str(r)
-            for r in reasons
-        )
-        return f"{type(exc).__name__} ({inner})"
+    """One line for a connection failure, with the causes Twisted wraps inside it."""
+    reasons = getattr(exc, "reasons", None) or []
+    causes = [r.value for r in reasons if isinstance(r, Failure) and r.value is not None]
+    if causes:
+        return f"{type(exc).__name__} ({'; '.join(_describe_failure(c) for c in causes)})"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -462,9 +458,10 @@ class RetryingHttp:
 
     `http` has treq's API (`treq`, an `HTTPClient`, `StubTreq`). An attempt is retried on a
     connection error, a timeout, 408, 429 or 5xx, waiting `backoff * 2**(n-1)` seconds
-    scaled by a jitter factor in [0.5, 1.5), or what the server asked for, at most
-    `max_delay`. The last answer is returned as `HttpResult`, whatever its status, unless
-    every attempt failed, which raises `MispUnavailableError`.
+    scaled by a jitter factor in [0.5, 1.5), or what a 429 or 503 asked for in `Retry-After`
+    or `X-Rate-Limit-Reset`, at most `max_delay`. The last answer is returned as `HttpResult`,
+    whatever its status, unless every attempt failed, which raises `MispUnavailableError`.
+    `redact` cleans server-supplied text before it reaches a log line or an error.
     """
 
     http: Any
@@ -476,6 +473,7 @@ class RetryingHttp:
     max_delay: float = 60.0
     random: Callable[[], float] = random.random
     follow_redirects: bool = False
+    redact: Callable[[str], str] = str
     log: ClassVar[Logger] = Logger()
 
     async def request(
@@ -498,7 +496,8 @@ class RetryingHttp:
                     delay = _retry_delay(result.headers, self.clock.seconds())
                     if result.status not in (429, 503):
                         delay = None
-                    raise _Retryable(f"HTTP {result.status}: {_status_message(result)}", delay)
+                    message = self.redact(_status_message(result))
+                    raise _Retryable(f"HTTP {result.status}: {message}", delay)
                 return result
             except _Retryable as exc:
                 if attempt == self.attempts:
@@ -530,13 +529,26 @@ class RetryingHttp:
         body: bytes | None,
     ) -> HttpResult:
         exchange = Deferred.fromCoroutine(self._exchange(method, url, what, headers, body))
-        exchange.addTimeout(self.timeout, self.clock)
+        # Cancelling surfaces in many forms (CancelledError, ResponseNeverReceived wrapping
+        # it, ...), so whether the time ran out is remembered here rather than guessed.
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            exchange.cancel()
+
+        timer = self.clock.callLater(self.timeout, expire)
         try:
             return await exchange
-        except defer.TimeoutError:
-            raise _Retryable(f"no complete answer within {self.timeout:g}s") from None
-        except _TRANSPORT_ERRORS as exc:
-            raise _Retryable(_describe_failure(exc)) from None
+        except Exception as exc:
+            if expired:
+                raise _Retryable(f"no complete answer within {self.timeout:g}s") from None
+            if isinstance(exc, _TRANSPORT_ERRORS):
+                raise _Retryable(_describe_failure(exc)) from None
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
 
     async def _exchange(
         self,
@@ -640,6 +652,7 @@ class MispClient:
             backoff=self.backoff,
             max_delay=self.max_retry_delay,
             random=self.random,
+            redact=self._redact,
         )
         indicators: list[RawIndicator] = []
         previous_ids: list[object] | None = None
@@ -663,7 +676,7 @@ class MispClient:
                 )
                 return indicators
             ids = [a.get("id") if isinstance(a, Mapping) else None for a in attributes]
-            if ids == previous_ids:
+            if ids == previous_ids and any(i is not None for i in ids):
                 raise MispResponseError(
                     f"{self.url} page {page}: the same attributes as page {page - 1}; "
                     "the server ignores 'page'"
@@ -676,8 +689,9 @@ class MispClient:
     async def _page(self, http: RetryingHttp, page: int, stats: FetchStats) -> list[object]:
         what = f"MISP {self.url} page {page}"
         body = json.dumps(self.query(page)).encode("utf-8")
-        result = await http.request("POST", self.url, what, headers=self._headers(), body=body)
-        stats.requests += 0  # counted below from the retrying client's view
+        result = await http.request(
+            "POST", self.url, what, headers=self._headers(), body=body, stats=stats
+        )
         return self._attributes_of(result, what)
 
     def _headers(self) -> dict[str, str]:
@@ -689,28 +703,27 @@ class MispClient:
         }
 
     def _attributes_of(self, result: HttpResult, what: str) -> list[object]:
+        """The page's attributes, or the error its answer deserves (with the key redacted)."""
         status = result.status
         if status in (401, 403):
-            raise MispAuthError(
-                self._redact(
-                    f"{what}: HTTP {status}, MISP refused the API key: {_status_message(result)}"
-                ),
-                status,
-            )
+            message = f"{what}: HTTP {status}, MISP refused the API key: {_status_message(result)}"
+            raise MispAuthError(self._redact(message), status)
         if 300 <= status <= 399:
-            raise MispResponseError(
-                f"{what}: HTTP {status} redirect to {self._redact(result.header('location') or '?')}"
-                "; not followed, so the API key goes to server_url only (fix server_url)"
+            location = result.header("location") or "?"
+            message = (
+                f"{what}: HTTP {status} redirect to {location}; not followed, so the API key "
+                "goes to server_url only (fix server_url)"
             )
-        if status != 200:
-            raise MispResponseError(self._redact(f"{what}: HTTP {status}: {_status_message(result)}"))
-        try:
-            payload = json.loads(result.body)
-        except (ValueError, UnicodeDecodeError):
-            raise MispResponseError(
-                self._redact(f"{what}: the body is not JSON: {_excerpt(result.body)}")
-            ) from None
-        return _attribute_list(payload, what)
+        elif status != 200:
+            message = f"{what}: HTTP {status}: {_status_message(result)}"
+        else:
+            try:
+                return _attribute_list(json.loads(result.body), what)
+            except (ValueError, UnicodeDecodeError):
+                message = f"{what}: the body is not JSON: {_excerpt(result.body)}"
+            except MispResponseError as exc:
+                message = str(exc)
+        raise MispResponseError(self._redact(message))
 
     def _redact(self, text: str) -> str:
         """Whatever the server echoes, the key is never repeated."""

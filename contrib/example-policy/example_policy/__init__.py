@@ -22,7 +22,7 @@ from __future__ import annotations
 import attrs
 from zope.interface import implementer
 
-from misp_dns.config import between
+from misp_dns.config import FieldError, between
 from misp_dns.interfaces import IPolicy
 from misp_dns.policy.decision import Action, Decision, PolicyQuery
 from misp_dns.registry import BuildContext, PluginType
@@ -36,10 +36,10 @@ def _tld_names(
     _instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
 ) -> None:
     if not value:
-        raise ValueError("tlds: list at least one top-level domain")
+        raise FieldError(attribute.name, "list at least one top-level domain")
     for tld in value:
         if not tld.isascii() or not tld.replace("-", "").isalnum():
-            raise ValueError(f"tlds: expected a top-level domain such as 'zip', got {tld!r}")
+            raise FieldError(attribute.name, f"expected a top-level domain such as 'zip', got {tld!r}")
 
 
 @attrs.frozen

@@ -36,3 +36,12 @@ def test_bad_options_are_config_errors() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({"policy": [{"type": "tld-block", "tlds": ["zip"], "tld": 1}]}, registry)
     assert caught.value.problems == ["policy[0].tld: unknown key"]
+
+
+def test_bad_tld_names_the_field() -> None:
+    """A TLD with a dot in it is reported under policy[0].tlds."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"policy": [{"type": "tld-block", "tlds": ["co.uk"]}]}, default_registry())
+    assert caught.value.problems == [
+        "policy[0].tlds: expected a top-level domain such as 'zip', got 'co.uk'"
+    ]

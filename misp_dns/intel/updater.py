@@ -1,0 +1,193 @@
+"""Keeps a policy's indicator snapshot current: from the disk cache at start, then from MISP.
+
+The updater is a Twisted service. On start it loads the snapshot last saved in `state_dir`
+(so a restart blocks at once, even with MISP down) and starts the first fetch. Each cycle
+fetches from an `IIndicatorSource`, selects and normalises off the reactor thread, builds a
+new immutable `DomainSet`, and replaces the served snapshot in one assignment; serving never
+waits for a refresh. A changed snapshot is saved back to disk.
+
+A failed cycle keeps the last good snapshot and is retried sooner than `interval`: after
+`retry_after`, doubling per failure, never later than `interval`. Cycles never overlap.
+The schedule is kept with `callLater` rather than `LoopingCall`, because the delay after a
+failure differs from the regular one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from misp_dns.intel import store
+from misp_dns.intel.indicator import RawIndicator
+from misp_dns.intel.normalize import Selection, select
+from misp_dns.interfaces import IIndicatorSource
+from misp_dns.policy.domainset import DomainSet
+
+__all__ = ["IndicatorUpdater"]
+
+RunInThread = Callable[..., defer.Deferred[Any]]
+
+
+def _build(raws: list[RawIndicator], now: float, max_age: float) -> tuple[Selection, DomainSet]:
+    selection = select(raws, now=now, max_age=max_age)
+    return selection, DomainSet.build(selection.kept)
+
+
+class IndicatorUpdater(Service):
+    """Fetches indicators on a schedule and serves the latest good `DomainSet`."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        label: str,
+        source: IIndicatorSource,
+        *,
+        clock: IReactorTime,
+        interval: float,
+        max_age: float,
+        state_path: str | None,
+        retry_after: float = 30.0,
+        run_in_thread: RunInThread = deferToThread,
+    ) -> None:
+        self.label = label
+        self.source = source
+        self.clock = clock
+        self.interval = interval
+        self.max_age = max_age
+        self.state_path = state_path
+        self.retry_after = retry_after
+        self.run_in_thread = run_in_thread
+        self.snapshot = DomainSet.empty()
+        self.failures = 0
+        self.cycles = 0
+        self._running: defer.Deferred[None] | None = None
+        self._next: IDelayedCall | None = None
+        self._waiting: list[defer.Deferred[None]] = []
+        self._ready = False
+        self._warned_unwritable = False
+
+    def whenReady(self) -> defer.Deferred[None]:
+        """Fires once a snapshot is served (from disk or MISP) or the first fetch failed."""
+        if self._ready:
+            return defer.succeed(None)
+        waiting: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append(waiting)
+        return waiting
+
+    def _set_ready(self) -> None:
+        if self._ready:
+            return
+        self._ready = True
+        waiting, self._waiting = self._waiting, []
+        for deferred in waiting:
+            deferred.callback(None)
+
+    def startService(self) -> None:
+        super().startService()
+        loading = self._load_from_disk() if self.state_path else defer.succeed(None)
+        loading.addBoth(lambda _: self.update_now())
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+        return None
+
+    def _load_from_disk(self) -> defer.Deferred[None]:
+        assert self.state_path is not None
+        loading = self.run_in_thread(store.load, self.state_path)
+
+        def loaded(found: DomainSet | None) -> None:
+            if found is not None and len(self.snapshot) == 0:
+                self.snapshot = found
+                self.log.info(
+                    "{label}: {count} indicators loaded from {path}",
+                    label=self.label,
+                    count=len(found),
+                    path=self.state_path,
+                )
+                self._set_ready()
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("{label}: cannot load the indicator cache", failure, label=self.label)
+
+        return loading.addCallbacks(loaded, failed)
+
+    def update_now(self) -> defer.Deferred[None]:
+        """Run one cycle now, unless one is running (then return that one)."""
+        if self._running is not None:
+            return self._running
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+        started = self.clock.seconds()
+        cycle = self.source.fetch()
+        cycle.addCallback(lambda raws: self.run_in_thread(_build, raws, started, self.max_age))
+        cycle.addCallback(self._install)
+        cycle.addCallbacks(self._succeeded, self._failed)
+        cycle.addBoth(self._cycle_over)
+        if self._running is None and not cycle.called:
+            self._running = cycle
+        return cycle
+
+    def _install(self, built: tuple[Selection, DomainSet]) -> defer.Deferred[None] | None:
+        selection, domainset = built
+        self.log.info("{label}: {summary}", label=self.label, summary=selection.summary())
+        if domainset.digest == self.snapshot.digest:
+            return None
+        self.snapshot = domainset
+        if self.state_path is None:
+            return None
+        saving = self.run_in_thread(_save, self.state_path, domainset)
+        return saving.addErrback(self._unwritable)
+
+    def _unwritable(self, failure: Failure) -> None:
+        if not self._warned_unwritable:
+            self._warned_unwritable = True
+            self.log.warn(
+                "{label}: cannot save the indicator cache ({reason}); serving from memory,"
+                " a restart will wait for the next fetch",
+                label=self.label,
+                reason=failure.getErrorMessage(),
+            )
+
+    def _succeeded(self, _: None) -> None:
+        self.failures = 0
+        self._schedule(self.interval)
+
+    def _failed(self, failure: Failure) -> None:
+        self.failures += 1
+        delay = min(self.interval, self.retry_after * 2 ** (self.failures - 1))
+        self.log.warn(
+            "{label}: update failed: {reason}; still blocking the {count} indicators of the"
+            " last good update; next try in {delay:.0f} s",
+            label=self.label,
+            reason=failure.getErrorMessage(),
+            count=len(self.snapshot),
+            delay=delay,
+        )
+        self._schedule(delay)
+
+    def _cycle_over(self, _: object) -> None:
+        self.cycles += 1
+        self._running = None
+        self._set_ready()
+
+    def _schedule(self, delay: float) -> None:
+        if self.running:
+            self._next = self.clock.callLater(delay, self.update_now)
+
+
+def _save(path: str, domainset: DomainSet) -> bool:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return store.save(path, domainset)

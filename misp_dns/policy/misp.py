@@ -1,0 +1,119 @@
+"""The `misp` and `misp-feed` policies: block the domains a MISP instance marks as malicious.
+
+`misp` reads attributes from a MISP server's REST API (`/attributes/restSearch`), `misp-feed`
+from a MISP feed (a directory or URL with `manifest.json`). Both keep the indicators in an
+`IndicatorUpdater` (disk cache at start, refresh every `update_interval`) and answer each
+query from its current snapshot:
+
+- a `domain` or `domain|ip` indicator blocks the name and every name below it, a `hostname`
+  indicator the name alone;
+- the blocked answer is NXDOMAIN with an SOA, or for TXT the report
+  `source=misp-connector;domain=<indicator>` (`source=misp-feed` for a feed), with EDE 15
+  when the query had EDNS;
+- `enable_blocking = false` is monitor mode: nothing is blocked, and the decision still
+  reaches the query log with `"enforced": false`.
+
+Every option is described in `misp_dns.policy.misp_options`. Example:
+
+    [[policy]]
+    type = "misp"
+    server_url = "https://misp.example.com"
+    api_key_file = "/etc/misp-dns/misp.key"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from zope.interface import implementer
+
+from misp_dns.intel.feed import MispFeedSource
+from misp_dns.intel.misp_client import MispClient, make_http_client
+from misp_dns.intel.updater import IndicatorUpdater
+from misp_dns.interfaces import IIndicatorSource, IPolicy
+from misp_dns.policy.decision import Action, Decision, PolicyQuery
+from misp_dns.policy.domainset import Match
+from misp_dns.policy.misp_options import BlockingOptions, MispFeedOptions, MispOptions
+from misp_dns.registry import BuildContext, PluginType
+
+__all__ = ["MispBlockingPolicy", "feed_plugin", "misp_plugin"]
+
+MISP_SOURCE = "misp-connector"
+FEED_SOURCE = "misp-feed"
+
+
+@implementer(IPolicy)
+class MispBlockingPolicy:
+    """Blocks the names in its updater's current snapshot."""
+
+    def __init__(
+        self, name: str, source: str, options: BlockingOptions, updater: IndicatorUpdater
+    ) -> None:
+        self.name = name
+        self.source = source
+        self.options = options
+        self.updater = updater
+        self.service = updater
+
+    def decide(self, query: PolicyQuery) -> Decision | None:
+        """BLOCK (or, in monitor mode, a not enforced BLOCK) for a listed name, else None."""
+        match = self.updater.snapshot.match(query.name)
+        if match is None:
+            return None
+        return self.decision(match)
+
+    def decision(self, match: Match) -> Decision:
+        """The decision for a matched indicator, with what the answer and the log need."""
+        options = self.options
+        return Decision(
+            Action.BLOCK,
+            self.source,
+            indicator=match.name,
+            report=f"source={self.source};domain={match.name}",
+            ttl=options.blocking_answer_ttl,
+            add_txt_report=options.allow_txt_blocking_report,
+            add_ede=options.add_extended_dns_error,
+            enforced=options.enable_blocking,
+            provenance=match.provenance,
+        )
+
+
+def snapshot_path(state_dir: str, kind: str, location: str) -> str:
+    """Where the snapshot of one source lives: one file per source, named by its location."""
+    digest = hashlib.sha256(location.encode("utf-8")).hexdigest()[:16]
+    return os.path.join(state_dir, f"{kind}-{digest}.snapshot")
+
+
+def _policy(
+    name: str,
+    source: str,
+    options: BlockingOptions,
+    indicators: IIndicatorSource,
+    context: BuildContext,
+    location: str,
+) -> MispBlockingPolicy:
+    updater = IndicatorUpdater(
+        source,
+        indicators,
+        clock=context.reactor,
+        interval=options.update_interval,
+        max_age=options.max_ioc_age,
+        state_path=snapshot_path(context.state_dir, name, location),
+    )
+    return MispBlockingPolicy(name, source, options, updater)
+
+
+def _build_misp(options: MispOptions, context: BuildContext) -> MispBlockingPolicy:
+    http = make_http_client(context.reactor, verify_tls=not options.disable_tls_validation)
+    client = MispClient.from_options(options, http, context.reactor)
+    return _policy("misp", MISP_SOURCE, options, client, context, options.server_url)
+
+
+def _build_feed(options: MispFeedOptions, context: BuildContext) -> MispBlockingPolicy:
+    source = MispFeedSource.from_options(options, context.reactor)
+    return _policy("misp-feed", FEED_SOURCE, options, source, context, options.url)
+
+
+misp_plugin = PluginType("misp", MispOptions, _build_misp)
+feed_plugin = PluginType("misp-feed", MispFeedOptions, _build_feed)

@@ -1,0 +1,117 @@
+"""The options of the `misp` and `misp-feed` policy tables.
+
+    [[policy]]
+    type = "misp"
+    server_url = "https://misp.example.com"   # required
+    api_key_file = "/etc/misp-dns/misp.key"   # or api_key = "..."; one is required
+    enable_blocking = true                    # false: monitor mode, nothing is blocked
+    disable_tls_validation = false            # true: any certificate (logs a warning)
+    update_interval = "2h"                    # how often indicators are fetched
+    max_ioc_age = "15d"                       # older attributes are not blocked
+    blocking_answer_ttl = 30                  # 30..86400 seconds
+    allow_txt_blocking_report = true          # TXT queries get the report as an answer
+    pagination_limit = 5000                   # attributes per page, 1..100000
+    add_extended_dns_error = true             # EDE 15 (Blocked) when the query had EDNS
+
+    [[policy]]
+    type = "misp-feed"
+    url = "etc/sample-feed"                   # a directory or http(s) URL with manifest.json
+    # plus every key above but server_url, api_key, api_key_file and pagination_limit
+
+`__init__` checks values only; the key file is read by `MispOptions.read_api_key()` when the
+policy is built, so `--check-config` reports a missing or unreadable file too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from misp_dns.config import ConfigError, Duration, FieldError, between
+
+__all__ = ["BlockingOptions", "MispFeedOptions", "MispOptions"]
+
+
+def _http_url(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FieldError(
+            attribute.name, f"expected an http:// or https:// URL such as {_EXAMPLE}, got {value!r}"
+        )
+    if parts.username or parts.password:
+        raise FieldError(attribute.name, "must not hold a user name or password")
+
+
+_EXAMPLE = "https://misp.example.com"
+_TWO_HOURS = Duration(2 * 3600)
+_FIFTEEN_DAYS = Duration(15 * 86400)
+
+
+def _not_empty(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value.strip():
+        raise FieldError(attribute.name, "must not be empty")
+
+
+@attrs.frozen(kw_only=True)
+class BlockingOptions:
+    """What every MISP-fed blocking policy shares: refreshing, freshness and the answer."""
+
+    enable_blocking: bool = True
+    disable_tls_validation: bool = False
+    update_interval: Duration = _TWO_HOURS
+    max_ioc_age: Duration = _FIFTEEN_DAYS
+    blocking_answer_ttl: int = attrs.field(default=30, validator=between(30, 86400))
+    allow_txt_blocking_report: bool = True
+    add_extended_dns_error: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class MispOptions(BlockingOptions):
+    """`[[policy]] type = "misp"`: indicators from a MISP server's REST API."""
+
+    server_url: str = attrs.field(validator=_http_url)
+    api_key: str = attrs.field(default="", repr=False)
+    api_key_file: str = ""
+    pagination_limit: int = attrs.field(default=5000, validator=between(1, 100_000))
+
+    def __attrs_post_init__(self) -> None:
+        if bool(self.api_key.strip()) == bool(self.api_key_file.strip()):
+            raise FieldError(
+                "api_key" if self.api_key.strip() else "api_key_file",
+                "give exactly one of api_key and api_key_file",
+            )
+
+    def read_api_key(self) -> str:
+        """The API key, read from `api_key_file` if given (whitespace stripped).
+
+        Raises `ConfigError` naming the file (never its content) if it cannot be used.
+        """
+        if not self.api_key_file.strip():
+            key = self.api_key.strip()
+            where = "api_key"
+        else:
+            path = Path(self.api_key_file).expanduser()
+            where = f"api_key_file {str(path)!r}"
+            try:
+                key = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError([f"{where}: cannot read: {exc.strerror or exc}"]) from None
+            except UnicodeDecodeError:
+                raise ConfigError([f"{where}: not a text file"]) from None
+        if not key:
+            raise ConfigError([f"{where}: the API key is empty"])
+        if not all(" " < char < "\x7f" for char in key):
+            raise ConfigError(
+                [f"{where}: the API key holds spaces or characters an HTTP header cannot carry"]
+            )
+        return key
+
+
+@attrs.frozen(kw_only=True)
+class MispFeedOptions(BlockingOptions):
+    """`[[policy]] type = "misp-feed"`: indicators from a MISP feed (a directory or URL)."""
+
+    url: str = attrs.field(validator=_not_empty)

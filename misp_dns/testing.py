@@ -1,0 +1,567 @@
+"""Verified fakes for tests, ours and third parties': a MISP server, a MISP feed, a source.
+
+- `FakeMisp`: a `twisted.web` resource speaking MISP's `POST /attributes/restSearch` as
+  MISP 2.5 does (auth, filters, `limit`/`page`, JSON shapes), with scripted faults. Use it
+  in memory with `treq.testing.StubTreq(fake)`, or serve it for real with
+  `twisted.web.server.Site(fake)` on 127.0.0.1.
+- `FakeFeed`: a resource serving a MISP feed (`manifest.json` and `<uuid>.json`).
+- `MemoryIndicatorSource`: an `IIndicatorSource` that hands out a list you control.
+
+They are verified: the tests of `misp_dns.intel.misp_client` and `misp_dns.intel.feed` run
+against them, and tests/test_testing.py pins the MISP behaviours they imitate.
+
+    fake = FakeMisp(api_key="k" * 40)
+    fake.add_values(["evil.example", "bad.example"])
+    fake.script(Fault.server_error(), None, Fault.rate_limited(retry_after="5"))
+    http = StubTreq(fake)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+import uuid as uuid_module
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
+
+from misp_dns.intel.indicator import RawIndicator
+from misp_dns.interfaces import IIndicatorSource
+
+__all__ = [
+    "FakeFeed",
+    "FakeMisp",
+    "Fault",
+    "MemoryIndicatorSource",
+    "RecordedRequest",
+]
+
+_SEARCH_PATH = b"/attributes/restSearch"
+_AUTH_FAILED = (
+    "Authentication failed. Please make sure you pass the API key of an API enabled user "
+    "along in the Authorization header."
+)
+
+
+@attrs.frozen
+class Fault:
+    """One scripted misbehaviour, used for one request instead of the normal answer."""
+
+    status: int = 500
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    body: bytes = b""
+    hang: bool = False
+
+    @classmethod
+    def server_error(cls, status: int = 500) -> Fault:
+        """A 5xx with a MISP-style error body."""
+        return cls(status, body=_error_body("Internal Error", "An internal error has occurred."))
+
+    @classmethod
+    def rate_limited(cls, retry_after: str | None = None, reset: str | None = None) -> Fault:
+        """A 429, with `Retry-After` and/or MISP's `X-Rate-Limit-Reset` (seconds)."""
+        headers = {}
+        if retry_after is not None:
+            headers["Retry-After"] = retry_after
+        if reset is not None:
+            headers["X-Rate-Limit-Reset"] = reset
+        body = _error_body("Rate limit exceeded.", "Rate limit exceeded.")
+        return cls(429, headers=headers, body=body)
+
+    @classmethod
+    def garbage(cls, body: bytes = b"<html><body>Bad Gateway?</body></html>") -> Fault:
+        """A 200 whose body is not what MISP sends (by default not JSON at all)."""
+        return cls(200, headers={"Content-Type": "text/html"}, body=body)
+
+    @classmethod
+    def json(cls, payload: object, status: int = 200) -> Fault:
+        """A reply with any JSON document."""
+        return cls(status, body=json.dumps(payload).encode())
+
+    @classmethod
+    def redirect(cls, location: str, status: int = 302) -> Fault:
+        """A redirect elsewhere (a client must not resend the API key there)."""
+        return cls(status, headers={"Location": location}, body=b"")
+
+    @classmethod
+    def hanging(cls) -> Fault:
+        """No answer at all: the request stays open until the client gives up."""
+        return cls(hang=True)
+
+
+@attrs.frozen
+class RecordedRequest:
+    """A request as the fake saw it; header names are lower case."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON (None if it is not JSON)."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+def _error_body(name: str, message: str, url: str = "/attributes/restSearch") -> bytes:
+    return json.dumps({"name": name, "message": message, "url": url}).encode()
+
+
+def _iso(moment: float | str | None) -> str | None:
+    if moment is None or isinstance(moment, str):
+        return moment
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="microseconds")
+
+
+@attrs.define
+class _Stored:
+    id: int
+    timestamp: int
+    event_uuid: str
+    tags: list[dict[str, Any]]
+    attribute: dict[str, Any]
+
+
+def _serve_faulted(request: Request, fault: Fault, hanging: list[Request]) -> bytes | int:
+    if fault.hang:
+        hanging.append(request)
+        request.notifyFinish().addBoth(lambda _: hanging.remove(request))
+        return NOT_DONE_YET
+    request.setResponseCode(fault.status)
+    if "Content-Type" not in fault.headers:
+        request.setHeader(b"Content-Type", b"application/json")
+    for name, value in fault.headers.items():
+        request.setHeader(name.encode(), value.encode())
+    return fault.body
+
+
+def _record(request: Request) -> RecordedRequest:
+    body = request.content.read() if request.content is not None else b""
+    headers = {
+        name.decode("latin-1").lower(): values[-1].decode("latin-1")
+        for name, values in request.requestHeaders.getAllRawHeaders()
+    }
+    return RecordedRequest(
+        method=(request.method or b"").decode("ascii", "replace"),
+        path=(request.path or b"").decode("latin-1"),
+        headers=headers,
+        body=body,
+    )
+
+
+def _json_reply(request: Request, status: int, payload: object) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(payload).encode()
+
+
+def _truthy(value: object) -> bool | None:
+    """A MISP boolean filter: True, False, or None for "both/absent"."""
+    if value is None or isinstance(value, list):
+        return None
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true")
+
+
+_RELATIVE = re.compile(r"^(\d+)([dhms])$")
+_UNIT = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+class FakeMisp(Resource):
+    """An in-memory MISP answering `POST /attributes/restSearch` (MISP 2.5.1 behaviour).
+
+    - `Authorization` must equal `api_key`, else 403 with `{"name", "message", "url"}`.
+    - An empty body answers 400; the filters may be wrapped as `{"request": {...}}`.
+    - Filters: `type` (string or list), `to_ids`, `deleted` (default: not deleted; `[0, 1]`
+      both), `timestamp` (`15d`/`12h`/`30m` relative to `now()`, or epoch; anything else
+      matches nothing), `includeEventTags`.
+    - `limit` + `page` (offset = limit * (page - 1)); the order is stable only with
+      `"order": "Attribute.id asc"` (or `desc`), otherwise it changes from request to request.
+      A page past the end is 200 with an empty list.
+    - Values in `after_limit_filter` are removed after the limit, as MISP's warninglist
+      filtering does, so a short page is not the end.
+    - `script(...)` queues `Fault`s (None = answer normally) for the next requests.
+    - `requests` records every request; `hanging` holds the requests left unanswered.
+    """
+
+    isLeaf = True
+
+    def __init__(self, api_key: str = "fake-misp-api-key", *, now: Callable[[], float] = time.time):
+        super().__init__()
+        self.api_key = api_key
+        self.now = now
+        self.requests: list[RecordedRequest] = []
+        self.hanging: list[Request] = []
+        self.after_limit_filter: set[str] = set()
+        self._faults: deque[Fault | None] = deque()
+        self._stored: list[_Stored] = []
+        self._events: dict[str, dict[str, Any]] = {}
+        self._event_tags: dict[str, list[dict[str, Any]]] = {}
+
+    # -- loading --------------------------------------------------------------------------
+
+    def add_event(
+        self,
+        info: str = "misp-dns test event",
+        *,
+        uuid: str | None = None,
+        tags: Iterable[str] = ("tlp:white",),
+        publish_timestamp: int | None = None,
+    ) -> dict[str, Any]:
+        """Add an event (the small form restSearch embeds) and return it."""
+        event_uuid = uuid or str(uuid_module.uuid4())
+        event = {
+            "org_id": "1",
+            "distribution": "3",
+            "id": str(len(self._events) + 1),
+            "info": info,
+            "orgc_id": "1",
+            "uuid": event_uuid,
+            "publish_timestamp": str(publish_timestamp or int(self.now())),
+        }
+        self._events[event_uuid] = event
+        self._event_tags[event_uuid] = [_tag(name, i + 1) for i, name in enumerate(tags)]
+        return event
+
+    def add_attribute(
+        self,
+        value: str,
+        type: str = "domain",
+        *,
+        event: Mapping[str, Any] | None = None,
+        to_ids: bool = True,
+        deleted: bool = False,
+        timestamp: int | None = None,
+        first_seen: float | str | None = None,
+        last_seen: float | str | None = None,
+        uuid: str | None = None,
+        category: str = "Network activity",
+        tags: Iterable[str] = (),
+    ) -> dict[str, Any]:
+        """Add one attribute (to `event`, or to a default event) and return its JSON form."""
+        if event is None:
+            event = self._default_event()
+        ident = len(self._stored) + 1
+        stamp = int(self.now()) if timestamp is None else int(timestamp)
+        attribute = {
+            "id": str(ident),
+            "event_id": event["id"],
+            "object_id": "0",
+            "object_relation": None,
+            "category": category,
+            "type": type,
+            "to_ids": to_ids,
+            "uuid": uuid or str(uuid_module.uuid4()),
+            "timestamp": str(stamp),
+            "distribution": "5",
+            "sharing_group_id": "0",
+            "comment": "",
+            "deleted": deleted,
+            "disable_correlation": False,
+            "first_seen": _iso(first_seen),
+            "last_seen": _iso(last_seen),
+            "value": value,
+        }
+        own_tags = [_tag(name, 100 + i) for i, name in enumerate(tags)]
+        self._stored.append(_Stored(ident, stamp, event["uuid"], own_tags, attribute))
+        return attribute
+
+    def add_values(self, values: Iterable[str], type: str = "domain", **options: Any) -> int:
+        """Add one attribute per value, all alike otherwise; return how many."""
+        count = 0
+        for value in values:
+            self.add_attribute(value, type, **options)
+            count += 1
+        return count
+
+    def load_feed(self, directory: str | Path) -> int:
+        """Add every event file of a MISP feed directory as events and attributes.
+
+        Event files the manifest lists but the directory lacks are skipped. Returns the
+        number of attributes added (all types, as MISP would hold them).
+        """
+        folder = Path(directory)
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        added = 0
+        for event_uuid in manifest:
+            path = folder / f"{event_uuid}.json"
+            if not path.exists():
+                continue
+            raw = json.loads(path.read_text(encoding="utf-8"))["Event"]
+            event = self.add_event(
+                raw.get("info", ""),
+                uuid=raw.get("uuid", event_uuid),
+                tags=[tag["name"] for tag in raw.get("Tag", [])],
+                publish_timestamp=int(raw.get("publish_timestamp") or raw.get("timestamp") or 0),
+            )
+            attributes = list(raw.get("Attribute", []))
+            for obj in raw.get("Object", []):
+                attributes.extend(obj.get("Attribute", []))
+            for item in attributes:
+                self.add_attribute(
+                    item["value"],
+                    item["type"],
+                    event=event,
+                    to_ids=bool(item.get("to_ids", True)),
+                    deleted=bool(item.get("deleted", False)),
+                    timestamp=int(item.get("timestamp") or 0),
+                    first_seen=item.get("first_seen"),
+                    last_seen=item.get("last_seen"),
+                    uuid=item.get("uuid"),
+                    category=item.get("category", "Network activity"),
+                    tags=[tag["name"] for tag in item.get("Tag", [])],
+                )
+                added += 1
+        return added
+
+    @classmethod
+    def from_feed(
+        cls, directory: str | Path, api_key: str = "fake-misp-api-key", **options: Any
+    ) -> FakeMisp:
+        """A fake MISP holding the events of a feed directory (see `load_feed`)."""
+        fake = cls(api_key, **options)
+        fake.load_feed(directory)
+        return fake
+
+    def script(self, *faults: Fault | None) -> None:
+        """Queue misbehaviours for the next requests, in order; None answers normally."""
+        self._faults.extend(faults)
+
+    @property
+    def attributes(self) -> list[dict[str, Any]]:
+        """Every stored attribute, as MISP holds it (before any filter)."""
+        return [stored.attribute for stored in self._stored]
+
+    def _default_event(self) -> dict[str, Any]:
+        if not self._events:
+            self.add_event()
+        return next(iter(self._events.values()))
+
+    # -- serving --------------------------------------------------------------------------
+
+    def render(self, request: Request) -> bytes | int:
+        recorded = _record(request)
+        self.requests.append(recorded)
+        if self._faults:
+            fault = self._faults.popleft()
+            if fault is not None:
+                return _serve_faulted(request, fault, self.hanging)
+        if request.path != _SEARCH_PATH:
+            message = f"Could not find {recorded.path}"
+            return _json_reply(
+                request, 404, {"name": "Not Found", "message": message, "url": recorded.path}
+            )
+        if recorded.headers.get("authorization") != self.api_key:
+            return _json_reply(
+                request,
+                403,
+                {"name": _AUTH_FAILED, "message": _AUTH_FAILED, "url": "/attributes/restSearch"},
+            )
+        if recorded.method != "POST":
+            return _json_reply(request, 405, _error_json("Method Not Allowed", "Use POST."))
+        if not recorded.body.strip():
+            message = "Either specify the search terms in the url, or POST a json array / object."
+            return _json_reply(request, 400, _error_json(message, message))
+        filters = recorded.json()
+        if not isinstance(filters, dict):
+            return _json_reply(request, 400, _error_json("Invalid JSON", "Invalid JSON body."))
+        if isinstance(filters.get("request"), dict):
+            filters = filters["request"]
+        if filters.get("returnFormat", "json") != "json":
+            message = "This fake speaks returnFormat json only."
+            return _json_reply(request, 400, _error_json(message, message))
+        page = self._search(filters, len(self.requests))
+        request.setHeader(b"X-Result-Count", str(len(page)).encode())
+        return _json_reply(request, 200, {"response": {"Attribute": page}})
+
+    def _search(self, filters: Mapping[str, Any], serial: int) -> list[dict[str, Any]]:
+        found = self._filtered(filters)
+        order = str(filters.get("order") or "").strip().lower()
+        if order in ("attribute.id asc", "attribute.id"):
+            found.sort(key=lambda stored: stored.id)
+        elif order == "attribute.id desc":
+            found.sort(key=lambda stored: -stored.id)
+        else:
+            random.Random(serial).shuffle(found)  # no order asked: none promised
+        limit = _int_or_none(filters.get("limit"))
+        if limit:
+            page = max(1, _int_or_none(filters.get("page")) or 1)
+            found = found[limit * (page - 1) : limit * page]
+        found = [s for s in found if s.attribute["value"] not in self.after_limit_filter]
+        with_event_tags = bool(_truthy(filters.get("includeEventTags")))
+        return [self._render_attribute(stored, with_event_tags) for stored in found]
+
+    def _filtered(self, filters: Mapping[str, Any]) -> list[_Stored]:
+        found = self._stored
+        types = filters.get("type")
+        if types is not None:
+            wanted = {types} if isinstance(types, str) else set(types)
+            found = [s for s in found if s.attribute["type"] in wanted]
+        to_ids = _truthy(filters.get("to_ids"))
+        if to_ids is not None:
+            found = [s for s in found if s.attribute["to_ids"] == to_ids]
+        deleted = filters.get("deleted", False)
+        if not isinstance(deleted, list):
+            hidden = bool(_truthy(deleted))
+            found = [s for s in found if s.attribute["deleted"] == hidden]
+        if "timestamp" in filters:
+            since = self._since(filters["timestamp"])
+            found = [] if since is None else [s for s in found if s.timestamp >= since]
+        return list(found)
+
+    def _since(self, value: object) -> int | None:
+        """A MISP time filter as an epoch; None when MISP would match nothing."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if not isinstance(value, str):
+            return None
+        text = value.strip()
+        if text.isdigit():
+            return int(text)
+        match = _RELATIVE.match(text)
+        if not match:
+            return None
+        return int(self.now()) - int(match.group(1)) * _UNIT[match.group(2)]
+
+    def _render_attribute(self, stored: _Stored, with_event_tags: bool) -> dict[str, Any]:
+        out = dict(stored.attribute)
+        out["Event"] = dict(self._events[stored.event_uuid])
+        tags = list(stored.tags)
+        if with_event_tags:
+            tags = [*self._event_tags[stored.event_uuid], *tags]
+        if tags:
+            out["Tag"] = [dict(tag) for tag in tags]
+        return out
+
+
+def _tag(name: str, ident: int) -> dict[str, Any]:
+    return {
+        "id": str(ident),
+        "name": name,
+        "colour": "#ffffff",
+        "numerical_value": None,
+        "is_galaxy": False,
+        "local": False,
+    }
+
+
+def _error_json(name: str, message: str) -> dict[str, str]:
+    return {"name": name, "message": message, "url": "/attributes/restSearch"}
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+class FakeFeed(Resource):
+    """A web server holding a MISP feed: `GET .../manifest.json` and `.../<uuid>.json`.
+
+    Files are found by the last segment of the path, so any base URL works. `files` maps a
+    file name to its bytes; change it (or use `put_event`) to simulate a feed update.
+    Unknown names answer 404. `script(...)` and `requests` work as in `FakeMisp`.
+    """
+
+    isLeaf = True
+
+    def __init__(self, files: Mapping[str, bytes] | None = None) -> None:
+        super().__init__()
+        self.files: dict[str, bytes] = dict(files or {})
+        self.requests: list[RecordedRequest] = []
+        self.hanging: list[Request] = []
+        self._faults: deque[Fault | None] = deque()
+
+    @classmethod
+    def from_directory(cls, directory: str | Path) -> FakeFeed:
+        """Serve the `.json` files of a feed directory."""
+        folder = Path(directory)
+        return cls({path.name: path.read_bytes() for path in folder.glob("*.json")})
+
+    def script(self, *faults: Fault | None) -> None:
+        """Queue misbehaviours for the next requests, in order; None answers normally."""
+        self._faults.extend(faults)
+
+    def put_event(self, event: Mapping[str, Any], timestamp: int) -> None:
+        """Add or replace an event (`{"uuid", "info", "Attribute": [...]}`) in the manifest."""
+        manifest = json.loads(self.files.get("manifest.json", b"{}"))
+        manifest[event["uuid"]] = {"info": event.get("info", ""), "timestamp": timestamp}
+        self.files["manifest.json"] = json.dumps(manifest).encode()
+        body = dict(event, timestamp=str(timestamp))
+        self.files[f"{event['uuid']}.json"] = json.dumps({"Event": body}).encode()
+
+    def fetched(self) -> list[str]:
+        """The file names requested so far, in order."""
+        return [request.path.rsplit("/", 1)[-1] for request in self.requests]
+
+    def render_GET(self, request: Request) -> bytes | int:
+        recorded = _record(request)
+        self.requests.append(recorded)
+        if self._faults:
+            fault = self._faults.popleft()
+            if fault is not None:
+                return _serve_faulted(request, fault, self.hanging)
+        name = recorded.path.rsplit("/", 1)[-1]
+        if name not in self.files:
+            request.setResponseCode(404)
+            return b"Not Found"
+        request.setHeader(b"Content-Type", b"application/json")
+        return self.files[name]
+
+
+@implementer(IIndicatorSource)
+@attrs.define
+class MemoryIndicatorSource:
+    """An `IIndicatorSource` serving `indicators`, as set by the test.
+
+    Set `error` to make fetches fail with it; set `hold = True` to make fetches wait until
+    `release()` (to test that an updater never overlaps two fetches). `fetches` counts calls.
+    """
+
+    indicators: list[RawIndicator] = attrs.field(factory=list)
+    error: Exception | None = None
+    hold: bool = False
+    fetches: int = 0
+    _waiting: list[Deferred[list[RawIndicator]]] = attrs.field(factory=list, alias="_waiting")
+
+    def fetch(self) -> Deferred[list[RawIndicator]]:
+        """Fire with a copy of `indicators` (now, or at `release()` when holding)."""
+        self.fetches += 1
+        if self.hold:
+            waiting: Deferred[list[RawIndicator]] = Deferred()
+            self._waiting.append(waiting)
+            return waiting
+        return self._answer()
+
+    @property
+    def pending(self) -> int:
+        """Fetches waiting for `release()`."""
+        return len(self._waiting)
+
+    def release(self) -> None:
+        """Answer every held fetch with the current `indicators` or `error`."""
+        waiting, self._waiting = self._waiting, []
+        for deferred in waiting:
+            self._answer().chainDeferred(deferred)
+
+    def _answer(self) -> Deferred[list[RawIndicator]]:
+        if self.error is not None:
+            return defer.fail(self.error)
+        return defer.succeed(list(self.indicators))

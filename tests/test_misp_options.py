@@ -1,0 +1,144 @@
+"""The `[[policy]] type = "misp"` and `"misp-feed"` tables: defaults, limits, the API key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from misp_dns.config import ConfigError, parse_config
+from misp_dns.policy.misp_options import MispFeedOptions, MispOptions
+from misp_dns.registry import PluginType, Registry
+
+KEY = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _registry() -> Registry:
+    def build(_options: Any, _context: Any) -> None:
+        return None
+
+    return Registry(
+        policies={
+            "misp": PluginType("misp", MispOptions, build),
+            "misp-feed": PluginType("misp-feed", MispFeedOptions, build),
+        }
+    )
+
+
+def options_of(table: dict[str, Any]) -> Any:
+    return parse_config({"policy": [table]}, _registry()).policy[0].options
+
+
+def problems(table: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"policy": [table]}, _registry())
+    return caught.value.problems
+
+
+def test_misp_defaults_are_the_documented_ones() -> None:
+    """Only server_url and a key given: every other key has the default DESIGN.md shows."""
+    options = options_of({"type": "misp", "server_url": "https://misp.test", "api_key": KEY})
+    assert options == MispOptions(server_url="https://misp.test", api_key=KEY)
+    assert options.enable_blocking is True
+    assert options.disable_tls_validation is False
+    assert options.update_interval == 2 * 3600
+    assert options.max_ioc_age == 15 * 86400
+    assert options.blocking_answer_ttl == 30
+    assert options.allow_txt_blocking_report is True
+    assert options.pagination_limit == 5000
+    assert options.add_extended_dns_error is True
+
+
+def test_every_documented_key_is_accepted() -> None:
+    """The full table from DESIGN.md loads, durations parsed into seconds."""
+    options = options_of(
+        {
+            "type": "misp",
+            "server_url": "https://misp.test",
+            "api_key": KEY,
+            "enable_blocking": False,
+            "disable_tls_validation": True,
+            "update_interval": "30m",
+            "max_ioc_age": "7d",
+            "blocking_answer_ttl": 86400,
+            "allow_txt_blocking_report": False,
+            "pagination_limit": 100_000,
+            "add_extended_dns_error": False,
+        }
+    )
+    assert (options.update_interval, options.max_ioc_age) == (1800, 7 * 86400)
+    assert options.pagination_limit == 100_000
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"blocking_answer_ttl": 29}, "policy[0].blocking_answer_ttl: must be within 30..86400"),
+        ({"pagination_limit": 0}, "policy[0].pagination_limit: must be within 1..100000"),
+        ({"update_interval": "2 hours"}, "policy[0].update_interval: expected a duration"),
+        ({"server_url": "misp.test"}, "policy[0].server_url: expected an http:// or https://"),
+        ({"server_url": "https://u:p@misp.test"}, "policy[0].server_url: must not hold"),
+        ({"api_key_file": "/k"}, "policy[0].api_key: give exactly one of api_key and api_key_file"),
+        ({"pagnation_limit": 10}, "policy[0].pagnation_limit: unknown key"),
+    ],
+)
+def test_bad_values_name_their_toml_path(extra: dict[str, Any], expected: str) -> None:
+    """Each bad value gives one line with its TOML path, as the config loader promises."""
+    table = {"type": "misp", "server_url": "https://misp.test", "api_key": KEY, **extra}
+    found = problems(table)
+    assert any(line.startswith(expected) for line in found), found
+
+
+def test_server_url_and_a_key_are_required() -> None:
+    """Without server_url, or without any key, the table is refused."""
+    assert any("server_url" in line for line in problems({"type": "misp", "api_key": KEY}))
+    found = problems({"type": "misp", "server_url": "https://misp.test"})
+    assert any("exactly one of api_key and api_key_file" in line for line in found)
+
+
+def test_the_key_never_shows_in_repr() -> None:
+    """The options' repr (in logs, tracebacks) leaves the key out."""
+    options = MispOptions(server_url="https://misp.test", api_key=KEY)
+    assert KEY not in repr(options)
+
+
+def test_key_file_is_read_and_stripped(tmp_path: Path) -> None:
+    """api_key_file's content, without surrounding whitespace, is the key."""
+    path = tmp_path / "key"
+    path.write_text(f"\n {KEY} \n")
+    options = MispOptions(server_url="https://misp.test", api_key_file=str(path))
+    assert options.read_api_key() == KEY
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read"),
+        ("   \n", "the API key is empty"),
+        ("two words", "cannot carry"),
+    ],
+)
+def test_unusable_key_files_are_clear_errors(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    """A missing, empty or malformed key file is a ConfigError naming the file, not the key."""
+    path = tmp_path / "misp.key"
+    if content is not None:
+        path.write_text(content)
+    options = MispOptions(server_url="https://misp.test", api_key_file=str(path))
+    with pytest.raises(ConfigError) as caught:
+        options.read_api_key()
+    [line] = caught.value.problems
+    assert str(path) in line and message in line
+    assert "words" not in line
+
+
+def test_feed_table_takes_url_and_the_blocking_options() -> None:
+    """misp-feed needs url, shares the blocking keys, and has no server/key/paging keys."""
+    options = options_of({"type": "misp-feed", "url": "etc/sample-feed", "max_ioc_age": "30d"})
+    assert options == MispFeedOptions(url="etc/sample-feed", max_ioc_age=30 * 86400)
+    assert problems({"type": "misp-feed", "url": "x", "api_key": KEY}) == [
+        "policy[0].api_key: unknown key"
+    ]
+    assert any("url" in line for line in problems({"type": "misp-feed"}))

@@ -1,0 +1,235 @@
+"""The fakes in misp_dns.testing behave like what they imitate (so tests using them mean it).
+
+FakeMisp is checked against MISP 2.5.1's documented restSearch behaviour (auth, empty body,
+filters, paging, shapes), served both in memory and for real on loopback; FakeMisp and
+MispFeedSource agree on the real feed data; MemoryIndicatorSource keeps its promises.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
+
+from misp_dns.intel.feed import MispFeedSource
+from misp_dns.intel.indicator import RawIndicator
+from misp_dns.intel.misp_client import MispClient, MispUnavailableError, make_http_client
+from misp_dns.interfaces import IIndicatorSource
+from misp_dns.testing import FakeFeed, FakeMisp, Fault, MemoryIndicatorSource
+
+KEY = "fake-key-0123456789"
+SEARCH = "https://misp.test/attributes/restSearch"
+SMALL = Path(__file__).resolve().parent / "fixtures" / "misp-feed-small"
+NOW = 1_700_000_000
+
+
+def result_of(deferred: Deferred[Any]) -> Any:
+    found: list[Any] = []
+    deferred.addBoth(found.append)
+    assert found, "the Deferred has not fired"
+    if isinstance(found[0], Failure):
+        found[0].raiseException()
+    return found[0]
+
+
+def ask(fake: FakeMisp, body: Any, key: str | None = KEY) -> tuple[int, Any]:
+    """POST `body` (JSON unless bytes) to the fake; the status and the decoded JSON answer."""
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = key
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = result_of(StubTreq(fake).post(SEARCH, data=data, headers=headers))
+    return response.code, json.loads(result_of(response.content()))
+
+
+def attributes(fake: FakeMisp, filters: dict[str, Any]) -> list[dict[str, Any]]:
+    status, answer = ask(fake, filters)
+    assert status == 200, answer
+    return answer["response"]["Attribute"]
+
+
+@pytest.fixture
+def fake() -> FakeMisp:
+    """Five attributes of mixed type, flags and age."""
+    misp = FakeMisp(KEY, now=lambda: NOW)
+    event = misp.add_event("event one", tags=["tlp:white", "infoblox"])
+    misp.add_attribute("a.example", event=event, tags=["kill-chain:c2"])
+    misp.add_attribute("b.example", "hostname", event=event, to_ids=False)
+    misp.add_attribute("c.example", event=event, deleted=True)
+    misp.add_attribute("d.example", event=event, timestamp=NOW - 30 * 86400)
+    misp.add_attribute("192.0.2.1", "ip-dst", event=event)
+    return misp
+
+
+@pytest.mark.parametrize("key", [None, "wrong", f"Bearer {KEY}"])
+def test_wrong_or_missing_key_is_403_with_misp_error_shape(fake: FakeMisp, key: str | None) -> None:
+    """MISP answers 403 {"name", "message", "url"} unless Authorization is exactly the key."""
+    status, answer = ask(fake, {"returnFormat": "json"}, key=key)
+    assert status == 403
+    assert set(answer) == {"name", "message", "url"}
+    assert "Authentication failed" in answer["message"]
+
+
+def test_empty_body_is_400(fake: FakeMisp) -> None:
+    """An empty POST body answers 400, as MISP does."""
+    assert ask(fake, b"")[0] == 400
+
+
+def test_filters_may_be_wrapped_in_request(fake: FakeMisp) -> None:
+    """{"request": {...}} and the bare filters give the same answer."""
+    filters = {"type": "domain", "order": "Attribute.id asc"}
+    assert attributes(fake, {"request": filters}) == attributes(fake, filters)
+
+
+def test_filters_select_like_misp(fake: FakeMisp) -> None:
+    """type, to_ids, deleted (hidden by default) and the relative timestamp window all filter."""
+
+    def values(filters: dict[str, Any]) -> list[str]:
+        found = attributes(fake, {**filters, "order": "Attribute.id asc"})
+        return [a["value"] for a in found]
+
+    assert values({}) == ["a.example", "b.example", "d.example", "192.0.2.1"]
+    assert values({"type": ["domain", "hostname"]}) == ["a.example", "b.example", "d.example"]
+    assert values({"to_ids": True, "type": "domain"}) == ["a.example", "d.example"]
+    assert values({"to_ids": 0}) == ["b.example"]
+    assert values({"deleted": True}) == ["c.example"]
+    assert len(values({"deleted": [0, 1]})) == 5
+    assert values({"timestamp": "15d", "type": "domain"}) == ["a.example"]
+    assert values({"timestamp": str(NOW - 40 * 86400), "type": "domain"}) == [
+        "a.example",
+        "d.example",
+    ]
+    assert values({"timestamp": "15 days"}) == []  # MISP matches nothing on a bad value
+
+
+def test_answer_has_misp_shapes(fake: FakeMisp) -> None:
+    """Ids and timestamps are strings; each attribute carries its Event and, asked, event tags."""
+    [first] = attributes(fake, {"value": "x", "limit": 1, "order": "Attribute.id asc"})[:1]
+    assert first["id"] == "1" and isinstance(first["timestamp"], str)
+    assert first["event_id"] == first["Event"]["id"] == "1"
+    assert {"id", "uuid", "info"} <= set(first["Event"])
+    assert [t["name"] for t in first["Tag"]] == ["kill-chain:c2"]
+    [tagged] = attributes(fake, {"includeEventTags": True, "limit": 1, "order": "Attribute.id"})
+    assert [t["name"] for t in tagged["Tag"]] == ["tlp:white", "infoblox", "kill-chain:c2"]
+
+
+def test_limit_and_page_slice_and_past_the_end_is_empty(fake: FakeMisp) -> None:
+    """offset = limit * (page - 1); a page past the end is 200 with an empty list."""
+    order = {"order": "Attribute.id asc", "limit": 3}
+    assert [a["id"] for a in attributes(fake, {**order, "page": 1})] == ["1", "2", "4"]
+    assert [a["id"] for a in attributes(fake, {**order, "page": 2})] == ["5"]
+    assert attributes(fake, {**order, "page": 3}) == []
+
+
+def test_without_order_the_order_is_not_stable() -> None:
+    """Like MISP, no order is promised unless asked for: two requests may disagree."""
+    misp = FakeMisp(KEY)
+    misp.add_values(f"n{i}.example" for i in range(50))
+    orders = {tuple(a["id"] for a in attributes(misp, {"type": "domain"})) for _ in range(3)}
+    assert len(orders) > 1
+
+
+def test_after_limit_filter_makes_short_pages(fake: FakeMisp) -> None:
+    """A value filtered after the limit shortens its page without shifting the next."""
+    fake.after_limit_filter = {"a.example"}
+    order = {"order": "Attribute.id asc", "limit": 2}
+    assert [a["value"] for a in attributes(fake, {**order, "page": 1})] == ["b.example"]
+    assert [a["value"] for a in attributes(fake, {**order, "page": 2})] == [
+        "d.example",
+        "192.0.2.1",
+    ]
+
+
+def test_scripted_faults_apply_in_order_and_requests_are_recorded(fake: FakeMisp) -> None:
+    """Faults are used one per request, None answering normally; every request is recorded."""
+    fake.script(None, Fault.rate_limited(retry_after="3", reset="4"), Fault.garbage())
+    assert ask(fake, {})[0] == 200
+    response = result_of(StubTreq(fake).post(SEARCH, data=b"{}", headers={"Authorization": KEY}))
+    assert response.code == 429
+    assert response.headers.getRawHeaders("Retry-After") == ["3"]
+    assert response.headers.getRawHeaders("X-Rate-Limit-Reset") == ["4"]
+    response = result_of(StubTreq(fake).post(SEARCH, data=b"{}", headers={"Authorization": KEY}))
+    assert response.code == 200 and result_of(response.content()).startswith(b"<html>")
+    assert ask(fake, {})[0] == 200
+    assert len(fake.requests) == 4 and fake.requests[0].json() == {}
+
+
+def test_fake_misp_and_the_feed_reader_agree_on_real_data() -> None:
+    """The same real feed read as a feed and through FakeMisp gives the same indicators."""
+    misp = FakeMisp.from_feed(SMALL, KEY, now=lambda: NOW)
+    client = MispClient("https://misp.test", KEY, StubTreq(misp), Clock(), max_ioc_age=1e9)
+    through_misp = result_of(client.fetch())
+    from_feed = result_of(MispFeedSource(str(SMALL)).fetch())
+
+    def key(indicator: RawIndicator) -> tuple[Any, ...]:
+        return (
+            indicator.attribute_uuid,
+            indicator.value,
+            indicator.type,
+            indicator.timestamp,
+            indicator.first_seen,
+            indicator.event_uuid,
+            indicator.event_info,
+        )
+
+    assert len(through_misp) == 22
+    assert sorted(map(key, through_misp)) == sorted(map(key, from_feed))
+
+
+@pytest_twisted.ensureDeferred
+async def test_fake_misp_served_for_real_on_loopback() -> None:
+    """Behind a real Site on 127.0.0.1 the fake pages, and a hang is cut off by the timeout."""
+    from twisted.internet import reactor
+    from twisted.web.client import HTTPConnectionPool
+    from twisted.web.server import Site
+
+    misp = FakeMisp(KEY)
+    misp.add_values(f"n{i}.example" for i in range(7))
+    port = reactor.listenTCP(0, Site(misp), interface="127.0.0.1")
+    try:
+        http = make_http_client(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        client = MispClient(url, KEY, http, reactor, pagination_limit=3)
+        assert len(await client.fetch()) == 7
+        assert len(misp.requests) == 4
+
+        misp.script(Fault.hanging())
+        impatient = MispClient(url, KEY, http, reactor, timeout=0.2, attempts=1)
+        with pytest.raises(MispUnavailableError, match=r"within 0\.2s"):
+            await impatient.fetch()
+    finally:
+        await port.stopListening()
+
+
+def test_fake_feed_serves_files_by_name_and_404s_the_rest() -> None:
+    """FakeFeed answers any path ending in a known file name, 404 otherwise."""
+    feed = FakeFeed({"manifest.json": b"{}"})
+    http = StubTreq(feed)
+    assert result_of(http.get("http://f.test/a/b/manifest.json")).code == 200
+    assert result_of(http.get("http://f.test/a/b/other.json")).code == 404
+    assert feed.fetched() == ["manifest.json", "other.json"]
+
+
+def test_memory_source_serves_fails_and_holds() -> None:
+    """MemoryIndicatorSource hands out its list, fails with `error`, and waits when holding."""
+    indicator = RawIndicator("evil.example", "domain")
+    source = MemoryIndicatorSource([indicator])
+    assert verifyObject(IIndicatorSource, source)
+    assert result_of(source.fetch()) == [indicator]
+
+    source.hold = True
+    held = source.fetch()
+    assert not held.called and source.pending == 1
+    source.error = RuntimeError("MISP down")
+    source.release()
+    with pytest.raises(RuntimeError, match="MISP down"):
+        result_of(held)
+    assert source.fetches == 2 and source.pending == 0

@@ -1,0 +1,171 @@
+"""The indicator updater: disk cache first, refresh on schedule, keep the last good set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from misp_dns.intel import store
+from misp_dns.intel.indicator import BlockEntry, RawIndicator
+from misp_dns.intel.updater import IndicatorUpdater
+from misp_dns.policy.domainset import DomainSet
+from misp_dns.testing import MemoryIndicatorSource
+
+HOUR = 3600.0
+
+
+def inline(function: Any, *args: Any) -> defer.Deferred[Any]:
+    """Runs the 'thread' work at once, so the Clock alone drives the updater."""
+    return defer.maybeDeferred(function, *args)
+
+
+def make_updater(
+    source: MemoryIndicatorSource, clock: Clock, state: Path | None = None
+) -> IndicatorUpdater:
+    return IndicatorUpdater(
+        "misp-connector",
+        source,
+        clock=clock,
+        interval=2 * HOUR,
+        max_age=15 * 86400,
+        state_path=str(state) if state else None,
+        retry_after=30,
+        run_in_thread=inline,
+    )
+
+
+def raw(value: str, **kwargs: Any) -> RawIndicator:
+    return RawIndicator(value=value, type="domain", **kwargs)
+
+
+def test_first_fetch_at_start_then_every_interval() -> None:
+    """Indicators are fetched at start and again after update_interval."""
+    clock = Clock()
+    source = MemoryIndicatorSource([raw("evil.example")])
+    updater = make_updater(source, clock)
+    updater.startService()
+    assert updater.whenReady().called
+    assert updater.snapshot.match("www.evil.example") is not None
+    source.indicators = [raw("other.example")]
+    clock.advance(2 * HOUR - 1)
+    assert source.fetches == 1
+    clock.advance(1)
+    assert source.fetches == 2
+    assert updater.snapshot.match("evil.example") is None
+    assert updater.snapshot.match("other.example") is not None
+
+
+@pytest.mark.allow_errors
+def test_failed_fetch_keeps_last_good_set_and_retries_sooner() -> None:
+    """MISP down: blocking goes on with the old set; retries back off but stay under interval."""
+    clock = Clock()
+    source = MemoryIndicatorSource([raw("evil.example")])
+    updater = make_updater(source, clock)
+    updater.startService()
+    source.error = RuntimeError("connection refused")
+    clock.advance(2 * HOUR)
+    assert updater.failures == 1
+    assert updater.snapshot.match("evil.example") is not None
+    clock.advance(30)
+    assert source.fetches == 3 and updater.failures == 2
+    clock.advance(59)
+    assert source.fetches == 3
+    clock.advance(1)
+    assert source.fetches == 4
+    source.error = None
+    clock.advance(120)
+    assert updater.failures == 0
+    assert updater.snapshot.match("evil.example") is not None
+
+
+def test_cycles_never_overlap() -> None:
+    """Asking for an update while one runs joins it instead of starting a second fetch."""
+    clock = Clock()
+    source = MemoryIndicatorSource([raw("evil.example")], hold=True)
+    updater = make_updater(source, clock)
+    updater.startService()
+    updater.update_now()
+    updater.update_now()
+    assert source.fetches == 1
+    source.release()
+    assert updater.snapshot.match("evil.example") is not None
+
+
+def test_rules_of_what_to_block_apply() -> None:
+    """to_ids off, deleted, stale by last_seen and unusable values are not blocked."""
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    now = clock.seconds()
+    source = MemoryIndicatorSource(
+        [
+            raw("kept.example", last_seen=now - 86400),
+            raw("noids.example", to_ids=False),
+            raw("deleted.example", deleted=True),
+            raw("stale.example", last_seen=now - 20 * 86400),
+            raw("10.0.0.1"),
+        ]
+    )
+    updater = make_updater(source, clock)
+    updater.startService()
+    names = {entry.name for entry in updater.snapshot.entries()}
+    assert names == {"kept.example"}
+
+
+def test_restart_blocks_from_disk_before_first_fetch(tmp_path: Path) -> None:
+    """A restart with MISP unreachable serves the indicators saved by the last run."""
+    state = tmp_path / "state" / "misp.snapshot"
+    first = make_updater(MemoryIndicatorSource([raw("evil.example")]), Clock(), state)
+    first.startService()
+    first.stopService()
+    assert state.exists()
+    down = MemoryIndicatorSource(error=RuntimeError("MISP unreachable"), hold=True)
+    second = make_updater(down, Clock(), state)
+    second.startService()
+    assert second.whenReady().called
+    assert second.snapshot.match("a.evil.example") is not None
+
+
+@pytest.mark.allow_errors
+def test_broken_cache_file_is_ignored(tmp_path: Path) -> None:
+    """A corrupt cache file is logged and ignored; the first fetch fills the set."""
+    state = tmp_path / "misp.snapshot"
+    state.write_bytes(b"not a snapshot at all")
+    updater = make_updater(MemoryIndicatorSource([raw("evil.example")]), Clock(), state)
+    updater.startService()
+    assert updater.snapshot.match("evil.example") is not None
+    assert store.load(state) is not None
+
+
+@pytest.mark.allow_errors
+def test_unwritable_state_dir_serves_from_memory(tmp_path: Path) -> None:
+    """When the cache cannot be written, the new set is served all the same."""
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a directory should be")
+    updater = make_updater(
+        MemoryIndicatorSource([raw("evil.example")]), Clock(), blocker / "misp.snapshot"
+    )
+    updater.startService()
+    assert updater.snapshot.match("evil.example") is not None
+
+
+def test_unchanged_set_is_not_rewritten(tmp_path: Path) -> None:
+    """A refresh that brings the same indicators leaves the cache file alone."""
+    state = tmp_path / "misp.snapshot"
+    clock = Clock()
+    updater = make_updater(MemoryIndicatorSource([raw("evil.example")]), clock, state)
+    updater.startService()
+    written = state.stat().st_mtime_ns
+    state.touch()
+    touched = state.stat().st_mtime_ns
+    clock.advance(2 * HOUR)
+    assert state.stat().st_mtime_ns == touched != 0 and written <= touched
+
+
+def test_empty_snapshot_matches_nothing() -> None:
+    """Before any load, nothing is blocked."""
+    assert DomainSet.empty().match("evil.example") is None
+    assert len(DomainSet.build([BlockEntry("a.example", True)])) == 1
