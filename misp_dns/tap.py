@@ -23,7 +23,8 @@ from misp_dns.dns.acl import ClientACL
 from misp_dns.dns.cache import AnswerCache
 from misp_dns.dns.forwarder import Forwarder, system_upstreams
 from misp_dns.dns.resolver import ChainResolver
-from misp_dns.dns.server import DNSDatagramProtocol, DNSStreamFactory, Responder
+from misp_dns.dns.server import DNSStreamFactory, Responder
+from misp_dns.dns.udp import UDPListener
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.registry import BuildContext, Registry, default_registry
 
@@ -121,10 +122,7 @@ def build_service(config: Config, policies: list[Any], reactor: Any) -> service.
         responder, server.tcp_idle_timeout, server.tcp_max_connections, reactor
     )
     for address in server.listen:
-        udp = internet.UDPServer(
-            address.port, DNSDatagramProtocol(responder), interface=address.host
-        )
-        udp.setServiceParent(top)
+        UDPListener(reactor, address, responder).setServiceParent(top)
         tcp = internet.TCPServer(address.port, tcp_factory, interface=address.host)
         tcp.setServiceParent(top)
     return top

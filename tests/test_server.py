@@ -29,6 +29,12 @@ class ScriptedResolver:
         self.deferred = deferred
         self.pending: dict[bytes, defer.Deferred[Answer]] = {}
 
+    def decide(self, *args: Any) -> None:
+        return None
+
+    def answer_at_once(self, *args: Any) -> None:
+        return None
+
     def resolve(self, request: Request, client: str, transport: str) -> Any:
         name = request.question.name.name
         record = tdns.RRHeader(name, tdns.A, tdns.IN, 60, tdns.Record_A("192.0.2.7", 60))

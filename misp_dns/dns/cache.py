@@ -1,9 +1,11 @@
 """The answer cache: bounded, least recently used out, TTLs counting down on every hit.
 
-Entries are keyed by (lower-case name, type, class, DO bit). Positive answers live for the
-smallest TTL among their records; negative answers (NXDOMAIN, and NOERROR without answers)
-live for the smaller of their SOA's TTL and MINIMUM (RFC 2308 section 5) and are not cached
-without an SOA. SERVFAIL, REFUSED and truncated answers are never cached.
+Entries are keyed by (lower-case name, type, class, DO bit) and hold the answer twice: as
+records (for the query log) and pre-encoded (`PacketBody`), so a hit is served by patching
+TTLs into bytes. Positive answers live for the smallest TTL among their records; negative
+answers (NXDOMAIN, and NOERROR without answers) live for the smaller of their SOA's TTL and
+MINIMUM (RFC 2308 section 5) and are not cached without an SOA. SERVFAIL, REFUSED and
+truncated answers are never cached.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.names import dns
 
 from misp_dns.dns.answer import Answer, Kind, copy_with_ttl
+from misp_dns.dns.packet import encode_body
 
-__all__ = ["AnswerCache", "CacheKey"]
+__all__ = ["AnswerCache", "CacheKey", "cache_lifetime"]
 
 CacheKey = tuple[bytes, int, int, bool]
 
@@ -30,7 +33,7 @@ MAX_NEGATIVE_TTL = 3 * 3600
 class _Entry:
     answer: Answer
     stored_at: float
-    ttl: int
+    expires_at: float
 
 
 def _negative_ttl(authority: Sequence[dns.RRHeader]) -> int | None:
@@ -62,29 +65,28 @@ class AnswerCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: CacheKey) -> Answer | None:
-        """The cached answer with TTLs reduced by its age, or None when absent or expired."""
+    def lookup(self, key: CacheKey) -> tuple[Answer, int] | None:
+        """The cached answer as stored and its age in seconds, or None (absent, expired)."""
         entry = self._entries.get(key)
         if entry is None:
             return None
-        age = int(self._clock.seconds() - entry.stored_at)
-        if age >= entry.ttl:
+        now = self._clock.seconds()
+        if now >= entry.expires_at:
             del self._entries[key]
             return None
         self._entries.move_to_end(key)
-        stored = entry.answer
+        return entry.answer, int(now - entry.stored_at)
 
-        def aged(records: Sequence[dns.RRHeader]) -> list[dns.RRHeader]:
-            return [copy_with_ttl(r, max(0, r.ttl - age)) for r in records]
+    def get(self, key: CacheKey) -> Answer | None:
+        """The cached answer with its `age` set, or None when absent or expired.
 
-        return attrs.evolve(
-            stored,
-            answers=aged(stored.answers),
-            authority=aged(stored.authority),
-            additional=aged(stored.additional),
-            kind=Kind.CACHED,
-            rtt=None,
-        )
+        The records keep their stored TTLs (see `Answer.aged`); the packet ages itself.
+        """
+        found = self.lookup(key)
+        if found is None:
+            return None
+        answer, age = found
+        return attrs.evolve(answer, age=age) if age else answer
 
     def put(self, key: CacheKey, answer: Answer) -> None:
         """Store `answer` for as long as its records allow (not at all if that is 0)."""
@@ -101,7 +103,11 @@ class AnswerCache:
                     copy_with_ttl(r, ttl) if r.type == dns.SOA else r for r in answer.authority
                 ],
             )
-        self._entries[key] = _Entry(answer, self._clock.seconds(), ttl)
+        name, qtype, qclass, _dnssec_ok = key
+        packet = encode_body(answer, name, qtype, qclass)
+        cached = attrs.evolve(answer, kind=Kind.CACHED, rtt=None, packet=packet, age=0)
+        now = self._clock.seconds()
+        self._entries[key] = _Entry(cached, now, now + ttl)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)

@@ -13,21 +13,20 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.names import dns
 
 from misp_dns.dns.answer import Answer, Kind
-from misp_dns.dns.cache import AnswerCache
+from misp_dns.dns.cache import AnswerCache, CacheKey
 from misp_dns.dns.forwarder import Forwarder, UpstreamFailed
 from misp_dns.dns.responses import blocked_answer, server_failure
-from misp_dns.dns.wire import Request
+from misp_dns.dns.wire import Request, presentation_name
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.policy.decision import Action, Decision, PolicyQuery
 
-__all__ = ["ChainResolver", "presentation_name"]
+__all__ = ["ChainResolver"]
 
-
-def presentation_name(wire_name: bytes) -> str:
-    """A query name as policies see it: lower case, no trailing dot."""
-    return wire_name.lower().rstrip(b".").decode("ascii", "backslashreplace")
+# Distinct blocked answers kept ready; one per matched indicator and kind (TXT or not).
+BLOCKED_MEMO = 65536
 
 
 class ChainResolver:
@@ -47,6 +46,36 @@ class ChainResolver:
         self.forwarder = forwarder
         self.server_name = server_name
         self.upstream_failures = 0
+        self._blocked: dict[tuple[Decision, bool], Answer] = {}
+
+    def decide(
+        self,
+        name: str,
+        qtype: int,
+        qclass: int,
+        client: str,
+        transport: str,
+        edns: bool,
+        dnssec_ok: bool,
+    ) -> Decision | None:
+        """The policy chain's decision about a question (`name` as `presentation_name`)."""
+        if not self.policy:
+            return None
+        return self.policy.decide(
+            PolicyQuery(name, qtype, qclass, client, transport, edns, dnssec_ok)
+        )
+
+    def answer_at_once(self, decision: Decision | None, key: CacheKey) -> tuple[Answer, int] | None:
+        """The blocked or cached answer and its age in the cache, or None to forward.
+
+        Both the fast path and `resolve` go through here, so they answer alike.
+        """
+        if decision is not None and decision.blocks:
+            return self.blocked(decision, key[1]), 0
+        found = self.cache.lookup(key)
+        if found is None or decision is None:
+            return found
+        return attrs.evolve(found[0], decision=decision), found[1]
 
     def resolve(
         self, request: Request, client: str, transport: str
@@ -55,27 +84,23 @@ class ChainResolver:
         question = request.question
         edns = request.edns
         dnssec_ok = edns is not None and edns.dnssec_ok
-        decision = None
-        if self.policy:
-            decision = self.policy.decide(
-                PolicyQuery(
-                    name=presentation_name(question.name.name),
-                    qtype=question.type,
-                    qclass=question.cls,
-                    client=client,
-                    transport=transport,
-                    edns=edns is not None,
-                    dnssec_ok=dnssec_ok,
-                )
-            )
-            if decision is not None and decision.blocks:
-                return blocked_answer(question.name.name, question.type, decision, self.server_name)
-        key = (question.name.name.lower(), question.type, question.cls, dnssec_ok)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return attrs.evolve(cached, decision=decision) if decision else cached
+        wire_name = question.name.name
+        decision = self.decide(
+            presentation_name(wire_name),
+            question.type,
+            question.cls,
+            client,
+            transport,
+            edns is not None,
+            dnssec_ok,
+        )
+        key = (wire_name.lower(), question.type, question.cls, dnssec_ok)
+        found = self.answer_at_once(decision, key)
+        if found is not None:
+            answer, age = found
+            return attrs.evolve(answer, age=age) if age else answer
         result = self.forwarder.resolve(
-            question.name.name,
+            wire_name,
             question.type,
             question.cls,
             dnssec_ok=dnssec_ok,
@@ -85,6 +110,17 @@ class ChainResolver:
             self._forwarded, self._failed, callbackArgs=(key, decision), errbackArgs=(decision,)
         )
         return result
+
+    def blocked(self, decision: Decision, qtype: int) -> Answer:
+        """The blocked answer for `decision`, the same object for the same decision."""
+        key = (decision, qtype == dns.TXT and decision.add_txt_report)
+        answer = self._blocked.get(key)
+        if answer is None:
+            if len(self._blocked) >= BLOCKED_MEMO:
+                self._blocked.clear()
+            answer = blocked_answer(decision, qtype, self.server_name)
+            self._blocked[key] = answer
+        return answer
 
     def _forwarded(self, answer: Answer, key: Any, decision: Decision | None) -> Answer:
         self.cache.put(key, answer)

@@ -10,37 +10,23 @@ from __future__ import annotations
 from twisted.names import dns
 
 from misp_dns.dns.answer import Answer, Kind
+from misp_dns.dns.packet import blocked_body
 from misp_dns.policy.decision import Decision
 
 __all__ = ["blocked_answer", "refused_answer", "server_failure"]
 
 EDE_PROHIBITED = 18
 
-SOA_SERIAL = 1
-SOA_REFRESH = 14400
-SOA_RETRY = 3600
-SOA_EXPIRE = 604800
 
+def blocked_answer(decision: Decision, qtype: int, server_name: str) -> Answer:
+    """The synthesized answer to a blocked question of type `qtype`.
 
-def blocked_answer(qname: bytes, qtype: int, decision: Decision, server_name: str) -> Answer:
-    """The synthesized answer for a blocked question; `qname` as the client wrote it."""
+    It is carried as a pre-encoded packet only: its one record is owned by the question's
+    name, whichever name that is, so the same answer serves every name the decision covers.
+    """
     ede = [(decision.ede_code, decision.report)] if decision.add_ede and decision.ede_code else []
-    if qtype == dns.TXT and decision.add_txt_report:
-        report = dns.Record_TXT(decision.report.encode("utf-8"), ttl=decision.ttl)
-        record = dns.RRHeader(qname, dns.TXT, dns.IN, decision.ttl, report)
-        return Answer(dns.OK, answers=(record,), kind=Kind.BLOCKED, ede=ede, decision=decision)
-    soa = dns.Record_SOA(
-        mname=server_name,
-        rname=f"hostadmin.{server_name}",
-        serial=SOA_SERIAL,
-        refresh=SOA_REFRESH,
-        retry=SOA_RETRY,
-        expire=SOA_EXPIRE,
-        minimum=decision.ttl,
-        ttl=decision.ttl,
-    )
-    record = dns.RRHeader(qname, dns.SOA, dns.IN, decision.ttl, soa)
-    return Answer(dns.ENAME, authority=(record,), kind=Kind.BLOCKED, ede=ede, decision=decision)
+    packet = blocked_body(decision, qtype, server_name)
+    return Answer(packet.rcode, kind=Kind.BLOCKED, ede=ede, decision=decision, packet=packet)
 
 
 def refused_answer() -> Answer:

@@ -1,9 +1,9 @@
-"""The listeners: DNS over UDP and TCP, in front of one `Responder`.
+"""The responder, and the TCP listener in front of it (UDP is in `misp_dns.dns.udp`).
 
 `Responder.respond` turns a received packet into the bytes to send back (or None to stay
 silent): wire checks, the client ACL, the resolver chain, encoding with truncation, and a
-`QueryEvent` for every answered query handed to the observers (the exporter). The UDP and
-TCP protocols only move bytes; TCP adds framing, pipelining (answers go out in whatever
+`QueryEvent` for every answered query handed to the observers (the exporter). The
+listeners only move bytes; TCP adds framing, pipelining (answers go out in whatever
 order they are ready), an idle timeout and a cap on open connections.
 """
 
@@ -16,12 +16,19 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import DatagramProtocol, Protocol, ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
 from misp_dns.dns.acl import ClientACL
 from misp_dns.dns.answer import Answer, Kind
+from misp_dns.dns.packet import (
+    PacketBody,
+    assemble,
+    dotted_name,
+    opt_record,
+    read_plain_query,
+)
 from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.responses import refused_answer, server_failure
 from misp_dns.dns.wire import (
@@ -33,7 +40,7 @@ from misp_dns.dns.wire import (
     read_request,
 )
 
-__all__ = ["DNSDatagramProtocol", "DNSStreamFactory", "QueryEvent", "Responder"]
+__all__ = ["DNSStreamFactory", "QueryEvent", "Responder"]
 
 # Queries one TCP connection may have in flight before we stop reading from it.
 MAX_PIPELINED = 64
@@ -41,12 +48,20 @@ MAX_PIPELINED = 64
 
 @attrs.frozen
 class QueryEvent:
-    """One answered query, as the exporter sees it."""
+    """One answered query, as the exporter sees it.
+
+    `qname` is the question's name as the client wrote it (labels joined by dots, case
+    kept); `edns` says whether the query carried an OPT record. The answer's records keep
+    the TTLs they were cached with: subtract `answer.age` for what the client got.
+    """
 
     timestamp: float
     client: str
     transport: str
-    request: Request
+    qname: bytes
+    qtype: int
+    qclass: int
+    edns: bool
     answer: Answer
     response_size: int
 
@@ -56,6 +71,7 @@ class Counters:
     """What the responder has seen since start."""
 
     queries: int = 0
+    fast: int = 0
     dropped: int = 0
     format_errors: int = 0
     refused: int = 0
@@ -63,7 +79,13 @@ class Counters:
 
 
 class Responder:
-    """Turns query packets into response packets."""
+    """Turns query packets into response packets.
+
+    Plain UDP queries that are blocked or cached are answered on the fast path, from
+    pre-encoded packets, without decoding them into objects; everything else takes the full
+    path. Both ask the same `ChainResolver.answer_at_once` and build the bytes with the same
+    `packet.assemble`, so the two cannot answer differently.
+    """
 
     log = Logger()
 
@@ -84,6 +106,10 @@ class Responder:
         self, data: bytes, client: str, transport: str
     ) -> bytes | defer.Deferred[Any] | None:
         """The response to `data` from `client`, now or later; None means send nothing."""
+        if transport == "udp":
+            wire = self._fast(data, client)
+            if wire is not None:
+                return wire
         started = self.clock.seconds()
         try:
             request = read_request(data)
@@ -102,58 +128,107 @@ class Responder:
             return result.addCallback(self._finish, request, client, transport, started)
         return self._finish(result, request, client, transport, started)
 
+    def _fast(self, data: bytes, client: str) -> bytes | None:
+        """The answer to a plain, allowed, blocked-or-cached UDP query; else None."""
+        query = read_plain_query(data)
+        if query is None or not self.acl.allows(client):
+            return None
+        resolver = self.resolver
+        decision = resolver.decide(
+            query.name, query.qtype, query.qclass, client, "udp", query.edns, query.dnssec_ok
+        )
+        found = resolver.answer_at_once(
+            decision, (query.wire_name, query.qtype, query.qclass, query.dnssec_ok)
+        )
+        if found is None:
+            return None
+        answer, age = found
+        opt = opt_record(query.dnssec_ok, answer.ede) if query.edns else None
+        assert answer.packet is not None
+        wire = assemble(query.ident, query.flags, query.question, answer.packet, age, opt)
+        if len(wire) > query.udp_limit:
+            return None  # the full path truncates
+        self.counters.queries += 1
+        self.counters.fast += 1
+        if self.observers:
+            if age:
+                answer = attrs.evolve(answer, age=age)
+            qname = dotted_name(query.question)
+            self._tell(
+                QueryEvent(
+                    self.clock.seconds(),
+                    client,
+                    "udp",
+                    qname,
+                    query.qtype,
+                    query.qclass,
+                    query.edns,
+                    answer,
+                    len(wire),
+                )
+            )
+        return wire
+
     def _finish(
         self, answer: Answer, request: Request, client: str, transport: str, started: float
     ) -> bytes:
-        max_size = request.udp_limit if transport == "udp" else TCP_MAX_SIZE
-        query = request.message
         try:
-            wire = encode_response(
-                query,
-                request.edns,
-                answer.rcode,
-                answer.answers,
-                answer.authority,
-                answer.additional,
-                max_size=max_size,
-                ede=answer.ede,
-                # AD only for clients that asked for DNSSEC data (RFC 6840 section 5.7).
-                authentic=answer.authentic and bool(request.edns and request.edns.dnssec_ok),
-            )
+            wire = self._encode(answer, request, transport)
         except Exception:
-            self.log.failure("cannot encode the answer to {name!r}", name=query.queries[0].name)
+            self.log.failure("cannot encode the answer to {name!r}", name=request.question.name)
             answer = server_failure()
-            wire = encode_response(query, request.edns, answer.rcode)
+            wire = encode_response(request.message, request.edns, answer.rcode)
         if answer.kind is Kind.SERVER_FAILURE:
             self.counters.server_failures += 1
         if self.observers:
-            event = QueryEvent(started, client, transport, request, answer, len(wire))
-            for observer in self.observers:
-                try:
-                    observer(event)
-                except Exception:
-                    self.log.failure("query observer failed")
+            question = request.question
+            self._tell(
+                QueryEvent(
+                    started,
+                    client,
+                    transport,
+                    question.name.name,
+                    question.type,
+                    question.cls,
+                    request.edns is not None,
+                    answer,
+                    len(wire),
+                )
+            )
         return wire
 
+    def _encode(self, answer: Answer, request: Request, transport: str) -> bytes:
+        limit = request.udp_limit if transport == "udp" else TCP_MAX_SIZE
+        query = request.message
+        edns = request.edns
+        if answer.packet is not None:
+            opt = None if edns is None else opt_record(edns.dnssec_ok, answer.ede)
+            ident, flags, question = query.id, request.flags, request.question_wire
+            wire = assemble(ident, flags, question, answer.packet, answer.age, opt)
+            if len(wire) <= limit:
+                return wire
+            if not (answer.answers or answer.authority or answer.additional):
+                empty = PacketBody(answer.rcode, False, (0, 0, 0), b"")
+                return assemble(ident, flags, question, empty, 0, opt, truncated=True)
+        return encode_response(
+            query,
+            edns,
+            answer.rcode,
+            answer.aged(answer.answers),
+            answer.aged(answer.authority),
+            answer.aged(answer.additional),
+            max_size=limit,
+            ede=answer.ede,
+            # AD only for clients that asked for DNSSEC data (RFC 6840 section 5.7).
+            authentic=answer.authentic and bool(edns and edns.dnssec_ok),
+        )
 
-class DNSDatagramProtocol(DatagramProtocol):
-    """DNS over UDP."""
-
-    noisy = False
-
-    def __init__(self, responder: Responder) -> None:
-        self.responder = responder
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        result = self.responder.respond(data, addr[0], "udp")
-        if isinstance(result, defer.Deferred):
-            result.addCallback(self._send, addr)
-        elif result is not None:
-            self._send(result, addr)
-
-    def _send(self, wire: bytes | None, addr: Any) -> None:
-        if wire is not None and self.transport is not None:
-            self.transport.write(wire, addr)
+    def _tell(self, event: QueryEvent) -> None:
+        for observer in self.observers:
+            try:
+                observer(event)
+            except Exception:
+                self.log.failure("query observer failed")
 
 
 class DNSStreamProtocol(Protocol, TimeoutMixin):

@@ -33,6 +33,9 @@ __all__ = [
     "encode_ede",
     "encode_opt",
     "encode_response",
+    "parse_message",
+    "presentation_name",
+    "question_length",
     "read_request",
 ]
 
@@ -61,10 +64,16 @@ class Edns:
 
 @attrs.frozen
 class Request:
-    """A query that passed every wire check and can be resolved."""
+    """A query that passed every wire check and can be resolved.
+
+    `flags` are the query's two flag octets (the first in the low byte); `question_wire` is
+    its question as received.
+    """
 
     message: dns.Message
     edns: Edns | None
+    flags: int
+    question_wire: bytes
 
     @property
     def question(self) -> dns.Query:
@@ -167,6 +176,29 @@ def find_edns(message: dns.Message) -> Edns | None:
     return _read_edns(records[0])
 
 
+def question_length(data: bytes, start: int = 12) -> int:
+    """Octets of the uncompressed question at `start`, or 0 if it is not one."""
+    offset = start
+    end = len(data)
+    total = 0
+    while offset < end:
+        length = data[offset]
+        if length == 0:
+            return offset + 1 + 4 - start if offset + 5 <= end else 0
+        if length > 63:
+            return 0  # a compression pointer or a reserved label type
+        offset += 1 + length
+        total += 1 + length
+        if total > 254:
+            return 0
+    return 0
+
+
+def presentation_name(wire_name: bytes) -> str:
+    """A query name as policies see it: lower case, no trailing dot."""
+    return wire_name.lower().rstrip(b".").decode("ascii", "backslashreplace")
+
+
 def read_request(data: bytes) -> Request:
     """Classify a received packet; return a Request or raise DropPacket / RequestError."""
     if len(data) < HEADER.size:
@@ -194,7 +226,11 @@ def read_request(data: bytes) -> Request:
         raise RequestError(dns.EFORMAT, message, reason=str(exc)) from None
     if edns is not None and edns.version > 0:
         raise RequestError(BADVERS, message, edns, reason=f"EDNS version {edns.version}")
-    return Request(message, edns)
+    length = question_length(data)
+    if not length:
+        raise RequestError(dns.EFORMAT, header, reason="question name is compressed")
+    question = data[HEADER.size : HEADER.size + length]
+    return Request(message, edns, data[2] | data[3] << 8, question)
 
 
 def encode_ede(info_code: int, extra_text: str = "") -> tuple[int, bytes]:

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from misp_dns.intel import store
 from misp_dns.intel.indicator import RawIndicator
-from misp_dns.intel.normalize import Selection, select
+from misp_dns.intel.normalize import Tally, selected
 from misp_dns.interfaces import IIndicatorSource
 from misp_dns.policy.domainset import DomainSet
 
@@ -36,9 +36,11 @@ __all__ = ["IndicatorUpdater"]
 RunInThread = Callable[..., defer.Deferred[Any]]
 
 
-def _build(raws: list[RawIndicator], now: float, max_age: float) -> tuple[Selection, DomainSet]:
-    selection = select(raws, now=now, max_age=max_age)
-    return selection, DomainSet.build(selection.kept)
+def _build(raws: list[RawIndicator], now: float, max_age: float) -> tuple[Tally, DomainSet]:
+    # Streaming the entries into the set keeps a million of them from living at once.
+    tally = Tally()
+    domainset = DomainSet.build(selected(raws, now=now, max_age=max_age, tally=tally))
+    return tally, domainset
 
 
 class IndicatorUpdater(Service):
@@ -140,9 +142,9 @@ class IndicatorUpdater(Service):
             self._running = cycle
         return cycle
 
-    def _install(self, built: tuple[Selection, DomainSet]) -> defer.Deferred[None] | None:
-        selection, domainset = built
-        self.log.info("{label}: {summary}", label=self.label, summary=selection.summary())
+    def _install(self, built: tuple[Tally, DomainSet]) -> defer.Deferred[None] | None:
+        tally, domainset = built
+        self.log.info("{label}: {summary}", label=self.label, summary=tally.summary())
         if domainset.digest == self.snapshot.digest:
             return None
         self.snapshot = domainset

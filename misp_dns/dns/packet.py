@@ -1,0 +1,293 @@
+"""Answers as pre-encoded wire bytes, and the struct-level reader of plain queries.
+
+Most queries a resolver sees are plain: one question, maybe an OPT record, nothing else. For
+those, decoding into `twisted.names` objects and encoding the answer again costs more than
+everything else together. This module holds the cheaper way, used by both the fast path and
+the full path so that they cannot disagree:
+
+- `read_plain_query` reads the header, the question and an optional OPT with `struct`, and
+  returns None for anything else (the full path then takes it, with every check there is).
+- `PacketBody` is an answer's sections encoded once (against the lower-case question), with
+  where each TTL sits, so a hit only patches TTLs; `assemble` puts the client's header bits,
+  its question exactly as written (0x20 case kept) and our OPT around it.
+- `blocked_body` is the synthesized blocked answer in the same form.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import attrs
+from twisted.names import dns
+
+from misp_dns.dns.answer import Answer
+from misp_dns.dns.wire import (
+    EDNS_UDP_SIZE,
+    OPT,
+    PLAIN_UDP_SIZE,
+    encode_ede,
+    encode_opt,
+    presentation_name,
+    question_length,
+)
+from misp_dns.policy.decision import Decision
+
+__all__ = [
+    "PacketBody",
+    "PlainQuery",
+    "assemble",
+    "blocked_body",
+    "dotted_name",
+    "encode_body",
+    "opt_record",
+    "read_plain_query",
+]
+
+_HEADER = struct.Struct("!HBBHHHH")
+_TYPE_CLASS = struct.Struct("!HH")
+_RR_FIXED = struct.Struct("!HHIH")
+_TTL = struct.Struct("!I")
+_OPT_FIXED = struct.Struct("!BHHIH")
+
+SOA_SERIAL = 1
+SOA_REFRESH = 14400
+SOA_RETRY = 3600
+SOA_EXPIRE = 604800
+
+# The RR owner "the question's name": a compression pointer to offset 12.
+_QUESTION_NAME = b"\xc0\x0c"
+
+
+class PlainQuery:
+    """A query the fast path can answer: one question, at most an OPT, nothing else."""
+
+    __slots__ = (
+        "dnssec_ok",
+        "edns",
+        "flags",
+        "ident",
+        "name",
+        "qclass",
+        "qtype",
+        "question",
+        "udp_limit",
+        "wire_name",
+    )
+
+    def __init__(
+        self,
+        ident: int,
+        flags: int,
+        question: bytes,
+        wire_name: bytes,
+        qtype: int,
+        qclass: int,
+        edns: bool,
+        udp_limit: int,
+        dnssec_ok: bool,
+    ) -> None:
+        self.ident = ident
+        self.flags = flags
+        self.question = question
+        self.wire_name = wire_name
+        self.name = presentation_name(wire_name)
+        self.qtype = qtype
+        self.qclass = qclass
+        self.edns = edns
+        self.udp_limit = udp_limit
+        self.dnssec_ok = dnssec_ok
+
+
+def read_plain_query(data: bytes) -> PlainQuery | None:
+    """The query in `data` if it is plain (see the module docstring), else None."""
+    if len(data) < 17:
+        return None
+    ident, byte2, byte3, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    # QR=0, opcode QUERY, one question, no answer or authority, at most one OPT.
+    if byte2 & 0xF8 or qdcount != 1 or ancount or nscount or arcount > 1:
+        return None
+    length = question_length(data)
+    if not length:
+        return None
+    end = 12 + length
+    question = data[12:end]
+    qtype, qclass = _TYPE_CLASS.unpack_from(data, end - 4)
+    wire_name = dotted_name(question).lower()
+    if arcount == 0:
+        if end != len(data):
+            return None
+        return PlainQuery(
+            ident, byte2 | byte3 << 8, question, wire_name, qtype, qclass, False, 512, False
+        )
+    if len(data) < end + 11:
+        return None
+    root, rtype, size, ttl, rdlength = _OPT_FIXED.unpack_from(data, end)
+    if root or rtype != OPT or end + 11 + rdlength != len(data) or ttl & 0x00FF0000:
+        return None  # not an OPT, trailing bytes, or EDNS version above 0
+    if not _options_well_formed(data, end + 11):
+        return None
+    limit = min(max(size, PLAIN_UDP_SIZE), EDNS_UDP_SIZE)
+    return PlainQuery(
+        ident,
+        byte2 | byte3 << 8,
+        question,
+        wire_name,
+        qtype,
+        qclass,
+        True,
+        limit,
+        bool(ttl & 0x8000),
+    )
+
+
+def _options_well_formed(data: bytes, offset: int) -> bool:
+    end = len(data)
+    while offset < end:
+        if offset + 4 > end:
+            return False
+        offset += 4 + struct.unpack_from("!H", data, offset + 2)[0]
+    return offset == end
+
+
+def dotted_name(name: bytes) -> bytes:
+    """b"\\x03www\\x07example\\x03com\\x00" as b"www.example.com"."""
+    labels = []
+    offset = 0
+    while name[offset]:
+        length = name[offset]
+        labels.append(name[offset + 1 : offset + 1 + length])
+        offset += 1 + length
+    return b".".join(labels)
+
+
+@attrs.define(eq=False)
+class PacketBody:
+    """The sections of an answer as wire bytes following the question.
+
+    Compression pointers in `body` may point into the question (offset 12 on): `assemble`
+    puts a question of the same length there, so they stay right whatever its case.
+    """
+
+    rcode: int
+    authentic: bool
+    counts: tuple[int, int, int]
+    body: bytes
+    ttl_offsets: tuple[int, ...] = ()
+    ttls: tuple[int, ...] = ()
+    _aged_for: int = -1
+    _aged_body: bytes = b""
+
+    def aged(self, age: int) -> bytes:
+        """The body with every TTL lowered by `age` seconds (kept for a repeated age)."""
+        if age <= 0 or not self.ttl_offsets:
+            return self.body
+        if age != self._aged_for:
+            patched = bytearray(self.body)
+            for offset, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
+                _TTL.pack_into(patched, offset, max(0, ttl - age))
+            self._aged_for, self._aged_body = age, bytes(patched)
+        return self._aged_body
+
+
+def _skip_name(data: bytes, offset: int) -> int:
+    while True:
+        length = data[offset]
+        if length == 0:
+            return offset + 1
+        if length >= 0xC0:
+            return offset + 2
+        offset += 1 + length
+
+
+def encode_body(answer: Answer, wire_name: bytes, qtype: int, qclass: int) -> PacketBody:
+    """Encode `answer`'s sections once, for serving it again and again."""
+    additional = [r for r in answer.additional if r.type != OPT]
+    message = dns.Message(id=0, answer=1, maxSize=1 << 20)
+    message.queries = [dns.Query(wire_name, qtype, qclass)]
+    message.answers = list(answer.answers)
+    message.authority = list(answer.authority)
+    message.additional = additional
+    wire = message.toStr()
+    start = 12 + question_length(wire)
+    body = wire[start:]
+    offsets, ttls = [], []
+    offset = 0
+    for _ in range(len(message.answers) + len(message.authority) + len(additional)):
+        offset = _skip_name(body, offset)
+        _type, _class, ttl, rdlength = _RR_FIXED.unpack_from(body, offset)
+        offsets.append(offset + 4)
+        ttls.append(ttl)
+        offset += _RR_FIXED.size + rdlength
+    counts = (len(message.answers), len(message.authority), len(additional))
+    return PacketBody(answer.rcode, answer.authentic, counts, body, tuple(offsets), tuple(ttls))
+
+
+def _name(text: str) -> bytes:
+    out = b"".join(
+        bytes([len(label)]) + label.encode("ascii") for label in text.split(".") if label
+    )
+    return out + b"\x00"
+
+
+def blocked_body(decision: Decision, qtype: int, server_name: str) -> PacketBody:
+    """The blocked answer (see DESIGN.md) to a question of type `qtype`."""
+    ttl = decision.ttl
+    if qtype == dns.TXT and decision.add_txt_report:
+        report = decision.report.encode("utf-8")
+        chunks = [report[i : i + 255] for i in range(0, len(report), 255)] or [b""]
+        rdata = b"".join(bytes([len(chunk)]) + chunk for chunk in chunks)
+        record = _QUESTION_NAME + _RR_FIXED.pack(dns.TXT, dns.IN, ttl, len(rdata)) + rdata
+        return PacketBody(dns.OK, False, (1, 0, 0), record, (6,), (ttl,))
+    rdata = (
+        _name(server_name)
+        + _name(f"hostadmin.{server_name}")
+        + struct.pack("!IIIII", SOA_SERIAL, SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, ttl)
+    )
+    record = _QUESTION_NAME + _RR_FIXED.pack(dns.SOA, dns.IN, ttl, len(rdata)) + rdata
+    return PacketBody(dns.ENAME, False, (0, 1, 0), record, (6,), (ttl,))
+
+
+_PLAIN_OPT = {do: encode_opt(EDNS_UDP_SIZE, dnssec_ok=do) for do in (False, True)}
+
+
+def opt_record(dnssec_ok: bool, ede: Sequence[tuple[int, str]] = ()) -> bytes:
+    """Our OPT record: UDP size 1232, the client's DO bit, and any Extended DNS Errors."""
+    if not ede:
+        return _PLAIN_OPT[dnssec_ok]
+    return encode_opt(
+        EDNS_UDP_SIZE,
+        dnssec_ok=dnssec_ok,
+        options=[encode_ede(code, text) for code, text in ede],
+    )
+
+
+def assemble(
+    ident: int,
+    flags: int,
+    question: bytes,
+    packet: PacketBody,
+    age: int,
+    opt: bytes | None,
+    *,
+    truncated: bool = False,
+) -> bytes:
+    """A response: the query's ID and flags, its question as written, the body, our OPT.
+
+    `flags` are the query's two flag octets (first octet in the low byte): RD and CD are
+    copied; QR and RA set; AD only when the answer is authentic and the query asked for
+    DNSSEC (RFC 6840 section 5.7, the caller passes `opt` for DO queries). `opt` is None
+    when the query had no EDNS. With `truncated`, TC is set and `packet` should be `EMPTY`
+    with the answer's RCODE.
+    """
+    answers, authority, additional = packet.counts
+    high = 0x82 if truncated else 0x80
+    high |= flags & 0x01
+    low = 0x80 | ((flags >> 8) & 0x10) | (packet.rcode & 0x0F)
+    if packet.authentic and opt is not None and opt[7] & 0x80:
+        low |= 0x20
+    if opt is None:
+        header = _HEADER.pack(ident, high, low, 1, answers, authority, additional)
+        return header + question + packet.aged(age)
+    header = _HEADER.pack(ident, high, low, 1, answers, authority, additional + 1)
+    return header + question + packet.aged(age) + opt

@@ -1,0 +1,118 @@
+"""The UDP listener: a non-blocking socket read straight from the reactor.
+
+Twisted's UDP `Port` checks every destination address and goes through a protocol object
+per datagram; at tens of thousands of queries a second that bookkeeping costs more than
+answering. This listener registers its socket with the reactor (`IReactorFDSet.addReader`),
+reads every datagram waiting when the reactor says it is readable, and sends each answer
+with one `sendto`. Answers that come later (forwarded queries) are sent when they are ready.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from misp_dns.config import HostPort
+
+__all__ = ["UDPListener"]
+
+# Datagrams read per wake-up before letting the reactor look at other sockets.
+_BATCH = 64
+_RECEIVE_BUFFER = 4 * 1024 * 1024
+_MAX_DATAGRAM = 65535
+
+
+class UDPListener(Service):
+    """Answers DNS queries arriving over UDP at one address, through a `Responder`."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, address: HostPort, responder: Any) -> None:
+        self.reactor = reactor
+        self.address = address
+        self.responder = responder
+        self.socket: socket.socket | None = None
+        self.send_errors = 0
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful when configured as 0)."""
+        assert self.socket is not None
+        return int(self.socket.getsockname()[1])
+
+    def startService(self) -> None:
+        super().startService()
+        family = self.address.family
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
+            sock.bind((self.address.host, self.address.port))
+        except OSError as exc:
+            sock.close()
+            raise CannotListenError(self.address.host, self.address.port, exc) from None
+        sock.setblocking(False)
+        self.socket = sock
+        self.reactor.addReader(self)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.socket is not None:
+            self.reactor.removeReader(self)
+            self.socket.close()
+            self.socket = None
+
+    def fileno(self) -> int:
+        return self.socket.fileno() if self.socket is not None else -1
+
+    def logPrefix(self) -> str:
+        return f"udp {self.address}"
+
+    def connectionLost(self, reason: Any) -> None:
+        """Called by the reactor if the socket goes away under it."""
+        self.socket = None
+
+    def doRead(self) -> None:
+        sock = self.socket
+        respond = self.responder.respond
+        for _ in range(_BATCH):
+            if sock is None:
+                return
+            try:
+                data, addr = sock.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # ICMP errors from earlier sends surface here on Linux; they are not ours.
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    continue
+                self.log.failure("reading from {address} failed", address=str(self.address))
+                return
+            try:
+                result = respond(data, addr[0], "udp")
+            except Exception:
+                self.log.failure("answering {client} failed", client=addr[0])
+                continue
+            if result is None:
+                continue
+            if isinstance(result, defer.Deferred):
+                result.addCallback(self._send, addr)
+            else:
+                self._send(result, addr)
+
+    def _send(self, wire: bytes | None, addr: Any) -> None:
+        sock = self.socket
+        if wire is None or sock is None:
+            return
+        try:
+            sock.sendto(wire, addr)
+        except OSError:
+            # A full send buffer or an unreachable client: the client will ask again.
+            self.send_errors += 1
