@@ -29,16 +29,17 @@ from cattrs.errors import (
     ForbiddenExtraKeysError,
     IterableValidationNote,
 )
+from cattrs.gen import make_dict_structure_fn
 
 if TYPE_CHECKING:
     from misp_dns.registry import Registry
 
 __all__ = [
     "CacheConfig",
-    "FieldError",
     "Config",
     "ConfigError",
     "Duration",
+    "FieldError",
     "HostPort",
     "Network",
     "PluginConfig",
@@ -290,7 +291,48 @@ def _make_converter() -> cattrs.Converter:
         return tuple(items)
 
     conv.register_structure_hook_func(_is_homogeneous_tuple, structure_tuple)
+    conv.register_structure_hook_factory(attrs.has, lambda cls: _every_problem(conv, cls))
     return conv
+
+
+def _every_problem(conv: cattrs.Converter, cls: type) -> Callable[[Any, Any], Any]:
+    """cattrs' hook for an attrs class, reporting range errors beside type errors.
+
+    attrs runs validators only once every field has structured, so a table with a wrong
+    type and an out-of-range value would otherwise show the second problem only after the
+    first is fixed. Here the validators of the fields that did structure run as well.
+    """
+    structure: Callable[[Any, Any], Any] = make_dict_structure_fn(
+        cls, conv, _cattrs_forbid_extra_keys=True
+    )
+    attrs.resolve_types(cls)
+
+    def structure_reporting_all(value: Any, type_: Any) -> Any:
+        try:
+            return structure(value, type_)
+        except cattrs.ClassValidationError as exc:
+            reported = {sub.field for sub in exc.exceptions if isinstance(sub, FieldError)}
+            reported.update(
+                note.name
+                for sub in exc.exceptions
+                for note in getattr(sub, "__notes__", [])
+                if isinstance(note, AttributeValidationNote)
+            )
+            more: list[Exception] = []
+            for field in attrs.fields(cls):
+                if field.validator is None or field.name in reported or field.name not in value:
+                    continue
+                try:
+                    field.validator(None, field, conv.structure(value[field.name], field.type))
+                except FieldError as problem:
+                    more.append(problem)
+                except Exception:
+                    continue
+            if not more:
+                raise
+            raise cattrs.ClassValidationError(exc.message, [*exc.exceptions, *more], cls) from None
+
+    return structure_reporting_all
 
 
 converter = _make_converter()

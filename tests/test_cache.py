@@ -8,7 +8,7 @@ from twisted.names import dns
 from misp_dns.dns.answer import Answer, Kind
 from misp_dns.dns.cache import AnswerCache
 
-KEY = (b"www.example.com", dns.A, dns.IN, False)
+KEY = (b"\x03www\x07example\x03com\x00", dns.A, dns.IN, False)
 
 
 def a_answer(ttl: int = 300, name: bytes = b"www.example.com") -> Answer:
@@ -48,7 +48,7 @@ def test_least_recently_used_leaves_first() -> None:
     """At max_entries, the entry not used for longest is dropped, not the one just read."""
     clock = Clock()
     cache = AnswerCache(2, clock)
-    keys = [(f"n{i}.test".encode(), dns.A, dns.IN, False) for i in range(3)]
+    keys = [(b"\x02n" + str(i).encode() + b"\x04test\x00", dns.A, dns.IN, False) for i in range(3)]
     cache.put(keys[0], a_answer())
     cache.put(keys[1], a_answer())
     assert cache.get(keys[0]) is not None

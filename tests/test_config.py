@@ -103,9 +103,12 @@ def test_policy_type_nothing_provides_is_an_error() -> None:
     ]
 
 
+_MINUTE = Duration(60)
+
+
 @attrs.frozen
 class _ExampleOptions:
-    interval: Duration = Duration(60)
+    interval: Duration = _MINUTE
     names: tuple[str, ...] = ()
 
 
@@ -149,3 +152,15 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(broken)
     assert caught.value.problems[0].startswith(f"{broken}: not valid TOML")
+
+
+def test_range_errors_reported_beside_type_errors() -> None:
+    """Every problem of a table shows at once, not one more after each fix."""
+    found = problems(
+        {"server": {"listen": ["127.0.0.1"], "tcp_idle_timeout": 0, "tcp_max_connections": 0}}
+    )
+    assert sorted(found) == [
+        "server.listen[0]: expected \"IP:port\" or \"[IPv6]:port\", got '127.0.0.1'",
+        "server.tcp_idle_timeout: must be within 1..3600, got 0.0",
+        "server.tcp_max_connections: must be within 1..1000000, got 0",
+    ]

@@ -1,11 +1,11 @@
 """The answer cache: bounded, least recently used out, TTLs counting down on every hit.
 
-Entries are keyed by (lower-case name, type, class, DO bit) and hold the answer twice: as
-records (for the query log) and pre-encoded (`PacketBody`), so a hit is served by patching
-TTLs into bytes. Positive answers live for the smallest TTL among their records; negative
-answers (NXDOMAIN, and NOERROR without answers) live for the smaller of their SOA's TTL and
-MINIMUM (RFC 2308 section 5) and are not cached without an SOA. SERVFAIL, REFUSED and
-truncated answers are never cached.
+Entries are keyed by (name in wire format, lower-cased; type; class; DO bit) and hold the
+answer twice: as records (for the query log) and pre-encoded (`PacketBody`), so a hit is
+served by patching TTLs into bytes. Positive answers live for the smallest TTL among their
+records; negative answers (NXDOMAIN, and NOERROR without answers) live for the smaller of
+their SOA's TTL and MINIMUM (RFC 2308 section 5) and are not cached without an SOA.
+SERVFAIL, REFUSED and truncated answers are never cached.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.names import dns
 
 from misp_dns.dns.answer import Answer, Kind, copy_with_ttl
-from misp_dns.dns.packet import encode_body
+from misp_dns.dns.packet import dotted_name, encode_body
 
 __all__ = ["AnswerCache", "CacheKey", "cache_lifetime"]
 
@@ -104,7 +104,7 @@ class AnswerCache:
                 ],
             )
         name, qtype, qclass, _dnssec_ok = key
-        packet = encode_body(answer, name, qtype, qclass)
+        packet = encode_body(answer, dotted_name(name), qtype, qclass)
         cached = attrs.evolve(answer, kind=Kind.CACHED, rtt=None, packet=packet, age=0)
         now = self._clock.seconds()
         self._entries[key] = _Entry(cached, now, now + ttl)

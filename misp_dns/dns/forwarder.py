@@ -149,6 +149,9 @@ class _UDPExchange:
             self.result.errback(reason)
 
     def connectionLost(self, reason: Any) -> None:
+        # The reactor saw an error on the socket, usually an ICMP "port unreachable":
+        # reading once more turns it into the error it is.
+        self.doRead()
         self._fail(error.ConnectionLost(str(self.upstream)))
 
     def close(self) -> None:
@@ -251,7 +254,12 @@ class Forwarder:
                     refused += 1
                     problems.append(f"{upstream} refused")
                     continue
-                except (UpstreamFailed, error.ConnectError, defer.TimeoutError) as exc:
+                except (
+                    UpstreamFailed,
+                    error.ConnectError,
+                    error.ConnectionLost,
+                    defer.TimeoutError,
+                ) as exc:
                     problems.append(f"{upstream} {exc.__class__.__name__}")
                     continue
                 self._preferred = index

@@ -60,19 +60,22 @@ _QUESTION_NAME = b"\xc0\x0c"
 
 
 class PlainQuery:
-    """A query the fast path can answer: one question, at most an OPT, nothing else."""
+    """A query the fast path can answer: one question, at most an OPT, nothing else.
+
+    `key_name` is the question's name in wire format, lower-cased (the cache key); `name`
+    gives it as policies see it.
+    """
 
     __slots__ = (
         "dnssec_ok",
         "edns",
         "flags",
         "ident",
-        "name",
+        "key_name",
         "qclass",
         "qtype",
         "question",
         "udp_limit",
-        "wire_name",
     )
 
     def __init__(
@@ -80,7 +83,6 @@ class PlainQuery:
         ident: int,
         flags: int,
         question: bytes,
-        wire_name: bytes,
         qtype: int,
         qclass: int,
         edns: bool,
@@ -90,55 +92,60 @@ class PlainQuery:
         self.ident = ident
         self.flags = flags
         self.question = question
-        self.wire_name = wire_name
-        self.name = presentation_name(wire_name)
+        self.key_name = question[:-4].lower()
         self.qtype = qtype
         self.qclass = qclass
         self.edns = edns
         self.udp_limit = udp_limit
         self.dnssec_ok = dnssec_ok
 
+    @property
+    def name(self) -> str:
+        """The question's name as `presentation_name` gives it."""
+        return presentation_name(dotted_name(self.question))
+
+
+_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
+_MAX_NAME_END = 12 + 255
+
 
 def read_plain_query(data: bytes) -> PlainQuery | None:
     """The query in `data` if it is plain (see the module docstring), else None."""
-    if len(data) < 17:
-        return None
-    ident, byte2, byte3, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    size = len(data)
     # QR=0, opcode QUERY, one question, no answer or authority, at most one OPT.
-    if byte2 & 0xF8 or qdcount != 1 or ancount or nscount or arcount > 1:
+    if size < 17 or data[2] & 0xF8 or data[4:10] != _ONE_QUESTION or data[10]:
         return None
-    length = question_length(data)
-    if not length:
+    arcount = data[11]
+    if arcount > 1:
         return None
-    end = 12 + length
-    question = data[12:end]
-    qtype, qclass = _TYPE_CLASS.unpack_from(data, end - 4)
-    wire_name = dotted_name(question).lower()
-    if arcount == 0:
-        if end != len(data):
+    offset = 12
+    length = data[12]
+    while length:
+        if length > 63:
+            return None  # a compression pointer or a reserved label type
+        offset += length + 1
+        if offset >= size:
             return None
-        return PlainQuery(
-            ident, byte2 | byte3 << 8, question, wire_name, qtype, qclass, False, 512, False
-        )
-    if len(data) < end + 11:
+        length = data[offset]
+    end = offset + 5
+    if end > size or end - 4 > _MAX_NAME_END:
         return None
-    root, rtype, size, ttl, rdlength = _OPT_FIXED.unpack_from(data, end)
-    if root or rtype != OPT or end + 11 + rdlength != len(data) or ttl & 0x00FF0000:
+    qtype, qclass = _TYPE_CLASS.unpack_from(data, offset + 1)
+    ident = data[0] << 8 | data[1]
+    flags = data[2] | data[3] << 8
+    if not arcount:
+        if end != size:
+            return None
+        return PlainQuery(ident, flags, data[12:end], qtype, qclass, False, PLAIN_UDP_SIZE, False)
+    if size < end + 11:
+        return None
+    root, rtype, udp_size, ttl, rdlength = _OPT_FIXED.unpack_from(data, end)
+    if root or rtype != OPT or end + 11 + rdlength != size or ttl & 0x00FF0000:
         return None  # not an OPT, trailing bytes, or EDNS version above 0
-    if not _options_well_formed(data, end + 11):
+    if rdlength and not _options_well_formed(data, end + 11):
         return None
-    limit = min(max(size, PLAIN_UDP_SIZE), EDNS_UDP_SIZE)
-    return PlainQuery(
-        ident,
-        byte2 | byte3 << 8,
-        question,
-        wire_name,
-        qtype,
-        qclass,
-        True,
-        limit,
-        bool(ttl & 0x8000),
-    )
+    limit = min(max(udp_size, PLAIN_UDP_SIZE), EDNS_UDP_SIZE)
+    return PlainQuery(ident, flags, data[12:end], qtype, qclass, True, limit, bool(ttl & 0x8000))
 
 
 def _options_well_formed(data: bytes, offset: int) -> bool:
@@ -151,7 +158,7 @@ def _options_well_formed(data: bytes, offset: int) -> bool:
 
 
 def dotted_name(name: bytes) -> bytes:
-    """b"\\x03www\\x07example\\x03com\\x00" as b"www.example.com"."""
+    """b"\\x03www\\x07example\\x03com\\x00" as b"www.example.com" (what follows is ignored)."""
     labels = []
     offset = 0
     while name[offset]:

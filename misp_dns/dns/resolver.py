@@ -94,7 +94,7 @@ class ChainResolver:
             edns is not None,
             dnssec_ok,
         )
-        key = (wire_name.lower(), question.type, question.cls, dnssec_ok)
+        key = (request.question_wire[:-4].lower(), question.type, question.cls, dnssec_ok)
         found = self.answer_at_once(decision, key)
         if found is not None:
             answer, age = found

@@ -134,11 +134,13 @@ class Responder:
         if query is None or not self.acl.allows(client):
             return None
         resolver = self.resolver
-        decision = resolver.decide(
-            query.name, query.qtype, query.qclass, client, "udp", query.edns, query.dnssec_ok
-        )
+        decision = None
+        if resolver.policy:
+            decision = resolver.decide(
+                query.name, query.qtype, query.qclass, client, "udp", query.edns, query.dnssec_ok
+            )
         found = resolver.answer_at_once(
-            decision, (query.wire_name, query.qtype, query.qclass, query.dnssec_ok)
+            decision, (query.key_name, query.qtype, query.qclass, query.dnssec_ok)
         )
         if found is None:
             return None
