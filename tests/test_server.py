@@ -25,6 +25,8 @@ from misp_dns.dns.wire import Request
 class ScriptedResolver:
     """Answers each question with one A record, at once or when the test fires it."""
 
+    policy = None
+
     def __init__(self, deferred: bool = False) -> None:
         self.deferred = deferred
         self.pending: dict[bytes, defer.Deferred[Answer]] = {}
