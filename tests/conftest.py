@@ -1,0 +1,127 @@
+"""Test-wide settings: Hypothesis profiles, a guard against logged errors, tools and ports.
+
+- Hypothesis runs the deterministic "ci" profile when `CI=true`, the "dev" profile otherwise.
+- Every test fails if it logged an unhandled error or a critical/error event through
+  `twisted.logger`, unless it is marked `@pytest.mark.allow_errors`; such tests can read what
+  was logged through the `logged_errors` fixture.
+- `require_tool("unbound")` returns the path of a Debian tool; when the tool is missing the test
+  is skipped on a developer machine but FAILS on CI, so CI never passes by skipping.
+- `free_port()` gives a loopback port free for both UDP and TCP.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+import pytest
+from hypothesis import HealthCheck, settings
+from integration.net import free_port as _free_port
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+
+__all__ = ["free_port", "on_ci", "require_tool"]
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=50,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() in {"true", "1", "yes"} else "dev")
+
+#: Where the Debian tools live when they are not on PATH (unbound and rsyslogd are in sbin).
+_SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+#: The Debian package providing each tool, for the failure message.
+_PACKAGES = {"unbound": "unbound", "dig": "dnsutils", "dnsperf": "dnsperf", "rsyslogd": "rsyslog"}
+
+
+def on_ci() -> bool:
+    """True when running under CI (the environment variable CI is true)."""
+    return os.environ.get("CI", "").lower() in {"true", "1", "yes"}
+
+
+def require_tool(name: str) -> str:
+    """Return the path of the program `name`; skip the test without it, or fail it on CI."""
+    found = shutil.which(name)
+    if found is None:
+        for directory in _SBIN_DIRS:
+            candidate = os.path.join(directory, name)
+            if os.access(candidate, os.X_OK):
+                found = candidate
+                break
+    if found is not None:
+        return found
+    package = _PACKAGES.get(name, name)
+    message = f"{name} is not installed (Debian package {package!r}; `make tools` installs it)"
+    if on_ci():
+        pytest.fail(f"CI must run every test: {message}", pytrace=False)
+    pytest.skip(message)
+    raise AssertionError("unreachable")  # pragma: no cover - skip raises
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on `host` that is free for both UDP and TCP right now."""
+    return _free_port(host)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers this file gives meaning to."""
+    config.addinivalue_line(
+        "markers",
+        "allow_errors: the test expects errors to be logged through twisted.logger",
+    )
+
+
+def _is_error(event: dict[str, Any]) -> bool:
+    level = event.get("log_level")
+    return "log_failure" in event or level in (LogLevel.error, LogLevel.critical)
+
+
+@pytest.fixture(autouse=True)
+def logged_errors(request: pytest.FixtureRequest) -> Iterator[list[dict[str, Any]]]:
+    """The error events logged during the test; the test fails on any, unless allowed."""
+    events: list[dict[str, Any]] = []
+
+    def collect(event: dict[str, Any]) -> None:
+        if _is_error(event):
+            events.append(event)
+
+    observe = cast(ILogObserver, collect)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield events
+        # Unhandled errors in Deferreds are only logged when the Deferred is collected.
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    if events and request.node.get_closest_marker("allow_errors") is None:
+        lines = [_describe_event(event) for event in events]
+        pytest.fail(
+            "the test logged errors (mark it allow_errors if they are expected):\n"
+            + "\n".join(lines),
+            pytrace=False,
+        )
+
+
+def _describe_event(event: dict[str, Any]) -> str:
+    from twisted.logger import formatEvent
+
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        text = f"{text}\n{failure.getTraceback()}"
+    return text
+
+
+@pytest.fixture(scope="session")
+def tool() -> Callable[[str], str]:
+    """`require_tool` as a fixture, for session fixtures that start Debian programs."""
+    return require_tool
