@@ -46,7 +46,7 @@ class Answer:
     additional: Sequence[dns.RRHeader] = ()
     kind: Kind = Kind.RECURSIVE
     authentic: bool = False
-    ede: Sequence[tuple[int, str]] = ()
+    ede: tuple[tuple[int, str], ...] = ()
     rtt: float | None = None
     decision: Decision | None = None
     packet: PacketBody | None = attrs.field(default=None, eq=False, repr=False)

@@ -16,7 +16,6 @@ the full path so that they cannot disagree:
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 
 import attrs
 from twisted.names import dns
@@ -255,18 +254,24 @@ def blocked_body(decision: Decision, qtype: int, server_name: str) -> PacketBody
     return PacketBody(dns.ENAME, False, (0, 1, 0), record, (6,), (ttl,))
 
 
-_PLAIN_OPT = {do: encode_opt(EDNS_UDP_SIZE, dnssec_ok=do) for do in (False, True)}
+_OPT_MEMO: dict[tuple[bool, tuple[tuple[int, str], ...]], bytes] = {}
+_OPT_MEMO_SIZE = 65536
 
 
-def opt_record(dnssec_ok: bool, ede: Sequence[tuple[int, str]] = ()) -> bytes:
+def opt_record(dnssec_ok: bool, ede: tuple[tuple[int, str], ...] = ()) -> bytes:
     """Our OPT record: UDP size 1232, the client's DO bit, and any Extended DNS Errors."""
-    if not ede:
-        return _PLAIN_OPT[dnssec_ok]
-    return encode_opt(
-        EDNS_UDP_SIZE,
-        dnssec_ok=dnssec_ok,
-        options=[encode_ede(code, text) for code, text in ede],
-    )
+    key = (dnssec_ok, ede)
+    opt = _OPT_MEMO.get(key)
+    if opt is None:
+        if len(_OPT_MEMO) >= _OPT_MEMO_SIZE:
+            _OPT_MEMO.clear()
+        opt = encode_opt(
+            EDNS_UDP_SIZE,
+            dnssec_ok=dnssec_ok,
+            options=[encode_ede(code, text) for code, text in ede],
+        )
+        _OPT_MEMO[key] = opt
+    return opt
 
 
 def assemble(

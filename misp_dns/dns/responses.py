@@ -24,14 +24,14 @@ def blocked_answer(decision: Decision, qtype: int, server_name: str) -> Answer:
     It is carried as a pre-encoded packet only: its one record is owned by the question's
     name, whichever name that is, so the same answer serves every name the decision covers.
     """
-    ede = [(decision.ede_code, decision.report)] if decision.add_ede and decision.ede_code else []
+    ede = ((decision.ede_code, decision.report),) if decision.add_ede and decision.ede_code else ()
     packet = blocked_body(decision, qtype, server_name)
     return Answer(packet.rcode, kind=Kind.BLOCKED, ede=ede, decision=decision, packet=packet)
 
 
 def refused_answer() -> Answer:
     """REFUSED for a client outside `allow_clients`, with EDE 18 (Prohibited)."""
-    return Answer(dns.EREFUSED, kind=Kind.REFUSED, ede=[(EDE_PROHIBITED, "")])
+    return Answer(dns.EREFUSED, kind=Kind.REFUSED, ede=((EDE_PROHIBITED, ""),))
 
 
 def server_failure(reason: str = "") -> Answer:

@@ -50,7 +50,7 @@ class Provenance:
     attribute_uuid: str = ""
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Decision:
     """A policy's verdict on a query and what the answer and the query log need to say it.
 

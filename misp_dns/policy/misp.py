@@ -33,13 +33,14 @@ from misp_dns.intel.misp_client import MispClient, make_http_client
 from misp_dns.intel.updater import IndicatorUpdater
 from misp_dns.interfaces import IIndicatorSource, IPolicy
 from misp_dns.policy.decision import Action, Decision, PolicyQuery
-from misp_dns.policy.domainset import Match
+from misp_dns.policy.domainset import DomainSet, Match
 from misp_dns.policy.misp_options import BlockingOptions, MispFeedOptions, MispOptions
 from misp_dns.registry import BuildContext, PluginType
 
 __all__ = ["MispBlockingPolicy", "feed_plugin", "misp_plugin"]
 
 MISP_SOURCE = "misp-connector"
+DECISION_MEMO = 65536
 FEED_SOURCE = "misp-feed"
 
 
@@ -55,13 +56,24 @@ class MispBlockingPolicy:
         self.options = options
         self.updater = updater
         self.service = updater
+        # Decisions are immutable values: one per matched indicator of the current snapshot.
+        self._decided_for: DomainSet | None = None
+        self._decisions: dict[str, Decision] = {}
 
     def decide(self, query: PolicyQuery) -> Decision | None:
         """BLOCK (or, in monitor mode, a not enforced BLOCK) for a listed name, else None."""
-        match = self.updater.snapshot.match(query.name)
+        snapshot = self.updater.snapshot
+        match = snapshot.match(query.name)
         if match is None:
             return None
-        return self.decision(match)
+        if snapshot is not self._decided_for:
+            self._decided_for, self._decisions = snapshot, {}
+        decision = self._decisions.get(match.name)
+        if decision is None:
+            if len(self._decisions) >= DECISION_MEMO:
+                self._decisions.clear()
+            decision = self._decisions[match.name] = self.decision(match)
+        return decision
 
     def decision(self, match: Match) -> Decision:
         """The decision for a matched indicator, with what the answer and the log need."""
