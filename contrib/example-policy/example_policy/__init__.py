@@ -39,7 +39,9 @@ def _tld_names(
         raise FieldError(attribute.name, "list at least one top-level domain")
     for tld in value:
         if not tld.isascii() or not tld.replace("-", "").isalnum():
-            raise FieldError(attribute.name, f"expected a top-level domain such as 'zip', got {tld!r}")
+            raise FieldError(
+                attribute.name, f"expected a top-level domain such as 'zip', got {tld!r}"
+            )
 
 
 @attrs.frozen
