@@ -45,7 +45,7 @@ def test_shipped_config_is_valid() -> None:
 
 
 def test_addresses_ipv6_and_default_upstream_port() -> None:
-    """"[::1]:53" is IPv6, and an upstream without a port uses 53."""
+    """ "[::1]:53" is IPv6, and an upstream without a port uses 53."""
     config = parse_config(
         {"server": {"listen": ["[::1]:5353"], "upstreams": ["9.9.9.9", "[2001:db8::1]:5300"]}},
         Registry(),
@@ -70,7 +70,7 @@ def test_wrong_types_name_path_and_value() -> None:
         }
     )
     assert "server.listen: expected an array, got '127.0.0.1:53' (string)" in found
-    assert "server.upstreams[0]: expected \"IP:port\", got 53 (integer)" in found
+    assert 'server.upstreams[0]: expected "IP:port", got 53 (integer)' in found
     assert "server.tcp_idle_timeout: expected a number, got True (boolean)" in found
     assert "cache.max_entries: expected an integer, got '10' (string)" in found
     assert len(found) == 4
@@ -160,7 +160,7 @@ def test_range_errors_reported_beside_type_errors() -> None:
         {"server": {"listen": ["127.0.0.1"], "tcp_idle_timeout": 0, "tcp_max_connections": 0}}
     )
     assert sorted(found) == [
-        "server.listen[0]: expected \"IP:port\" or \"[IPv6]:port\", got '127.0.0.1'",
+        'server.listen[0]: expected "IP:port" or "[IPv6]:port", got \'127.0.0.1\'',
         "server.tcp_idle_timeout: must be within 1..3600, got 0.0",
         "server.tcp_max_connections: must be within 1..1000000, got 0",
     ]
