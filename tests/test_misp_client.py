@@ -29,6 +29,7 @@ from zope.interface.verify import verifyObject
 
 import misp_dns
 from misp_dns.config import ConfigError
+from misp_dns.intel.http import make_http_client
 from misp_dns.intel.indicator import RawIndicator
 from misp_dns.intel.misp_client import (
     AttributeCounts,
@@ -37,7 +38,6 @@ from misp_dns.intel.misp_client import (
     MispClient,
     MispResponseError,
     MispUnavailableError,
-    make_http_client,
     misp_timespan,
     parse_attributes,
 )

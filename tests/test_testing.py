@@ -20,8 +20,9 @@ from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from misp_dns.intel.feed import MispFeedSource
+from misp_dns.intel.http import make_http_client
 from misp_dns.intel.indicator import RawIndicator
-from misp_dns.intel.misp_client import MispClient, MispUnavailableError, make_http_client
+from misp_dns.intel.misp_client import MispClient, MispUnavailableError
 from misp_dns.interfaces import IIndicatorSource
 from misp_dns.testing import FakeFeed, FakeMisp, Fault, MemoryIndicatorSource
 

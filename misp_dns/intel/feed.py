@@ -32,16 +32,15 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from misp_dns.intel.indicator import RawIndicator
-from misp_dns.intel.misp_client import (
+from misp_dns.intel.http import (
     DEFAULT_MAX_RESPONSE_BYTES,
     USER_AGENT,
-    AttributeCounts,
     MispError,
     RetryingHttp,
     make_http_client,
-    parse_attributes,
 )
+from misp_dns.intel.indicator import RawIndicator
+from misp_dns.intel.misp_client import AttributeCounts, parse_attributes
 from misp_dns.interfaces import IIndicatorSource
 
 if TYPE_CHECKING:

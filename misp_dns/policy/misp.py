@@ -29,7 +29,8 @@ import os
 from zope.interface import implementer
 
 from misp_dns.intel.feed import MispFeedSource
-from misp_dns.intel.misp_client import MispClient, make_http_client
+from misp_dns.intel.http import make_http_client
+from misp_dns.intel.misp_client import MispClient
 from misp_dns.intel.updater import IndicatorUpdater
 from misp_dns.interfaces import IIndicatorSource, IPolicy
 from misp_dns.policy.decision import Action, Decision, PolicyQuery
