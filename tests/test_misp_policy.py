@@ -184,3 +184,13 @@ def test_allowlist_before_misp_wins() -> None:
     assert response.rcode() == dns.rcode.NOERROR
     assert answer.kind is Kind.ALLOWED
     assert set(upstream.asked) == {b"www.evil.example"}
+
+
+def test_any_is_answered_minimally() -> None:
+    """RFC 8482: ANY gets one HINFO "RFC8482" record, never forwarded, never amplified."""
+    response, _, upstream = ask([], "example.org", "ANY")
+    assert response.rcode() == dns.rcode.NOERROR
+    (hinfo_set,) = response.answer
+    assert hinfo_set.rdtype == dns.rdatatype.HINFO
+    assert next(iter(hinfo_set)).cpu == b"RFC8482"
+    assert upstream.asked == []

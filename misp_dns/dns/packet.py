@@ -39,6 +39,7 @@ __all__ = [
     "blocked_body",
     "dotted_name",
     "encode_body",
+    "minimal_any_body",
     "opt_record",
     "read_plain_query",
 ]
@@ -252,6 +253,16 @@ def blocked_body(decision: Decision, qtype: int, server_name: str) -> PacketBody
     )
     record = _QUESTION_NAME + _RR_FIXED.pack(dns.SOA, dns.IN, ttl, len(rdata)) + rdata
     return PacketBody(dns.ENAME, False, (0, 1, 0), record, (6,), (ttl,))
+
+
+MINIMAL_ANY_TTL = 3600
+
+
+def minimal_any_body() -> PacketBody:
+    """One HINFO record, CPU "RFC8482" and an empty OS, owned by the question's name."""
+    rdata = b"\x07RFC8482\x00"
+    record = _QUESTION_NAME + _RR_FIXED.pack(dns.HINFO, dns.IN, MINIMAL_ANY_TTL, len(rdata)) + rdata
+    return PacketBody(dns.OK, False, (1, 0, 0), record, (6,), (MINIMAL_ANY_TTL,))
 
 
 _OPT_MEMO: dict[tuple[bool, tuple[tuple[int, str], ...]], bytes] = {}

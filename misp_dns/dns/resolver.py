@@ -18,7 +18,7 @@ from twisted.names import dns
 from misp_dns.dns.answer import Answer, Kind
 from misp_dns.dns.cache import AnswerCache, CacheKey
 from misp_dns.dns.forwarder import Forwarder, UpstreamFailed
-from misp_dns.dns.responses import blocked_answer, server_failure
+from misp_dns.dns.responses import blocked_answer, minimal_any_answer, server_failure
 from misp_dns.dns.wire import Request, presentation_name
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.policy.decision import Action, Decision, PolicyQuery
@@ -72,6 +72,10 @@ class ChainResolver:
         """
         if decision is not None and decision.blocks:
             return self.blocked(decision, key[1]), 0
+        if key[1] == dns.ALL_RECORDS:
+            # RFC 8482: ANY is answered minimally, so it cannot serve as an amplifier.
+            any_answer = minimal_any_answer()
+            return (attrs.evolve(any_answer, decision=decision) if decision else any_answer), 0
         found = self.cache.lookup(key)
         if found is None or decision is None:
             return found

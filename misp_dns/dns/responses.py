@@ -1,4 +1,4 @@
-"""Pure builders of the answers misp-dns makes up itself (blocked, refused, failed).
+"""Pure builders of the answers misp-dns makes up itself (blocked, ANY, refused, failed).
 
 The blocked answer is the one users migrate from, made right (see DESIGN.md):
 NXDOMAIN with one SOA owned by the query name, or, for TXT with the report allowed,
@@ -10,10 +10,10 @@ from __future__ import annotations
 from twisted.names import dns
 
 from misp_dns.dns.answer import Answer, Kind
-from misp_dns.dns.packet import blocked_body
+from misp_dns.dns.packet import blocked_body, minimal_any_body
 from misp_dns.policy.decision import Decision
 
-__all__ = ["blocked_answer", "refused_answer", "server_failure"]
+__all__ = ["blocked_answer", "minimal_any_answer", "refused_answer", "server_failure"]
 
 EDE_PROHIBITED = 18
 
@@ -27,6 +27,14 @@ def blocked_answer(decision: Decision, qtype: int, server_name: str) -> Answer:
     ede = ((decision.ede_code, decision.report),) if decision.add_ede and decision.ede_code else ()
     packet = blocked_body(decision, qtype, server_name)
     return Answer(packet.rcode, kind=Kind.BLOCKED, ede=ede, decision=decision, packet=packet)
+
+
+def minimal_any_answer() -> Answer:
+    """The answer to every ANY query: one synthesized HINFO "RFC8482" (RFC 8482 section 4.2)."""
+    return _MINIMAL_ANY
+
+
+_MINIMAL_ANY = Answer(dns.OK, kind=Kind.CACHED, packet=minimal_any_body())
 
 
 def refused_answer() -> Answer:
