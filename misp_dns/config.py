@@ -164,6 +164,10 @@ class FieldError(ValueError):
         self.field = field
 
 
+def _loopback() -> tuple[Network, ...]:
+    return (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
 def _default_allow_clients() -> tuple[Network, ...]:
     nets = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
     return tuple(ipaddress.ip_network(n) for n in nets)
@@ -182,7 +186,11 @@ def _valid_server_name(_instance: object, attribute: attrs.Attribute[Any], value
 
 @attrs.frozen
 class ServerConfig:
-    """`[server]`: where to listen, where to forward, who may ask, and where state lives."""
+    """`[server]`: where to listen, where to forward, who may ask, and where state lives.
+
+    `rate_limit` is UDP responses per second per client network (0 turns it off); see
+    `misp_dns.dns.ratelimit`.
+    """
 
     listen: tuple[HostPort, ...] = (HostPort("127.0.0.1", 5300),)
     upstreams: tuple[Upstream, ...] = ()
@@ -192,6 +200,11 @@ class ServerConfig:
     tcp_idle_timeout: float = attrs.field(default=30.0, validator=between(1, 3600))
     tcp_max_connections: int = attrs.field(default=1000, validator=between(1, 1_000_000))
     upstream_timeout: float = attrs.field(default=5.0, validator=between(0.5, 60))
+    rate_limit: int = attrs.field(default=1000, validator=between(0, 10_000_000))
+    rate_limit_slip: int = attrs.field(default=2, validator=between(0, 10))
+    rate_limit_ipv4_prefix: int = attrs.field(default=24, validator=between(8, 32))
+    rate_limit_ipv6_prefix: int = attrs.field(default=56, validator=between(16, 128))
+    rate_limit_exempt: tuple[Network, ...] = attrs.field(factory=_loopback)
 
     def __attrs_post_init__(self) -> None:
         if not self.listen:

@@ -22,6 +22,7 @@ from misp_dns.config import Config, ConfigError, load_config
 from misp_dns.dns.acl import ClientACL
 from misp_dns.dns.cache import AnswerCache
 from misp_dns.dns.forwarder import Forwarder, system_upstreams
+from misp_dns.dns.ratelimit import RateLimiter
 from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.server import DNSStreamFactory, Responder
 from misp_dns.dns.udp import UDPListener
@@ -108,7 +109,17 @@ def build_service(config: Config, policies: list[Any], reactor: Any) -> service.
         Forwarder(upstreams, reactor, timeout=server.upstream_timeout),
         server_name.rstrip("."),
     )
-    responder = Responder(resolver, ClientACL(server.allow_clients), reactor)
+    limiter = None
+    if server.rate_limit:
+        limiter = RateLimiter(
+            server.rate_limit,
+            server.rate_limit_slip,
+            server.rate_limit_ipv4_prefix,
+            server.rate_limit_ipv6_prefix,
+            server.rate_limit_exempt,
+            reactor,
+        )
+    responder = Responder(resolver, ClientACL(server.allow_clients), reactor, limiter=limiter)
     summary = "misp-dns {version} listening on {listen}, forwarding to {upstreams}".format(
         version=__version__,
         listen=", ".join(str(a) for a in server.listen),

@@ -29,6 +29,7 @@ from misp_dns.dns.packet import (
     opt_record,
     read_plain_query,
 )
+from misp_dns.dns.ratelimit import RateLimiter, Verdict
 from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.responses import refused_answer, server_failure
 from misp_dns.dns.wire import (
@@ -72,6 +73,7 @@ class Counters:
 
     queries: int = 0
     fast: int = 0
+    rate_limited: int = 0
     dropped: int = 0
     format_errors: int = 0
     refused: int = 0
@@ -95,10 +97,12 @@ class Responder:
         acl: ClientACL,
         clock: IReactorTime,
         observers: list[Callable[[QueryEvent], None]] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.resolver = resolver
         self.acl = acl
         self.clock = clock
+        self.limiter = limiter
         self.observers = observers if observers is not None else []
         self.counters = Counters()
 
@@ -107,6 +111,11 @@ class Responder:
     ) -> bytes | defer.Deferred[Any] | None:
         """The response to `data` from `client`, now or later; None means send nothing."""
         if transport == "udp":
+            if self.limiter is not None:
+                verdict = self.limiter.check(client)
+                if verdict is not Verdict.SEND:
+                    self.counters.rate_limited += 1
+                    return _slipped(data) if verdict is Verdict.SLIP else None
             wire = self._fast(data, client)
             if wire is not None:
                 return wire
@@ -231,6 +240,16 @@ class Responder:
                 observer(event)
             except Exception:
                 self.log.failure("query observer failed")
+
+
+def _slipped(data: bytes) -> bytes | None:
+    """An empty truncated answer, telling a rate-limited client to retry over TCP."""
+    query = read_plain_query(data)
+    if query is None:
+        return None
+    opt = opt_record(query.dnssec_ok) if query.edns else None
+    empty = PacketBody(0, False, (0, 0, 0), b"")
+    return assemble(query.ident, query.flags, query.question, empty, 0, opt, truncated=True)
 
 
 class DNSStreamProtocol(Protocol, TimeoutMixin):
