@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.logger import LogLevel, globalLogPublisher
 
 from misp_dns.config import ConfigError, parse_config
 from misp_dns.policy.misp_options import MispFeedOptions, MispOptions
@@ -142,3 +143,23 @@ def test_feed_table_takes_url_and_the_blocking_options() -> None:
         "policy[0].api_key: unknown key"
     ]
     assert any("url" in line for line in problems({"type": "misp-feed"}))
+
+
+def test_key_file_readable_by_others_gives_a_warning(tmp_path: Path) -> None:
+    """A key file others can read is used, with a warning that names the file, not the key."""
+    events: list[dict[str, object]] = []
+    observe = events.append
+    globalLogPublisher.addObserver(observe)
+    try:
+        path = tmp_path / "key"
+        path.write_text(KEY)
+        path.chmod(0o600)
+        MispOptions(server_url="https://misp.test", api_key_file=str(path)).read_api_key()
+        assert not [e for e in events if e.get("log_level") == LogLevel.warn]
+        path.chmod(0o644)
+        MispOptions(server_url="https://misp.test", api_key_file=str(path)).read_api_key()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    (warning,) = [e for e in events if e.get("log_level") == LogLevel.warn]
+    text = str(warning["log_format"]).format(**warning)
+    assert str(path) in text and "chmod 600" in text and KEY not in text

@@ -29,10 +29,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+from twisted.logger import Logger
 
 from misp_dns.config import ConfigError, Duration, FieldError, between
 
 __all__ = ["BlockingOptions", "MispFeedOptions", "MispOptions"]
+
+_log = Logger()
 
 
 def _http_url(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -97,6 +100,12 @@ class MispOptions(BlockingOptions):
             where = f"api_key_file {str(path)!r}"
             try:
                 key = path.read_text(encoding="utf-8").strip()
+                if path.stat().st_mode & 0o077:
+                    _log.warn(
+                        "{where} can be read by other users than its owner; the MISP API key"
+                        " in it should not (chmod 600)",
+                        where=where,
+                    )
             except OSError as exc:
                 raise ConfigError([f"{where}: cannot read: {exc.strerror or exc}"]) from None
             except UnicodeDecodeError:
