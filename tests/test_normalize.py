@@ -244,6 +244,27 @@ def test_select_keeps_only_what_misp_means_to_block() -> None:
     )
 
 
+def test_staleness_by_last_seen_else_by_timestamp() -> None:
+    """Without last_seen (as in most feeds) the attribute's last change decides its age."""
+    now, day = 1_700_000_000.0, 86_400.0
+    old = int(now - 400 * day)
+    raws = [
+        RawIndicator(value="old-change.example", type="domain", timestamp=old),
+        RawIndicator(value="recent-change.example", type="domain", timestamp=int(now - day)),
+        RawIndicator(
+            value="seen-lately.example", type="domain", timestamp=old, last_seen=now - day
+        ),
+        RawIndicator(
+            value="seen-long-ago.example",
+            type="domain",
+            timestamp=int(now),
+            last_seen=now - 400 * day,
+        ),
+    ]
+    kept = [entry.name for entry in select(raws, now=now, max_age=30 * day).kept]
+    assert kept == ["recent-change.example", "seen-lately.example"]
+
+
 def test_select_without_max_age_keeps_old_indicators() -> None:
     """With no age limit, an old `last_seen` does not drop an indicator."""
     raws = [RawIndicator(value="old.example", type="domain", last_seen=0.0)]

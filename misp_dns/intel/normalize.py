@@ -232,8 +232,9 @@ class Tally:
 def select(raws: Iterable[RawIndicator], *, now: float, max_age: float | None) -> Selection:
     """Normalise the attributes MISP means to block, in order, counting the others.
 
-    Left out: `to_ids` false, `deleted` true, and, when `max_age` (seconds) is given, a
-    `last_seen` older than `now - max_age` (an attribute without `last_seen` is never stale).
+    Left out: `to_ids` false, `deleted` true, and, when `max_age` (seconds) is given, those
+    last seen before `now - max_age`: by `last_seen` when MISP has one, else by the
+    attribute's `timestamp` (its last change); an attribute with neither is never stale.
     """
     tally = Tally()
     kept = list(selected(raws, now=now, max_age=max_age, tally=tally))
@@ -254,7 +255,7 @@ def selected(
             skipped[NOT_TO_IDS] += 1
         elif raw.deleted:
             skipped[DELETED] += 1
-        elif oldest is not None and raw.last_seen is not None and raw.last_seen < oldest:
+        elif oldest is not None and _last_known(raw) < oldest:
             skipped[STALE] += 1
         else:
             try:
@@ -264,6 +265,15 @@ def selected(
             else:
                 tally.kept += 1
                 yield entry
+
+
+def _last_known(raw: RawIndicator) -> float:
+    """When the indicator was last known to be live: last_seen, else its last change."""
+    if raw.last_seen is not None:
+        return raw.last_seen
+    if raw.timestamp is not None:
+        return raw.timestamp
+    return float("inf")
 
 
 def _summary(kept: int, rejected: dict[str, int], skipped: dict[str, int]) -> str:

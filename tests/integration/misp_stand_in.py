@@ -1,0 +1,575 @@
+"""A MISP stand-in served for real over HTTP, and misp-dns configured to use it.
+
+A process has one reactor, so the stand-in runs in its own Python process: this file is
+also its program. It serves `misp_dns.testing.FakeMisp` (MISP's `/attributes/restSearch`,
+auth, paging, faults) on 127.0.0.1 with `twisted.web`:
+
+    python misp_stand_in.py --port-file F [--port N] [--api-key K] [--feed DIR]
+                            [--attributes FILE] [--feed-http DIR] [--tls-pem FILE]
+
+`--feed` loads a MISP feed directory (the real data), `--attributes` a JSON list of
+`FakeMisp.add_attribute` keyword arguments, `--feed-http` also serves a feed directory under
+`/feed/` (`FakeFeed`). Once listening it writes its port to the port file. Its behaviour is
+switched through a control endpoint, so a test can script faults between two fetches:
+
+- `POST /_stand_in/control` with a JSON object, applied at once and in this order:
+  `"script"`: faults for the next MISP requests (`null` = answer normally, or
+  `{"fault": "server_error"|"rate_limited"|"garbage"|"json"|"hanging", ...}`);
+  `"add"`: attributes to add (`add_attribute` keyword arguments);
+  `"echo_key"`: when true, a refused key is echoed in the 403 message (a careless proxy);
+  `"hide_after_limit"`: values dropped after the page limit, as MISP's warninglists do;
+  `"feed_files"`: `{name: text}` replacing files of the `--feed-http` feed.
+- `GET /_stand_in/requests`: every MISP and feed request so far: time, path, status, page.
+
+`--tls-pem FILE` (a private key and its certificate) serves HTTPS instead of HTTP.
+
+"MISP down" is the process stopped; `MispStandIn.start(port=...)` brings it back on the same
+port. The test side also finds here what every test of a MISP-fed policy needs:
+`write_config` (a config with `[[policy]]` tables), `start_misp_dns`, and
+`blocked_problems`, which checks a response against DESIGN.md's "Blocked answer", and
+`ask_many`, which sends thousands of UDP queries with a bounded window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = [
+    "MispStandIn",
+    "ask_many",
+    "blocked_problems",
+    "forwarded_problems",
+    "main",
+    "no_server_tracebacks",
+    "start_misp_dns",
+    "watch",
+    "write_config",
+]
+
+_CONTROL = b"/_stand_in/control"
+_REQUESTS = b"/_stand_in/requests"
+_FEED_PREFIX = b"/feed/"
+_SERVER_NAME = "dns.test.example"
+
+
+# -- the stand-in process -----------------------------------------------------------------
+
+
+def _fault(spec: Mapping[str, Any] | None) -> Any:
+    """A `Fault` (or None) from its JSON description."""
+    from misp_dns.testing import Fault
+
+    if spec is None:
+        return None
+    kind = spec["fault"]
+    if kind == "server_error":
+        return Fault.server_error(int(spec.get("status", 500)))
+    if kind == "rate_limited":
+        return Fault.rate_limited(spec.get("retry_after"), spec.get("reset"))
+    if kind == "garbage":
+        body = spec.get("body")
+        return Fault.garbage(body.encode()) if body is not None else Fault.garbage()
+    if kind == "json":
+        return Fault.json(spec["payload"], int(spec.get("status", 200)))
+    if kind == "hanging":
+        return Fault.hanging()
+    raise ValueError(f"unknown fault {kind!r}")
+
+
+def _make_root(misp: Any, feed: Any) -> Any:
+    """The site's single resource: control endpoints, the feed, and the fake MISP."""
+    from twisted.web.resource import Resource
+    from twisted.web.server import NOT_DONE_YET
+
+    class Root(Resource):
+        isLeaf = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.echo_key = False
+            self.seen: list[dict[str, Any]] = []
+
+        def render(self, request: Any) -> bytes | int:
+            path = request.path or b""
+            if path == _CONTROL:
+                return self._control(request)
+            if path == _REQUESTS:
+                return self._reply(request, 200, {"requests": self.seen})
+            if feed is not None and path.startswith(_FEED_PREFIX):
+                entry = {"time": time.time(), "path": path.decode(), "page": None}
+                self.seen.append(entry)
+                result = feed.render(request)
+                entry["status"] = request.code
+                return result
+            return self._misp(request)
+
+        def _misp(self, request: Any) -> bytes | int:
+            body = request.content.read() if request.content is not None else b""
+            request.content.seek(0)
+            try:
+                page = json.loads(body).get("page")
+            except (ValueError, AttributeError):
+                page = None
+            entry = {"time": time.time(), "path": request.path.decode(), "page": page}
+            self.seen.append(entry)
+            presented = (request.getHeader(b"authorization") or b"").decode("latin-1")
+            if self.echo_key and presented != misp.api_key:
+                entry["status"] = 403
+                message = f"Authentication failed for key {presented}"
+                payload = {"name": message, "message": message, "url": "/attributes/restSearch"}
+                return self._reply(request, 403, payload)
+            result = misp.render(request)
+            entry["status"] = None if result is NOT_DONE_YET else request.code
+            return result
+
+        def _control(self, request: Any) -> bytes:
+            command = json.loads(request.content.read() or b"{}")
+            misp.script(*(_fault(spec) for spec in command.get("script", [])))
+            for spec in command.get("add", []):
+                misp.add_attribute(**spec)
+            if "echo_key" in command:
+                self.echo_key = bool(command["echo_key"])
+            if "hide_after_limit" in command:
+                misp.after_limit_filter = set(command["hide_after_limit"])
+            for name, text in command.get("feed_files", {}).items():
+                feed.files[name] = text.encode()
+            return self._reply(request, 200, {"attributes": len(misp.attributes)})
+
+        @staticmethod
+        def _reply(request: Any, status: int, payload: object) -> bytes:
+            request.setResponseCode(status)
+            request.setHeader(b"Content-Type", b"application/json")
+            return json.dumps(payload).encode()
+
+    return Root()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the stand-in until SIGTERM."""
+    parser = argparse.ArgumentParser(description="A MISP stand-in on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port-file", required=True)
+    parser.add_argument("--api-key", default="fake-misp-api-key")
+    parser.add_argument("--feed")
+    parser.add_argument("--attributes")
+    parser.add_argument("--feed-http")
+    parser.add_argument("--tls-pem", help="serve HTTPS with this key and certificate (PEM)")
+    args = parser.parse_args(argv)
+
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.web.server import Site
+
+    from misp_dns.testing import FakeFeed, FakeMisp
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
+    misp = FakeMisp(args.api_key)
+    if args.feed:
+        misp.load_feed(args.feed)
+    if args.attributes:
+        for spec in json.loads(Path(args.attributes).read_text()):
+            misp.add_attribute(**spec)
+    feed = FakeFeed.from_directory(args.feed_http) if args.feed_http else None
+    site = Site(_make_root(misp, feed))
+    site.noisy = False
+    if args.tls_pem:
+        from twisted.internet import ssl
+
+        certificate = ssl.PrivateCertificate.loadPEM(Path(args.tls_pem).read_text())
+        port = reactor.listenSSL(args.port, site, certificate.options(), interface="127.0.0.1")
+    else:
+        port = reactor.listenTCP(args.port, site, interface="127.0.0.1")
+    temporary = args.port_file + ".tmp"
+    Path(temporary).write_text(str(port.getHost().port))
+    os.replace(temporary, args.port_file)
+    reactor.run()
+
+
+# -- the test side ------------------------------------------------------------------------
+
+
+class MispStandIn:
+    """The stand-in as a child process: start, control, stop, start again on the same port."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        api_key: str = "fake-misp-api-key",
+        feed: Path | None = None,
+        attributes: Sequence[Mapping[str, Any]] = (),
+        feed_http: Path | None = None,
+        tls_pem: Path | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.api_key = api_key
+        self.feed = feed
+        self.feed_http = feed_http
+        self.tls_pem = tls_pem
+        self.attributes_path = workdir / "stand-in-attributes.json"
+        self.attributes_path.write_text(json.dumps(list(attributes)))
+        self.log_path = workdir / "stand-in.log"
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The server_url misp-dns is given."""
+        scheme = "https" if self.tls_pem is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """True while the stand-in process runs."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, port: int | None = None, timeout: float = 20.0) -> None:
+        """Start serving (on `port`, or the last port, or any); return once it listens."""
+        port_file = self.workdir / "stand-in.port"
+        port_file.unlink(missing_ok=True)
+        command = [
+            sys.executable,
+            str(Path(__file__)),
+            "--port",
+            str(port if port is not None else self.port),
+            "--port-file",
+            str(port_file),
+            "--api-key",
+            self.api_key,
+            "--attributes",
+            str(self.attributes_path),
+        ]
+        if self.feed is not None:
+            command += ["--feed", str(self.feed)]
+        if self.feed_http is not None:
+            command += ["--feed-http", str(self.feed_http)]
+        if self.tls_pem is not None:
+            command += ["--tls-pem", str(self.tls_pem)]
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + timeout
+        while not port_file.exists():
+            if self._process.poll() is not None:
+                raise RuntimeError(f"the MISP stand-in exited:\n{self.log_text()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the MISP stand-in did not listen:\n{self.log_text()}")
+            time.sleep(0.02)
+        self.port = int(port_file.read_text())
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL after five seconds)."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+    def control(self, **command: Any) -> dict[str, Any]:
+        """Send a control command: `script=[...]`, `add=[...]`, `echo_key=bool`,
+        `hide_after_limit=[...]`, `feed_files={name: text}`."""
+        return self._call(_CONTROL.decode(), json.dumps(command).encode())
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every MISP and feed request so far: {"time", "path", "page", "status"}."""
+        found: list[dict[str, Any]] = self._call(_REQUESTS.decode(), None)["requests"]
+        return found
+
+    def _call(self, path: str, body: bytes | None) -> dict[str, Any]:
+        import ssl
+
+        request = urllib.request.Request(
+            self.url + path, data=body, method="POST" if body is not None else "GET"
+        )
+        # Only the test talks to this endpoint, over loopback, to its own self-signed server.
+        context = ssl._create_unverified_context() if self.tls_pem is not None else None
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+
+    def log_text(self, limit: int = 20000) -> str:
+        """The end of what the stand-in logged."""
+        try:
+            return self.log_path.read_bytes()[-limit:].decode(errors="replace")
+        except OSError:
+            return ""
+
+
+def _toml(value: Any) -> str:
+    # JSON's strings, numbers, booleans and arrays of them are valid TOML values.
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{key} = {_toml(item)}" for key, item in value.items()) + " }"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def write_config(
+    path: Path,
+    server: Mapping[str, Any],
+    policies: Sequence[Mapping[str, Any]],
+    cache: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a misp-dns config with `[server]`, `[cache]` and one `[[policy]]` per mapping."""
+    lines = ["[server]", *(f"{k} = {_toml(v)}" for k, v in server.items()), ""]
+    lines += ["[cache]", *(f"{k} = {_toml(v)}" for k, v in (cache or {}).items()), ""]
+    for policy in policies:
+        lines += ["[[policy]]", *(f"{k} = {_toml(v)}" for k, v in policy.items()), ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def start_misp_dns(
+    workdir: Path,
+    upstream: tuple[str, int],
+    policies: Sequence[Mapping[str, Any]],
+    *,
+    port: int,
+    state_dir: Path | None = None,
+    probe: str = "www.test.",
+    timeout: float = 20.0,
+) -> Any:
+    """misp-dns under twistd with `policies`, forwarding to `upstream`; started."""
+    from .server import MispDnsProcess
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = state_dir or workdir / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    server = {
+        "listen": [f"127.0.0.1:{port}"],
+        "upstreams": [f"{upstream[0]}:{upstream[1]}"],
+        "server_name": _SERVER_NAME,
+        "state_dir": str(state),
+        "upstream_timeout": 3,
+    }
+    config = write_config(workdir / "misp-dns.toml", server, policies, {"max_entries": 1000})
+    process = MispDnsProcess(config, [("127.0.0.1", port)], workdir)
+    process.start(probe=probe, timeout=timeout)
+    return watch(process)
+
+
+def watch(process: Any) -> Any:
+    """Have `no_server_tracebacks` check the log of `process` (a started `MispDnsProcess`)."""
+    _started.append(process)
+    return process
+
+
+#: Every misp-dns `start_misp_dns` started, for `no_server_tracebacks`.
+_started: list[Any] = []
+_ERROR_MARKERS = ("Traceback (most recent call last)", "Unhandled Error", "Unhandled error")
+
+
+@pytest.fixture(autouse=True)
+def no_server_tracebacks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test during which a misp-dns of `start_misp_dns` logged a traceback.
+
+    Import it into a test module to make it apply there (it is autouse); tests marked
+    `allow_errors` are not checked.
+    """
+    before = {id(process): process.log_size() for process in _started}
+    yield
+    if request.node.get_closest_marker("allow_errors") is not None:
+        return
+    for process in _started:
+        text = process.log_text(start=before.get(id(process), 0), limit=1 << 30)
+        if any(marker in text for marker in _ERROR_MARKERS):
+            pytest.fail(
+                f"misp-dns ({process.config}) logged an error during the test:\n{text[-6000:]}",
+                pytrace=False,
+            )
+
+
+# -- checking answers ---------------------------------------------------------------------
+
+
+def blocked_problems(
+    response: Any,
+    qname: str,
+    report: str,
+    *,
+    qtype: str = "A",
+    edns: bool = True,
+    ttl: int = 30,
+    server_name: str = _SERVER_NAME,
+    rd: bool = True,
+    ede: bool = True,
+    txt_report: bool = True,
+) -> list[str]:
+    """What is wrong with `response` as DESIGN.md's blocked answer for `qname` (none: []).
+
+    `report` is the TXT answer (for `qtype="TXT"`) and the EDE text; `edns` says whether the
+    query had EDNS, `ede` whether an EDE is wanted then (`add_extended_dns_error`), and
+    `txt_report` whether a TXT query gets the report (`allow_txt_blocking_report`).
+    """
+    import dns.edns
+    import dns.flags
+    import dns.name
+    import dns.rcode
+    import dns.rdatatype
+
+    problems: list[str] = []
+    name = dns.name.from_text(qname)
+    if [(q.name, q.rdtype) for q in response.question] != [(name, dns.rdatatype.from_text(qtype))]:
+        problems.append(f"question {response.question!r}")
+    flags = response.flags
+    if not flags & dns.flags.QR or not flags & dns.flags.RA or flags & dns.flags.AA:
+        problems.append(f"flags {dns.flags.to_text(flags)}")
+    if bool(flags & dns.flags.RD) != rd:
+        problems.append("RD not copied")
+    if qtype == "TXT" and txt_report:
+        if response.rcode() != dns.rcode.NOERROR:
+            problems.append(f"TXT rcode {dns.rcode.to_text(response.rcode())}")
+        texts = [
+            (rrset.name, rrset.ttl, b"".join(rdata.strings).decode())
+            for rrset in response.answer
+            if rrset.rdtype == dns.rdatatype.TXT
+            for rdata in rrset
+        ]
+        if texts != [(name, ttl, report)] or len(response.answer) != 1:
+            problems.append(f"TXT answer {[r.to_text() for r in response.answer]}")
+    else:
+        if response.rcode() != dns.rcode.NXDOMAIN:
+            problems.append(f"rcode {dns.rcode.to_text(response.rcode())}")
+        if response.answer:
+            problems.append(f"answer {[r.to_text() for r in response.answer]}")
+        problems += _soa_problems(response, name, ttl, server_name)
+    if response.additional:
+        problems.append(f"additional {[r.to_text() for r in response.additional]}")
+    if not edns:
+        if response.edns >= 0:
+            problems.append("an OPT record although the query had no EDNS")
+        return problems
+    if response.edns != 0:
+        problems.append(f"EDNS version {response.edns}")
+    extended = [o for o in response.options if o.otype == dns.edns.OptionType.EDE]
+    found = [(int(o.code), o.text) for o in extended]
+    wanted = [(15, report)] if ede else []
+    if found != wanted:
+        problems.append(f"EDE {found} (wanted {wanted})")
+    return problems
+
+
+def _soa_problems(response: Any, name: Any, ttl: int, server_name: str) -> list[str]:
+    import dns.name
+    import dns.rdatatype
+
+    if len(response.authority) != 1 or response.authority[0].rdtype != dns.rdatatype.SOA:
+        return [f"authority {[r.to_text() for r in response.authority]}"]
+    rrset = response.authority[0]
+    if len(rrset) != 1:
+        return [f"{len(rrset)} SOA records"]
+    soa = rrset[0]
+    wanted = (
+        name,
+        ttl,
+        dns.name.from_text(server_name),
+        dns.name.from_text(f"hostadmin.{server_name}"),
+        (1, 14400, 3600, 604800, ttl),
+    )
+    got = (
+        rrset.name,
+        rrset.ttl,
+        soa.mname,
+        soa.rname,
+        (soa.serial, soa.refresh, soa.retry, soa.expire, soa.minimum),
+    )
+    return [] if got == wanted else [f"SOA {got} (wanted {wanted})"]
+
+
+def ask_many(
+    address: tuple[str, int],
+    queries: Sequence[Any],
+    *,
+    window: int = 200,
+    timeout: float = 2.0,
+    attempts: int = 3,
+) -> list[bytes | None]:
+    """Send every query over UDP, at most `window` unanswered at once; return the replies.
+
+    Query IDs are rewritten (the index modulo 65536), a query unanswered after `timeout`
+    seconds is sent again, up to `attempts` times in all; None stands for no reply at all.
+    """
+    import select
+    import socket
+    import struct
+
+    wires = []
+    for index, query in enumerate(queries):
+        query.id = index % 65536
+        wires.append(query.to_wire())
+    replies: list[bytes | None] = [None] * len(wires)
+    pending: dict[int, tuple[int, float, int]] = {}
+    following = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.connect(address)
+        sock.setblocking(False)
+
+        def send(index: int, tries: int) -> bool:
+            try:
+                sock.send(wires[index])
+            except BlockingIOError:
+                return False
+            pending[index % 65536] = (index, time.monotonic(), tries)
+            return True
+
+        while following < len(wires) or pending:
+            while len(pending) < window and following < len(wires):
+                if not send(following, 1):
+                    break
+                following += 1
+            now = time.monotonic()
+            for qid, (index, sent, tries) in list(pending.items()):
+                if now - sent > timeout:
+                    del pending[qid]
+                    if tries < attempts:
+                        send(index, tries + 1)
+            readable, _, _ = select.select([sock], [], [], 0.05)
+            while readable:
+                try:
+                    data = sock.recv(65535)
+                except BlockingIOError:
+                    break
+                except ConnectionRefusedError:
+                    continue
+                if len(data) < 2:
+                    continue
+                entry = pending.pop(struct.unpack("!H", data[:2])[0], None)
+                if entry is not None:
+                    replies[entry[0]] = data
+    return replies
+
+
+def forwarded_problems(response: Any) -> list[str]:
+    """What shows that `response` was not the upstream's answer but a block."""
+    import dns.edns
+    import dns.rcode
+
+    problems = []
+    if response.rcode() == dns.rcode.NXDOMAIN and any(
+        rrset.name == response.question[0].name for rrset in response.authority
+    ):
+        problems.append("NXDOMAIN with an SOA owned by the query name (a blocked answer)")
+    if any(o.otype == dns.edns.OptionType.EDE and int(o.code) == 15 for o in response.options):
+        problems.append("EDE 15 (Blocked)")
+    return problems
+
+
+if __name__ == "__main__":
+    main()
