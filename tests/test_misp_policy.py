@@ -64,7 +64,7 @@ INDICATORS = [
 
 
 def ask(
-    policies: list[Any], name: str, rdtype: str = "A", use_edns: Any = 0
+    policies: list[Any], name: str, rdtype: str = "A", use_edns: Any = 0, rdclass: str = "IN"
 ) -> tuple[dns.message.Message, Answer, NoUpstream]:
     """Ask over UDP (the fast path when it can) and TCP (the full path); both must agree."""
     upstream = NoUpstream()
@@ -77,7 +77,7 @@ def ask(
     responder = Responder(resolver, ClientACL([ip_network("127.0.0.0/8")]), Clock())
     events: list[QueryEvent] = []
     responder.observers.append(events.append)
-    query = dns.message.make_query(name, rdtype, use_edns=use_edns).to_wire()
+    query = dns.message.make_query(name, rdtype, rdclass, use_edns=use_edns).to_wire()
     wires = []
     for transport in ("udp", "tcp"):
         result = responder.respond(query, "127.0.0.1", transport)
@@ -194,3 +194,10 @@ def test_any_is_answered_minimally() -> None:
     assert hinfo_set.rdtype == dns.rdatatype.HINFO
     assert next(iter(hinfo_set)).cpu == b"RFC8482"
     assert upstream.asked == []
+
+
+def test_only_class_in_is_blocked() -> None:
+    """A CHAOS-class question about a listed name is not MISP's business: it is forwarded."""
+    response, _, upstream = ask([misp_policy(INDICATORS)], "evil.example", "TXT", rdclass="CH")
+    assert response.rcode() == dns.rcode.NOERROR
+    assert set(upstream.asked) == {b"evil.example"}

@@ -186,6 +186,19 @@ def _read_body(response: IResponse, limit: int, what: str) -> Deferred[bytes]:
     return finished
 
 
+def _is_tls_failure(exc: BaseException) -> bool:
+    """True when `exc` is, or wraps, an error of the TLS layer (OpenSSL)."""
+    from OpenSSL.SSL import Error as TLSError
+
+    if isinstance(exc, TLSError):
+        return True
+    reasons = getattr(exc, "reasons", None) or []
+    return any(
+        isinstance(r, Failure) and r.value is not None and _is_tls_failure(r.value)
+        for r in reasons
+    )
+
+
 def _describe_failure(exc: BaseException) -> str:
     """One line for a connection failure, with the causes Twisted wraps inside it."""
     reasons = getattr(exc, "reasons", None) or []
@@ -331,6 +344,11 @@ class RetryingHttp:
             if expired:
                 raise _Retryable(f"no complete answer within {self.timeout:g}s") from None
             if isinstance(exc, _TRANSPORT_ERRORS):
+                if _is_tls_failure(exc):
+                    # A certificate that fails validation fails the same way next time.
+                    raise MispUnavailableError(
+                        f"{what}: TLS failed: {_describe_failure(exc)}"
+                    ) from None
                 raise _Retryable(_describe_failure(exc)) from None
             raise
         finally:

@@ -40,6 +40,7 @@ from misp_dns.registry import BuildContext, PluginType
 
 __all__ = ["MispBlockingPolicy", "feed_plugin", "misp_plugin"]
 
+IN = 1
 MISP_SOURCE = "misp-connector"
 DECISION_MEMO = 65536
 FEED_SOURCE = "misp-feed"
@@ -62,7 +63,12 @@ class MispBlockingPolicy:
         self._decisions: dict[str, Decision] = {}
 
     def decide(self, query: PolicyQuery) -> Decision | None:
-        """BLOCK (or, in monitor mode, a not enforced BLOCK) for a listed name, else None."""
+        """BLOCK (or, in monitor mode, a not enforced BLOCK) for a listed name, else None.
+
+        Only class IN questions are decided: MISP's indicators are Internet names.
+        """
+        if query.qclass != IN:
+            return None
         snapshot = self.updater.snapshot
         match = snapshot.match(query.name)
         if match is None:
