@@ -122,7 +122,7 @@ class Upstream(HostPort):
 
 
 class Duration(float):
-    """A length of time in seconds, written `<int>m`, `<int>h` or `<int>d` in the file."""
+    """A length of time in seconds, written `<int>s`, `<int>m`, `<int>h` or `<int>d` in the file."""
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
