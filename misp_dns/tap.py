@@ -26,8 +26,11 @@ from misp_dns.dns.ratelimit import RateLimiter
 from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.server import DNSStreamFactory, Responder
 from misp_dns.dns.udp import UDPListener
+from misp_dns.export.exporter import ExporterService, build_exporter
+from misp_dns.export.jsonl import hangup
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.registry import BuildContext, Registry, default_registry
+from misp_dns.reload import PolicyReloader, RunningPolicy
 
 __all__ = ["Options", "makeService"]
 
@@ -53,12 +56,23 @@ class Options(usage.Options):
             # Building the policies reads their files (allowlists, API keys), so that a
             # problem there is a config error too, reported before anything starts.
             policies = build_policies(config, registry, reactor)
+            exporter = None
+            if config.export:
+                exporter = build_exporter(
+                    config.export,
+                    registry,
+                    reactor,
+                    server=config.server,
+                    state_dir=config.server.state_dir,
+                )
         except ConfigError as problem:
             for line in problem.problems:
                 print(f"misp-dns: {line}", file=sys.stderr)
             sys.exit(1)
         self["parsed"] = config
+        self["registry"] = registry
         self["policies"] = policies
+        self["exporter"] = exporter
         if self["check-config"]:
             print(f"misp-dns: {self['config']}: configuration is valid")
             sys.exit(0)
@@ -91,8 +105,21 @@ def build_policies(config: Config, registry: Registry, reactor: Any) -> list[Any
     return policies
 
 
-def build_service(config: Config, policies: list[Any], reactor: Any) -> service.MultiService:
-    """The service tree for `config`: listeners, resolver chain and policy services."""
+def build_service(
+    config: Config,
+    policies: list[Any],
+    reactor: Any,
+    *,
+    exporter: ExporterService | None = None,
+    config_path: str | None = None,
+    registry: Registry | None = None,
+) -> service.MultiService:
+    """The service tree for `config`: exporter, policy services, then the listeners.
+
+    Services stop in the reverse order: the listeners first (no new queries), then the
+    policies, then the exporter, which writes out what is still queued. With `config_path`,
+    SIGHUP reloads the `[[policy]]` tables from it (see `misp_dns.reload`).
+    """
     server = config.server
     upstreams = list(server.upstreams) or system_upstreams()
     if not upstreams:
@@ -102,7 +129,6 @@ def build_service(config: Config, policies: list[Any], reactor: Any) -> service.
         )
         sys.exit(1)
     server_name = server.server_name or socket.gethostname() or "localhost"
-    services = [p.service for p in policies if getattr(p, "service", None) is not None]
     resolver = ChainResolver(
         PolicyChain(policies),
         AnswerCache(config.cache.max_entries, reactor),
@@ -127,8 +153,25 @@ def build_service(config: Config, policies: list[Any], reactor: Any) -> service.
     )
     top = _ServerService(summary)
     top.responder = responder  # type: ignore[attr-defined]
-    for policy_service in services:
-        policy_service.setServiceParent(top)
+    if exporter is not None:
+        exporter.setServiceParent(top)
+        responder.observers.append(exporter.observe)
+    policy_services = service.MultiService()
+    policy_services.setServiceParent(top)
+    for policy in policies:
+        if getattr(policy, "service", None) is not None:
+            policy.service.setServiceParent(policy_services)
+    if config_path is not None:
+        reloader = PolicyReloader(
+            config_path,
+            config,
+            [RunningPolicy(t, p) for t, p in zip(config.policy, policies, strict=True)],
+            registry or default_registry(),
+            resolver,
+            policy_services,
+            reactor,
+        )
+        _OnHangup(reactor, reloader.reload).setServiceParent(top)
     tcp_factory = DNSStreamFactory(
         responder, server.tcp_idle_timeout, server.tcp_max_connections, reactor
     )
@@ -139,8 +182,34 @@ def build_service(config: Config, policies: list[Any], reactor: Any) -> service.
     return top
 
 
+class _OnHangup(service.Service):
+    """Calls `callback` on SIGHUP while the server runs."""
+
+    def __init__(self, reactor: Any, callback: Any) -> None:
+        self.reactor = reactor
+        self.callback = callback
+        self._token: int | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._token = hangup.add(self.reactor, self.callback)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._token is not None:
+            hangup.remove(self._token)
+            self._token = None
+
+
 def makeService(options: Options) -> service.IService:
     """Called by twistd with the parsed options."""
     from twisted.internet import reactor
 
-    return build_service(options["parsed"], options["policies"], reactor)
+    return build_service(
+        options["parsed"],
+        options["policies"],
+        reactor,
+        exporter=options["exporter"],
+        config_path=options["config"],
+        registry=options["registry"],
+    )

@@ -6,12 +6,12 @@ import ipaddress
 
 import dns.flags
 import dns.message
+from test_server import ScriptedResolver
 from twisted.internet.task import Clock
 
 from misp_dns.dns.acl import ClientACL
 from misp_dns.dns.ratelimit import RateLimiter, Verdict
 from misp_dns.dns.server import Responder
-from test_server import ScriptedResolver
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 

@@ -1,0 +1,253 @@
+"""The exporter service: a bounded queue between the DNS path and the export sinks.
+
+The responder calls `ExporterService.observe(event)` for every answered query, on the
+reactor thread; it appends the event to a bounded queue and returns at once (when the queue
+holds `max_queue` events the newest are dropped and counted). A moment later, off the
+answer path, the exporter builds the records (`record.make_record`, once per query, shared
+by every sink) and hands them to each sink in batches, filtered by the sink's `include`.
+Sinks own their own bounded backlog and count what they drop; every 10 s at most, the
+exporter logs one line per sink that dropped records. Stopping the service exports what is
+queued, then stops each sink (which flushes) and waits for them.
+
+Wiring, in `misp_dns.tap.build_service`:
+
+    exporter = build_exporter(config.export, registry, reactor, server=config.server)
+    exporter.setServiceParent(top)             # before the listeners: stopped after them
+    responder.observers.append(exporter.observe)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from misp_dns.config import ConfigError, PluginConfig
+from misp_dns.export.record import QueryRecord, is_blocking, make_record
+from misp_dns.interfaces import ISink
+from misp_dns.registry import BuildContext, Registry
+
+if TYPE_CHECKING:
+    from misp_dns.dns.server import QueryEvent
+
+__all__ = ["DEFAULT_MAX_QUEUE", "ExporterService", "SinkSlot", "build_exporter"]
+
+DEFAULT_MAX_QUEUE = 100_000
+#: How long events wait in the queue so that they are exported in batches.
+FLUSH_DELAY = 0.05
+#: At most this many events are exported per reactor turn.
+CHUNK_SIZE = 1000
+#: Drops are reported at most this often (seconds).
+REPORT_INTERVAL = 10.0
+
+
+@attrs.define(eq=False)
+class SinkSlot:
+    """One configured sink, its `include` filter and what has been reported about it."""
+
+    name: str
+    sink: Any
+    blocked_only: bool = False
+    reported_drops: int = 0
+    #: Records lost because the sink's `write` raised (a sink should never raise).
+    failed: int = 0
+    failure_logged: bool = False
+
+    @property
+    def dropped(self) -> int:
+        """Every record this sink lost: those it dropped itself and those its write lost."""
+        return int(getattr(self.sink, "dropped", 0)) + self.failed
+
+
+class ExporterService(service.Service):
+    """Receives every answered query and feeds the sinks in batches, off the answer path."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        slots: Sequence[SinkSlot],
+        clock: IReactorTime,
+        *,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        flush_delay: float = FLUSH_DELAY,
+        chunk_size: int = CHUNK_SIZE,
+        report_interval: float = REPORT_INTERVAL,
+    ) -> None:
+        self.slots = list(slots)
+        self.clock = clock
+        self.max_queue = max_queue
+        self.flush_delay = flush_delay
+        self.chunk_size = chunk_size
+        self.report_interval = report_interval
+        #: Events dropped because the queue was full (lost for every sink).
+        self.dropped = 0
+        #: Events turned into records and handed to the sinks.
+        self.exported = 0
+        self._queue: deque[QueryEvent] = deque()
+        self._filtering = any(slot.blocked_only for slot in self.slots)
+        self._drain_call: IDelayedCall | None = None
+        self._report_call: IDelayedCall | None = None
+        self._reported_queue_drops = 0
+        #: Events whose record could not be built (a bug: logged once per interval).
+        self.unbuildable = 0
+        self._unbuildable_logged = False
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def observe(self, event: QueryEvent) -> None:
+        """Queue one answered query for export; never blocks, never raises."""
+        if not self.slots:
+            return
+        if len(self._queue) >= self.max_queue:
+            self.dropped += 1
+            return
+        self._queue.append(event)
+        if self._drain_call is None and self.running:
+            self._drain_call = self.clock.callLater(self.flush_delay, self._drain)
+
+    def startService(self) -> None:
+        super().startService()
+        for slot in self.slots:
+            started = defer.maybeDeferred(slot.sink.start)
+            started.addErrback(self._start_failed, slot)
+        self._report_call = self.clock.callLater(self.report_interval, self._report)
+        if self._queue and self._drain_call is None:
+            self._drain_call = self.clock.callLater(self.flush_delay, self._drain)
+
+    def _start_failed(self, failure: Any, slot: SinkSlot) -> None:
+        self.log.failure("{sink}: cannot start", failure, sink=slot.name)
+
+    def stopService(self) -> defer.Deferred[Any]:
+        """Export what is queued, then stop every sink; fires when all have flushed."""
+        super().stopService()
+        for call in (self._drain_call, self._report_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._drain_call = self._report_call = None
+        while self._queue:
+            self._export_chunk()
+        self._report()
+        self._report_call = None
+        stops = [defer.maybeDeferred(slot.sink.stop) for slot in self.slots]
+        for slot, stopped in zip(self.slots, stops, strict=True):
+            stopped.addErrback(self._stop_failed, slot)
+        return defer.DeferredList(stops)
+
+    def _stop_failed(self, failure: Any, slot: SinkSlot) -> None:
+        self.log.failure("{sink}: failed while stopping", failure, sink=slot.name)
+
+    def _drain(self) -> None:
+        self._drain_call = None
+        self._export_chunk()
+        if self._queue and self.running:
+            self._drain_call = self.clock.callLater(0, self._drain)
+
+    def _export_chunk(self) -> None:
+        queue = self._queue
+        events = [queue.popleft() for _ in range(min(self.chunk_size, len(queue)))]
+        records: list[QueryRecord] = []
+        blocked: list[QueryRecord] = []
+        for event in events:
+            try:
+                record = make_record(event)
+                if self._filtering and is_blocking(event):
+                    blocked.append(record)
+            except Exception:
+                self.unbuildable += 1
+                if not self._unbuildable_logged:
+                    self._unbuildable_logged = True
+                    self.log.failure("cannot build the query record of {event!r}", event=event)
+                continue
+            records.append(record)
+        self.exported += len(records)
+        for slot in self.slots:
+            chosen = blocked if slot.blocked_only else records
+            if not chosen:
+                continue
+            try:
+                slot.sink.write(chosen)
+            except Exception:
+                slot.failed += len(chosen)
+                if not slot.failure_logged:
+                    slot.failure_logged = True
+                    self.log.failure("{sink}: write failed; records dropped", sink=slot.name)
+
+    def _report(self) -> None:
+        """Log, once per interval, what the queue and each sink dropped since last time."""
+        try:
+            new = self.dropped - self._reported_queue_drops
+            if new:
+                self._reported_queue_drops = self.dropped
+                self.log.warn(
+                    "export queue full (max_queue = {max_queue}): {count} query records"
+                    " dropped for every sink ({total} since start)",
+                    max_queue=self.max_queue,
+                    count=new,
+                    total=self.dropped,
+                )
+            self._unbuildable_logged = False
+            for slot in self.slots:
+                total = slot.dropped
+                new = total - slot.reported_drops
+                if new > 0:
+                    slot.reported_drops = total
+                    self.log.warn(
+                        "{sink}: {count} query records dropped ({total} since start)",
+                        sink=slot.name,
+                        count=new,
+                        total=total,
+                    )
+                slot.failure_logged = False
+        except Exception:
+            self.log.failure("reporting export drops failed")
+        if self.running:
+            self._report_call = self.clock.callLater(self.report_interval, self._report)
+
+
+def build_exporter(
+    tables: Sequence[PluginConfig],
+    registry: Registry,
+    reactor: Any,
+    *,
+    server: Any = None,
+    state_dir: str = "",
+    max_queue: int | None = None,
+) -> ExporterService:
+    """The exporter for the `[[export]]` tables, each built by its registered type.
+
+    Raises `ConfigError` ("export[1]: ...") when a sink cannot be built from its options.
+    The queue holds `max_queue` events; by default the largest `max_queue` of the sinks.
+    """
+    context = BuildContext(reactor=reactor, server=server, state_dir=state_dir)
+    slots: list[SinkSlot] = []
+    problems: list[str] = []
+    bounds = []
+    for index, table in enumerate(tables):
+        plugin = registry.exporters.get(table.type)
+        if plugin is None:
+            problems.append(f"export[{index}].type: no export type {table.type!r} is installed")
+            continue
+        try:
+            sink = plugin.build(table.options, context)
+        except ConfigError as problem:
+            problems.extend(f"export[{index}]: {line}" for line in problem.problems)
+            continue
+        if not ISink.providedBy(sink):
+            problems.append(f"export[{index}]: type {table.type!r} did not build an ISink")
+            continue
+        include = getattr(table.options, "include", "all")
+        slots.append(SinkSlot(f"export[{index}] ({table.type})", sink, include == "blocked"))
+        bounds.append(int(getattr(table.options, "max_queue", DEFAULT_MAX_QUEUE)))
+    if problems:
+        raise ConfigError(problems)
+    if max_queue is None:
+        max_queue = max(bounds, default=DEFAULT_MAX_QUEUE)
+    return ExporterService(slots, reactor, max_queue=max_queue)

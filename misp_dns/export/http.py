@@ -1,0 +1,288 @@
+"""The `http` sink: query records POSTed in batches as NDJSON to a collector.
+
+    [[export]]
+    type = "http"
+    url = "https://siem.example.com/ingest"            # required
+    headers = { Authorization = "Bearer ..." }         # sent with every request
+    batch_size = 1000                                  # a batch leaves when this many wait
+    batch_interval = 2.0                               # ... or this many seconds passed
+    timeout = 10.0                                     # seconds for one request
+    disable_tls_validation = false
+    include = "all"                                    # or "blocked"
+    max_queue = 100000                                 # records held while the collector
+                                                       # is down; the newest beyond are dropped
+
+Each request is `POST url` with `Content-Type: application/x-ndjson` and a body of one JSON
+record per line. One request is in flight at a time. A 2xx is success; a connection error,
+a timeout, a 5xx, a 408 or a 429 keeps the batch and tries it again after a growing delay
+(1 s doubling to 60 s); any other status drops the batch (counted, with one log line), as
+sending it again would not help. Stopping sends what is held, within `timeout`.
+
+HTTP goes through an injected treq-like client (`post`), `treq.testing.StubTreq` in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from misp_dns import __version__
+from misp_dns.config import FieldError, between
+from misp_dns.export.options import SinkOptions
+from misp_dns.export.record import encode_record
+from misp_dns.interfaces import ISink
+from misp_dns.registry import BuildContext, PluginType
+
+__all__ = ["HttpOptions", "HttpSink", "plugin"]
+
+CONTENT_TYPE = "application/x-ndjson"
+RETRIED_STATUSES = frozenset({408, 429})
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def _http_url(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FieldError(
+            attribute.name,
+            f"expected an http:// or https:// URL such as https://siem.example.com/ingest,"
+            f" got {value!r}",
+        )
+
+
+def _valid_headers(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    for name, text in value.items():
+        if not _TOKEN.fullmatch(name):
+            raise FieldError(attribute.name, f"{name!r} is not a valid header name")
+        if not _FIELD_VALUE.fullmatch(text) or text != text.strip():
+            # The value may be a secret: name the header, never show the value.
+            raise FieldError(
+                attribute.name, f"the value of {name!r} holds characters a header cannot carry"
+            )
+        if name.lower() in ("content-type", "content-length", "host", "transfer-encoding"):
+            raise FieldError(attribute.name, f"{name!r} is set by misp-dns itself")
+
+
+@attrs.frozen(kw_only=True)
+class HttpOptions(SinkOptions):
+    """`[[export]] type = "http"`: the collector and how batches are sent to it."""
+
+    url: str = attrs.field(validator=_http_url)
+    headers: dict[str, str] = attrs.field(factory=dict, repr=False, validator=_valid_headers)
+    batch_size: int = attrs.field(default=1000, validator=between(1, 100_000))
+    batch_interval: float = attrs.field(default=2.0, validator=between(0.05, 3600))
+    timeout: float = attrs.field(default=10.0, validator=between(0.5, 600))
+    disable_tls_validation: bool = False
+
+
+@implementer(ISink)
+class HttpSink:
+    """Batches records and POSTs them as NDJSON, retrying with backoff, memory bounded."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        url: str,
+        http: Any,
+        clock: Any,
+        *,
+        headers: Mapping[str, str] | None = None,
+        batch_size: int = 1000,
+        batch_interval: float = 2.0,
+        timeout: float = 10.0,
+        max_queue: int = 100_000,
+        initial_delay: float = 1.0,
+        max_delay: float = 60.0,
+    ) -> None:
+        self.url = url
+        self.http = http
+        self.clock = clock
+        self.headers = {
+            "Content-Type": [CONTENT_TYPE],
+            "User-Agent": [f"misp-dns/{__version__}"],
+            **{name: [value] for name, value in (headers or {}).items()},
+        }
+        self.batch_size = batch_size
+        self.batch_interval = batch_interval
+        self.timeout = timeout
+        self.max_queue = max_queue
+        self.initial_delay = initial_delay
+        self.max_delay = max_delay
+        #: Records lost: no room left, or a batch the collector refused for good.
+        self.dropped = 0
+        #: Records the collector accepted.
+        self.sent = 0
+        #: Requests that failed and were (or will be) tried again.
+        self.retries = 0
+        self._pending: deque[str] = deque()
+        self._batch: list[str] | None = None
+        self._in_flight: defer.Deferred[Any] | None = None
+        self._delay = initial_delay
+        self._timer: IDelayedCall | None = None
+        self._retry: IDelayedCall | None = None
+        self._running = False
+        self._failing = False
+
+    def __repr__(self) -> str:
+        return f"<HttpSink {self.url} pending={len(self._pending)}>"
+
+    def __len__(self) -> int:
+        """Records held: waiting, and in the batch being sent."""
+        return len(self._pending) + len(self._batch or ())
+
+    @classmethod
+    def from_config(cls, options: HttpOptions, context: BuildContext) -> HttpSink:
+        """The sink for one `[[export]] type = "http"` table, over a pooled treq client."""
+        from misp_dns.intel.http import make_http_client
+
+        http = make_http_client(context.reactor, verify_tls=not options.disable_tls_validation)
+        return cls(
+            options.url,
+            http,
+            context.reactor,
+            headers=options.headers,
+            batch_size=options.batch_size,
+            batch_interval=options.batch_interval,
+            timeout=options.timeout,
+            max_queue=options.max_queue,
+        )
+
+    def start(self) -> None:
+        """Start the batch timer."""
+        self._running = True
+        self._timer = self.clock.callLater(self.batch_interval, self._tick)
+
+    def write(self, records: Sequence[Any]) -> None:
+        """Hold the records for the next batch; drop (and count) what does not fit."""
+        room = self.max_queue - len(self)
+        if room < len(records):
+            self.dropped += len(records) - max(room, 0)
+            records = records[: max(room, 0)]
+        self._pending.extend(encode_record(record) for record in records)
+        if len(self._pending) >= self.batch_size and self._idle():
+            self._send()
+
+    def _idle(self) -> bool:
+        return self._running and self._in_flight is None and self._retry is None
+
+    def _tick(self) -> None:
+        self._timer = self.clock.callLater(self.batch_interval, self._tick)
+        if self._pending and self._idle():
+            self._send()
+
+    def _send(self) -> defer.Deferred[Any]:
+        if self._batch is None:
+            count = min(self.batch_size, len(self._pending))
+            self._batch = [self._pending.popleft() for _ in range(count)]
+        body = ("\n".join(self._batch) + "\n").encode("utf-8", "backslashreplace")
+        request = defer.maybeDeferred(self.http.post, self.url, data=body, headers=self.headers)
+        # Set before the callbacks: an answer that is already there clears it at once.
+        self._in_flight = request
+        request.addTimeout(self.timeout, self.clock)
+        request.addCallback(self._answered)
+        request.addCallbacks(self._done, self._failed)
+        return request
+
+    @defer.inlineCallbacks
+    def _answered(self, response: Any) -> Any:
+        # Read the body so the connection can serve the next request.
+        with contextlib.suppress(Exception):
+            yield response.content()
+        return response.code
+
+    def _done(self, status: int) -> None:
+        self._in_flight = None
+        batch, self._batch = self._batch or [], None
+        if 200 <= status < 300:
+            self.sent += len(batch)
+            self._delay = self.initial_delay
+            if self._failing:
+                self._failing = False
+                self.log.info("http {url}: sending again", url=self.url)
+            if len(self._pending) >= self.batch_size and self._running:
+                self.clock.callLater(0, self._send_if_idle)
+            return
+        if status >= 500 or status in RETRIED_STATUSES:
+            self._batch = batch
+            self._retry_later(f"HTTP status {status}")
+            return
+        self.dropped += len(batch)
+        self.log.warn(
+            "http {url}: HTTP status {status}; a batch of {count} records was refused and"
+            " is dropped",
+            url=self.url,
+            status=status,
+            count=len(batch),
+        )
+
+    def _failed(self, failure: Failure) -> None:
+        self._in_flight = None
+        self._retry_later(failure.getErrorMessage() or repr(failure.value))
+
+    def _retry_later(self, reason: str) -> None:
+        self.retries += 1
+        if not self._failing:
+            self._failing = True
+            self.log.warn(
+                "http {url}: {reason}; retrying with backoff, holding up to {max_queue} records",
+                url=self.url,
+                reason=reason,
+                max_queue=self.max_queue,
+            )
+        if not self._running:
+            return
+        delay = self._delay
+        self._delay = min(self._delay * 2, self.max_delay)
+        self._retry = self.clock.callLater(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._send_if_idle()
+
+    def _send_if_idle(self) -> None:
+        if self._idle() and (self._batch or self._pending):
+            self._send()
+
+    def stop(self) -> defer.Deferred[None]:
+        """Send what is held (one try per batch, within `timeout`); count the rest dropped."""
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        self._running = False
+        for call in (self._timer, self._retry):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._retry = None
+        deadline = self.clock.seconds() + self.timeout
+        if self._in_flight is not None:
+            await self._in_flight
+        while (self._batch or self._pending) and self.clock.seconds() < deadline:
+            failures = self.retries
+            await self._send()
+            if self.retries != failures:
+                break
+        leftover = len(self)
+        if leftover:
+            self.dropped += leftover
+            self._pending.clear()
+            self._batch = None
+
+
+def _build(options: HttpOptions, context: BuildContext) -> HttpSink:
+    return HttpSink.from_config(options, context)
+
+
+plugin = PluginType("http", HttpOptions, _build)

@@ -1,0 +1,323 @@
+"""The exporter service: bounded queue, batches off the answer path, filters, drops, flush."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import pytest
+from integration.export_events import blocked_event, misp_decision, recursive_event, refused_event
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+from zope.interface.verify import verifyObject
+
+from misp_dns.config import ConfigError, HostPort, parse_config
+from misp_dns.dns.acl import ClientACL
+from misp_dns.dns.cache import AnswerCache
+from misp_dns.dns.forwarder import Forwarder
+from misp_dns.dns.resolver import ChainResolver
+from misp_dns.dns.server import Responder
+from misp_dns.export.exporter import ExporterService, SinkSlot, build_exporter
+from misp_dns.export.http import HttpSink
+from misp_dns.export.jsonl import JsonlSink
+from misp_dns.export.memory import MemorySink
+from misp_dns.export.syslog import SyslogSink
+from misp_dns.interfaces import ISink
+from misp_dns.policy.chain import PolicyChain
+from misp_dns.policy.decision import Decision, PolicyQuery
+from misp_dns.registry import default_registry
+
+
+def make_exporter(
+    *sinks: MemorySink, blocked_only: tuple[bool, ...] = (), **kwargs: Any
+) -> tuple[ExporterService, Clock, list[dict[str, Any]]]:
+    clock = Clock()
+    flags = blocked_only or (False,) * len(sinks)
+    slots = [
+        SinkSlot(f"export[{i}] (memory)", sink, flag)
+        for i, (sink, flag) in enumerate(zip(sinks, flags, strict=True))
+    ]
+    exporter = ExporterService(slots, clock, **kwargs)
+    logged: list[dict[str, Any]] = []
+    exporter.log = Logger(observer=logged.append)
+    exporter.startService()
+    return exporter, clock, logged
+
+
+def test_memory_sink_is_an_isink() -> None:
+    """The in-memory sink tests use provides ISink, as third-party sinks must."""
+    assert verifyObject(ISink, MemorySink())
+
+
+def test_observe_returns_at_once_and_records_follow_in_one_batch() -> None:
+    """The DNS path only queues; the records are built and written a moment later, batched."""
+    sink = MemorySink()
+    exporter, clock, _ = make_exporter(sink)
+    assert sink.started
+    for index in range(5):
+        exporter.observe(recursive_event(f"q{index}.example"))
+    assert sink.batches == []
+    assert len(exporter) == 5
+    clock.advance(0.05)
+    assert len(sink.batches) == 1
+    assert [r["question"]["questionName"] for r in sink.records] == [
+        f"q{i}.example" for i in range(5)
+    ]
+    assert exporter.exported == 5 and len(exporter) == 0
+
+
+def test_full_queue_drops_the_newest_and_counts_them() -> None:
+    """With max_queue events waiting, later ones are dropped and counted, earlier ones kept."""
+    sink = MemorySink()
+    exporter, clock, _ = make_exporter(sink, max_queue=3)
+    for index in range(5):
+        exporter.observe(recursive_event(f"q{index}.example"))
+    clock.advance(0.05)
+    assert [r["question"]["questionName"] for r in sink.records] == [
+        "q0.example",
+        "q1.example",
+        "q2.example",
+    ]
+    assert exporter.dropped == 2
+
+
+def test_drops_are_logged_at_most_once_per_ten_seconds() -> None:
+    """Queue drops are reported in one line per 10 s window, not once per lost record."""
+    sink = MemorySink()
+    exporter, clock, logged = make_exporter(sink, max_queue=1)
+    for _ in range(3):
+        for _ in range(100):
+            exporter.observe(recursive_event())
+        clock.advance(1)
+    assert logged == []
+    clock.advance(7)
+    lines = [event for event in logged if "dropped" in event["log_format"]]
+    assert len(lines) == 1
+    assert lines[0]["count"] == 297
+    clock.advance(10)
+    assert len([event for event in logged if "dropped" in event["log_format"]]) == 1
+
+
+def test_sink_drops_are_reported_per_sink() -> None:
+    """Each sink's own drops appear in a line naming that sink, with the new count."""
+    quiet, lossy = MemorySink(), MemorySink()
+    _exporter, clock, logged = make_exporter(quiet, lossy)
+    lossy.dropped = 42
+    clock.advance(10)
+    assert [(e["sink"], e["count"]) for e in logged] == [("export[1] (memory)", 42)]
+    lossy.dropped = 50
+    clock.advance(10)
+    assert [(e["sink"], e["count"]) for e in logged][-1] == ("export[1] (memory)", 8)
+
+
+def test_include_blocked_keeps_only_blocks() -> None:
+    """A sink with include = "blocked" gets blocked queries only; the others get all."""
+    everything, blocks = MemorySink(), MemorySink()
+    exporter, clock, _ = make_exporter(everything, blocks, blocked_only=(False, True))
+    for event in (recursive_event(), blocked_event(), refused_event()):
+        exporter.observe(event)
+    clock.advance(0.05)
+    assert [r["responseType"] for r in everything.records] == ["Recursive", "Blocked", "Refused"]
+    assert [r["responseType"] for r in blocks.records] == ["Blocked"]
+    assert everything.records[1] is blocks.records[0]
+
+
+def test_large_backlog_is_exported_in_chunks_across_reactor_turns() -> None:
+    """A burst is exported a chunk per reactor turn, so no turn blocks the answers for long."""
+    sink = MemorySink()
+    exporter, clock, _ = make_exporter(sink, chunk_size=1000)
+    for _ in range(2500):
+        exporter.observe(recursive_event())
+    calls: list[Any] = []
+    real_call_later = clock.callLater
+
+    def counting_call_later(delay: float, *args: Any, **kwargs: Any) -> Any:
+        calls.append(delay)
+        return real_call_later(delay, *args, **kwargs)
+
+    clock.callLater = counting_call_later  # type: ignore[method-assign]
+    clock.advance(0.05)
+    assert [len(batch) for batch in sink.batches] == [1000, 1000, 500]
+    assert calls == [0, 0]
+
+
+@pytest.mark.allow_errors
+def test_a_failing_sink_does_not_starve_the_others() -> None:
+    """A sink whose write raises loses its records (counted, logged once); others go on."""
+    broken, healthy = MemorySink(fail=True), MemorySink()
+    exporter, clock, logged = make_exporter(broken, healthy)
+    for _ in range(2):
+        exporter.observe(recursive_event())
+        clock.advance(0.05)
+    assert len(healthy.records) == 2
+    assert exporter.slots[0].dropped == 2
+    assert len([e for e in logged if "log_failure" in e]) == 1
+    clock.advance(10)
+    assert any(e.get("count") == 2 for e in logged)
+
+
+def test_stop_flushes_the_queue_and_waits_for_the_sinks() -> None:
+    """Stopping exports what is queued at once, then waits until every sink has stopped."""
+    sink = MemorySink(hold_stop=True)
+    exporter, _clock, _ = make_exporter(sink)
+    for _ in range(3):
+        exporter.observe(blocked_event())
+    stopped = exporter.stopService()
+    assert len(sink.records) == 3
+    assert sink.stopped
+    fired: list[Any] = []
+    stopped.addCallback(fired.append)
+    assert fired == []
+    assert sink.stopping is not None
+    sink.stopping.callback(None)
+    assert len(fired) == 1
+
+
+def test_events_before_start_are_exported_after_start() -> None:
+    """Queries answered before the exporter started are not lost."""
+    sink = MemorySink()
+    clock = Clock()
+    exporter = ExporterService([SinkSlot("memory", sink)], clock)
+    exporter.observe(recursive_event())
+    exporter.startService()
+    clock.advance(0.05)
+    assert len(sink.records) == 1
+
+
+def test_no_sinks_means_nothing_is_queued() -> None:
+    """Without [[export]] tables the observer does nothing at all."""
+    exporter = ExporterService([], Clock())
+    exporter.startService()
+    exporter.observe(recursive_event())
+    assert len(exporter) == 0
+
+
+class _BlockEverything:
+    """A policy that blocks every name, as the MISP policy does for listed ones."""
+
+    name = "block-everything"
+
+    def decide(self, query: PolicyQuery) -> Decision:
+        return misp_decision(query.name)
+
+
+def test_responder_feeds_the_exporter_for_every_answered_query() -> None:
+    """Wired as tap.py does, each answered query reaches the sinks as a record, whether
+    the fast path (plain UDP) or the full path (TCP, refused) answered it."""
+    clock = Clock()
+    clock.advance(1764151830.5)
+    sink = MemorySink()
+    exporter = ExporterService([SinkSlot("memory", sink)], clock)
+    exporter.startService()
+    acl = ClientACL([ipaddress.ip_network("127.0.0.0/8")])
+    resolver = ChainResolver(
+        PolicyChain([_BlockEverything()]),
+        AnswerCache(100, clock),
+        Forwarder([HostPort("127.0.0.1", 9)], clock),
+        "dns.example.net",
+    )
+    responder = Responder(resolver, acl, clock)
+    responder.observers.append(exporter.observe)
+    query = dns.message.make_query("StemTopx.com", "A", use_edns=0).to_wire()
+    txt = dns.message.make_query("stemtopx.com", "TXT").to_wire()
+    assert isinstance(responder.respond(query, "127.0.0.1", "udp"), bytes)
+    assert isinstance(responder.respond(txt, "127.0.0.1", "tcp"), bytes)
+    assert isinstance(responder.respond(query, "192.0.2.1", "tcp"), bytes)
+    clock.advance(0.05)
+    records = sink.records
+    assert [(r["responseType"], r["protocol"], r["clientIp"]) for r in records] == [
+        ("Blocked", "Udp", "127.0.0.1"),
+        ("Blocked", "Tcp", "127.0.0.1"),
+        ("Refused", "Tcp", "192.0.2.1"),
+    ]
+    blocked, report, refused = records
+    assert blocked["timestamp"] == "2025-11-26T10:10:30.500Z"
+    assert blocked["question"]["questionName"] == "stemtopx.com"
+    assert blocked["edns"] == [
+        {"errType": "Blocked", "message": "source=misp-connector;domain=stemtopx.com"}
+    ]
+    assert blocked["policy"]["mispEventId"] == "1234"
+    assert report["edns"] == []
+    assert [(a["recordType"], a["recordTtl"], a["recordData"]) for a in report["answers"]] == [
+        ("TXT", 30, '"source=misp-connector;domain=stemtopx.com"')
+    ]
+    assert refused["edns"] == [{"errType": "Prohibited", "message": ""}]
+
+
+def _tables(*exports: dict[str, Any]) -> Any:
+    return parse_config({"export": list(exports)}, default_registry()).export
+
+
+def test_build_exporter_builds_every_configured_sink(tmp_path: Path) -> None:
+    """[[export]] tables of each built-in type become sinks with their include filters."""
+    tables = _tables(
+        {"type": "jsonl", "path": str(tmp_path / "q.jsonl")},
+        {"type": "syslog", "address": "127.0.0.1:5514", "include": "blocked"},
+        {"type": "syslog", "address": "127.0.0.1:5514", "protocol": "tcp", "max_queue": 7},
+        {"type": "http", "url": "http://127.0.0.1:9/ingest", "max_queue": 500_000},
+    )
+    exporter = build_exporter(tables, default_registry(), Clock())
+    kinds = [type(slot.sink) for slot in exporter.slots]
+    assert kinds == [JsonlSink, SyslogSink, SyslogSink, HttpSink]
+    assert [slot.blocked_only for slot in exporter.slots] == [False, True, False, False]
+    assert [slot.name for slot in exporter.slots][1] == "export[1] (syslog)"
+    assert exporter.max_queue == 500_000
+    for slot in exporter.slots:
+        assert verifyObject(ISink, slot.sink)
+
+
+def test_build_exporter_reports_build_problems_with_their_table(tmp_path: Path) -> None:
+    """A sink that cannot be built (an unreadable CA file) is a config error naming export[i]."""
+    tables = _tables(
+        {"type": "jsonl"},
+        {
+            "type": "syslog",
+            "protocol": "tls",
+            "address": "127.0.0.1:6514",
+            "ca_file": str(tmp_path / "missing.pem"),
+        },
+    )
+    with pytest.raises(ConfigError) as problem:
+        build_exporter(tables, default_registry(), Clock())
+    assert len(problem.value.problems) == 1
+    assert problem.value.problems[0].startswith("export[1]: ca_file ")
+    assert "cannot read" in problem.value.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("table", "line"),
+    [
+        ({"type": "jsonl", "colour": "red"}, "export[0].colour: unknown key"),
+        (
+            {"type": "jsonl", "include": "some"},
+            "export[0].include: expected one of 'all', 'blocked', got 'some'",
+        ),
+        (
+            {"type": "jsonl", "max_queue": 0},
+            "export[0].max_queue: must be within 1..10000000, got 0",
+        ),
+        ({"type": "http"}, "export[0].url: required key is missing"),
+        ({"type": "kafka"}, "export[0].type: no export type 'kafka' is installed"),
+    ],
+)
+def test_export_config_errors_name_the_table_and_key(table: dict[str, Any], line: str) -> None:
+    """Bad [[export]] tables give one readable line each, with their TOML path."""
+    with pytest.raises(ConfigError) as problem:
+        _tables(table)
+    assert problem.value.problems == [line]
+
+
+def test_stop_with_real_sinks_fires(tmp_path: Path) -> None:
+    """The whole exporter stops cleanly with a file sink that wrote the queued records."""
+    tables = _tables({"type": "jsonl", "path": str(tmp_path / "logs" / "q.jsonl")})
+    clock = Clock()
+    exporter = build_exporter(tables, default_registry(), clock)
+    exporter.startService()
+    exporter.observe(blocked_event())
+    done: list[Any] = []
+    defer.maybeDeferred(exporter.stopService).addCallback(done.append)
+    assert done
+    assert (tmp_path / "logs" / "q.jsonl").read_text().count("\n") == 1

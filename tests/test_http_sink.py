@@ -1,0 +1,297 @@
+"""The HTTP sink: NDJSON batches, headers, retries with backoff, bounded memory, flush on stop."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any
+
+import pytest
+from integration.export_events import blocked_event, recursive_event
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface.verify import verifyObject
+
+from misp_dns.config import ConfigError, parse_config
+from misp_dns.export.http import HttpOptions, HttpSink
+from misp_dns.export.record import build_record
+from misp_dns.interfaces import ISink
+from misp_dns.registry import default_registry
+
+URL = "http://collector.test/ingest"
+
+
+class Collector(Resource):
+    """An NDJSON collector answering each POST with the next scripted status (200 after)."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: deque[int | str] = deque()
+        self.requests: list[tuple[dict[str, str], bytes, int | str]] = []
+
+    def render_POST(self, request: Any) -> Any:
+        status = self.statuses.popleft() if self.statuses else 200
+        headers = {
+            name.decode().lower(): values[0].decode()
+            for name, values in request.requestHeaders.getAllRawHeaders()
+        }
+        self.requests.append((headers, request.content.read(), status))
+        if status == "hang":
+            return NOT_DONE_YET
+        assert isinstance(status, int)
+        request.setResponseCode(status)
+        return b"{}"
+
+    def accepted(self) -> list[str]:
+        """Question names of the records in the requests that got a 2xx, in order."""
+        names = []
+        for _headers, body, status in self.requests:
+            if isinstance(status, int) and 200 <= status < 300:
+                for line in body.decode().splitlines():
+                    names.append(json.loads(line)["question"]["questionName"])
+        return names
+
+
+class RefusingFirst:
+    """A treq-like client whose first `refusals` requests fail to connect."""
+
+    def __init__(self, inner: StubTreq, refusals: int) -> None:
+        self.inner = inner
+        self.refusals = refusals
+
+    def post(self, url: str, **kwargs: Any) -> defer.Deferred[Any]:
+        if self.refusals:
+            self.refusals -= 1
+            return defer.fail(ConnectionRefusedError())
+        return self.inner.post(url, **kwargs)  # type: ignore[no-any-return]
+
+
+def records(*names: str) -> list[Any]:
+    return [build_record(recursive_event(name)) for name in names]
+
+
+def make_sink(
+    collector: Collector, client: Any = None, **kwargs: Any
+) -> tuple[HttpSink, Clock, StubTreq, list[dict[str, Any]]]:
+    clock = Clock()
+    stub = StubTreq(collector)
+    sink = HttpSink(URL, client or stub, clock, **kwargs)
+    logged: list[dict[str, Any]] = []
+    sink.log = type(sink.log)(observer=logged.append)
+    sink.start()
+    return sink, clock, stub, logged
+
+
+def test_sink_is_an_isink() -> None:
+    """The HTTP sink provides ISink."""
+    assert verifyObject(ISink, HttpSink(URL, StubTreq(Collector()), Clock()))
+
+
+def test_records_are_posted_as_ndjson_every_interval_with_headers() -> None:
+    """Held records leave after batch_interval, one JSON line each, with the headers."""
+    collector = Collector()
+    sink, clock, stub, _ = make_sink(
+        collector, headers={"Authorization": "Bearer s3cret", "X-Source": "dns1"}
+    )
+    sink.write(records("a.example", "b.example"))
+    sink.write([build_record(blocked_event())])
+    clock.advance(1.9)
+    stub.flush()
+    assert collector.requests == []
+    clock.advance(0.1)
+    stub.flush()
+    ((headers, body, _),) = collector.requests
+    assert headers["content-type"] == "application/x-ndjson"
+    assert headers["authorization"] == "Bearer s3cret"
+    assert headers["x-source"] == "dns1"
+    assert headers["user-agent"].startswith("misp-dns/")
+    assert body.endswith(b"\n") and body.count(b"\n") == 3
+    assert json.loads(body.splitlines()[2])["responseType"] == "Blocked"
+    assert collector.accepted() == ["a.example", "b.example", "stemtopx.com"]
+    assert sink.sent == 3 and len(sink) == 0
+
+
+def test_a_full_batch_leaves_at_once() -> None:
+    """batch_size records are sent without waiting for the interval."""
+    collector = Collector()
+    sink, _clock, stub, _ = make_sink(collector, batch_size=3)
+    sink.write(records("a.x", "b.x", "c.x", "d.x"))
+    stub.flush()
+    assert [body.count(b"\n") for _, body, _ in collector.requests] == [3]
+    assert len(sink) == 1
+
+
+def test_server_errors_are_retried_with_backoff_without_loss_or_duplicates() -> None:
+    """A 5xx keeps the batch and tries again after 1 s, 2 s, 4 s; then all arrive once."""
+    collector = Collector()
+    collector.statuses.extend([503, 500, 502])
+    sink, clock, stub, logged = make_sink(collector)
+    sink.write(records("a.x", "b.x"))
+    clock.advance(2)
+    stub.flush()
+    times = []
+    for _ in range(3):
+        before = len(collector.requests)
+        waited = 0.0
+        while len(collector.requests) == before and waited < 120:
+            clock.advance(0.5)
+            stub.flush()
+            waited += 0.5
+        times.append(waited)
+    assert times == [1.0, 2.0, 4.0]
+    assert collector.accepted() == ["a.x", "b.x"]
+    assert sink.retries == 3 and sink.dropped == 0
+    assert len([e for e in logged if "retrying" in e["log_format"]]) == 1
+
+
+def test_connection_errors_are_retried() -> None:
+    """A refused connection is retried like a 5xx; nothing is lost."""
+    collector = Collector()
+    stub = StubTreq(collector)
+    sink, clock, _, _ = make_sink(collector, client=RefusingFirst(stub, 2))
+    sink.write(records("a.x"))
+    clock.advance(2)
+    clock.advance(1)
+    clock.advance(2)
+    stub.flush()
+    assert collector.accepted() == ["a.x"]
+    assert sink.retries == 2
+
+
+def test_rate_limited_and_timed_out_requests_are_retried() -> None:
+    """429 and a collector that never answers (timeout) are tried again."""
+    collector = Collector()
+    collector.statuses.extend([429, "hang"])
+    sink, clock, stub, _ = make_sink(collector, timeout=5)
+    sink.write(records("a.x"))
+    clock.advance(2)
+    stub.flush()
+    clock.advance(1)
+    stub.flush()
+    assert len(collector.requests) == 2
+    clock.advance(5)
+    stub.flush()
+    clock.advance(2)
+    stub.flush()
+    assert collector.accepted() == ["a.x"]
+    assert sink.retries == 2
+
+
+def test_client_errors_drop_the_batch_counted_and_logged() -> None:
+    """A 4xx means resending will not help: the batch is dropped, counted and logged."""
+    collector = Collector()
+    collector.statuses.append(400)
+    sink, clock, stub, logged = make_sink(collector)
+    sink.write(records("refused.x"))
+    clock.advance(2)
+    stub.flush()
+    sink.write(records("next.x"))
+    clock.advance(2)
+    stub.flush()
+    assert collector.accepted() == ["next.x"]
+    assert sink.dropped == 1
+    assert [e["status"] for e in logged if "status" in e] == [400]
+
+
+def test_memory_is_bounded_while_the_collector_is_down() -> None:
+    """While requests fail, at most max_queue records are held; the newest are dropped."""
+    collector = Collector()
+    collector.statuses.extend([503] * 100)
+    sink, clock, stub, _ = make_sink(collector, max_queue=5, batch_size=2)
+    for index in range(20):
+        sink.write(records(f"n{index}.x"))
+        clock.advance(0.5)
+        stub.flush()
+    assert len(sink) == 5
+    assert sink.dropped == 15
+    collector.statuses.clear()
+    clock.advance(60)
+    stub.flush()
+    clock.advance(2)
+    stub.flush()
+    clock.advance(2)
+    stub.flush()
+    assert sorted(collector.accepted()) == sorted(f"n{i}.x" for i in range(5))
+
+
+def test_stop_sends_what_is_held() -> None:
+    """Stopping POSTs the records still held, then fires."""
+    collector = Collector()
+    sink, _clock, stub, _ = make_sink(collector)
+    sink.write(records("last1.x", "last2.x"))
+    stopped = sink.stop()
+    stub.flush()
+    fired: list[Any] = []
+    stopped.addCallback(fired.append)
+    assert fired == [None]
+    assert collector.accepted() == ["last1.x", "last2.x"]
+
+
+def test_stop_with_the_collector_down_counts_the_loss() -> None:
+    """A collector failing at stop costs the held records, counted; stop still fires."""
+    collector = Collector()
+    collector.statuses.extend([503] * 5)
+    sink, clock, stub, _ = make_sink(collector)
+    sink.write(records("x.x", "y.x"))
+    clock.advance(2)
+    stub.flush()
+    stopped = sink.stop()
+    stub.flush()
+    fired: list[Any] = []
+    stopped.addCallback(fired.append)
+    assert fired == [None]
+    assert sink.dropped == 2
+    assert clock.getDelayedCalls() == []
+
+
+def test_stop_waits_for_a_hanging_request_no_longer_than_the_timeout() -> None:
+    """A request in flight at stop is given its timeout, then stop completes."""
+    collector = Collector()
+    collector.statuses.append("hang")
+    sink, clock, stub, _ = make_sink(collector, timeout=3)
+    sink.write(records("x.x"))
+    clock.advance(2)
+    stub.flush()
+    fired: list[Any] = []
+    sink.stop().addCallback(fired.append)
+    assert fired == []
+    clock.advance(3)
+    stub.flush()
+    assert fired == [None]
+    assert sink.dropped == 1
+
+
+def test_header_values_never_show_in_reprs() -> None:
+    """Header values (tokens) are secrets: not in the options' or the sink's repr."""
+    options = HttpOptions(url=URL, headers={"Authorization": "Bearer s3cret"})
+    sink = HttpSink(URL, StubTreq(Collector()), Clock(), headers=options.headers)
+    assert "s3cret" not in repr(options) and "s3cret" not in repr(sink)
+
+
+@pytest.mark.parametrize(
+    ("table", "line"),
+    [
+        ({"url": "ftp://x"}, "export[0].url: expected an http:// or https:// URL such as"),
+        ({"url": URL, "headers": {"Bad Name": "x"}}, "export[0].headers: 'Bad Name' is not a"),
+        (
+            {"url": URL, "headers": {"Authorization": "Bearer s3cret\nX-Injected: 1"}},
+            "export[0].headers: the value of 'Authorization' holds characters",
+        ),
+        ({"url": URL, "headers": {"Content-Type": "text/plain"}}, "export[0].headers: 'Content-"),
+        ({"url": URL, "batch_size": 0}, "export[0].batch_size: must be within 1..100000, got 0"),
+        ({"url": URL, "headers": {"X": 1}}, "export[0].headers[X]: expected a string"),
+    ],
+)
+def test_bad_options_name_the_key_without_the_secret(table: dict[str, Any], line: str) -> None:
+    """Each bad http option is one config error naming export[i].key, never a header value."""
+    with pytest.raises(ConfigError) as problem:
+        parse_config({"export": [{"type": "http", **table}]}, default_registry())
+    (message,) = problem.value.problems
+    assert message.startswith(line)
+    assert "s3cret" not in message

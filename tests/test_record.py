@@ -1,0 +1,464 @@
+"""The query record: the DESIGN.md schema, field by field, for every kind of answer."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import attrs
+import dns.message
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from integration.export_events import (
+    PROVENANCE,
+    allowed_event,
+    blocked_event,
+    event_for,
+    misp_decision,
+    recursive_event,
+    refused_event,
+    request,
+)
+from twisted.names import dns as tdns
+
+from misp_dns.dns.answer import Answer, Kind
+from misp_dns.export.record import (
+    build_record,
+    class_name,
+    ede_name,
+    encode_record,
+    encode_records,
+    format_timestamp,
+    is_blocking,
+    make_record,
+    rcode_name,
+    rdata_text,
+    type_name,
+)
+from misp_dns.policy.decision import Provenance
+
+
+def test_blocked_query_record_matches_the_design_example() -> None:
+    """A blocked A query gives exactly the record DESIGN.md shows, key for key."""
+    record = build_record(blocked_event("stemtopx.com"))
+    assert record == {
+        "timestamp": "2025-11-26T10:10:30.567Z",
+        "clientIp": "127.0.0.1",
+        "protocol": "Udp",
+        "question": {"questionName": "stemtopx.com", "questionType": "A", "questionClass": "IN"},
+        "responseCode": "NxDomain",
+        "responseType": "Blocked",
+        "answers": [],
+        "edns": [{"errType": "Blocked", "message": "source=misp-connector;domain=stemtopx.com"}],
+        "policy": {
+            "source": "misp-connector",
+            "domain": "stemtopx.com",
+            "mispEventId": PROVENANCE.event_id,
+            "mispEventUuid": PROVENANCE.event_uuid,
+            "mispAttributeUuid": PROVENANCE.attribute_uuid,
+            "mispEventInfo": PROVENANCE.event_info,
+        },
+    }
+
+
+def test_blocked_subdomain_names_the_query_and_the_matched_indicator() -> None:
+    """The question is what the client asked (lower case); `policy.domain` is the IOC."""
+    event = blocked_event("WWW.StemTopx.com", decision=misp_decision("stemtopx.com"))
+    record = build_record(event)
+    assert record["question"]["questionName"] == "www.stemtopx.com"
+    assert record["policy"]["domain"] == "stemtopx.com"
+
+
+def test_txt_report_is_listed_as_an_answer_with_its_ttl() -> None:
+    """A blocked TXT query's record shows the TXT report answer in presentation format."""
+    record = build_record(blocked_event("stemtopx.com", "TXT"))
+    assert record["responseCode"] == "NoError"
+    assert record["responseType"] == "Blocked"
+    assert record["question"]["questionType"] == "TXT"
+    assert record["answers"] == [
+        {
+            "name": "stemtopx.com",
+            "recordType": "TXT",
+            "recordClass": "IN",
+            "recordTtl": 30,
+            "recordData": '"source=misp-connector;domain=stemtopx.com"',
+            "dnssecStatus": "Disabled",
+        }
+    ]
+
+
+def test_ede_message_keeps_every_colon() -> None:
+    """The reference exporter cut EDE text at the first colon; the whole text is kept."""
+    decision = misp_decision("evil.example")
+    decision = type(decision)(
+        decision.action, decision.source, decision.indicator, report="a:b:c;domain=x:y"
+    )
+    record = build_record(blocked_event("evil.example", decision=decision))
+    assert record["edns"] == [{"errType": "Blocked", "message": "a:b:c;domain=x:y"}]
+
+
+def test_no_edns_in_the_query_means_no_ede_in_the_record() -> None:
+    """A query without OPT gets a response without OPT, so the record lists no EDE."""
+    record = build_record(blocked_event("stemtopx.com", edns=False))
+    assert record["edns"] == []
+    assert record["responseType"] == "Blocked"
+
+
+def test_refused_client_record_says_prohibited() -> None:
+    """A client outside allow_clients: Refused, EDE 18 named "Prohibited", its address."""
+    record = build_record(refused_event(client="203.0.113.9"))
+    assert record["responseCode"] == "Refused"
+    assert record["responseType"] == "Refused"
+    assert record["clientIp"] == "203.0.113.9"
+    assert record["edns"] == [{"errType": "Prohibited", "message": ""}]
+    assert "policy" not in record and "responseRtt" not in record
+
+
+def test_recursive_record_has_rtt_in_milliseconds_and_the_answers() -> None:
+    """An upstream answer: responseRtt in ms, each answer with TTL and presentation data."""
+    record = build_record(recursive_event("www.example.com", "192.0.2.7", rtt=0.0123))
+    assert record["responseType"] == "Recursive"
+    assert record["responseRtt"] == pytest.approx(12.3)
+    assert record["responseCode"] == "NoError"
+    assert record["answers"] == [
+        {
+            "name": "www.example.com",
+            "recordType": "A",
+            "recordClass": "IN",
+            "recordTtl": 300,
+            "recordData": "192.0.2.7",
+            "dnssecStatus": "Disabled",
+        }
+    ]
+    assert "policy" not in record
+
+
+def test_cached_record_has_no_rtt() -> None:
+    """An answer from the cache has responseType Cached and no responseRtt."""
+    record = build_record(recursive_event(kind=Kind.CACHED, rtt=None))
+    assert record["responseType"] == "Cached"
+    assert "responseRtt" not in record
+
+
+def test_allowlisted_record_names_the_allowlist_without_misp_fields() -> None:
+    """An allowlisted query: responseType Allowed, policy says allowlist and the entry."""
+    record = build_record(allowed_event("intranet.example.org"))
+    assert record["responseType"] == "Allowed"
+    assert record["policy"] == {"source": "allowlist", "domain": "example.org"}
+
+
+def test_monitor_mode_record_shows_the_decision_not_enforced() -> None:
+    """In monitor mode the query resolves; the record keeps the decision, enforced false."""
+    event = recursive_event("stemtopx.com", decision=misp_decision(enforced=False))
+    record = build_record(event)
+    assert record["responseType"] == "Recursive"
+    assert record["policy"]["enforced"] is False
+    assert record["policy"]["mispEventId"] == PROVENANCE.event_id
+    assert "enforced" not in build_record(blocked_event())["policy"]
+
+
+def test_missing_provenance_fields_are_left_out() -> None:
+    """Only the MISP fields the indicator came with are written."""
+    decision = misp_decision()
+    decision = type(decision)(
+        decision.action, decision.source, "x.example", provenance=Provenance(event_id="7")
+    )
+    record = build_record(recursive_event(decision=decision))
+    assert record["policy"] == {
+        "source": "misp-connector",
+        "domain": "x.example",
+        "mispEventId": "7",
+    }
+
+
+def test_tcp_queries_say_tcp() -> None:
+    """The protocol is "Udp" or "Tcp" as in the reference records."""
+    assert build_record(recursive_event(transport="tcp"))["protocol"] == "Tcp"
+    assert build_record(recursive_event(transport="udp"))["protocol"] == "Udp"
+
+
+def test_server_failure_record() -> None:
+    """An upstream failure: ServerFailure both as response code and response type."""
+    answer = Answer(tdns.ESERVER, kind=Kind.SERVER_FAILURE)
+    event = event_for(request(), answer, client="::1")
+    record = build_record(event)
+    assert record["responseCode"] == "ServerFailure"
+    assert record["responseType"] == "ServerFailure"
+    assert record["clientIp"] == "::1"
+
+
+def test_authentic_answers_are_marked_secure() -> None:
+    """Answers that came with AD from a validating upstream say dnssecStatus Secure."""
+    record_a = tdns.RRHeader(b"a.example", tdns.A, tdns.IN, 5, tdns.Record_A("192.0.2.1"))
+    answer = Answer(tdns.OK, answers=(record_a,), authentic=True)
+    record = build_record(event_for(request("a.example"), answer))
+    assert record["answers"][0]["dnssecStatus"] == "Secure"
+
+
+def test_cached_answers_show_the_ttl_the_client_got() -> None:
+    """A cached answer's records keep their stored TTL; the record shows it minus the age."""
+    event = recursive_event(kind=Kind.CACHED, rtt=None)
+    aged = attrs.evolve(event, answer=attrs.evolve(event.answer, age=120))
+    assert build_record(aged)["answers"][0]["recordTtl"] == 180
+    older = attrs.evolve(event, answer=attrs.evolve(event.answer, age=1000))
+    assert build_record(older)["answers"][0]["recordTtl"] == 0
+
+
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [
+        (0, "NoError"),
+        (1, "FormatError"),
+        (2, "ServerFailure"),
+        (3, "NxDomain"),
+        (4, "NotImplemented"),
+        (5, "Refused"),
+        (16, "BADVERS"),
+        (3841, "RCODE3841"),
+    ],
+)
+def test_response_code_names(code: int, name: str) -> None:
+    """Response codes carry the reference exporter's names; unknown ones their number."""
+    assert rcode_name(code) == name
+
+
+def test_ede_type_and_class_names() -> None:
+    """EDE codes get their RFC 8914 names; types and classes their mnemonics or RFC 3597."""
+    assert ede_name(15) == "Blocked"
+    assert ede_name(18) == "Prohibited"
+    assert ede_name(17) == "Filtered"
+    assert ede_name(3) == "Stale Answer"
+    assert ede_name(999) == "EDE999"
+    assert type_name(1) == "A"
+    assert type_name(65) == "HTTPS"
+    assert type_name(255) == "ANY"
+    assert type_name(65280) == "TYPE65280"
+    assert class_name(1) == "IN"
+    assert class_name(3) == "CH"
+    assert class_name(7) == "CLASS7"
+
+
+@given(st.floats(min_value=0, max_value=4102444800, allow_nan=False))
+def test_timestamp_is_iso_utc_with_milliseconds(seconds: float) -> None:
+    """Timestamps read YYYY-MM-DDTHH:MM:SS.mmmZ and are within a millisecond of the time."""
+    text = format_timestamp(seconds)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", text)
+    parsed = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
+    assert abs(parsed.timestamp() - seconds) < 0.0011
+    assert parsed.tzinfo == UTC
+
+
+_PRESENTATION_CASES = [
+    ("A", "192.0.2.1"),
+    ("AAAA", "2001:db8::1"),
+    ("MX", "10 mail.example.com."),
+    ("TXT", '"hello world" "a\\"b\\\\c" "\\255\\000"'),
+    ("SOA", "ns.example. hostmaster.example. 2024010101 7200 3600 1209600 300"),
+    ("SRV", "1 2 443 target.example."),
+    ("CNAME", "x.example."),
+    ("PTR", "host.example."),
+    ("NAPTR", '100 10 "U" "E2U+sip" "!^.*$!sip:info@example.com!" .'),
+    ("HINFO", '"cpu" "os x"'),
+    ("SSHFP", "1 1 0123456789ABCDEF0123456789ABCDEF01234567"),
+    ("DS", "12345 8 1 49FD46E6C4B45C55D4AC69CBD3CD34AC1AFE51DE"),
+    ("DNSKEY", "257 3 8 AwEAAaz/tAm8yTn4Mfeh5eyI96WSVexTBAvkMgJzkKTOiW1vkIbzxeF3"),
+    ("RRSIG", "A 8 2 300 20251201000000 20251101000000 12345 example.com. AwEAAaz/tAm8"),
+    ("CAA", '0 issue "letsencrypt.org"'),
+    ("TLSA", "3 1 1 0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF"),
+    ("HTTPS", "1 . alpn=h2"),
+    ("NULL", "\\# 3 010203"),
+]
+
+
+def _through_twisted(rdtype: str, text: str) -> tuple[tdns.RRHeader, dns.rdata.Rdata]:
+    rrset = dns.rrset.from_text("www.example.com.", 300, "IN", rdtype, text)
+    response = dns.message.make_response(dns.message.make_query("www.example.com", rdtype))
+    response.answer.append(rrset)
+    message = tdns.Message()
+    message.fromStr(response.to_wire())
+    return message.answers[0], rrset[0]
+
+
+@pytest.mark.parametrize(("rdtype", "text"), _PRESENTATION_CASES)
+def test_answer_data_is_presentation_format(rdtype: str, text: str) -> None:
+    """recordData is zone-file text that a DNS library reads back to the same data."""
+    record, rdata = _through_twisted(rdtype, text)
+    shown = rdata_text(record)
+    parsed = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype), shown)
+    assert parsed == rdata
+
+
+def test_unknown_types_use_the_generic_form() -> None:
+    """Types nothing here decodes are written as RFC 3597 `\\# length hex`."""
+    record, _ = _through_twisted("HTTPS", "1 . alpn=h2")
+    assert rdata_text(record).startswith("\\# ")
+
+
+@given(
+    st.lists(st.binary(min_size=0, max_size=40), min_size=1, max_size=4),
+)
+def test_txt_strings_of_any_bytes_read_back(strings: list[bytes]) -> None:
+    """TXT data with any bytes (quotes, backslashes, controls) reads back unchanged."""
+    payload = tdns.Record_TXT(*strings)
+    record = tdns.RRHeader(b"t.example", tdns.TXT, tdns.IN, 60, payload)
+    parsed = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, rdata_text(record))
+    assert list(parsed.strings) == strings  # type: ignore[attr-defined]
+
+
+@given(
+    st.lists(
+        st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_*", min_size=1, max_size=20),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_names_are_lower_case_without_trailing_dot(labels: list[str]) -> None:
+    """questionName and answer names are lower case, without the trailing dot."""
+    name = ".".join(labels).upper()
+    record = build_record(recursive_event(name))
+    assert record["question"]["questionName"] == name.lower()
+    assert record["answers"][0]["name"] == name.lower()
+
+
+def _all_kinds() -> list[Any]:
+    monitor = misp_decision(enforced=False)
+    cached = recursive_event(kind=Kind.CACHED, rtt=None)
+    failure = event_for(request(), Answer(tdns.ESERVER, kind=Kind.SERVER_FAILURE))
+    return [
+        blocked_event(),
+        blocked_event("WWW.StemTopx.com", decision=misp_decision("stemtopx.com")),
+        blocked_event("stemtopx.com", "TXT"),
+        blocked_event("stemtopx.com", edns=False),
+        recursive_event(),
+        recursive_event(transport="tcp", rtt=0.1),
+        recursive_event(decision=monitor),
+        cached,
+        attrs.evolve(cached, answer=attrs.evolve(cached.answer, age=100)),
+        allowed_event(),
+        refused_event(),
+        failure,
+    ]
+
+
+def test_fast_records_equal_the_reference_key_for_key() -> None:
+    """The exporter's JSON lines hold exactly the reference record, keys in the same order."""
+    for event in _all_kinds():
+        reference = build_record(event)
+        line = make_record(event).line
+        assert json.loads(line) == reference
+        assert list(json.loads(line)) == list(reference)
+        assert line == encode_record(reference)
+
+
+def test_fast_record_reads_as_the_mapping_and_knows_type_and_time() -> None:
+    """Sinks can read a record as a mapping; type and time are there without parsing."""
+    record = make_record(blocked_event())
+    assert record == build_record(blocked_event())
+    assert record["responseType"] == record.response_type == "Blocked"
+    assert record.timestamp == "2025-11-26T10:10:30.567Z"
+    assert dict(record) == build_record(blocked_event())
+
+
+def test_reused_answer_lists_follow_the_age() -> None:
+    """One cached entry served at different ages gives each record its own TTLs."""
+    cached = recursive_event(kind=Kind.CACHED, rtt=None)
+    for age in (0, 10, 10, 250, 0):
+        event = attrs.evolve(cached, answer=attrs.evolve(cached.answer, age=age))
+        assert json.loads(make_record(event).line)["answers"][0]["recordTtl"] == max(0, 300 - age)
+
+
+@given(
+    name=st.from_regex(r"[a-z0-9]{1,10}(\.[a-z0-9-]{1,10}){0,3}", fullmatch=True),
+    ttl=st.integers(0, 2**31 - 1),
+    age=st.integers(0, 100000),
+    rtt=st.floats(0, 10, allow_nan=False),
+    transport=st.sampled_from(["udp", "tcp"]),
+    client=st.sampled_from(["127.0.0.1", "::1", "10.1.2.3"]),
+    seconds=st.floats(0, 4102444800, allow_nan=False),
+)
+def test_fast_records_equal_the_reference_for_any_values(
+    name: str, ttl: int, age: int, rtt: float, transport: str, client: str, seconds: float
+) -> None:
+    """For any name, TTL, age, round trip, transport, client and time, the same record."""
+    rr = tdns.RRHeader(name.encode(), tdns.A, tdns.IN, ttl, tdns.Record_A("192.0.2.1", ttl))
+    for kind in (Kind.RECURSIVE, Kind.CACHED):
+        answer = Answer(tdns.OK, answers=(rr,), kind=kind, rtt=rtt, age=age)
+        event = event_for(
+            request(name), answer, transport=transport, client=client, timestamp=seconds
+        )
+        assert json.loads(make_record(event).line) == build_record(event)
+
+
+def test_json_line_is_compact_single_line() -> None:
+    """Each record is one line of compact JSON, and NDJSON ends every line."""
+    record = make_record(blocked_event())
+    line = encode_record(record)
+    assert "\n" not in line and ", " not in line and '": ' not in line
+    assert encode_records([record, record]) == (line + "\n" + line + "\n").encode()
+
+
+def test_non_ascii_and_lone_surrogates_stay_valid_utf8_json() -> None:
+    """MISP event info in any language, even broken, still gives valid UTF-8 JSON lines."""
+    decision = misp_decision()
+    for info in ("Кампания «фишинг» 🎣", "broken \udc80 text"):
+        provenance = Provenance(event_id="1", event_info=info)
+        odd = type(decision)(decision.action, decision.source, "x", provenance=provenance)
+        event = recursive_event(decision=odd)
+        for record in (build_record(event), make_record(event)):
+            data = encode_records([record])
+            parsed = json.loads(data.decode("utf-8"))
+            assert parsed["policy"]["mispEventInfo"] in (info, "broken \udc80 text")
+
+
+def test_blocked_filter_keeps_blocks_and_monitor_mode_blocks() -> None:
+    """include = "blocked" keeps blocked queries and would-be blocks in monitor mode."""
+    assert is_blocking(blocked_event())
+    assert is_blocking(recursive_event(decision=misp_decision(enforced=False)))
+    assert not is_blocking(recursive_event())
+    assert not is_blocking(allowed_event())
+    assert not is_blocking(refused_event())
+
+
+_CONTRIB = Path(__file__).parents[1] / "contrib" / "wazuh"
+
+
+def _flat_keys(record: Any, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in record.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict):
+            keys |= _flat_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def test_wazuh_rules_name_only_fields_records_have() -> None:
+    """Every field the shipped Wazuh rules match on exists in the records we write."""
+    root = ElementTree.parse(_CONTRIB / "misp-dns_rules.xml").getroot()
+    fields = {field.get("name") for field in root.iter("field")}
+    fields |= {same.text for same in root.iter("same_field")}
+    known: set[str] = set()
+    for event in _all_kinds():
+        known |= _flat_keys(build_record(event))
+    assert fields and fields <= known, fields - known
+    described = " ".join(rule.findtext("description") or "" for rule in root.iter("rule"))
+    assert set(re.findall(r"\$\(([\w.]+)\)", described)) <= known
+
+
+def test_wazuh_decoder_recognizes_jsonl_lines() -> None:
+    """The decoder for JSONL lines read as plain logs matches the lines the sink writes."""
+    text = (_CONTRIB / "misp-dns_decoders.xml").read_text()
+    root = ElementTree.fromstring(f"<decoders>{text}</decoders>")
+    (prematch,) = [d.findtext("prematch") for d in root if d.get("name") == "misp-dns-jsonl"]
+    assert prematch is not None and prematch.startswith("^")
+    pattern = r"\d".join(re.escape(part) for part in prematch[1:].split(r"\d"))
+    for event in _all_kinds():
+        assert re.match(pattern, make_record(event).line)

@@ -1,0 +1,82 @@
+"""SIGHUP reload of the policy chain: applied when valid, refused whole when not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.application.service import MultiService
+from twisted.internet.task import Clock
+
+from misp_dns.config import load_config
+from misp_dns.policy.chain import PolicyChain
+from misp_dns.policy.decision import Action, PolicyQuery
+from misp_dns.registry import default_registry
+from misp_dns.reload import PolicyReloader, RunningPolicy
+from misp_dns.tap import build_policies
+
+ALLOW = """
+[[policy]]
+type = "allowlist"
+domains = [{names}]
+
+[[policy]]
+type = "tld-block"
+tlds = ["zip"]
+"""
+
+
+class Resolver:
+    """Stands in for ChainResolver: the reloader only swaps its `policy`."""
+
+    def __init__(self, policy: PolicyChain) -> None:
+        self.policy = policy
+
+
+def start(tmp_path: Path, names: str) -> tuple[Path, PolicyReloader, Resolver]:
+    path = tmp_path / "misp-dns.toml"
+    path.write_text(ALLOW.format(names=names))
+    registry = default_registry()
+    config = load_config(path, registry)
+    policies = build_policies(config, registry, Clock())
+    resolver = Resolver(PolicyChain(policies))
+    running = [RunningPolicy(t, p) for t, p in zip(config.policy, policies, strict=True)]
+    services = MultiService()
+    services.startService()
+    reloader = PolicyReloader(str(path), config, running, registry, resolver, services, Clock())
+    return path, reloader, resolver
+
+
+def action(resolver: Resolver, name: str) -> Action | None:
+    decision = resolver.policy.decide(PolicyQuery(name, 1))
+    return None if decision is None else decision.action
+
+
+def test_changed_allowlist_applies_and_unchanged_policy_is_kept(tmp_path: Path) -> None:
+    """A new allowlist takes effect; the untouched tld-block keeps its running object."""
+    path, reloader, resolver = start(tmp_path, '"a.example"')
+    tld_block: Any = resolver.policy.policies[1]
+    assert action(resolver, "a.example") is Action.ALLOW
+    path.write_text(ALLOW.format(names='"b.example"'))
+    reloader.reload()
+    assert action(resolver, "a.example") is None
+    assert action(resolver, "b.example") is Action.ALLOW
+    assert action(resolver, "invoice.zip") is Action.BLOCK
+    assert resolver.policy.policies[1] is tld_block
+    assert reloader.reloads == 1
+
+
+@pytest.mark.allow_errors
+def test_bad_config_keeps_the_running_chain(tmp_path: Path) -> None:
+    """A reload with an error anywhere changes nothing and says why."""
+    path, reloader, resolver = start(tmp_path, '"a.example"')
+    before = resolver.policy
+    path.write_text(ALLOW.format(names='"not a name"'))
+    reloader.reload()
+    assert resolver.policy is before
+    path.write_text("[[policy]]\ntype = 'nope'\n")
+    reloader.reload()
+    assert resolver.policy is before
+    assert reloader.reloads == 0
+    assert action(resolver, "a.example") is Action.ALLOW
