@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= etc/misp-dns.toml
 # Debian packages the integration tests and benchmarks drive: command -> package.
-DEBIAN_TOOLS := unbound:unbound dig:dnsutils dnsperf:dnsperf rsyslogd:rsyslog
+DEBIAN_TOOLS := unbound:unbound dig:dnsutils dnsperf:dnsperf rsyslogd:rsyslog logrotate:logrotate
 
 .PHONY: run test lint typecheck unit check-config tools bench clean
 

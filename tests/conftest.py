@@ -39,7 +39,13 @@ settings.load_profile("ci" if os.environ.get("CI", "").lower() in {"true", "1", 
 #: Where the Debian tools live when they are not on PATH (unbound and rsyslogd are in sbin).
 _SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 #: The Debian package providing each tool, for the failure message.
-_PACKAGES = {"unbound": "unbound", "dig": "dnsutils", "dnsperf": "dnsperf", "rsyslogd": "rsyslog"}
+_PACKAGES = {
+    "unbound": "unbound",
+    "dig": "dnsutils",
+    "dnsperf": "dnsperf",
+    "rsyslogd": "rsyslog",
+    "logrotate": "logrotate",
+}
 
 
 def on_ci() -> bool:

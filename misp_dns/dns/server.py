@@ -51,20 +51,34 @@ MAX_PIPELINED = 64
 class QueryEvent:
     """One answered query, as the exporter sees it.
 
-    `qname` is the question's name as the client wrote it (labels joined by dots, case
-    kept); `edns` says whether the query carried an OPT record. The answer's records keep
-    the TTLs they were cached with: subtract `answer.age` for what the client got.
+    `question` is the question section as the client sent it (wire format, case kept);
+    `edns` says whether the query carried an OPT record. The answer's records keep the TTLs
+    they were cached with: the client got them `age` seconds lower.
     """
 
     timestamp: float
     client: str
     transport: str
-    qname: bytes
-    qtype: int
-    qclass: int
+    question: bytes
     edns: bool
     answer: Answer
     response_size: int
+    age: int = 0
+
+    @property
+    def qname(self) -> bytes:
+        """The question's name, labels joined by dots, as the client wrote it."""
+        return dotted_name(self.question)
+
+    @property
+    def qtype(self) -> int:
+        """The question's type."""
+        return int.from_bytes(self.question[-4:-2], "big")
+
+    @property
+    def qclass(self) -> int:
+        """The question's class."""
+        return int.from_bytes(self.question[-2:], "big")
 
 
 @attrs.define
@@ -162,20 +176,16 @@ class Responder:
         self.counters.queries += 1
         self.counters.fast += 1
         if self.observers:
-            if age:
-                answer = attrs.evolve(answer, age=age)
-            qname = dotted_name(query.question)
             self._tell(
                 QueryEvent(
                     self.clock.seconds(),
                     client,
                     "udp",
-                    qname,
-                    query.qtype,
-                    query.qclass,
+                    query.question,
                     query.edns,
                     answer,
                     len(wire),
+                    age,
                 )
             )
         return wire
@@ -192,18 +202,16 @@ class Responder:
         if answer.kind is Kind.SERVER_FAILURE:
             self.counters.server_failures += 1
         if self.observers:
-            question = request.question
             self._tell(
                 QueryEvent(
                     started,
                     client,
                     transport,
-                    question.name.name,
-                    question.type,
-                    question.cls,
+                    request.question_wire,
                     request.edns is not None,
                     answer,
                     len(wire),
+                    answer.age,
                 )
             )
         return wire

@@ -5,8 +5,9 @@ reactor thread; it appends the event to a bounded queue and returns at once (whe
 holds `max_queue` events the newest are dropped and counted). A moment later, off the
 answer path, the exporter builds the records (`record.make_record`, once per query, shared
 by every sink) and hands them to each sink in batches, filtered by the sink's `include`.
-Sinks own their own bounded backlog and count what they drop; every 10 s at most, the
-exporter logs one line per sink that dropped records. Stopping the service exports what is
+Sinks own their own bounded backlog and count what they drop; the exporter logs one line
+per sink that dropped records, within a second of the first drop and then at most once
+every 10 s (likewise for the queue). Stopping the service exports what is
 queued, then stops each sink (which flushes) and waits for them.
 
 Wiring, in `misp_dns.tap.build_service`:
@@ -43,8 +44,10 @@ DEFAULT_MAX_QUEUE = 100_000
 FLUSH_DELAY = 0.05
 #: At most this many events are exported per reactor turn.
 CHUNK_SIZE = 1000
-#: Drops are reported at most this often (seconds).
+#: Drops are reported at most this often (seconds), for the queue and for each sink.
 REPORT_INTERVAL = 10.0
+#: How often the drop counters are looked at (seconds).
+CHECK_INTERVAL = 1.0
 
 
 @attrs.define(eq=False)
@@ -58,6 +61,7 @@ class SinkSlot:
     #: Records lost because the sink's `write` raised (a sink should never raise).
     failed: int = 0
     failure_logged: bool = False
+    logged_at: float = float("-inf")
 
     @property
     def dropped(self) -> int:
@@ -95,6 +99,8 @@ class ExporterService(service.Service):
         self._drain_call: IDelayedCall | None = None
         self._report_call: IDelayedCall | None = None
         self._reported_queue_drops = 0
+        self._queue_logged_at = float("-inf")
+        self._failures_reset_at = float("-inf")
         #: Events whose record could not be built (a bug: logged once per interval).
         self.unbuildable = 0
         self._unbuildable_logged = False
@@ -118,7 +124,7 @@ class ExporterService(service.Service):
         for slot in self.slots:
             started = defer.maybeDeferred(slot.sink.start)
             started.addErrback(self._start_failed, slot)
-        self._report_call = self.clock.callLater(self.report_interval, self._report)
+        self._report_call = self.clock.callLater(CHECK_INTERVAL, self._report)
         if self._queue and self._drain_call is None:
             self._drain_call = self.clock.callLater(self.flush_delay, self._drain)
 
@@ -134,7 +140,7 @@ class ExporterService(service.Service):
         self._drain_call = self._report_call = None
         while self._queue:
             self._export_chunk()
-        self._report()
+        self._report(final=True)
         self._report_call = None
         stops = [defer.maybeDeferred(slot.sink.stop) for slot in self.slots]
         for slot, stopped in zip(self.slots, stops, strict=True):
@@ -180,12 +186,16 @@ class ExporterService(service.Service):
                     slot.failure_logged = True
                     self.log.failure("{sink}: write failed; records dropped", sink=slot.name)
 
-    def _report(self) -> None:
-        """Log, once per interval, what the queue and each sink dropped since last time."""
+    def _report(self, final: bool = False) -> None:
+        """Log what the queue and each sink dropped since their last line, one line per
+        `report_interval` at most for each: the first drops are told within a second."""
         try:
+            now = self.clock.seconds()
+            due = final or now - self._queue_logged_at >= self.report_interval
             new = self.dropped - self._reported_queue_drops
-            if new:
+            if new and due:
                 self._reported_queue_drops = self.dropped
+                self._queue_logged_at = now
                 self.log.warn(
                     "export queue full (max_queue = {max_queue}): {count} query records"
                     " dropped for every sink ({total} since start)",
@@ -193,23 +203,28 @@ class ExporterService(service.Service):
                     count=new,
                     total=self.dropped,
                 )
-            self._unbuildable_logged = False
             for slot in self.slots:
                 total = slot.dropped
                 new = total - slot.reported_drops
-                if new > 0:
+                if new > 0 and (final or now - slot.logged_at >= self.report_interval):
                     slot.reported_drops = total
+                    slot.logged_at = now
+                    slot.failure_logged = False
                     self.log.warn(
                         "{sink}: {count} query records dropped ({total} since start)",
                         sink=slot.name,
                         count=new,
                         total=total,
                     )
-                slot.failure_logged = False
+            if now - self._failures_reset_at >= self.report_interval:
+                self._failures_reset_at = now
+                self._unbuildable_logged = False
+                for slot in self.slots:
+                    slot.failure_logged = False
         except Exception:
             self.log.failure("reporting export drops failed")
         if self.running:
-            self._report_call = self.clock.callLater(self.report_interval, self._report)
+            self._report_call = self.clock.callLater(CHECK_INTERVAL, self._report)
 
 
 def build_exporter(

@@ -452,7 +452,7 @@ def _answer_records(event: QueryEvent) -> Sequence[dns.RRHeader]:
     try:
         stream = BytesIO()
         stream.write(struct.pack("!HHHHHH", 0, 0x8000, 1, *counts))
-        dns.Query(event.qname, event.qtype, event.qclass).encode(stream, None)
+        stream.write(event.question)
         stream.write(answer.packet.body)
         message = dns.Message()
         message.fromStr(stream.getvalue())
@@ -485,7 +485,7 @@ def build_record(event: QueryEvent) -> dict[str, Any]:
     """
     answer = event.answer
     status = "Secure" if answer.authentic else "Disabled"
-    age = answer.age
+    age = event.age
     record: dict[str, Any] = {
         "timestamp": format_timestamp(event.timestamp),
         "clientIp": event.client,
@@ -522,7 +522,7 @@ _dumps = _encoder.encode
 # entries and is emptied when full. Entries keyed by id() keep the object itself and are
 # used only while it is that very object.
 _MEMO_SIZE = 8192
-_questions: dict[tuple[bytes, int, int], str] = {}
+_questions: dict[bytes, str] = {}
 _answer_lists: dict[tuple[int, int], tuple[Any, str]] = {}
 _ede_lists: dict[tuple[tuple[int, str], ...], str] = {}
 _policies: dict[int, tuple[Any, str]] = {}
@@ -537,7 +537,7 @@ def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
 
 
 def _question_json(event: QueryEvent) -> str:
-    key = (event.qname, event.qtype, event.qclass)
+    key = event.question
     text = _questions.get(key)
     if text is None:
         text = _dumps(
@@ -559,13 +559,13 @@ def _answers_json(event: QueryEvent) -> str:
             return "[]"
         # Answers carried only as a packet (blocked): owned by this very question name.
         status = "Secure" if answer.authentic else "Disabled"
-        return _dumps([_answer(rr, status, answer.age) for rr in _answer_records(event)])
-    key = (id(records), answer.age if not answer.authentic else -1 - answer.age)
+        return _dumps([_answer(rr, status, event.age) for rr in _answer_records(event)])
+    key = (id(records), event.age if not answer.authentic else -1 - event.age)
     found = _answer_lists.get(key)
     if found is not None and found[0] is records:
         return found[1]
     status = "Secure" if answer.authentic else "Disabled"
-    text = _dumps([_answer(rr, status, answer.age) for rr in records])
+    text = _dumps([_answer(rr, status, event.age) for rr in records])
     _remember(_answer_lists, key, (records, text))
     return text
 
@@ -622,7 +622,7 @@ def make_record(event: QueryEvent) -> QueryRecord:
     # The memo lookups are written out here: this runs for every query.
     client = _clients.get(event.client) or _client_json(event.client)
     protocol = _PROTOCOL_JSON.get(event.transport) or _dumps(_protocol(event.transport))
-    question = _questions.get((event.qname, event.qtype, event.qclass)) or _question_json(event)
+    question = _questions.get(event.question) or _question_json(event)
     rcode = _rcodes.get(answer.rcode) or _rcode_json(answer.rcode)
     answers = _answers_json(event) if answer.answers or answer.packet is not None else "[]"
     ede = _ede_json(answer.ede) if event.edns and answer.ede else "[]"

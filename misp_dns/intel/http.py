@@ -194,8 +194,7 @@ def _is_tls_failure(exc: BaseException) -> bool:
         return True
     reasons = getattr(exc, "reasons", None) or []
     return any(
-        isinstance(r, Failure) and r.value is not None and _is_tls_failure(r.value)
-        for r in reasons
+        isinstance(r, Failure) and r.value is not None and _is_tls_failure(r.value) for r in reasons
     )
 
 
