@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -207,17 +208,19 @@ def _parse_one(item: object, event: Mapping[str, Any] | None) -> RawIndicator | 
             raise _Malformed("Event")
         event = own_event
     event = event or {}
+    # Thousands of attributes share one event: intern its strings so a million indicators
+    # hold one copy of each, not a million.
     return RawIndicator(
         value=value,
-        type=type_,
+        type=sys.intern(type_),
         to_ids=_flag(item, "to_ids", True),
         deleted=_flag(item, "deleted", False),
         timestamp=_epoch_seconds(item, "timestamp"),
         first_seen=_seen(item, "first_seen"),
         last_seen=_seen(item, "last_seen"),
-        event_id=_text(event.get("id")) or _text(item.get("event_id")),
-        event_uuid=_text(event.get("uuid")) or _text(item.get("event_uuid")),
-        event_info=_text(event.get("info")),
+        event_id=sys.intern(_text(event.get("id")) or _text(item.get("event_id"))),
+        event_uuid=sys.intern(_text(event.get("uuid")) or _text(item.get("event_uuid"))),
+        event_info=sys.intern(_text(event.get("info"))),
         attribute_uuid=uuid,
     )
 
