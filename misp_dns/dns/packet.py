@@ -15,6 +15,7 @@ the full path so that they cannot disagree:
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import attrs
@@ -246,6 +247,12 @@ def blocked_body(decision: Decision, qtype: int, server_name: str) -> PacketBody
         rdata = b"".join(bytes([len(chunk)]) + chunk for chunk in chunks)
         record = _QUESTION_NAME + _RR_FIXED.pack(dns.TXT, dns.IN, ttl, len(rdata)) + rdata
         return PacketBody(dns.OK, False, (1, 0, 0), record, (6,), (ttl,))
+    return _nxdomain_body(server_name, ttl)
+
+
+@functools.lru_cache(maxsize=64)
+def _nxdomain_body(server_name: str, ttl: int) -> PacketBody:
+    """NXDOMAIN with the SOA: the same bytes for every blocked name (the owner is a pointer)."""
     rdata = (
         _name(server_name)
         + _name(f"hostadmin.{server_name}")
@@ -265,12 +272,16 @@ def minimal_any_body() -> PacketBody:
     return PacketBody(dns.OK, False, (1, 0, 0), record, (6,), (MINIMAL_ANY_TTL,))
 
 
+_PLAIN_OPT = {do: encode_opt(EDNS_UDP_SIZE, dnssec_ok=do) for do in (False, True)}
 _OPT_MEMO: dict[tuple[bool, tuple[tuple[int, str], ...]], bytes] = {}
-_OPT_MEMO_SIZE = 65536
+# One OPT (with its EDE text) per blocked indicator recently asked about.
+_OPT_MEMO_SIZE = 131072
 
 
 def opt_record(dnssec_ok: bool, ede: tuple[tuple[int, str], ...] = ()) -> bytes:
     """Our OPT record: UDP size 1232, the client's DO bit, and any Extended DNS Errors."""
+    if not ede:
+        return _PLAIN_OPT[dnssec_ok]
     key = (dnssec_ok, ede)
     opt = _OPT_MEMO.get(key)
     if opt is None:

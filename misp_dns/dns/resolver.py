@@ -26,7 +26,7 @@ from misp_dns.policy.decision import Action, Decision, PolicyQuery
 __all__ = ["ChainResolver"]
 
 # Distinct blocked answers kept ready; one per matched indicator and kind (TXT or not).
-BLOCKED_MEMO = 65536
+BLOCKED_MEMO = 131072
 
 
 class ChainResolver:

@@ -42,7 +42,8 @@ __all__ = ["MispBlockingPolicy", "feed_plugin", "misp_plugin"]
 
 IN = 1
 MISP_SOURCE = "misp-connector"
-DECISION_MEMO = 65536
+DECISION_MEMO = 131072
+_UNKNOWN = object()
 FEED_SOURCE = "misp-feed"
 
 
@@ -58,9 +59,11 @@ class MispBlockingPolicy:
         self.options = options
         self.updater = updater
         self.service = updater
-        # Decisions are immutable values: one per matched indicator of the current snapshot.
+        # Decisions are immutable values, remembered per query name and per matched
+        # indicator of the current snapshot (a new snapshot starts afresh).
         self._decided_for: DomainSet | None = None
-        self._decisions: dict[str, Decision] = {}
+        self._by_name: dict[str, Decision | None] = {}
+        self._by_indicator: dict[str, Decision] = {}
 
     def decide(self, query: PolicyQuery) -> Decision | None:
         """BLOCK (or, in monitor mode, a not enforced BLOCK) for a listed name, else None.
@@ -70,16 +73,25 @@ class MispBlockingPolicy:
         if query.qclass != IN:
             return None
         snapshot = self.updater.snapshot
-        match = snapshot.match(query.name)
-        if match is None:
-            return None
         if snapshot is not self._decided_for:
-            self._decided_for, self._decisions = snapshot, {}
-        decision = self._decisions.get(match.name)
+            self._decided_for, self._by_name, self._by_indicator = snapshot, {}, {}
+        by_name = self._by_name
+        decision = by_name.get(query.name, _UNKNOWN)
+        if decision is _UNKNOWN:
+            match = snapshot.match(query.name)
+            decision = None if match is None else self._for_indicator(match)
+            if len(by_name) >= DECISION_MEMO:
+                by_name.clear()
+            by_name[query.name] = decision
+        return decision  # type: ignore[return-value]
+
+    def _for_indicator(self, match: Match) -> Decision:
+        by_indicator = self._by_indicator
+        decision = by_indicator.get(match.name)
         if decision is None:
-            if len(self._decisions) >= DECISION_MEMO:
-                self._decisions.clear()
-            decision = self._decisions[match.name] = self.decision(match)
+            if len(by_indicator) >= DECISION_MEMO:
+                by_indicator.clear()
+            decision = by_indicator[match.name] = self.decision(match)
         return decision
 
     def decision(self, match: Match) -> Decision:
