@@ -27,7 +27,14 @@ class IIndicatorSource(Interface):
     """Fetches the current set of indicators from somewhere (MISP REST, a MISP feed, ...)."""
 
     def fetch():
-        """Return a Deferred firing with the list of `Indicator`s, or failing on error."""
+        """Return a Deferred firing with the list of `RawIndicator`s, or failing on error."""
+
+    def fetch_pages(consume):
+        """Like `fetch`, handing the indicators to `consume` a batch at a time.
+
+        `consume(indicators)` may return a Deferred; the source waits for it before the next
+        batch. The returned Deferred fires with None when all is fetched, or fails.
+        """
 
 
 class ISink(Interface):

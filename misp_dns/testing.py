@@ -539,6 +539,7 @@ class MemoryIndicatorSource:
     error: Exception | None = None
     hold: bool = False
     fetches: int = 0
+    page_size: int = 2
     _waiting: list[Deferred[list[RawIndicator]]] = attrs.field(factory=list, alias="_waiting")
 
     def fetch(self) -> Deferred[list[RawIndicator]]:
@@ -549,6 +550,17 @@ class MemoryIndicatorSource:
             self._waiting.append(waiting)
             return waiting
         return self._answer()
+
+    def fetch_pages(self, consume: Any) -> Deferred[None]:
+        """`fetch`, handing the indicators to `consume` in pages of `page_size`."""
+
+        async def pages(indicators: list[RawIndicator]) -> None:
+            for start in range(0, len(indicators), self.page_size):
+                consumed = consume(indicators[start : start + self.page_size])
+                if isinstance(consumed, Deferred):
+                    await consumed
+
+        return self.fetch().addCallback(lambda found: Deferred.fromCoroutine(pages(found)))
 
     @property
     def pending(self) -> int:

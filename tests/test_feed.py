@@ -20,7 +20,8 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from misp_dns.intel.feed import MispFeedError, MispFeedSource, thread_runner
+from misp_dns.intel.blocking import thread_runner
+from misp_dns.intel.feed import MispFeedError, MispFeedSource
 from misp_dns.intel.misp_client import MispError, MispUnavailableError
 from misp_dns.interfaces import IIndicatorSource
 from misp_dns.policy.misp_options import MispFeedOptions

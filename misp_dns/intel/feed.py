@@ -28,10 +28,10 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from misp_dns.intel.blocking import run_inline, thread_runner
 from misp_dns.intel.http import (
     DEFAULT_MAX_RESPONSE_BYTES,
     USER_AGENT,
@@ -46,7 +46,7 @@ from misp_dns.interfaces import IIndicatorSource
 if TYPE_CHECKING:
     from misp_dns.policy.misp_options import MispFeedOptions
 
-__all__ = ["FeedStats", "MispFeedError", "MispFeedSource", "thread_runner"]
+__all__ = ["FeedStats", "MispFeedError", "MispFeedSource"]
 
 T = TypeVar("T")
 
@@ -88,19 +88,6 @@ class _Event:
     timestamp: int | None
     indicators: tuple[RawIndicator, ...]
     counts: AttributeCounts
-
-
-def thread_runner(reactor: Any) -> Callable[[Callable[[], T]], Deferred[T]]:
-    """A `run_blocking` that runs work in the reactor's thread pool."""
-
-    def run(work: Callable[[], T]) -> Deferred[T]:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), work)
-
-    return run
-
-
-def _run_here(work: Callable[[], T]) -> Deferred[T]:
-    return defer.maybeDeferred(work)
 
 
 def _timestamp(value: object) -> int | None:
@@ -175,7 +162,7 @@ class MispFeedSource:
     http: Any = attrs.field(default=None, repr=False)
     clock: IReactorTime | None = attrs.field(default=None, repr=False)
     run_blocking: Callable[[Callable[[], Any]], Deferred[Any]] = attrs.field(
-        default=_run_here, repr=False
+        default=run_inline, repr=False
     )
     timeout: float = 60.0
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
@@ -225,6 +212,10 @@ class MispFeedSource:
     def fetch(self) -> Deferred[list[RawIndicator]]:
         """Read the manifest and changed events; fire with every indicator of the feed."""
         return Deferred.fromCoroutine(self._fetch())
+
+    def fetch_pages(self, consume: Callable[[list[RawIndicator]], Any]) -> Deferred[None]:
+        """`fetch`, handing the indicators to `consume` (a feed keeps its events anyway)."""
+        return self.fetch().addCallback(consume).addCallback(lambda _: None)
 
     async def _fetch(self) -> list[RawIndicator]:
         stats = FeedStats()

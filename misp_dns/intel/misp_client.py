@@ -28,6 +28,7 @@ import random
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -36,6 +37,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from misp_dns.intel.blocking import RunBlocking, run_inline, thread_runner
 from misp_dns.intel.http import (
     DEFAULT_MAX_RESPONSE_BYTES,
     USER_AGENT,
@@ -303,6 +305,7 @@ class MispClient:
     max_retry_delay: float = 60.0
     max_pages: int = 100_000
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
+    run_blocking: RunBlocking = attrs.field(default=run_inline, repr=False)
     last_stats: FetchStats = attrs.field(factory=FetchStats, repr=False)
     log: ClassVar[Logger] = Logger()
 
@@ -310,7 +313,13 @@ class MispClient:
     def from_options(
         cls, options: MispOptions, http: Any, clock: IReactorTime, **overrides: Any
     ) -> MispClient:
-        """Build from a `[[policy]] type = "misp"` table; reads `api_key_file` now."""
+        """Build from a `[[policy]] type = "misp"` table; reads `api_key_file` now.
+
+        With a reactor that has threads, pages are decoded in its thread pool, so a big
+        page never holds up answering.
+        """
+        if hasattr(clock, "getThreadPool"):
+            overrides.setdefault("run_blocking", thread_runner(clock))
         return cls(
             server_url=options.server_url,
             api_key=options.read_api_key(),
@@ -342,9 +351,19 @@ class MispClient:
 
     def fetch(self) -> Deferred[list[RawIndicator]]:
         """Fetch every page; fire with the indicators or fail with a `MispError`."""
-        return Deferred.fromCoroutine(self._fetch())
+        found: list[RawIndicator] = []
+        fetching = Deferred.fromCoroutine(self._fetch(found.extend))
+        return fetching.addCallback(lambda _: found)
 
-    async def _fetch(self) -> list[RawIndicator]:
+    def fetch_pages(self, consume: Callable[[list[RawIndicator]], Any]) -> Deferred[None]:
+        """Fetch every page, handing each page's indicators to `consume` as it arrives.
+
+        When `consume` returns a Deferred, the next page is asked for once it fires, so a
+        million indicators never need to be in memory at once.
+        """
+        return Deferred.fromCoroutine(self._fetch(consume))
+
+    async def _fetch(self, consume: Callable[[list[RawIndicator]], Any]) -> None:
         stats = FetchStats()
         http = RetryingHttp(
             http=self.http,
@@ -357,7 +376,6 @@ class MispClient:
             random=self.random,
             redact=self._redact,
         )
-        indicators: list[RawIndicator] = []
         previous_ids: list[object] | None = None
         for page in range(1, self.max_pages + 1):
             attributes = await self._page(http, page, stats)
@@ -377,7 +395,7 @@ class MispClient:
                     requests=stats.requests,
                     retries=stats.retries,
                 )
-                return indicators
+                return
             ids = [a.get("id") if isinstance(a, Mapping) else None for a in attributes]
             if ids == previous_ids and any(i is not None for i in ids):
                 raise MispResponseError(
@@ -386,7 +404,10 @@ class MispClient:
                 )
             previous_ids = ids
             stats.pages += 1
-            indicators.extend(parse_attributes(attributes, stats))
+            indicators = await self.run_blocking(partial(parse_attributes, attributes, stats))
+            consumed = consume(indicators)
+            if isinstance(consumed, Deferred):
+                await consumed
         raise MispResponseError(f"{self.url}: still not at an empty page after {self.max_pages}")
 
     async def _page(self, http: RetryingHttp, page: int, stats: FetchStats) -> list[object]:
@@ -395,7 +416,10 @@ class MispClient:
         result = await http.request(
             "POST", self.url, what, headers=self._headers(), body=body, stats=stats
         )
-        return self._attributes_of(result, what)
+        attributes: list[object] = await self.run_blocking(
+            lambda: self._attributes_of(result, what)
+        )
+        return attributes
 
     def _headers(self) -> dict[str, str]:
         return {

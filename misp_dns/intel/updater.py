@@ -29,18 +29,17 @@ from misp_dns.intel import store
 from misp_dns.intel.indicator import RawIndicator
 from misp_dns.intel.normalize import Tally, selected
 from misp_dns.interfaces import IIndicatorSource
-from misp_dns.policy.domainset import DomainSet
+from misp_dns.policy.domainset import DomainSet, DomainSetBuilder
 
 __all__ = ["IndicatorUpdater"]
 
 RunInThread = Callable[..., defer.Deferred[Any]]
 
 
-def _build(raws: list[RawIndicator], now: float, max_age: float) -> tuple[Tally, DomainSet]:
-    # Streaming the entries into the set keeps a million of them from living at once.
-    tally = Tally()
-    domainset = DomainSet.build(selected(raws, now=now, max_age=max_age, tally=tally))
-    return tally, domainset
+def _add_page(
+    builder: DomainSetBuilder, raws: list[RawIndicator], now: float, max_age: float, tally: Tally
+) -> None:
+    builder.add_all(selected(raws, now=now, max_age=max_age, tally=tally))
 
 
 class IndicatorUpdater(Service):
@@ -132,15 +131,29 @@ class IndicatorUpdater(Service):
         if self._next is not None and self._next.active():
             self._next.cancel()
         self._next = None
-        started = self.clock.seconds()
-        cycle = self.source.fetch()
-        cycle.addCallback(lambda raws: self.run_in_thread(_build, raws, started, self.max_age))
-        cycle.addCallback(self._install)
-        cycle.addCallbacks(self._succeeded, self._failed)
-        cycle.addBoth(self._cycle_over)
+        building = defer.Deferred.fromCoroutine(self._fetch_and_build(self.clock.seconds()))
+        building.addCallback(self._install)
+        building.addCallbacks(self._succeeded, self._failed)
+        cycle: defer.Deferred[None] = building.addBoth(self._cycle_over)
         if self._running is None and not cycle.called:
             self._running = cycle
         return cycle
+
+    async def _fetch_and_build(self, started: float) -> tuple[Tally, DomainSet]:
+        """Fetch page by page, each page normalised into the new set off the reactor thread.
+
+        Only one page of raw attributes lives at a time, so a million indicators cost the
+        compact set being built, not a million objects.
+        """
+        builder = DomainSet.builder()
+        tally = Tally()
+
+        def consume(raws: list[RawIndicator]) -> defer.Deferred[Any]:
+            return self.run_in_thread(_add_page, builder, raws, started, self.max_age, tally)
+
+        await self.source.fetch_pages(consume)
+        domainset: DomainSet = await self.run_in_thread(builder.finish)
+        return tally, domainset
 
     def _install(self, built: tuple[Tally, DomainSet]) -> defer.Deferred[None] | None:
         tally, domainset = built

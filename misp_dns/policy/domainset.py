@@ -52,7 +52,7 @@ import attrs
 from misp_dns.intel.indicator import BlockEntry
 from misp_dns.policy.decision import Provenance
 
-__all__ = ["FORMAT_VERSION", "DomainSet", "Match"]
+__all__ = ["FORMAT_VERSION", "DomainSet", "DomainSetBuilder", "Match"]
 
 # The layout of `to_bytes()`; change it and old snapshot files are ignored, not misread.
 FORMAT_VERSION = 1
@@ -144,7 +144,12 @@ class DomainSet:
         Names must be normalised (ASCII, no trailing dot); they are lower-cased here. Raises
         `ValueError` for an empty or non-ASCII name.
         """
-        return _Builder().add_all(entries).finish()
+        return DomainSetBuilder().add_all(entries).finish()
+
+    @staticmethod
+    def builder() -> DomainSetBuilder:
+        """A builder to add entries to in batches, then `finish()` into a set."""
+        return DomainSetBuilder()
 
     @classmethod
     def empty(cls) -> DomainSet:
@@ -395,8 +400,10 @@ def _event(item: object) -> tuple[str, str, str]:
     return (item[0], item[1], item[2])
 
 
-class _Builder:
-    """Packs entries into the arrays of a `DomainSet`, then indexes them."""
+class DomainSetBuilder:
+    """Packs entries into the arrays of a `DomainSet` (`add_all`, as often as needed), then
+    indexes them (`finish`). Not thread-safe: one thread at a time.
+    """
 
     def __init__(self) -> None:
         self.names = bytearray()
@@ -410,7 +417,7 @@ class _Builder:
         self.exact_depths = 0
         self.domain_depths = 0
 
-    def add_all(self, entries: Iterable[BlockEntry]) -> _Builder:
+    def add_all(self, entries: Iterable[BlockEntry]) -> DomainSetBuilder:
         names, offsets, flags, events, uuids = (
             self.names,
             self.offsets,
