@@ -68,14 +68,18 @@ class _BadValue(ValueError):
 
 
 def _describe(value: object) -> str:
-    kind = {
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        list: "array",
-        dict: "table",
-    }.get(type(value), type(value).__name__)
+    """A bad value for an error line: scalars shown, arrays and tables only by kind.
+
+    Arrays and tables are never quoted: a secret put in the wrong shape (an API key in an
+    array, a header table written as a string) must not reach the terminal or a log.
+    """
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string"}.get(
+        type(value), type(value).__name__
+    )
     shown = repr(value)
     if len(shown) > 60:
         shown = shown[:57] + "..."
@@ -271,6 +275,10 @@ def _is_homogeneous_tuple(type_: Any) -> bool:
     return getattr(type_, "__origin__", None) is tuple and args[1:] == (...,)
 
 
+def _is_table(type_: Any) -> bool:
+    return getattr(type_, "__origin__", None) is dict
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
     conv.register_structure_hook(int, _strict(int, "an integer"))
@@ -304,6 +312,28 @@ def _make_converter() -> cattrs.Converter:
         return tuple(items)
 
     conv.register_structure_hook_func(_is_homogeneous_tuple, structure_tuple)
+
+    def structure_table(value: Any, type_: Any) -> dict[Any, Any]:
+        if not isinstance(value, dict):
+            # Not quoted: tables hold things like HTTP headers with tokens in them.
+            got = "a string" if isinstance(value, str) else _describe(value)
+            raise _BadValue(f"expected a table, got {got}")
+        key_type, value_type = type_.__args__
+        table, errors = {}, []
+        for key, item in value.items():
+            try:
+                table[conv.structure(key, key_type)] = conv.structure(item, value_type)
+            except Exception as exc:
+                exc.__notes__ = [
+                    *getattr(exc, "__notes__", []),
+                    IterableValidationNote(f"value @ key {key}", key, value_type),
+                ]
+                errors.append(exc)
+        if errors:
+            raise cattrs.IterableValidationError("invalid values", errors, type_)
+        return table
+
+    conv.register_structure_hook_func(_is_table, structure_table)
     conv.register_structure_hook_factory(attrs.has, lambda cls: _every_problem(conv, cls))
     return conv
 
@@ -376,7 +406,7 @@ def _problems(exc: BaseException, path: str) -> list[str]:
         return [f"{path}: required key is missing"]
     if isinstance(exc, _BadValue | ValueError | TypeError):
         return [f"{path or '(top level)'}: {exc}"]
-    raise exc
+    return [f"{path or '(top level)'}: not a valid value ({type(exc).__name__})"]
 
 
 def _join(path: str, name: str) -> str:

@@ -187,10 +187,12 @@ def _read_body(response: IResponse, limit: int, what: str) -> Deferred[bytes]:
 
 
 def _is_tls_failure(exc: BaseException) -> bool:
-    """True when `exc` is, or wraps, an error of the TLS layer (OpenSSL)."""
+    """True when `exc` is, or wraps, a TLS failure: OpenSSL's, or a certificate for a name
+    other than the server's (service_identity)."""
     from OpenSSL.SSL import Error as TLSError
+    from service_identity import VerificationError
 
-    if isinstance(exc, TLSError):
+    if isinstance(exc, TLSError | VerificationError):
         return True
     reasons = getattr(exc, "reasons", None) or []
     return any(
@@ -208,8 +210,12 @@ def _describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def status_message(result: HttpResult) -> str:
-    """MISP's `message` (or `name`) from an error body, else a short excerpt of it."""
+def status_message(result: HttpResult, redact: Callable[[str], str] = str) -> str:
+    """MISP's `message` (or `name`) from an error body, else a short excerpt of it.
+
+    `redact` cleans the whole text before it is shortened, so a secret the server echoes
+    cannot survive as a cut-off prefix.
+    """
     try:
         payload = json.loads(result.body)
     except (ValueError, UnicodeDecodeError):
@@ -217,12 +223,13 @@ def status_message(result: HttpResult) -> str:
     if isinstance(payload, Mapping):
         for key in ("message", "name", "errors"):
             if isinstance(payload.get(key), str) and payload[key]:
-                return str(payload[key])[:300]
-    return excerpt(result.body)
+                return redact(str(payload[key]))[:300]
+    return excerpt(result.body, redact)
 
 
-def excerpt(body: bytes) -> str:
-    text = body[:120].decode("utf-8", "replace").strip()
+def excerpt(body: bytes, redact: Callable[[str], str] = str) -> str:
+    """The start of a body for an error message, white space folded, secrets removed first."""
+    text = redact(body.decode("utf-8", "replace"))[:120].strip()
     text = " ".join(text.split())
     return repr(text) if text else "(empty body)"
 
@@ -295,7 +302,7 @@ class RetryingHttp:
                     delay = _retry_delay(result.headers, self.clock.seconds())
                     if result.status not in (429, 503):
                         delay = None
-                    message = self.redact(status_message(result))
+                    message = status_message(result, self.redact)
                     raise _Retryable(f"HTTP {result.status}: {message}", delay)
                 return result
             except _Retryable as exc:

@@ -433,7 +433,8 @@ class MispClient:
         """The page's attributes, or the error its answer deserves (with the key redacted)."""
         status = result.status
         if status in (401, 403):
-            message = f"{what}: HTTP {status}, MISP refused the API key: {status_message(result)}"
+            refusal = status_message(result, self._redact)
+            message = f"{what}: HTTP {status}, MISP refused the API key: {refusal}"
             raise MispAuthError(self._redact(message), status)
         if 300 <= status <= 399:
             location = result.header("location") or "?"
@@ -442,12 +443,12 @@ class MispClient:
                 "goes to server_url only (fix server_url)"
             )
         elif status != 200:
-            message = f"{what}: HTTP {status}: {status_message(result)}"
+            message = f"{what}: HTTP {status}: {status_message(result, self._redact)}"
         else:
             try:
                 return _attribute_list(json.loads(result.body), what)
             except (ValueError, UnicodeDecodeError):
-                message = f"{what}: the body is not JSON: {excerpt(result.body)}"
+                message = f"{what}: the body is not JSON: {excerpt(result.body, self._redact)}"
             except MispResponseError as exc:
                 message = str(exc)
         raise MispResponseError(self._redact(message))
