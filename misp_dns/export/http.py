@@ -260,13 +260,7 @@ class HttpSink:
         """Send what is held (one try per batch, within `timeout`); count the rest dropped."""
         return defer.ensureDeferred(self._stop())
 
-    async def _stop(self) -> None:
-        self._running = False
-        for call in (self._timer, self._retry):
-            if call is not None and call.active():
-                call.cancel()
-        self._timer = self._retry = None
-        deadline = self.clock.seconds() + self.timeout
+    async def _drain(self, deadline: float) -> None:
         if self._in_flight is not None:
             await self._in_flight
         while (self._batch or self._pending) and self.clock.seconds() < deadline:
@@ -274,11 +268,28 @@ class HttpSink:
             await self._send()
             if self.retries != failures:
                 break
+
+    async def _stop(self) -> None:
+        self._running = False
+        for call in (self._timer, self._retry):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._retry = None
+        # The whole of stopping fits one budget, so SIGTERM exits in time even while the
+        # collector hangs: what is not sent by then is counted as dropped.
+        budget = min(self.timeout, STOP_BUDGET)
+        draining = defer.ensureDeferred(self._drain(self.clock.seconds() + budget))
+        draining.addTimeout(budget, self.clock)
+        with contextlib.suppress(defer.TimeoutError, defer.CancelledError):
+            await draining
         leftover = len(self)
         if leftover:
             self.dropped += leftover
             self._pending.clear()
             self._batch = None
+
+
+STOP_BUDGET = 5.0
 
 
 def _build(options: HttpOptions, context: BuildContext) -> HttpSink:

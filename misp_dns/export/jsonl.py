@@ -165,9 +165,16 @@ class JsonlSink:
             self.dropped += len(records)
             return
         assert self._fd is not None
+        start = None
         try:
+            start = os.fstat(self._fd).st_size
             _write_all(self._fd, encode_records(records))
         except OSError as exc:
+            if start is not None:
+                # A full disk may have taken half the batch: take it back, so that no
+                # half line stays in the file to be glued to the next record.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start)
             self.dropped += len(records)
             self._close()
             self._failed("cannot write to", exc)
