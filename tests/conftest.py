@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 from integration.net import free_port as _free_port
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 
-__all__ = ["free_port", "on_ci", "require_tool"]
+__all__ = ["free_port", "on_ci", "require_tool", "unless_present"]
 
 settings.register_profile(
     "ci",
@@ -70,6 +70,16 @@ def require_tool(name: str) -> str:
         pytest.fail(f"CI must run every test: {message}", pytrace=False)
     pytest.skip(message)
     raise AssertionError("unreachable")  # pragma: no cover - skip raises
+
+
+def unless_present(path: Any, what: str) -> pytest.MarkDecorator:
+    """Skip a test when `path` (real data beside the repo) is missing, except on CI, where
+    the test runs and fails: CI must never pass by skipping."""
+    from pathlib import Path
+
+    return pytest.mark.skipif(
+        not Path(path).exists() and not on_ci(), reason=f"{what} not found at {path}"
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:

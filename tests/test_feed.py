@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from conftest import unless_present
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -226,7 +227,7 @@ def test_from_options_for_a_directory(feed_dir: Path) -> None:
     assert len(result_of(source.fetch())) == 22
 
 
-@pytest.mark.skipif(not FEED.is_dir(), reason="needs ../shared/data")
+@unless_present(FEED, "the real MISP feed in ../shared/data")
 @pytest_twisted.ensureDeferred
 async def test_the_real_feed_in_threads() -> None:
     """The whole real feed, read and parsed in the reactor's threads: 60,479 domains."""

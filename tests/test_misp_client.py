@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from conftest import unless_present
 from hypothesis import given
 from hypothesis import strategies as st
 from treq.testing import StubTreq
@@ -561,7 +562,7 @@ def test_an_unreadable_key_file_is_a_config_error(tmp_path: Path) -> None:
 # -- the real feed through the fake ---------------------------------------------------------
 
 
-@pytest.mark.skipif(not FEED.is_dir(), reason="needs ../shared/data")
+@unless_present(FEED, "the real MISP feed in ../shared/data")
 def test_the_real_feed_arrives_whole() -> None:
     """Every domain attribute of the real Infoblox feed arrives, through 13 pages of 5000."""
     fake = FakeMisp.from_feed(FEED, KEY, now=lambda: 1_715_800_000)

@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import unless_present
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -27,7 +28,7 @@ from misp_dns.intel.normalize import (
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 FEED = DATA / "misp-feed-infoblox"
 WARNINGLISTS = DATA / "warninglists"
-needs_data = pytest.mark.skipif(not FEED.is_dir(), reason=f"real data not found at {DATA}")
+needs_data = unless_present(FEED, "the real MISP feed in ../shared/data")
 
 _NAME_RULES = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}")
 
