@@ -177,7 +177,10 @@ def build_service(
     )
     for address in server.listen:
         UDPListener(reactor, address, responder).setServiceParent(top)
-        tcp = internet.TCPServer(address.port, tcp_factory, interface=address.host)
+        # A backlog as deep as the connections allowed, so a burst of them is not made to
+        # wait for the kernel's handshake retries (Twisted's default is 50).
+        backlog = min(max(server.tcp_max_connections, 50), 4096)
+        tcp = internet.TCPServer(address.port, tcp_factory, backlog=backlog, interface=address.host)
         tcp.setServiceParent(top)
     return top
 

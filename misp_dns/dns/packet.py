@@ -122,8 +122,8 @@ def read_plain_query(data: bytes) -> PlainQuery | None:
     offset = 12
     length = data[12]
     while length:
-        if length > 63:
-            return None  # a compression pointer or a reserved label type
+        if length > 63 or 46 in data[offset + 1 : offset + 1 + length]:
+            return None  # a pointer, a reserved label type, or a label holding a dot
         offset += length + 1
         if offset >= size:
             return None

@@ -177,20 +177,23 @@ def find_edns(message: dns.Message) -> Edns | None:
 
 
 def question_length(data: bytes, start: int = 12) -> int:
-    """Octets of the uncompressed question at `start`, or 0 if it is not one."""
+    """Octets of the question at `start`, or 0 if it is not a plain one.
+
+    Plain means: ordinary labels (no compression pointer, no reserved label type), a name
+    of at most 255 octets, no label holding a "." (the dotted form could not say it), and
+    the type and class after it.
+    """
     offset = start
     end = len(data)
-    total = 0
     while offset < end:
         length = data[offset]
         if length == 0:
             return offset + 1 + 4 - start if offset + 5 <= end else 0
-        if length > 63:
-            return 0  # a compression pointer or a reserved label type
-        offset += 1 + length
-        total += 1 + length
-        if total > 254:
+        if length > 63 or offset + 1 + length - start > 254:
             return 0
+        if 46 in data[offset + 1 : offset + 1 + length]:
+            return 0
+        offset += 1 + length
     return 0
 
 
@@ -210,6 +213,11 @@ def read_request(data: bytes) -> Request:
         message = parse_message(data)
     except ValueError as exc:
         raise RequestError(dns.EFORMAT, header, reason=str(exc)) from None
+    length = question_length(data) if len(message.queries) == 1 else 0
+    if len(message.queries) == 1 and not length:
+        # Compressed, a reserved label type, over 255 octets, or a label holding a dot:
+        # nothing that could be echoed back as the client wrote it.
+        raise RequestError(dns.EFORMAT, header, reason="question name cannot be echoed")
     if message.opCode != dns.OP_QUERY:
         if len(message.queries) != 1:
             raise RequestError(dns.ENOTIMP, header, reason=f"opcode {message.opCode}")
@@ -226,9 +234,6 @@ def read_request(data: bytes) -> Request:
         raise RequestError(dns.EFORMAT, message, reason=str(exc)) from None
     if edns is not None and edns.version > 0:
         raise RequestError(BADVERS, message, edns, reason=f"EDNS version {edns.version}")
-    length = question_length(data)
-    if not length:
-        raise RequestError(dns.EFORMAT, header, reason="question name is compressed")
     question = data[HEADER.size : HEADER.size + length]
     return Request(message, edns, data[2] | data[3] << 8, question)
 
