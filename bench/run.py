@@ -112,6 +112,29 @@ def _start_unbound(workdir: Path, binary: str, allowed: list[str], blocked: list
     return unbound
 
 
+def _freeze_source(workdir: Path) -> Path:
+    """Copy the package (and its twistd plugin) into `workdir` and put the copy first on
+    the import path of this process and of every process it starts, so that the whole run
+    measures one version of the code even when the checkout changes meanwhile."""
+    target = workdir / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "dropin.cache")
+    shutil.copytree(REPO / "misp_dns", target / "misp_dns", ignore=ignore)
+    shutil.copytree(REPO / "twisted" / "plugins", target / "twisted" / "plugins", ignore=ignore)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(target), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    sys.path.insert(0, str(target))
+    return target
+
+
+def _versions(start: dict[str, str], end: dict[str, str]) -> dict[str, str]:
+    """The versions measured (a copy taken at the start), noting a checkout that moved on."""
+    if start["misp-dns"] != end["misp-dns"]:
+        later = f"; the checkout has changed since: {end['misp-dns']}"
+        return {**start, "misp-dns": start["misp-dns"] + later}
+    return start
+
+
 def _run(bench: Bench, chosen: list[str]) -> None:
     for name in chosen:
         started = time.monotonic()
@@ -152,9 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     blocked_names = indicators(args.indicators, allowed)
     with tempfile.TemporaryDirectory(prefix="misp-dns-bench-") as temp:
         workdir = Path(temp)
+        source = _freeze_source(workdir)
+        at_start = versions(unbound_binary, dnsperf, source)
         files = {
             "allowed": write_queries(workdir / "allowed.txt", allowed),
             "blocked": write_queries(workdir / "blocked.txt", blocked_queries(blocked_names)),
+            "blocked-hot": write_queries(
+                workdir / "blocked-hot.txt", blocked_queries(blocked_names, 1000) * 20
+            ),
         }
         print(f"starting Unbound with {len(allowed):,} names and {len(blocked_names):,} zones")
         unbound = _start_unbound(workdir, unbound_binary, allowed, blocked_names)
@@ -175,12 +203,15 @@ def main(argv: list[str] | None = None) -> int:
             _run(bench, chosen)
         finally:
             unbound.stop()
+        # The run used the copy; say so if the checkout moved on meanwhile.
+        at_end = versions(unbound_binary, dnsperf, REPO / "misp_dns")
+        at_start = _versions(at_start, at_end)
     context = {
         "argv": " ".join(argv if argv is not None else sys.argv[1:]) or "(no options: all)",
         "date": date,
         "duration": time.monotonic() - started,
         "machine": host,
-        "versions": versions(unbound_binary, dnsperf),
+        "versions": at_start,
         "load_after": ", ".join(f"{value:.2f}" for value in os.getloadavg()),
         "parameters": {
             "clients": args.clients,

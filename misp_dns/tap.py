@@ -9,6 +9,7 @@ config is reported on the terminal, one line per problem, and twistd exits with 
 
 from __future__ import annotations
 
+import gc
 import socket
 import sys
 from typing import Any
@@ -88,6 +89,9 @@ class _ServerService(service.MultiService):
     def startService(self) -> None:
         log.info("{summary}", summary=self.summary)
         super().startService()
+        # Everything built at start lives as long as the server: keep it out of the cyclic
+        # collector's full passes, which would otherwise stall answers for tens of ms.
+        gc.freeze()
 
 
 def build_policies(config: Config, registry: Registry, reactor: Any) -> list[Any]:

@@ -1,0 +1,170 @@
+"""The names the benchmark asks for and blocks, and the files it feeds them through.
+
+- `allowed_names(n)`: real names (the Cloudflare top list in ../shared/data), answered by
+  Unbound from local data and by misp-dns from its cache;
+- `indicators(n, allowed)`: n distinct domain indicators, none of them an allowed name, a
+  parent or a child of one: first the rest of the Cloudflare list, then made-up names shaped
+  like feed entries (DGA-like labels, hyphenated combosquats, hosts under dynamic-DNS
+  suffixes) under real top-level domains. The same arguments always give the same list, so a
+  MISP stand-in process can rebuild it from the count alone;
+- `write_feed`: a MISP feed directory (manifest.json + one <uuid>.json per event);
+- `write_queries`: a dnsperf query file (`name TYPE` per line).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import string
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+__all__ = [
+    "DATA",
+    "allowed_names",
+    "blocked_queries",
+    "event_uuid",
+    "indicators",
+    "popular_names",
+    "write_feed",
+    "write_queries",
+]
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "warninglists"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
+_ALPHABET = string.ascii_lowercase + string.digits
+_FALLBACK_TLDS = ["com", "net", "org", "info", "xyz", "top", "online", "site", "ru", "cn"]
+_SUBDOMAIN_LABELS = ["www", "login", "cdn", "api", "mail.secure"]
+
+
+def popular_names() -> list[str]:
+    """The Cloudflare top list (lower case, well formed), or [] when the file is absent."""
+    path = DATA / "cloudflare-top100k.json"
+    if not path.exists():
+        return []
+    listed = json.loads(path.read_text())["list"]
+    return list(dict.fromkeys(n.lower() for n in listed if _NAME.match(n.lower())))
+
+
+def allowed_names(count: int) -> list[str]:
+    """`count` names to answer normally: the top of the popular list, then made-up ones."""
+    names = popular_names()[:count]
+    names += [f"host{i}.allowed.bench.example" for i in range(len(names), count)]
+    return names
+
+
+def _ancestors(name: str) -> Iterable[str]:
+    labels = name.split(".")
+    return (".".join(labels[i:]) for i in range(1, len(labels)))
+
+
+def indicators(count: int, allowed: Sequence[str], seed: int = 5) -> list[str]:
+    """`count` distinct indicators that neither block nor are blocked by an allowed name."""
+    allowed_set = set(allowed)
+    above_allowed = {parent for name in allowed for parent in _ancestors(name)}
+    popular = popular_names()
+    chosen: dict[str, None] = {}
+    for name in popular:
+        if len(chosen) >= count:
+            break
+        if name in allowed_set or name in above_allowed:
+            continue
+        if any(parent in allowed_set for parent in _ancestors(name)):
+            continue
+        chosen[name] = None
+    rng = random.Random(seed)
+    tlds = sorted({n.rsplit(".", 1)[-1] for n in popular}) or _FALLBACK_TLDS
+    words = sorted({n.split(".")[-2] for n in popular if n.count(".") >= 1}) or ["bank", "mail"]
+    dynamic = _dynamic_suffixes()
+    serial = 0
+    while len(chosen) < count:
+        serial += 1
+        roll = rng.random()
+        label = "".join(rng.choices(_ALPHABET, k=rng.randint(8, 16)))
+        if roll < 0.6:
+            name = f"{label}.{rng.choice(tlds)}"
+        elif roll < 0.85:
+            name = f"{rng.choice(words)}-{rng.choice(words)}{serial % 97}.{rng.choice(tlds)}"
+        else:
+            name = f"{label}.{rng.choice(dynamic)}"
+        if name in above_allowed or not _NAME.match(name):
+            continue
+        chosen[name] = None
+    return list(chosen)
+
+
+def _dynamic_suffixes() -> list[str]:
+    path = DATA / "dynamic-dns.json"
+    if path.exists():
+        suffixes = [s.strip(".").lower() for s in json.loads(path.read_text())["list"]]
+        suffixes = [s for s in suffixes if _NAME.match(s)]
+        if suffixes:
+            return sorted(suffixes)
+    return ["dyndns.example", "no-ip.example"]
+
+
+def blocked_queries(names: Sequence[str], limit: int | None = None) -> list[str]:
+    """Query names for blocked answers: every other indicator as is, the rest as a subdomain
+    of it, in a shuffled order (the same every time)."""
+    picked = list(names[:limit] if limit else names)
+    random.Random(7).shuffle(picked)
+    return [
+        name if i % 2 == 0 else f"{_SUBDOMAIN_LABELS[i % len(_SUBDOMAIN_LABELS)]}.{name}"
+        for i, name in enumerate(picked)
+    ]
+
+
+def write_queries(path: Path, names: Iterable[str], qtype: str = "A") -> Path:
+    """A dnsperf data file with one `name qtype` line per name."""
+    path.write_text("".join(f"{name} {qtype}\n" for name in names))
+    return path
+
+
+def event_uuid(index: int) -> str:
+    """A stable UUID for event `index` of the generated feeds and the MISP stand-in."""
+    return str(uuid.UUID(int=(0xBE7C << 112) | index, version=4))
+
+
+def write_feed(directory: Path, names: Sequence[str], events: int = 100) -> Path:
+    """A MISP feed directory holding `names` as `domain` attributes spread over `events`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = int(time.time())
+    per_event = -(-len(names) // events)
+    manifest = {}
+    for number in range(events):
+        chunk = names[number * per_event : (number + 1) * per_event]
+        if not chunk:
+            break
+        ident = event_uuid(number)
+        info = f"benchmark event {number}"
+        manifest[ident] = {"info": info, "timestamp": now, "Orgc": {"name": "bench"}}
+        attributes = [
+            {
+                "category": "Network activity",
+                "comment": "",
+                "deleted": False,
+                "disable_correlation": False,
+                "timestamp": str(now),
+                "to_ids": True,
+                "type": "domain",
+                "uuid": str(uuid.UUID(int=(number << 64) | i, version=4)),
+                "value": value,
+            }
+            for i, value in enumerate(chunk)
+        ]
+        event = {
+            "uuid": ident,
+            "info": info,
+            "date": time.strftime("%Y-%m-%d"),
+            "timestamp": str(now),
+            "publish_timestamp": str(now),
+            "published": True,
+            "Attribute": attributes,
+        }
+        (directory / f"{ident}.json").write_text(json.dumps({"Event": event}))
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory

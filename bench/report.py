@@ -1,0 +1,182 @@
+"""The benchmark's report: machine, versions, the goal table, every dnsperf run, profiles."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness import REPO, Figure, Measurement
+
+__all__ = ["machine", "render", "versions"]
+
+_VERDICT = {True: "met", False: "**missed**", None: "not measured"}
+
+
+def _first_line(command: list[str], pattern: str = r"\S.*") -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "?"
+    match = re.search(pattern, done.stdout + done.stderr)
+    return match.group(0).strip() if match else "?"
+
+
+def machine() -> dict[str, str]:
+    """CPU, cores, memory, kernel and load of this machine."""
+    model = "?"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = "?"
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+                break
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return {
+        "cpu": f"{model}, {os.cpu_count()} CPUs",
+        "memory": memory,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "load average at the start": load,
+    }
+
+
+def versions(unbound: str, dnsperf: str, package: Path) -> dict[str, str]:
+    """Versions of what was measured and what measured it; `package` is the misp_dns
+    source folder whose digest identifies the code (the checkout's or the run's copy)."""
+    import twisted
+
+    import misp_dns
+
+    commit = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = _first_line(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
+    source = hashlib.sha256()
+    package = package if package.name == "misp_dns" else package / "misp_dns"
+    for path in sorted(package.rglob("*.py")):
+        source.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return {
+        "misp-dns": f"{misp_dns.__version__} (commit {commit}"
+        + (", with uncommitted changes" if dirty not in ("?", "") else "")
+        + f"; source digest {source.hexdigest()[:12]})",
+        "python": sys.version.split()[0],
+        "twisted": twisted.__version__,
+        "unbound": _first_line([unbound, "-V"], r"Version \S+"),
+        "dnsperf": _first_line([dnsperf, "-h"], r"Version \S+"),
+    }
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _goal_table(figures: Sequence[Figure]) -> list[str]:
+    lines = [
+        "| # | figure | misp-dns | reference | result | goal | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in figures:
+        verdict = "**unclear**" if f.unclear else _VERDICT[f.met]
+        cells = [f.goal, f.what, f.ours, f.reference, f.result, f.target, verdict]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
+def _runs_table(rows: Sequence[Measurement]) -> list[str]:
+    lines = [
+        "| scenario | server | queries/s | CPU us/answer | sent | lost | avg ms | max ms "
+        "| NOERROR % | NXDOMAIN % |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for m in rows:
+        lines.append(
+            f"| {m.scenario} | {m.target} | {m.qps:,.0f} | {m.cpu_us or 0:.1f} | {m.sent:,} |"
+            f" {m.lost:,} |"
+            f" {m.latency_ms:.3f} | {m.max_latency_ms:.1f} | {m.noerror_percent:.1f} |"
+            f" {m.nxdomain_percent:.1f} |"
+        )
+    return lines
+
+
+METHOD = """\
+- One Unbound 1.x (`num-threads: 1`, `module-config: "iterator"`, everything else REFUSED)
+  holds the allowed names as `local-data` and the indicators as `always_nxdomain` local
+  zones; misp-dns is started as users start it (`twistd -n --pidfile= misp-dns --config
+  PATH`), forwarding to that Unbound, its indicators from a generated MISP feed (goals 1, 2,
+  6) or from a MISP REST stand-in (`bench/misp_standin.py`, goals 4, 5).
+- dnsperf over loopback with EDNS on (`-e`), `-c {clients} -q {outstanding} -t 2`; the
+  servers run on CPU {server_cpu} and dnsperf (and the MISP stand-in) on CPU {client_cpu}.
+- Throughput: {repeats} rounds of {seconds:g} s runs, the servers taking turns (the order
+  reversed every other round), after one warm-up pass over the file for misp-dns and stock
+  Twisted (so every allowed name is a cache hit); the best run of each server is compared.
+  The machine is shared with other jobs, so absolute figures move between runs (±30% and
+  more has been seen); the ratios come from the same rounds. Each run also records the
+  server's CPU time (user + system, all threads) per answered query, which other jobs
+  barely change: "by CPU per answer" is the capacity ratio from it (the lowest CPU per
+  answer of each server). Verdicts follow the goals as stated, on queries/s.
+- Queries: {allowed:,} allowed names (the top of the Cloudflare list); {indicators:,}
+  indicators (the rest of that list, then made-up feed-like names), queried half as is and
+  half as a subdomain; goal 5 mixes 10,000 blocked and the allowed names at a steady rate.
+- Memory is the whole process (VmRSS, VmHWM from /proc/PID/status)."""
+
+
+def render(
+    figures: Sequence[Figure],
+    rows: Sequence[Measurement],
+    context: dict[str, Any],
+    profiles: dict[str, str],
+) -> str:
+    """The whole report as Markdown."""
+    lines = [
+        "# misp-dns benchmark results",
+        "",
+        f"Produced by `.venv/bin/python bench/run.py {context['argv']}` on {context['date']}"
+        f" ({context['duration']:.0f} s). See bench/README.md for what each scenario does.",
+        "",
+    ]
+    met = sum(1 for f in figures if f.met and not f.unclear)
+    missed = [f.goal for f in figures if f.met is False and not f.unclear]
+    unclear = [f.goal for f in figures if f.unclear]
+    unmeasured = [f.goal for f in figures if f.met is None]
+    lines.append(
+        f"**{met} of {len(figures)} figures meet their goal**"
+        + (f"; missed: {', '.join(missed)}" if missed else "")
+        + (
+            f"; unclear (queries/s and CPU per answer disagree): {', '.join(unclear)}"
+            if unclear
+            else ""
+        )
+        + (f"; not measured: {', '.join(unmeasured)}" if unmeasured else "")
+        + "."
+    )
+    lines += ["", "## Goals (issue 5)", "", *_goal_table(figures), ""]
+    noted = [f for f in figures if f.note]
+    if noted:
+        lines += ["Notes:", ""]
+        lines += [f"- **{f.goal}** ({f.what}): {f.note}" for f in noted]
+        lines.append("")
+    lines += ["## Machine and versions", ""]
+    for key, value in {**context["machine"], **context["versions"]}.items():
+        lines.append(f"- {key}: {value}")
+    lines.append(f"- load average at the end: {context['load_after']}")
+    lines += ["", "## Method", "", METHOD.format(**context["parameters"]), ""]
+    lines += ["## Every measured run", "", *_runs_table(rows), ""]
+    if profiles:
+        lines += ["## Profiles (py-spy, misp-dns under the scenario's load)", ""]
+        for scenario, text in profiles.items():
+            lines += [f"### {scenario}", "", "```", text, "```", ""]
+    return "\n".join(lines)
+
+
+def write(path: Path, text: str) -> None:
+    """Write the report."""
+    path.write_text(text)
