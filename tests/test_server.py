@@ -173,3 +173,18 @@ def test_tcp_connection_cap() -> None:
     assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)) is None
     first.connectionLost(None)
     assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)) is not None
+
+
+def test_tcp_dripping_client_is_closed_by_the_idle_timeout() -> None:
+    """A client sending a byte now and then, never a whole query, is closed all the same."""
+    clock = Clock()
+    factory = DNSStreamFactory(make_responder(), 30, 10, clock)
+    protocol, transport = connect(factory)
+    frame = framed(query("drip.test"))
+    for byte in frame[:20]:
+        clock.advance(10)
+        protocol.dataReceived(bytes([byte]))
+        if transport.disconnecting:
+            break
+    assert transport.disconnecting
+    assert transport.value() == b""

@@ -285,7 +285,6 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
         self._buffer += data
         while len(self._buffer) >= 2:
             (length,) = struct.unpack_from("!H", self._buffer)
@@ -293,6 +292,9 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
                 break
             message = bytes(self._buffer[2 : 2 + length])
             del self._buffer[: 2 + length]
+            # Only whole queries count as activity: a client dripping a byte at a time
+            # cannot hold a connection (and a place under the cap) for ever.
+            self.resetTimeout()
             self._handle(message)
 
     def _handle(self, message: bytes) -> None:
