@@ -107,7 +107,9 @@ class _UDPExchange:
         self.reactor = reactor
         self.upstream = upstream
         self.accept = accept
-        self.result: defer.Deferred[dns.Message] = defer.Deferred()
+        self.reply: dns.Message | None = None
+        self.failure: Exception | None = None
+        self._waiting: list[defer.Deferred[dns.Message]] = []
         self.socket = socket.socket(upstream.family, socket.SOCK_DGRAM)
         self.socket.setblocking(False)
 
@@ -140,13 +142,29 @@ class _UDPExchange:
                 self._fail(error.ConnectError(string=f"{self.upstream}: {exc.strerror}"))
                 return
             reply = self.accept(data)
-            if reply is not None and not self.result.called:
-                self.result.callback(reply)
+            if reply is not None and self.reply is None and self.failure is None:
+                self.reply = reply
+                waiting, self._waiting = self._waiting, []
+                for deferred in waiting:
+                    deferred.callback(reply)
                 return
 
+    def wait(self) -> defer.Deferred[dns.Message]:
+        """A Deferred for the reply (or the failure) of this exchange, now or later."""
+        if self.reply is not None:
+            return defer.succeed(self.reply)
+        if self.failure is not None:
+            return defer.fail(self.failure)
+        waiting: defer.Deferred[dns.Message] = defer.Deferred()
+        self._waiting.append(waiting)
+        return waiting
+
     def _fail(self, reason: Exception) -> None:
-        if not self.result.called:
-            self.result.errback(reason)
+        if self.reply is None and self.failure is None:
+            self.failure = reason
+            waiting, self._waiting = self._waiting, []
+            for deferred in waiting:
+                deferred.errback(reason)
 
     def connectionLost(self, reason: Any) -> None:
         # The reactor saw an error on the socket, usually an ICMP "port unreachable":
@@ -235,9 +253,25 @@ class Forwarder:
     async def _resolve(self, question: _Question) -> Answer:
         started = self._reactor.seconds()
         deadline = started + self._timeout
+        problems: list[str] = []
+        # Earlier attempts keep listening until the end: a slow reply still counts.
+        sent: list[_UDPExchange] = []
+        try:
+            return await self._attempts(question, started, deadline, sent, problems)
+        finally:
+            for exchange in sent:
+                exchange.close()
+
+    async def _attempts(
+        self,
+        question: _Question,
+        started: float,
+        deadline: float,
+        sent: list[_UDPExchange],
+        problems: list[str],
+    ) -> Answer:
         attempt_timeout = FIRST_ATTEMPT_TIMEOUT
         count = len(self._upstreams)
-        problems: list[str] = []
         while True:
             refused = 0
             for offset in range(count):
@@ -248,7 +282,7 @@ class Forwarder:
                     raise UpstreamFailed(f"no answer within {self._timeout:g} s: {problems}")
                 try:
                     reply = await self._exchange(
-                        upstream, question, min(attempt_timeout, remaining), deadline
+                        upstream, question, min(attempt_timeout, remaining), deadline, sent
                     )
                 except error.ConnectionRefusedError:
                     refused += 1
@@ -270,30 +304,59 @@ class Forwarder:
             attempt_timeout *= 2
 
     async def _exchange(
-        self, upstream: HostPort, question: _Question, timeout: float, deadline: float
+        self,
+        upstream: HostPort,
+        question: _Question,
+        timeout: float,
+        deadline: float,
+        sent: list[_UDPExchange],
     ) -> dns.Message:
-        reply = await self._udp(upstream, question, timeout, edns=True)
+        reply = await self._udp(upstream, question, timeout, sent, edns=True)
         if reply.rCode == dns.EFORMAT and reply.answer:
             # An old server that does not speak EDNS (RFC 6891 section 7).
-            reply = await self._udp(upstream, question, timeout, edns=False)
+            reply = await self._udp(upstream, question, timeout, sent, edns=False)
         if reply.trunc:
             remaining = max(0.1, deadline - self._reactor.seconds())
             reply = await self._tcp(upstream, question, remaining)
         return reply
 
     async def _udp(
-        self, upstream: HostPort, question: _Question, timeout: float, *, edns: bool
+        self,
+        upstream: HostPort,
+        question: _Question,
+        timeout: float,
+        sent: list[_UDPExchange],
+        *,
+        edns: bool,
     ) -> dns.Message:
+        """Send one attempt; the first reply to it or to any earlier attempt wins.
+
+        The attempt fails when its own socket fails (a refused port) or its time is up;
+        the sockets stay open (the caller closes them) so a late reply is still taken.
+        """
         ident = secrets.randbits(16)
         exchange = _UDPExchange(
             self._reactor, upstream, lambda data: question.reply_matches(ident, data)
         )
         exchange.send(question.packet(ident, edns))
-        exchange.result.addTimeout(timeout, self._reactor)
-        try:
-            return await exchange.result
-        finally:
-            exchange.close()
+        sent.append(exchange)
+        race: defer.Deferred[dns.Message] = defer.Deferred()
+
+        def won(reply: dns.Message) -> None:
+            if not race.called:
+                race.callback(reply)
+
+        def lost(failure: Any) -> None:
+            if not race.called:
+                race.errback(failure)
+
+        for earlier in sent:
+            if earlier is exchange:
+                earlier.wait().addCallbacks(won, lost)
+            elif earlier.failure is None:
+                earlier.wait().addCallbacks(won, lambda _: None)
+        race.addTimeout(timeout, self._reactor)
+        return await race
 
     async def _tcp(self, upstream: HostPort, question: _Question, timeout: float) -> dns.Message:
         ident = secrets.randbits(16)

@@ -97,11 +97,6 @@ def test_late_answer_gives_servfail_and_is_never_used(
     assert hostile_upstream.count(name) > asked, "the second query was not sent upstream"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: a retry closes the earlier attempt's socket, so a reply slower than "
-    "the first attempt's 1 s is lost; see the issue note",
-)
 def test_answer_within_the_timeout_is_used_even_after_a_retry(
     hostile_server: MispDnsProcess, hostile_name: Nonce
 ) -> None:
