@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, on_ci, require_tool
+from conftest import free_port, require_tool
 
 from .fake_upstream import ScriptedUpstream
 from .net import ipv6_loopback_available
-from .server import MispDnsProcess, server_available, write_toml
+from .server import MispDnsProcess, write_toml
 from .unbound import UnboundProcess, integration_config
 
 #: The main server closes idle TCP connections after this many seconds.
@@ -58,15 +58,6 @@ def pytest_runtest_makereport(
     return report
 
 
-def _require_server() -> None:
-    if server_available():
-        return
-    message = "misp_dns.tap does not exist yet: `twistd misp-dns` cannot start"
-    if on_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def dig() -> str:
     """The path of dig."""
@@ -92,7 +83,6 @@ def _start(
     probe: str = "www.test.",
     max_entries: int = 1000,
 ) -> MispDnsProcess:
-    _require_server()
     workdir = tmp_path_factory.mktemp(name)
     (workdir / "state").mkdir()
     listen = server["listen"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -64,15 +63,10 @@ class HttpReceiver:
 
     def stop(self) -> None:
         """Stop the collector."""
+        from .net import stop_process  # here: this file also runs as a script
+
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
 
     def requests(self) -> list[dict[str, Any]]:
         """Every request received so far: headers (lower-case names) and body."""

@@ -9,7 +9,6 @@ is configuration appended after that (the shipped contrib/rsyslog snippet, in th
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import attrs
 
-from .net import wait_until
+from .net import stop_process, wait_until
 
 __all__ = ["RsyslogProcess", "SyslogMessage"]
 
@@ -113,14 +112,7 @@ class RsyslogProcess:
     def stop(self) -> None:
         """Stop rsyslogd (it flushes its file first)."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
 
     def messages(self) -> list[SyslogMessage]:
         """Every message written so far."""

@@ -41,7 +41,6 @@ import argparse
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -334,15 +333,10 @@ class HostileMisp:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after five seconds."""
+        from .net import stop_process  # here: this file also runs as a script
+
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
 
     def control(self, **command: Any) -> dict[str, Any]:
         """`attributes=[...]`, `add=[...]`, `echo_key=bool`, `script=[...]` (see the module)."""

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -273,15 +272,10 @@ class MispStandIn:
 
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL after five seconds)."""
+        from .net import stop_process  # here: this file also runs as a script
+
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
 
     def control(self, **command: Any) -> dict[str, Any]:
         """Send a control command: `script=[...]`, `add=[...]`, `echo_key=bool`,

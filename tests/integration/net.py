@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["free_port", "ipv6_loopback_available", "wait_until"]
 
@@ -50,3 +53,15 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what} not reached within {timeout} s")
         time.sleep(interval)
+
+
+def stop_process(process: subprocess.Popen[Any] | None, grace: float = 5.0) -> None:
+    """Stop a helper process: SIGTERM, then SIGKILL if it is still there after `grace` s."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(grace)

@@ -10,7 +10,6 @@ server (`stock_server.py`) instead, to see which of them catch its defects.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
@@ -29,7 +28,6 @@ __all__ = [
     "MispDnsProcess",
     "check_config",
     "misp_dns_command",
-    "server_available",
     "stock_command",
     "twistd_path",
     "write_toml",
@@ -52,14 +50,6 @@ def misp_dns_command(config: Path) -> list[str]:
 def twistd_path() -> str:
     """The `twistd` of the interpreter running the tests (the project's venv)."""
     return str(Path(sys.executable).parent / "twistd")
-
-
-def server_available() -> bool:
-    """True once the package provides `misp_dns.tap` (the twistd plugin's service maker)."""
-    try:
-        return importlib.util.find_spec("misp_dns.tap") is not None
-    except ImportError:
-        return False
 
 
 def _toml_value(value: Any) -> str:

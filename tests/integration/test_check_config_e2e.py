@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .server import check_config, server_available, write_toml
+from .server import check_config, write_toml
 
 _BAD = """\
 [server]
@@ -25,17 +25,6 @@ _PROBLEMS = [
     "server.colour",
     "cache.max_entries",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _needs_the_plugin() -> None:
-    if not server_available():
-        from conftest import on_ci
-
-        message = "misp_dns.tap does not exist yet: `twistd misp-dns` cannot start"
-        if on_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
 
 
 def test_bad_config_prints_one_line_per_problem_and_exits_non_zero(tmp_path: Path) -> None:

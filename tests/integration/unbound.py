@@ -16,7 +16,6 @@ kind a forwarder has to relay:
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 import dns.message
 import dns.rdatatype
 
+from .net import stop_process
 from .wire import Address, make_query, udp_exchange
 
 __all__ = [
@@ -207,14 +207,7 @@ class UnboundProcess:
     def stop(self) -> None:
         """Stop Unbound: SIGTERM, then SIGKILL after five seconds."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
 
     def log_text(self, limit: int = 20000) -> str:
         """The end of what Unbound logged."""
