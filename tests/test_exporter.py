@@ -133,6 +133,20 @@ def test_stop_reports_the_last_drops() -> None:
     assert [e["count"] for e in logged] == [1, 2]
 
 
+def test_records_a_sink_gives_up_while_stopping_are_reported() -> None:
+    """A sink that drops its held records while stopping (an HTTP collector that never
+    answers) gets its last line after its stop is over, with those records counted."""
+    lossy = MemorySink(hold_stop=True)
+    exporter, _clock, logged = make_exporter(lossy)
+    stopped = exporter.stopService()
+    assert logged == []
+    assert lossy.stopping is not None
+    lossy.dropped = 7
+    lossy.stopping.callback(None)
+    assert [(e["sink"], e["count"], e["total"]) for e in logged] == [("export[0] (memory)", 7, 7)]
+    assert stopped.called
+
+
 def test_include_blocked_keeps_only_blocks() -> None:
     """A sink with include = "blocked" gets blocked queries only; the others get all."""
     everything, blocks = MemorySink(), MemorySink()

@@ -20,7 +20,7 @@ Wiring, in `misp_dns.tap.build_service`:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -140,15 +140,23 @@ class ExporterService(service.Service):
         self._drain_call = self._report_call = None
         while self._queue:
             self._export_chunk()
-        self._report(final=True)
-        self._report_call = None
-        stops = [defer.maybeDeferred(slot.sink.stop) for slot in self.slots]
-        for slot, stopped in zip(self.slots, stops, strict=True):
+        now = self.clock.seconds()
+        self._guarded(self._report_queue, now, True)
+        stops = []
+        for slot in self.slots:
+            stopped = defer.maybeDeferred(slot.sink.stop)
             stopped.addErrback(self._stop_failed, slot)
+            # Records a sink gives up while stopping (an HTTP batch past the stop budget)
+            # are counted only once its stop is over, so its last line comes after it.
+            stopped.addCallback(self._stopped, slot)
+            stops.append(stopped)
         return defer.DeferredList(stops)
 
     def _stop_failed(self, failure: Any, slot: SinkSlot) -> None:
         self.log.failure("{sink}: failed while stopping", failure, sink=slot.name)
+
+    def _stopped(self, _result: object, slot: SinkSlot) -> None:
+        self._guarded(self._report_sink, slot, self.clock.seconds(), True)
 
     def _drain(self) -> None:
         self._drain_call = None
@@ -186,45 +194,53 @@ class ExporterService(service.Service):
                     slot.failure_logged = True
                     self.log.failure("{sink}: write failed; records dropped", sink=slot.name)
 
-    def _report(self, final: bool = False) -> None:
+    def _report(self) -> None:
         """Log what the queue and each sink dropped since their last line, one line per
         `report_interval` at most for each: the first drops are told within a second."""
-        try:
-            now = self.clock.seconds()
-            due = final or now - self._queue_logged_at >= self.report_interval
-            new = self.dropped - self._reported_queue_drops
-            if new and due:
-                self._reported_queue_drops = self.dropped
-                self._queue_logged_at = now
-                self.log.warn(
-                    "export queue full (max_queue = {max_queue}): {count} query records"
-                    " dropped for every sink ({total} since start)",
-                    max_queue=self.max_queue,
-                    count=new,
-                    total=self.dropped,
-                )
+        now = self.clock.seconds()
+        self._guarded(self._report_queue, now, False)
+        for slot in self.slots:
+            self._guarded(self._report_sink, slot, now, False)
+        if now - self._failures_reset_at >= self.report_interval:
+            self._failures_reset_at = now
+            self._unbuildable_logged = False
             for slot in self.slots:
-                total = slot.dropped
-                new = total - slot.reported_drops
-                if new > 0 and (final or now - slot.logged_at >= self.report_interval):
-                    slot.reported_drops = total
-                    slot.logged_at = now
-                    slot.failure_logged = False
-                    self.log.warn(
-                        "{sink}: {count} query records dropped ({total} since start)",
-                        sink=slot.name,
-                        count=new,
-                        total=total,
-                    )
-            if now - self._failures_reset_at >= self.report_interval:
-                self._failures_reset_at = now
-                self._unbuildable_logged = False
-                for slot in self.slots:
-                    slot.failure_logged = False
-        except Exception:
-            self.log.failure("reporting export drops failed")
+                slot.failure_logged = False
         if self.running:
             self._report_call = self.clock.callLater(CHECK_INTERVAL, self._report)
+
+    def _guarded(self, report: Callable[..., None], *args: Any) -> None:
+        try:
+            report(*args)
+        except Exception:
+            self.log.failure("reporting export drops failed")
+
+    def _report_queue(self, now: float, final: bool) -> None:
+        new = self.dropped - self._reported_queue_drops
+        if new and (final or now - self._queue_logged_at >= self.report_interval):
+            self._reported_queue_drops = self.dropped
+            self._queue_logged_at = now
+            self.log.warn(
+                "export queue full (max_queue = {max_queue}): {count} query records"
+                " dropped for every sink ({total} since start)",
+                max_queue=self.max_queue,
+                count=new,
+                total=self.dropped,
+            )
+
+    def _report_sink(self, slot: SinkSlot, now: float, final: bool) -> None:
+        total = slot.dropped
+        new = total - slot.reported_drops
+        if new > 0 and (final or now - slot.logged_at >= self.report_interval):
+            slot.reported_drops = total
+            slot.logged_at = now
+            slot.failure_logged = False
+            self.log.warn(
+                "{sink}: {count} query records dropped ({total} since start)",
+                sink=slot.name,
+                count=new,
+                total=total,
+            )
 
 
 def build_exporter(
