@@ -21,6 +21,7 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
+from misp_dns.config import Duration
 from misp_dns.intel.blocking import thread_runner
 from misp_dns.intel.feed import MispFeedError, MispFeedSource
 from misp_dns.intel.misp_client import MispError, MispUnavailableError
@@ -306,6 +307,25 @@ def test_url_manifest_failure_fails_the_fetch() -> None:
     fetched = url_source(fake, clock).fetch()
     clock.pump([1, 2])
     assert isinstance(failure_of(fetched, MispError), MispUnavailableError)
+
+
+def test_url_feed_gives_up_after_request_timeout() -> None:
+    """request_timeout = "5s" in the table: a manifest that never comes is retried at 5 s."""
+    fake = FakeFeed.from_directory(SMALL)
+    fake.script(Fault.hanging())
+    clock = Clock()
+    http = StubTreq(fake)
+    options = MispFeedOptions(url=URL, request_timeout=Duration(5))
+    fetched = MispFeedSource.from_options(options, clock, http=http, random=lambda: 0.5).fetch()
+    clock.advance(4.9)
+    http.flush()
+    assert len(fake.hanging) == 1
+    clock.advance(0.1)
+    http.flush()
+    assert fake.hanging == []
+    clock.advance(1)
+    http.flush()
+    assert len(result_of(fetched)) == 22
 
 
 def test_url_feed_follows_redirects() -> None:

@@ -29,7 +29,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import misp_dns
-from misp_dns.config import ConfigError
+from misp_dns.config import ConfigError, Duration
 from misp_dns.intel.http import make_http_client
 from misp_dns.intel.indicator import RawIndicator
 from misp_dns.intel.misp_client import (
@@ -550,6 +550,24 @@ def test_from_options_reads_the_key_file_and_settings(tmp_path: Path) -> None:
     assert fake.requests[0].headers["authorization"] == KEY
     assert fake.requests[0].json()["limit"] == 7
     assert client.url == "https://misp.test/attributes/restSearch"
+
+
+def test_from_options_gives_up_a_request_after_request_timeout() -> None:
+    """request_timeout = "5s": a MISP that never answers is abandoned after 5 s, not 60 s."""
+    options = MispOptions(server_url=URL, api_key=KEY, request_timeout=Duration(5))
+    fake = fake_with(1)
+    fake.script(Fault.hanging())
+    clock = Clock()
+    http = StubTreq(fake)
+    fetched = MispClient.from_options(options, http, clock, random=lambda: 0.5).fetch()
+    clock.advance(4.9)
+    http.flush()
+    assert len(fake.hanging) == 1
+    clock.advance(0.1)
+    http.flush()
+    assert fake.hanging == []
+    clock.advance(1)
+    assert len(result_of(fetched)) == 1
 
 
 def test_an_unreadable_key_file_is_a_config_error(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ def test_misp_defaults_are_the_documented_ones() -> None:
     assert options.allow_txt_blocking_report is True
     assert options.pagination_limit == 5000
     assert options.add_extended_dns_error is True
+    assert options.request_timeout == 60
 
 
 def test_every_documented_key_is_accepted() -> None:
@@ -66,9 +67,11 @@ def test_every_documented_key_is_accepted() -> None:
             "allow_txt_blocking_report": False,
             "pagination_limit": 100_000,
             "add_extended_dns_error": False,
+            "request_timeout": "5m",
         }
     )
     assert (options.update_interval, options.max_ioc_age) == (1800, 7 * 86400)
+    assert options.request_timeout == 300
     assert options.pagination_limit == 100_000
 
 
@@ -78,6 +81,8 @@ def test_every_documented_key_is_accepted() -> None:
         ({"blocking_answer_ttl": 29}, "policy[0].blocking_answer_ttl: must be within 30..86400"),
         ({"pagination_limit": 0}, "policy[0].pagination_limit: must be within 1..100000"),
         ({"update_interval": "2 hours"}, "policy[0].update_interval: expected a duration"),
+        ({"request_timeout": "2h"}, "policy[0].request_timeout: must be within 1..3600"),
+        ({"request_timeout": 30}, "policy[0].request_timeout: expected a duration"),
         ({"server_url": "misp.test"}, "policy[0].server_url: expected an http:// or https://"),
         ({"server_url": "https://u:p@misp.test"}, "policy[0].server_url: must not hold"),
         ({"api_key_file": "/k"}, "policy[0].api_key: give exactly one of api_key and api_key_file"),

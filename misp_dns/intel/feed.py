@@ -189,7 +189,7 @@ class MispFeedSource:
         A URL feed gets `make_http_client(reactor, verify_tls=not disable_tls_validation)`;
         file reading and parsing run in the reactor's thread pool when it has one.
         """
-        kwargs: dict[str, Any] = {"clock": reactor}
+        kwargs: dict[str, Any] = {"clock": reactor, "timeout": options.request_timeout}
         if IReactorThreads.providedBy(reactor):
             kwargs["run_blocking"] = thread_runner(reactor)
         if options.url.lower().startswith(("http://", "https://")):

@@ -327,6 +327,7 @@ class MispClient:
             clock=clock,
             pagination_limit=options.pagination_limit,
             max_ioc_age=options.max_ioc_age,
+            timeout=options.request_timeout,
             **overrides,
         )
 

@@ -12,6 +12,7 @@
     allow_txt_blocking_report = true          # TXT queries get the report as an answer
     pagination_limit = 5000                   # attributes per page, 1..100000
     add_extended_dns_error = true             # EDE 15 (Blocked) when the query had EDNS
+    request_timeout = "60s"                   # one HTTP answer must be complete within it
 
     [[policy]]
     type = "misp-feed"
@@ -51,6 +52,7 @@ def _http_url(_instance: object, attribute: attrs.Attribute[Any], value: str) ->
 _EXAMPLE = "https://misp.example.com"
 _TWO_HOURS = Duration(2 * 3600)
 _FIFTEEN_DAYS = Duration(15 * 86400)
+_ONE_MINUTE = Duration(60)
 
 
 def _not_empty(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -69,6 +71,9 @@ class BlockingOptions:
     blocking_answer_ttl: int = attrs.field(default=30, validator=between(30, 86400))
     allow_txt_blocking_report: bool = True
     add_extended_dns_error: bool = True
+    # A slow MISP answering a big page needs more than a minute; a dead one should not
+    # hold a refresh for longer than an hour per attempt.
+    request_timeout: Duration = attrs.field(default=_ONE_MINUTE, validator=between(1, 3600))
 
 
 @attrs.frozen(kw_only=True)
