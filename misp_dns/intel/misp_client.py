@@ -28,7 +28,6 @@ import random
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -93,6 +92,14 @@ class AttributeCounts:
     indicators: int = 0
     other_types: int = 0
     malformed: dict[str, int] = attrs.field(factory=dict)
+
+    def add(self, other: AttributeCounts) -> None:
+        """Count `other`'s attributes too."""
+        self.attributes += other.attributes
+        self.indicators += other.indicators
+        self.other_types += other.other_types
+        for field, count in other.malformed.items():
+            self.malformed[field] = self.malformed.get(field, 0) + count
 
     @property
     def skipped(self) -> int:
@@ -282,6 +289,16 @@ def _shape(payload: object) -> str:
 # -- the client ---------------------------------------------------------------------------
 
 
+@attrs.frozen
+class _Page:
+    """One decoded restSearch page: its size, attribute ids, indicators and counts."""
+
+    size: int
+    ids: tuple[object, ...]
+    indicators: list[RawIndicator]
+    counts: AttributeCounts
+
+
 @implementer(IIndicatorSource)
 @attrs.define
 class MispClient:
@@ -377,10 +394,10 @@ class MispClient:
             random=self.random,
             redact=self._redact,
         )
-        previous_ids: list[object] | None = None
+        previous_ids: tuple[object, ...] | None = None
         for page in range(1, self.max_pages + 1):
-            attributes = await self._page(http, page, stats)
-            if not attributes:
+            result = await self._page(http, page, stats)
+            if not result.size:
                 self.last_stats = stats
                 self.log.info(
                     "MISP {url}: {indicators} indicators from {attributes} attributes in "
@@ -397,30 +414,36 @@ class MispClient:
                     retries=stats.retries,
                 )
                 return
-            ids = [a.get("id") if isinstance(a, Mapping) else None for a in attributes]
-            if ids == previous_ids and any(i is not None for i in ids):
+            if result.ids == previous_ids and any(i is not None for i in result.ids):
                 raise MispResponseError(
                     f"{self.url} page {page}: the same attributes as page {page - 1}; "
                     "the server ignores 'page'"
                 )
-            previous_ids = ids
+            previous_ids = result.ids
             stats.pages += 1
-            indicators = await self.run_blocking(partial(parse_attributes, attributes, stats))
-            consumed = consume(indicators)
+            stats.add(result.counts)
+            consumed = consume(result.indicators)
             if isinstance(consumed, Deferred):
                 await consumed
         raise MispResponseError(f"{self.url}: still not at an empty page after {self.max_pages}")
 
-    async def _page(self, http: RetryingHttp, page: int, stats: FetchStats) -> list[object]:
+    async def _page(self, http: RetryingHttp, page: int, stats: FetchStats) -> _Page:
         what = f"MISP {self.url} page {page}"
         body = json.dumps(self.query(page)).encode("utf-8")
         result = await http.request(
             "POST", self.url, what, headers=self._headers(), body=body, stats=stats
         )
-        attributes: list[object] = await self.run_blocking(
-            lambda: self._attributes_of(result, what)
-        )
-        return attributes
+        # Decoding and parsing are one step off the reactor thread, so the page's many
+        # short-lived objects are gone before the reactor runs again (see `thread_runner`).
+        parsed: _Page = await self.run_blocking(lambda: self._parse_page(result, what, stats))
+        return parsed
+
+    def _parse_page(self, result: HttpResult, what: str, stats: FetchStats) -> _Page:
+        attributes = self._attributes_of(result, what)
+        ids = tuple(a.get("id") if isinstance(a, Mapping) else None for a in attributes)
+        counts = AttributeCounts()
+        indicators = parse_attributes(attributes, counts)
+        return _Page(len(attributes), ids, indicators, counts)
 
     def _headers(self) -> dict[str, str]:
         return {

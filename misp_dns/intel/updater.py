@@ -14,7 +14,6 @@ failure differs from the regular one.
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from misp_dns.intel import store
+from misp_dns.intel.blocking import without_collection
 from misp_dns.intel.indicator import RawIndicator
 from misp_dns.intel.normalize import Tally, selected
 from misp_dns.interfaces import IIndicatorSource
@@ -150,10 +150,12 @@ class IndicatorUpdater(Service):
         tally = Tally()
 
         def consume(raws: list[RawIndicator]) -> defer.Deferred[Any]:
-            return self.run_in_thread(_add_page, builder, raws, started, self.max_age, tally)
+            return self.run_in_thread(
+                without_collection, _add_page, builder, raws, started, self.max_age, tally
+            )
 
         await self.source.fetch_pages(consume)
-        domainset: DomainSet = await self.run_in_thread(builder.finish)
+        domainset: DomainSet = await self.run_in_thread(without_collection, builder.finish)
         return tally, domainset
 
     def _install(self, built: tuple[Tally, DomainSet]) -> defer.Deferred[None] | None:
@@ -178,9 +180,6 @@ class IndicatorUpdater(Service):
             )
 
     def _succeeded(self, _: None) -> None:
-        # What survived the cycle lives until the next one: move it out of the cyclic
-        # collector's sight, so its full collections stay short and never stall answers.
-        gc.freeze()
         self.failures = 0
         self._schedule(self.interval)
 
