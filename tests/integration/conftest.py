@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import free_port, require_tool
 
 from .fake_upstream import ScriptedUpstream
-from .net import ipv6_loopback_available
-from .server import MispDnsProcess, write_toml
+from .server import MispDnsProcess
+from .server_group import NOWHERE, ServerGroup
 from .unbound import UnboundProcess, integration_config
 
 #: The main server closes idle TCP connections after this many seconds.
@@ -32,9 +31,6 @@ UPSTREAM_TIMEOUT = 1.5
 SCRIPTED_CACHE_SIZE = 50
 #: A client address the ACL server allows (Linux routes all of 127/8 to loopback).
 ALLOWED_SOURCE = "127.0.0.2"
-
-_ERROR_MARKERS = ("Traceback (most recent call last)", "Unhandled Error", "Unhandled error")
-_running: list[MispDnsProcess] = []
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -76,101 +72,29 @@ def unbound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UnboundProcess
     process.stop()
 
 
-def _start(
-    tmp_path_factory: pytest.TempPathFactory,
-    name: str,
-    server: dict[str, Any],
-    probe: str = "www.test.",
-    max_entries: int = 1000,
-) -> MispDnsProcess:
-    workdir = tmp_path_factory.mktemp(name)
-    (workdir / "state").mkdir()
-    listen = server["listen"]
-    config = write_toml(
-        workdir / "misp-dns.toml",
-        {
-            "server": {"server_name": "dns.test.example", "state_dir": str(workdir / "state")}
-            | server,
-            "cache": {"max_entries": max_entries},
-        },
-    )
-    addresses = [_address(text) for text in listen]
-    process = MispDnsProcess(config, addresses, workdir)
-    process.start(probe=probe)
-    _running.append(process)
-    return process
+_servers = ServerGroup()
 
-
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _stop(process: MispDnsProcess) -> None:
-    _running.remove(process)
-    process.stop()
-
-
-@pytest.fixture(scope="session")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, unbound: UnboundProcess
-) -> Iterator[MispDnsProcess]:
-    """misp-dns forwarding to Unbound, on 127.0.0.1 (and ::1 when the host has IPv6)."""
-    port = free_port()
-    listen = [f"127.0.0.1:{port}"]
-    if ipv6_loopback_available():
-        listen.append(f"[::1]:{port}")
-    process = _start(
-        tmp_path_factory,
-        "server",
-        {
-            "listen": listen,
-            "upstreams": [f"127.0.0.1:{unbound.address[1]}"],
-            "tcp_idle_timeout": IDLE_TIMEOUT,
-            "upstream_timeout": 3,
-        },
-    )
-    yield process
-    _stop(process)
-
-
-@pytest.fixture(scope="session")
-def acl_server(
-    tmp_path_factory: pytest.TempPathFactory, unbound: UnboundProcess
-) -> Iterator[MispDnsProcess]:
-    """misp-dns that allows only 127.0.0.2 and ::1, so 127.0.0.1 is an outside client."""
-    port = free_port()
-    process = _start(
-        tmp_path_factory,
-        "acl",
-        {
-            "listen": [f"127.0.0.1:{port}"],
-            "upstreams": [f"127.0.0.1:{unbound.address[1]}"],
-            "allow_clients": [f"{ALLOWED_SOURCE}/32", "::1/128"],
-        },
-    )
-    yield process
-    _stop(process)
-
-
-@pytest.fixture(scope="session")
-def capped_server(
-    tmp_path_factory: pytest.TempPathFactory, unbound: UnboundProcess
-) -> Iterator[MispDnsProcess]:
-    """misp-dns that accepts at most MAX_TCP concurrent TCP connections."""
-    port = free_port()
-    process = _start(
-        tmp_path_factory,
-        "capped",
-        {
-            "listen": [f"127.0.0.1:{port}"],
-            "upstreams": [f"127.0.0.1:{unbound.address[1]}"],
-            "tcp_max_connections": MAX_TCP,
-            "tcp_idle_timeout": 30,
-        },
-    )
-    yield process
-    _stop(process)
+server = _servers.fixture(
+    "server",
+    "misp-dns forwarding to Unbound, on 127.0.0.1 (and ::1 when the host has IPv6).",
+    upstreams=["unbound"],
+    ipv6=True,
+    tcp_idle_timeout=IDLE_TIMEOUT,
+    upstream_timeout=3,
+)
+acl_server = _servers.fixture(
+    "acl_server",
+    "misp-dns that allows only 127.0.0.2 and ::1, so 127.0.0.1 is an outside client.",
+    upstreams=["unbound"],
+    allow_clients=[f"{ALLOWED_SOURCE}/32", "::1/128"],
+)
+capped_server = _servers.fixture(
+    "capped_server",
+    "misp-dns that accepts at most MAX_TCP concurrent TCP connections.",
+    upstreams=["unbound"],
+    tcp_max_connections=MAX_TCP,
+    tcp_idle_timeout=30,
+)
 
 
 @pytest.fixture(scope="session")
@@ -182,58 +106,26 @@ def fake_upstream() -> Iterator[ScriptedUpstream]:
     upstream.stop()
 
 
-@pytest.fixture(scope="session")
-def scripted_server(
-    tmp_path_factory: pytest.TempPathFactory, fake_upstream: ScriptedUpstream
-) -> Iterator[MispDnsProcess]:
-    """misp-dns forwarding to the scripted upstream, giving up after UPSTREAM_TIMEOUT."""
-    port = free_port()
-    process = _start(
-        tmp_path_factory,
-        "scripted",
-        {
-            "listen": [f"127.0.0.1:{port}"],
-            "upstreams": [f"{fake_upstream.address[0]}:{fake_upstream.address[1]}"],
-            "upstream_timeout": UPSTREAM_TIMEOUT,
-        },
-        probe="probe.answer.fake.",
-        max_entries=SCRIPTED_CACHE_SIZE,
-    )
-    yield process
-    _stop(process)
-
-
-@pytest.fixture(scope="session")
-def unreachable_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MispDnsProcess]:
-    """misp-dns whose only upstream is a loopback port nothing listens on."""
-    port = free_port()
-    process = _start(
-        tmp_path_factory,
-        "unreachable",
-        {
-            "listen": [f"127.0.0.1:{port}"],
-            "upstreams": [f"127.0.0.1:{free_port()}"],
-            "upstream_timeout": UPSTREAM_TIMEOUT,
-        },
-    )
-    yield process
-    _stop(process)
+scripted_server = _servers.fixture(
+    "scripted_server",
+    "misp-dns forwarding to the scripted upstream, giving up after UPSTREAM_TIMEOUT.",
+    upstreams=["fake_upstream"],
+    probe="probe.answer.fake.",
+    max_entries=SCRIPTED_CACHE_SIZE,
+    upstream_timeout=UPSTREAM_TIMEOUT,
+)
+unreachable_server = _servers.fixture(
+    "unreachable_server",
+    "misp-dns whose only upstream is a loopback port nothing listens on.",
+    upstreams=[NOWHERE],
+    upstream_timeout=UPSTREAM_TIMEOUT,
+)
 
 
 @pytest.fixture(autouse=True)
 def _no_server_errors(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test during which a running misp-dns logged a traceback or unhandled error."""
-    before = {id(process): process.log_size() for process in _running}
-    yield
-    if request.node.get_closest_marker("allow_errors") is not None:
-        return
-    for process in list(_running):
-        text = process.log_text(start=before.get(id(process), 0), limit=1 << 30)
-        if any(marker in text for marker in _ERROR_MARKERS):
-            pytest.fail(
-                f"misp-dns ({process.config}) logged an error during the test:\n{text[-6000:]}",
-                pytrace=False,
-            )
+    yield from _servers.check_logs(request)
 
 
 @pytest.fixture

@@ -3,10 +3,16 @@
 Queries are answered according to the second label of the name, `<nonce>.<behaviour>.fake.`
 (a fresh nonce per test keeps misp-dns's cache out of the way):
 
-- `answer`: one A record `ANSWER_A`;
+- `answer`: one A record `ANSWER_A` (the genuine answer);
 - `wrongid`, `wrongq`, `wrongsrc`: first a forged reply holding `FORGED_A` (wrong ID, wrong
   question, or sent from another port), then the genuine answer;
+- `forgedid`, `forgedq`, `forgedsrc`: only that forged reply; the genuine answer never comes;
+- `forgedmany`: `FORGED_COUNT` replies with wrong IDs, then the genuine answer;
+- `garbage`: a reply with the right ID and QR set whose body is not a DNS message;
+- `late<ms>` (e.g. `late2000`): the genuine answer, `ms` milliseconds late;
 - `tc`: over UDP an empty reply with TC set; over TCP `TC_COUNT` A records;
+- `tcforged`, `tcclose`, `tcgarbage`: TC over UDP; over TCP a reply with a wrong ID, the
+  connection closed without a reply, or a frame that is not a DNS message;
 - `silent`: never answers;
 - `nx` / `nodata`: NXDOMAIN / NOERROR without answer, with the `fake.` SOA (minimum
   `NEGATIVE_TTL`);
@@ -21,6 +27,7 @@ Every query received is kept (transport, parsed message) in `received`, parsed s
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 
@@ -38,6 +45,7 @@ from .wire import Address, read_tcp_message, tcp_frame
 __all__ = [
     "ANSWER_A",
     "FORGED_A",
+    "FORGED_COUNT",
     "NEGATIVE_TTL",
     "TC_COUNT",
     "Received",
@@ -46,9 +54,12 @@ __all__ = [
 
 ANSWER_A = "192.0.2.77"
 FORGED_A = "198.18.6.6"
+FORGED_COUNT = 50
 NEGATIVE_TTL = 60
 TC_COUNT = 120
 _DELAY = 0.05
+#: Over TCP, these end the connection after their (broken) reply, or without one.
+_BROKEN_TCP = ("tcforged", "tcclose", "tcgarbage")
 
 
 @attrs.frozen
@@ -62,6 +73,13 @@ class Received:
 def _behaviour(query: dns.message.Message) -> str:
     labels = query.question[0].name.labels if query.question else ()
     return labels[1].decode("ascii", "replace").lower() if len(labels) > 2 else "answer"
+
+
+def _lateness(behaviour: str) -> float:
+    """Seconds `late<ms>` asks the answer to wait (0 for any other behaviour)."""
+    if behaviour.startswith("late") and behaviour[4:].isdigit():
+        return int(behaviour[4:]) / 1000
+    return 0.0
 
 
 def _response(
@@ -101,6 +119,12 @@ def _negative(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message
     return response
 
 
+def _wrong_id(query: dns.message.Message, offset: int = 1) -> dns.message.Message:
+    forged = _with_a(query, FORGED_A)
+    forged.id = (query.id + offset) % 65536
+    return forged
+
+
 class ScriptedUpstream:
     """A UDP and TCP nameserver on loopback, run in background threads."""
 
@@ -131,7 +155,7 @@ class ScriptedUpstream:
         """Stop serving and close the sockets."""
         self._stopping.set()
         for thread in self._threads:
-            thread.join(2)
+            thread.join(3)
         for sock in (self._udp, self._tcp, self._forger):
             sock.close()
 
@@ -165,35 +189,55 @@ class ScriptedUpstream:
                 continue
             query = self._record("udp", wire)
             if query is not None:
-                self._answer_udp(query, source)
+                # Each reply in its own thread, so a late one holds nothing else up.
+                threading.Thread(target=self._answer_udp, args=(query, source), daemon=True).start()
 
     def _answer_udp(self, query: dns.message.Message, source: Address) -> None:
+        try:
+            self._send_udp(query, _behaviour(query), source)
+        except OSError:
+            return  # stopping
+
+    def _send_udp(self, query: dns.message.Message, behaviour: str, source: Address) -> None:
         def send(data: bytes) -> None:
             self._udp.sendto(data, source)
 
-        behaviour = _behaviour(query)
         if behaviour == "silent":
             return
-        if behaviour == "tc":
+        if behaviour.startswith("tc"):
             response = _response(query)
             response.flags |= dns.flags.TC
             send(response.to_wire())
             return
-        if behaviour == "wrongid":
-            forged = _with_a(query, FORGED_A)
-            forged.id = (query.id + 1) % 65536
-            send(forged.to_wire())
+        if behaviour == "garbage":
+            header = struct.pack("!HBBHHHH", query.id, 0x81, 0x80, 1, 1, 0, 0)
+            send(header + b"\x07garbage" * 8)
+            return
+        if behaviour == "forgedmany":
+            for offset in range(1, FORGED_COUNT + 1):
+                send(_wrong_id(query, offset).to_wire())
+        elif behaviour.startswith(("wrong", "forged")):
+            self._forge(query, behaviour, source)
+            if behaviour.startswith("forged"):
+                return  # the genuine answer never comes
             time.sleep(_DELAY)
-        elif behaviour == "wrongq":
-            question = query.question[0]
-            other = dns.message.make_query("other.wrongq.fake.", question.rdtype, question.rdclass)
-            other.id = query.id
-            send(_with_a(other, FORGED_A).to_wire())
-            time.sleep(_DELAY)
-        elif behaviour == "wrongsrc":
-            self._forger.sendto(_with_a(query, FORGED_A).to_wire(), source)
-            time.sleep(_DELAY)
+        time.sleep(_lateness(behaviour))
         send(self._reply(query, behaviour).to_wire())
+
+    def _forge(self, query: dns.message.Message, behaviour: str, source: Address) -> None:
+        """Send a forged reply: with a wrong ID (`...id`), for another question (`...q`),
+        or from another port (`...src`)."""
+        if behaviour.endswith("id"):
+            self._udp.sendto(_wrong_id(query).to_wire(), source)
+        elif behaviour.endswith("q"):
+            question = query.question[0]
+            other = dns.message.make_query(
+                f"other.{behaviour}.fake.", question.rdtype, question.rdclass
+            )
+            other.id = query.id
+            self._udp.sendto(_with_a(other, FORGED_A).to_wire(), source)
+        else:
+            self._forger.sendto(_with_a(query, FORGED_A).to_wire(), source)
 
     def _reply(self, query: dns.message.Message, behaviour: str) -> dns.message.Message:
         if behaviour == "nx":
@@ -228,6 +272,20 @@ class ScriptedUpstream:
                 if query is None:
                     return
                 behaviour = _behaviour(query)
-                if behaviour == "silent":
-                    continue
-                conn.sendall(tcp_frame(self._reply(query, behaviour).to_wire(max_size=65535)))
+                try:
+                    if behaviour in _BROKEN_TCP:
+                        self._break_tcp(conn, query, behaviour)
+                        return
+                    if behaviour != "silent":
+                        reply = self._reply(query, behaviour).to_wire(max_size=65535)
+                        conn.sendall(tcp_frame(reply))
+                except OSError:
+                    return
+
+    @staticmethod
+    def _break_tcp(conn: socket.socket, query: dns.message.Message, behaviour: str) -> None:
+        if behaviour == "tcforged":
+            conn.sendall(tcp_frame(_wrong_id(query).to_wire()))
+        elif behaviour == "tcgarbage":
+            conn.sendall(tcp_frame(struct.pack("!H", query.id) + b"\x81\x80" + b"\xff" * 40))
+        time.sleep(0.2)  # let the reply (or the close) reach the server

@@ -3,7 +3,8 @@
 `misp_stand_in.py` imitates a well-behaved MISP. This one misbehaves on command, the way a
 broken, compromised or impersonated server would, and keeps a record of what it was sent:
 
-    python hostile_misp.py --port-file F [--port N] [--api-key K] [--other-host 127.0.0.2]
+    cd tests && python -m integration.hostile_misp --port-file F [--port N] [--api-key K]
+        [--other-host 127.0.0.2]
 
 It listens on 127.0.0.1 (the MISP that misp-dns is configured with) and on a second address,
 by default 127.0.0.2 (Linux routes all of 127/8 to loopback), standing for "another host":
@@ -41,14 +42,14 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 import time
-import urllib.request
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .helper_process import HelperProcess
 
 __all__ = ["ATTACKER_NAME", "HostileMisp", "attribute", "main"]
 
@@ -281,19 +282,21 @@ def main(argv: Sequence[str] | None = None) -> None:
 # -- the test side ------------------------------------------------------------------------
 
 
-class HostileMisp:
+class HostileMisp(HelperProcess):
     """The hostile MISP as a child process: start, script, read what it was sent, stop."""
+
+    what = "hostile MISP"
+    control_path = _CONTROL.decode()
+    requests_path = _REQUESTS.decode()
 
     def __init__(
         self, workdir: Path, *, api_key: str, attributes: Sequence[Mapping[str, Any]] = ()
     ) -> None:
-        self.workdir = workdir
+        super().__init__(workdir, "hostile-misp.log")
         self.api_key = api_key
         self.initial = list(attributes)
-        self.log_path = workdir / "hostile-misp.log"
         self.port = 0
         self.other_port = 0
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -307,60 +310,13 @@ class HostileMisp:
 
     def start(self, timeout: float = 20.0) -> None:
         """Start serving on free ports; return once both listen and the list is loaded."""
-        port_file = self.workdir / "hostile.ports"
-        port_file.unlink(missing_ok=True)
-        command = [
-            sys.executable,
-            str(Path(__file__)),
-            "--port-file",
-            str(port_file),
-            "--api-key",
-            self.api_key,
-        ]
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        deadline = time.monotonic() + timeout
-        while not port_file.exists():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the hostile MISP did not start:\n{self.log_text()}")
-            time.sleep(0.02)
-        ports = json.loads(port_file.read_text())
+        ports = json.loads(self._launch("hostile_misp", ["--api-key", self.api_key], timeout))
         self.port, self.other_port = ports["misp"], ports["other"]
         self.control(attributes=self.initial)
 
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after five seconds."""
-        from .net import stop_process  # here: this file also runs as a script
-
-        process, self._process = self._process, None
-        stop_process(process)
-
-    def control(self, **command: Any) -> dict[str, Any]:
-        """`attributes=[...]`, `add=[...]`, `echo_key=bool`, `script=[...]` (see the module)."""
-        return self._call(_CONTROL.decode(), json.dumps(command).encode())
-
     def requests(self, site: str | None = None) -> list[dict[str, Any]]:
         """What either host (or `site` alone) was sent so far, in order."""
-        found: list[dict[str, Any]] = self._call(_REQUESTS.decode(), None)["requests"]
-        return [entry for entry in found if site is None or entry["site"] == site]
-
-    def _call(self, path: str, body: bytes | None) -> dict[str, Any]:
-        request = urllib.request.Request(
-            self.url + path, data=body, method="POST" if body is not None else "GET"
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
-
-    def log_text(self, limit: int = 20000) -> str:
-        """The end of what the process logged."""
-        try:
-            return self.log_path.read_bytes()[-limit:].decode(errors="replace")
-        except OSError:
-            return ""
+        return [entry for entry in self._requests() if site is None or entry["site"] == site]
 
 
 if __name__ == "__main__":

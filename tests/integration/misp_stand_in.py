@@ -1,11 +1,11 @@
 """A MISP stand-in served for real over HTTP, and misp-dns configured to use it.
 
-A process has one reactor, so the stand-in runs in its own Python process: this file is
-also its program. It serves `misp_dns.testing.FakeMisp` (MISP's `/attributes/restSearch`,
-auth, paging, faults) on 127.0.0.1 with `twisted.web`:
+A process has one reactor, so the stand-in runs in its own Python process: this module is
+also its program (see `helper_process`). It serves `misp_dns.testing.FakeMisp` (MISP's
+`/attributes/restSearch`, auth, paging, faults) on 127.0.0.1 with `twisted.web`:
 
-    python misp_stand_in.py --port-file F [--port N] [--api-key K] [--feed DIR]
-                            [--attributes FILE] [--feed-http DIR] [--tls-pem FILE]
+    cd tests && python -m integration.misp_stand_in --port-file F [--port N] [--api-key K]
+        [--feed DIR] [--attributes FILE] [--feed-http DIR] [--tls-pem FILE]
 
 `--feed` loads a MISP feed directory (the real data), `--attributes` a JSON list of
 `FakeMisp.add_attribute` keyword arguments, `--feed-http` also serves a feed directory under
@@ -25,9 +25,11 @@ switched through a control endpoint, so a test can script faults between two fet
 
 "MISP down" is the process stopped; `MispStandIn.start(port=...)` brings it back on the same
 port. The test side also finds here what every test of a MISP-fed policy needs:
-`write_config` (a config with `[[policy]]` tables), `start_misp_dns`, and
-`blocked_problems`, which checks a response against DESIGN.md's "Blocked answer", and
-`ask_many`, which sends thousands of UDP queries with a bounded window.
+`write_config` (a config with `[[policy]]` tables), `start_misp_dns`, `key_file` and
+`misp_policy`; `blocked_problems`, which checks a response against DESIGN.md's "Blocked
+answer", and `forwarded_problems`; `is_blocked`, `is_forwarded` and
+`blocks_throughout_until`, which ask a running server; and `ask_many`, which sends
+thousands of UDP queries with a bounded window.
 """
 
 from __future__ import annotations
@@ -35,23 +37,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
+import ssl
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .helper_process import HelperProcess
+from .server import MispDnsProcess
+from .server_group import ServerGroup
+from .wire import ask_udp, make_query
+
 __all__ = [
     "MispStandIn",
     "ask_many",
     "blocked_problems",
+    "blocks_throughout_until",
     "forwarded_problems",
+    "is_blocked",
+    "is_forwarded",
+    "key_file",
     "main",
+    "misp_policy",
     "no_server_tracebacks",
+    "report",
     "start_misp_dns",
     "watch",
     "write_config",
@@ -199,8 +211,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 # -- the test side ------------------------------------------------------------------------
 
 
-class MispStandIn:
+class MispStandIn(HelperProcess):
     """The stand-in as a child process: start, control, stop, start again on the same port."""
+
+    what = "MISP stand-in"
+    control_path = _CONTROL.decode()
+    requests_path = _REQUESTS.decode()
 
     def __init__(
         self,
@@ -212,16 +228,14 @@ class MispStandIn:
         feed_http: Path | None = None,
         tls_pem: Path | None = None,
     ) -> None:
-        self.workdir = workdir
+        super().__init__(workdir, "stand-in.log")
         self.api_key = api_key
         self.feed = feed
         self.feed_http = feed_http
         self.tls_pem = tls_pem
         self.attributes_path = workdir / "stand-in-attributes.json"
         self.attributes_path.write_text(json.dumps(list(attributes)))
-        self.log_path = workdir / "stand-in.log"
         self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -229,82 +243,32 @@ class MispStandIn:
         scheme = "https" if self.tls_pem is not None else "http"
         return f"{scheme}://127.0.0.1:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        """True while the stand-in process runs."""
-        return self._process is not None and self._process.poll() is None
-
     def start(self, port: int | None = None, timeout: float = 20.0) -> None:
         """Start serving (on `port`, or the last port, or any); return once it listens."""
-        port_file = self.workdir / "stand-in.port"
-        port_file.unlink(missing_ok=True)
-        command = [
-            sys.executable,
-            str(Path(__file__)),
+        arguments = [
             "--port",
             str(port if port is not None else self.port),
-            "--port-file",
-            str(port_file),
             "--api-key",
             self.api_key,
             "--attributes",
             str(self.attributes_path),
         ]
-        if self.feed is not None:
-            command += ["--feed", str(self.feed)]
-        if self.feed_http is not None:
-            command += ["--feed-http", str(self.feed_http)]
-        if self.tls_pem is not None:
-            command += ["--tls-pem", str(self.tls_pem)]
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        deadline = time.monotonic() + timeout
-        while not port_file.exists():
-            if self._process.poll() is not None:
-                raise RuntimeError(f"the MISP stand-in exited:\n{self.log_text()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the MISP stand-in did not listen:\n{self.log_text()}")
-            time.sleep(0.02)
-        self.port = int(port_file.read_text())
-
-    def stop(self) -> None:
-        """Stop the process (SIGTERM, then SIGKILL after five seconds)."""
-        from .net import stop_process  # here: this file also runs as a script
-
-        process, self._process = self._process, None
-        stop_process(process)
-
-    def control(self, **command: Any) -> dict[str, Any]:
-        """Send a control command: `script=[...]`, `add=[...]`, `echo_key=bool`,
-        `hide_after_limit=[...]`, `feed_files={name: text}`."""
-        return self._call(_CONTROL.decode(), json.dumps(command).encode())
+        for option, path in (
+            ("--feed", self.feed),
+            ("--feed-http", self.feed_http),
+            ("--tls-pem", self.tls_pem),
+        ):
+            if path is not None:
+                arguments += [option, str(path)]
+        self.port = int(self._launch("misp_stand_in", arguments, timeout))
 
     def requests(self) -> list[dict[str, Any]]:
         """Every MISP and feed request so far: {"time", "path", "page", "status"}."""
-        found: list[dict[str, Any]] = self._call(_REQUESTS.decode(), None)["requests"]
-        return found
+        return self._requests()
 
-    def _call(self, path: str, body: bytes | None) -> dict[str, Any]:
-        import ssl
-
-        request = urllib.request.Request(
-            self.url + path, data=body, method="POST" if body is not None else "GET"
-        )
+    def _tls_context(self) -> ssl.SSLContext | None:
         # Only the test talks to this endpoint, over loopback, to its own self-signed server.
-        context = ssl._create_unverified_context() if self.tls_pem is not None else None
-        with urllib.request.urlopen(request, timeout=10, context=context) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
-
-    def log_text(self, limit: int = 20000) -> str:
-        """The end of what the stand-in logged."""
-        try:
-            return self.log_path.read_bytes()[-limit:].decode(errors="replace")
-        except OSError:
-            return ""
+        return ssl._create_unverified_context() if self.tls_pem is not None else None
 
 
 def _toml(value: Any) -> str:
@@ -338,10 +302,8 @@ def start_misp_dns(
     state_dir: Path | None = None,
     probe: str = "www.test.",
     timeout: float = 20.0,
-) -> Any:
+) -> MispDnsProcess:
     """misp-dns under twistd with `policies`, forwarding to `upstream`; started."""
-    from .server import MispDnsProcess
-
     workdir.mkdir(parents=True, exist_ok=True)
     state = state_dir or workdir / "state"
     state.mkdir(parents=True, exist_ok=True)
@@ -358,15 +320,13 @@ def start_misp_dns(
     return watch(process)
 
 
-def watch(process: Any) -> Any:
-    """Have `no_server_tracebacks` check the log of `process` (a started `MispDnsProcess`)."""
-    _started.append(process)
-    return process
-
-
 #: Every misp-dns `start_misp_dns` started, for `no_server_tracebacks`.
-_started: list[Any] = []
-_ERROR_MARKERS = ("Traceback (most recent call last)", "Unhandled Error", "Unhandled error")
+_started = ServerGroup()
+
+
+def watch(process: MispDnsProcess) -> MispDnsProcess:
+    """Have `no_server_tracebacks` check the log of `process` (a started `MispDnsProcess`)."""
+    return _started.watch(process)
 
 
 @pytest.fixture(autouse=True)
@@ -376,20 +336,73 @@ def no_server_tracebacks(request: pytest.FixtureRequest) -> Iterator[None]:
     Import it into a test module to make it apply there (it is autouse); tests marked
     `allow_errors` are not checked.
     """
-    before = {id(process): process.log_size() for process in _started}
-    yield
-    if request.node.get_closest_marker("allow_errors") is not None:
-        return
-    for process in _started:
-        text = process.log_text(start=before.get(id(process), 0), limit=1 << 30)
-        if any(marker in text for marker in _ERROR_MARKERS):
-            pytest.fail(
-                f"misp-dns ({process.config}) logged an error during the test:\n{text[-6000:]}",
-                pytrace=False,
-            )
+    yield from _started.check_logs(request)
+
+
+# -- a misp policy ------------------------------------------------------------------------
+
+
+def key_file(directory: Path, key: str) -> Path:
+    """`directory/misp.key` holding `key`, readable by its owner only."""
+    path = directory / "misp.key"
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def misp_policy(url: str, key_path: Path, **options: Any) -> dict[str, Any]:
+    """A `misp` policy table for the MISP at `url` with the API key in `key_path`, taking
+    indicators up to 3650 days old; `options` are added (or replace these)."""
+    return {
+        "type": "misp",
+        "server_url": url,
+        "api_key_file": str(key_path),
+        "max_ioc_age": "3650d",
+    } | options
 
 
 # -- checking answers ---------------------------------------------------------------------
+
+
+def report(indicator: str, source: str = "misp-connector") -> str:
+    """The blocking report (TXT answer, EDE text) for `indicator` listed by policy `source`."""
+    return f"source={source};domain={indicator}"
+
+
+def is_blocked(
+    process: MispDnsProcess,
+    name: str,
+    indicator: str | None = None,
+    *,
+    source: str = "misp-connector",
+) -> bool:
+    """True when `process` gives the blocked answer to an A query with EDNS for `name`,
+    reporting `indicator` (by default `name` itself, without a final dot) from `source`."""
+    response = ask_udp(make_query(name, "A", edns=0), process.address)
+    return not blocked_problems(response, name, report(indicator or name.rstrip("."), source))
+
+
+def is_forwarded(process: MispDnsProcess, name: str) -> bool:
+    """True when `process` answers an A query with EDNS for `name` with no sign of a block."""
+    return forwarded_problems(ask_udp(make_query(name, "A", edns=0), process.address)) == []
+
+
+def blocks_throughout_until(
+    process: MispDnsProcess, old: Sequence[str], new: str, timeout: float
+) -> float:
+    """Ask for the `old` names until `new` is blocked; every old answer must be blocked all
+    along. Returns the seconds `new` took to be blocked."""
+    started = time.monotonic()
+    wrong: list[str] = []
+    while time.monotonic() - started < timeout:
+        for name in old:
+            if not is_blocked(process, name):
+                wrong.append(f"{name} at {time.monotonic() - started:.2f} s")
+        if is_blocked(process, new):
+            assert not wrong, f"old names not blocked meanwhile: {wrong}"
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"{new} not blocked within {timeout} s (old names wrong: {wrong})")
 
 
 def blocked_problems(

@@ -36,7 +36,16 @@ from .fake_upstream import ScriptedUpstream
 from .net import wait_until
 from .server import MispDnsProcess
 from .unbound import WWW, WWW_A
-from .wire import ask_tcp, ask_udp, make_query, parse, read_tcp_message, tcp_connect, tcp_frame
+from .wire import (
+    ask_tcp,
+    ask_udp,
+    closed_within,
+    make_query,
+    parse,
+    read_tcp_message,
+    tcp_connect,
+    tcp_frame,
+)
 
 Nonce = Callable[[str], str]
 IDLE_CONNECTIONS = 1000
@@ -97,20 +106,6 @@ def _wait_all_closed(held: list[socket.socket], timeout: float) -> list[socket.s
     return list(open_)
 
 
-def _closed_within(sock: socket.socket, timeout: float) -> float | None:
-    """Seconds until the peer closes `sock` (EOF or reset), or None if it stays open."""
-    start = time.monotonic()
-    sock.settimeout(timeout)
-    try:
-        data = sock.recv(65535)
-    except ConnectionResetError:
-        return time.monotonic() - start
-    except TimeoutError:
-        return None
-    assert data == b"", f"unexpected data: {data!r}"
-    return time.monotonic() - start
-
-
 def _answers_www(server: MispDnsProcess, qid: int) -> None:
     for ask in (ask_udp, ask_tcp):
         response = ask(make_query(WWW, "A", qid=qid), server.address)
@@ -133,7 +128,7 @@ def test_a_thousand_idle_connections_are_closed_while_the_server_answers(
         with tcp_connect(idle_server.address) as extra:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 extra.sendall(tcp_frame(make_query(WWW, "A", qid=0x6102).to_wire()))
-            assert _closed_within(extra, 3) is not None, "a connection beyond the cap was served"
+            assert closed_within(extra, 3) is not None, "a connection beyond the cap was served"
         # One of the held connections is still served (and its idle timer restarts).
         held[0].sendall(tcp_frame(make_query(WWW, "A", qid=0x6103).to_wire()))
         assert parse(read_tcp_message(held[0])).id == 0x6103

@@ -34,32 +34,21 @@ from misp_dns.policy.misp import snapshot_path
 from .hostile_dns import server_table, start_server, write_config
 from .misp_stand_in import (
     MispStandIn,
-    blocked_problems,
-    forwarded_problems,
+    is_blocked,
+    is_forwarded,
+    key_file,
+    misp_policy,
     no_server_tracebacks,  # noqa: F401  (an autouse fixture)
 )
 from .net import wait_until
 from .server import MispDnsProcess, misp_dns_command
 from .unbound import UnboundProcess
-from .wire import ask_udp, make_query, udp_exchange
+from .wire import make_query, udp_exchange
 
 API_KEY = "Dk3Jw7Qp1Zm5Xv9Bn2Hc6Lt0Rf4Ys8Ge3Ua7Wi1O"
 NAMES = ["first.disk.test", "second.disk.test"]
 #: A name only an old or forged cache file lists: blocking it means the file was trusted.
 CACHED_ONLY = "cached-only.disk.test"
-
-
-def _report(name: str) -> str:
-    return f"source=misp-connector;domain={name}"
-
-
-def _is_blocked(process: MispDnsProcess, name: str) -> bool:
-    response = ask_udp(make_query(name, "A", edns=0), process.address)
-    return not blocked_problems(response, name, _report(name))
-
-
-def _is_forwarded(process: MispDnsProcess, name: str) -> bool:
-    return forwarded_problems(ask_udp(make_query(name, "A", edns=0), process.address)) == []
 
 
 @contextlib.contextmanager
@@ -88,27 +77,16 @@ def _mounted(where: Path, options: str) -> Iterator[bool]:
 @pytest.fixture(scope="module")
 def misp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MispStandIn]:
     """A MISP stand-in listing NAMES."""
-    stand_in = MispStandIn(
+    with MispStandIn(
         tmp_path_factory.mktemp("disk-misp"),
         api_key=API_KEY,
         attributes=[{"value": name} for name in NAMES],
-    )
-    stand_in.start()
-    yield stand_in
-    stand_in.stop()
+    ) as stand_in:
+        yield stand_in
 
 
 def _policy(misp: MispStandIn, workdir: Path, interval: str = "1h") -> dict[str, Any]:
-    key = workdir / "misp.key"
-    key.write_text(API_KEY)
-    key.chmod(0o600)
-    return {
-        "type": "misp",
-        "server_url": misp.url,
-        "api_key_file": str(key),
-        "max_ioc_age": "3650d",
-        "update_interval": interval,
-    }
+    return misp_policy(misp.url, key_file(workdir, API_KEY), update_interval=interval)
 
 
 def _config(
@@ -143,11 +121,11 @@ def test_unwritable_state_dir_serves_from_memory_and_warns_once(
         config, port = _config(tmp_path, unbound, state, [_policy(misp, tmp_path, "1s")])
         process = start_server(tmp_path / "server", config, port)
         try:
-            wait_until(lambda: _is_blocked(process, NAMES[0]), 20, 0.1, "the first fetch")
+            wait_until(lambda: is_blocked(process, NAMES[0]), 20, 0.1, "the first fetch")
             for round_ in range(3):
                 name = f"round{round_}.unwritable.disk.test"
                 misp.control(add=[{"value": name}])
-                wait_until(lambda name=name: _is_blocked(process, name), 10, 0.1, name)
+                wait_until(lambda name=name: is_blocked(process, name), 10, 0.1, name)
             log = process.log_text(limit=1 << 24)
         finally:
             process.stop()
@@ -205,8 +183,8 @@ def test_a_bad_cache_file_is_ignored_with_one_line_and_replaced(
     config, port = _config(tmp_path, unbound, state, [policy])
     process = start_server(tmp_path / "server", config, port)
     try:
-        wait_until(lambda: _is_blocked(process, NAMES[0]), 20, 0.1, "the fetch")
-        assert _is_forwarded(process, CACHED_ONLY)
+        wait_until(lambda: is_blocked(process, NAMES[0]), 20, 0.1, "the fetch")
+        assert is_forwarded(process, CACHED_ONLY)
         log = process.log_text(limit=1 << 24)
     finally:
         process.stop()

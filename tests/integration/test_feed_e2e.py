@@ -26,7 +26,9 @@ from .misp_stand_in import (
     ask_many,
     blocked_problems,
     forwarded_problems,
+    is_blocked,
     no_server_tracebacks,  # noqa: F401  (an autouse fixture)
+    report,
     start_misp_dns,
     watch,
 )
@@ -42,7 +44,7 @@ DAY = 86400
 
 
 def _report(indicator: str) -> str:
-    return f"source={SOURCE};domain={indicator}"
+    return report(indicator, SOURCE)
 
 
 def _feed_policy(url: str, **options: Any) -> dict[str, Any]:
@@ -50,8 +52,7 @@ def _feed_policy(url: str, **options: Any) -> dict[str, Any]:
 
 
 def _is_blocked(process: MispDnsProcess, name: str, indicator: str | None = None) -> bool:
-    response = ask_udp(make_query(name, "A", edns=0), process.address)
-    return not blocked_problems(response, name, _report(indicator or name))
+    return is_blocked(process, name, indicator, source=SOURCE)
 
 
 def _sample_domains() -> list[str]:
@@ -147,10 +148,8 @@ def test_feed_txt_report_over_udp_and_tcp(
 @pytest.fixture(scope="module")
 def feed_web(tmp_path_factory: pytest.TempPathFactory, feed_copy: Path) -> Iterator[MispStandIn]:
     """A web server holding the sample feed under /feed/."""
-    stand_in = MispStandIn(tmp_path_factory.mktemp("feed-web"), feed_http=feed_copy)
-    stand_in.start()
-    yield stand_in
-    stand_in.stop()
+    with MispStandIn(tmp_path_factory.mktemp("feed-web"), feed_http=feed_copy) as stand_in:
+        yield stand_in
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,6 @@ in-memory versions of all of these (tests/test_misp_client.py).
 from __future__ import annotations
 
 import ast
-import datetime
-import ipaddress
 import itertools
 import re
 import time
@@ -29,18 +27,21 @@ from twisted.internet.defer import Deferred
 from misp_dns.intel.http import make_http_client
 from misp_dns.intel.misp_client import MispClient, MispResponseError, MispUnavailableError
 
+from .certificates import Authority
 from .hostile_dns import rss_kib, server_table, start_server, write_config
 from .hostile_misp import ATTACKER_NAME, HostileMisp, attribute
 from .misp_stand_in import (
     MispStandIn,
-    blocked_problems,
-    forwarded_problems,
+    blocks_throughout_until,
+    is_blocked,
+    is_forwarded,
+    key_file,
+    misp_policy,
     no_server_tracebacks,  # noqa: F401  (an autouse fixture)
 )
 from .net import wait_until
 from .server import MispDnsProcess
 from .unbound import WWW, UnboundProcess
-from .wire import ask_udp, make_query
 
 API_KEY = "Hx4Tq8Wm2Lc6Rv0Nz5Kb9Pj3Fy7Ds1Ga6Ue2Io8M"
 BASE = [f"base{i}.hostile.test" for i in range(5)]
@@ -49,75 +50,31 @@ INTERVAL = "1s"
 SERVER_CAP = 256 * 1024 * 1024
 
 
-def _report(indicator: str) -> str:
-    return f"source=misp-connector;domain={indicator}"
-
-
-def _is_blocked(process: MispDnsProcess, name: str) -> bool:
-    response = ask_udp(make_query(name, "A", edns=0), process.address)
-    return not blocked_problems(response, name, _report(name))
-
-
-def _is_forwarded(process: MispDnsProcess, name: str) -> bool:
-    return forwarded_problems(ask_udp(make_query(name, "A", edns=0), process.address)) == []
-
-
-def _policy(url: str, key_file: Path, **options: Any) -> dict[str, Any]:
-    return {
-        "type": "misp",
-        "server_url": url,
-        "api_key_file": str(key_file),
-        "max_ioc_age": "3650d",
-        "pagination_limit": 3,
-        "update_interval": INTERVAL,
-    } | options
-
-
-def _key_file(directory: Path) -> Path:
-    path = directory / "misp.key"
-    path.write_text(API_KEY + "\n")
-    path.chmod(0o600)
-    return path
+#: The names asked while MISP misbehaves: they must stay blocked throughout.
+OLD = (BASE[0], BASE[-1])
 
 
 def _start(workdir: Path, unbound: UnboundProcess, url: str, **options: Any) -> MispDnsProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    settings = {"pagination_limit": 3, "update_interval": INTERVAL} | options
     config = write_config(
         workdir / "misp-dns.toml",
         server_table(port, unbound.address, workdir / "state"),
-        [_policy(url, _key_file(workdir), **options)],
+        [misp_policy(url, key_file(workdir, API_KEY), **settings)],
     )
     return start_server(workdir, config, port)
-
-
-def _blocks_throughout_until(process: MispDnsProcess, new: str, timeout: float) -> float:
-    """Ask for the first and last base names until `new` is blocked; both must stay blocked
-    all along. Returns the seconds `new` took."""
-    started = time.monotonic()
-    wrong: list[str] = []
-    while time.monotonic() - started < timeout:
-        for old in (BASE[0], BASE[-1]):
-            if not _is_blocked(process, old):
-                wrong.append(f"{old} at {time.monotonic() - started:.2f} s")
-        if _is_blocked(process, new):
-            assert not wrong, f"old names not blocked meanwhile: {wrong}"
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"{new} not blocked within {timeout} s (old names wrong: {wrong})")
 
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileMisp]:
     """The hostile MISP, holding the base names, three to a page."""
-    misp = HostileMisp(
+    with HostileMisp(
         tmp_path_factory.mktemp("hostile"),
         api_key=API_KEY,
         attributes=[attribute(name) for name in BASE],
-    )
-    misp.start()
-    yield misp
-    misp.stop()
+    ) as misp:
+        yield misp
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +83,7 @@ def server(
 ) -> Iterator[MispDnsProcess]:
     """misp-dns fetching from `hostile` every second, once the base names are blocked."""
     process = _start(tmp_path_factory.mktemp("hostile-server"), unbound, hostile.url)
-    wait_until(lambda: _is_blocked(process, BASE[-1]), 20, 0.1, "the first fetch")
+    wait_until(lambda: is_blocked(process, BASE[-1]), 20, 0.1, "the first fetch")
     yield process
     process.stop()
 
@@ -154,14 +111,14 @@ def test_redirect_to_another_host_never_carries_the_key(
         ],
         add=[attribute("after-redirect.hostile.test")],
     )
-    _blocks_throughout_until(server, "after-redirect.hostile.test", 20)
+    blocks_throughout_until(server, OLD, "after-redirect.hostile.test", 20)
     assert [r["status"] for r in _misp_since(hostile, since)[:3]] == statuses
     assert hostile.requests("other") == []
     log = server.log_text(start=log_start)
     lines = [line for line in log.splitlines() if "redirect to http://127.0.0.2:" in line]
     assert len(lines) == 3, log
     assert all("not followed" in line for line in lines), lines
-    assert _is_forwarded(server, ATTACKER_NAME)
+    assert is_forwarded(server, ATTACKER_NAME)
 
 
 # -- wrong shapes -------------------------------------------------------------------------
@@ -205,10 +162,10 @@ def test_malformed_attributes_are_skipped_counted_and_the_cycle_goes_on(
     log_start = server.log_size()
     hostile.control(attributes=mixed)
     for name in good:
-        wait_until(lambda name=name: _is_blocked(server, name), 10, 0.1, f"{name} blocked")
+        wait_until(lambda name=name: is_blocked(server, name), 10, 0.1, f"{name} blocked")
     for item, _ in MALFORMED:
         if isinstance(item, dict) and isinstance(item.get("value"), str):
-            assert _is_forwarded(server, item["value"]), item
+            assert is_forwarded(server, item["value"]), item
     wanted: dict[str, int] = {}
     for _, field in MALFORMED:
         wanted[field] = wanted.get(field, 0) + 1
@@ -223,7 +180,7 @@ def test_malformed_attributes_are_skipped_counted_and_the_cycle_goes_on(
         assert int(count) == len(MALFORMED)
         assert ast.literal_eval(reasons) == wanted
     hostile.control(add=[attribute("after-shapes.hostile.test")])
-    _blocks_throughout_until(server, "after-shapes.hostile.test", 10)
+    blocks_throughout_until(server, OLD, "after-shapes.hostile.test", 10)
     hostile.control(attributes=[attribute(name) for name in BASE])
 
 
@@ -251,7 +208,7 @@ def test_unusable_pages_fail_the_fetch_and_keep_the_list(
         script=[{"kind": "reply", "status": 200, "body": body}],
         add=[attribute(f"after-{len(body)}.hostile.test")],
     )
-    _blocks_throughout_until(server, f"after-{len(body)}.hostile.test", 15)
+    blocks_throughout_until(server, OLD, f"after-{len(body)}.hostile.test", 15)
     failed = [
         line for line in server.log_text(start=log_start).splitlines() if "update failed" in line
     ]
@@ -277,7 +234,7 @@ def test_429_storm_is_waited_out_and_the_list_kept(
         script=[limited | {"headers": {"Retry-After": "1"}}, limited],
         add=[attribute("after-storm.hostile.test")],
     )
-    took = _blocks_throughout_until(server, "after-storm.hostile.test", 30)
+    took = blocks_throughout_until(server, OLD, "after-storm.hostile.test", 30)
     storm = _misp_since(hostile, since)
     assert [r["status"] for r in storm[:7]] == [429] * 6 + [200], storm
     gaps = [b["time"] - a["time"] for a, b in itertools.pairwise(storm)]
@@ -309,8 +266,8 @@ def test_endless_body_is_cut_at_the_cap_while_answers_go_on(
     while "byte cap" not in server.log_text(start=log_start):
         assert time.monotonic() - started < 60, "the endless body was not cut within 60 s"
         asked = time.monotonic()
-        assert _is_blocked(server, BASE[0])
-        assert _is_forwarded(server, WWW)
+        assert is_blocked(server, BASE[0])
+        assert is_forwarded(server, WWW)
         slowest = max(slowest, time.monotonic() - asked)
         peak = max(peak, rss_kib(server.pid))
         time.sleep(0.05)
@@ -321,7 +278,7 @@ def test_endless_body_is_cut_at_the_cap_while_answers_go_on(
     assert SERVER_CAP // 2 < sent < SERVER_CAP + 64 * 1024 * 1024, sent
     assert f"over the {SERVER_CAP}-byte cap" in server.log_text(start=log_start)
     hostile.control(add=[attribute("after-endless.hostile.test")])
-    _blocks_throughout_until(server, "after-endless.hostile.test", 15)
+    blocks_throughout_until(server, OLD, "after-endless.hostile.test", 15)
     time.sleep(1)
     rss_after = rss_kib(server.pid)
     print(
@@ -342,12 +299,10 @@ def _closed(hostile: HostileMisp, entry: dict[str, Any]) -> bool:
 def test_a_hanging_misp_never_delays_an_answer(tmp_path: Path, unbound: UnboundProcess) -> None:
     """While MISP accepts the connection and never answers, queries are answered at once
     and the names of the disk cache (written by the first fetch) stay blocked."""
-    misp = HostileMisp(tmp_path, api_key=API_KEY, attributes=[attribute(BASE[0])])
-    misp.start()
-    try:
+    with HostileMisp(tmp_path, api_key=API_KEY, attributes=[attribute(BASE[0])]) as misp:
         process = _start(tmp_path / "server", unbound, misp.url)
         try:
-            wait_until(lambda: _is_blocked(process, BASE[0]), 20, 0.1, "the first fetch")
+            wait_until(lambda: is_blocked(process, BASE[0]), 20, 0.1, "the first fetch")
             since = len(misp.requests("misp"))
             misp.control(script=[{"kind": "hang", "times": 5}], add=[attribute(BASE[1])])
             wait_until(
@@ -356,16 +311,14 @@ def test_a_hanging_misp_never_delays_an_answer(tmp_path: Path, unbound: UnboundP
             slowest = 0.0
             for _ in range(20):
                 asked = time.monotonic()
-                assert _is_blocked(process, BASE[0])
-                assert _is_forwarded(process, BASE[1])
+                assert is_blocked(process, BASE[0])
+                assert is_forwarded(process, BASE[1])
                 slowest = max(slowest, time.monotonic() - asked)
                 time.sleep(0.05)
             assert slowest < 0.5, slowest
             assert len(misp.requests("misp")) == since + 1  # cycles never overlap
         finally:
             process.stop()
-    finally:
-        misp.stop()
 
 
 def _client(reactor: Any, url: str, **options: Any) -> MispClient:
@@ -399,10 +352,8 @@ async def _eventually(condition: Any, what: str, timeout: float = 3.0) -> None:
 @pytest.fixture
 def lone_hostile(tmp_path: Path) -> Iterator[HostileMisp]:
     """A hostile MISP for one test alone (its script is nobody else's)."""
-    misp = HostileMisp(tmp_path, api_key=API_KEY, attributes=[attribute(BASE[0])])
-    misp.start()
-    yield misp
-    misp.stop()
+    with HostileMisp(tmp_path, api_key=API_KEY, attributes=[attribute(BASE[0])]) as misp:
+        yield misp
 
 
 @pytest.mark.parametrize("kind", ["hang", "trickle"])
@@ -456,89 +407,6 @@ async def test_endless_body_over_real_sockets_stops_at_the_cap(
 # -- TLS with a certificate from a trusted authority --------------------------------------
 
 
-def _authority(directory: Path) -> tuple[Any, Any, Path]:
-    """A certificate authority: its key, its certificate, and the PEM file to trust."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "misp-dns test authority")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=10))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    trusted = directory / "authority.pem"
-    trusted.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    return key, certificate, trusted
-
-
-def _issued(
-    directory: Path, authority: tuple[Any, Any, Path], name: str, *, expired: bool = False
-) -> Path:
-    """A key and a certificate for `name` (an IP address or a host name) signed by
-    `authority`, in one PEM file; `expired` makes it a month out of date."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    ca_key, ca_certificate, _ = authority
-    key = ec.generate_private_key(ec.SECP256R1())
-    try:
-        alternative: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        alternative = x509.DNSName(name)
-    now = datetime.datetime.now(datetime.UTC)
-    start = now - datetime.timedelta(days=60 if expired else 1)
-    end = now - datetime.timedelta(days=30) if expired else now + datetime.timedelta(days=30)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.SubjectAlternativeName([alternative]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    path = directory / f"{name}{'-expired' if expired else ''}.pem"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        + certificate.public_bytes(serialization.Encoding.PEM)
-    )
-    return path
-
-
 @pytest.mark.parametrize(
     ("certified", "expired", "validation", "accepted"),
     [
@@ -561,31 +429,29 @@ def test_certificate_from_a_trusted_authority_must_also_be_for_misp_and_current(
     """With a certificate authority the server trusts (SSL_CERT_FILE), a MISP certificate
     for 127.0.0.1 is accepted; one for another name, or one out of date, is refused with a
     log line and the key is never sent; `disable_tls_validation = true` accepts them."""
-    authority = _authority(tmp_path)
-    monkeypatch.setenv("SSL_CERT_FILE", str(authority[2]))
+    authority = Authority.create(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(authority.trusted))
     (tmp_path / "misp").mkdir()
-    misp = MispStandIn(
+    with MispStandIn(
         tmp_path / "misp",
         api_key=API_KEY,
         attributes=[{"value": "tls-name.hostile.test"}],
-        tls_pem=_issued(tmp_path, authority, certified, expired=expired),
-    )
-    misp.start()
-    try:
+        tls_pem=authority.issue(tmp_path, certified, expired=expired),
+    ) as misp:
         process = _start(
             tmp_path / "server", unbound, misp.url, disable_tls_validation=not validation
         )
         try:
             if accepted:
                 wait_until(
-                    lambda: _is_blocked(process, "tls-name.hostile.test"), 15, 0.1, "blocking"
+                    lambda: is_blocked(process, "tls-name.hostile.test"), 15, 0.1, "blocking"
                 )
                 assert [r["status"] for r in misp.requests()][:1] == [200]
             else:
                 wait_until(
                     lambda: "update failed" in process.log_text(), 15, 0.1, "the refused fetch"
                 )
-                assert _is_forwarded(process, "tls-name.hostile.test")
+                assert is_forwarded(process, "tls-name.hostile.test")
                 assert misp.requests() == []
                 [refused] = [
                     line for line in process.log_text().splitlines() if "update failed" in line
@@ -594,5 +460,3 @@ def test_certificate_from_a_trusted_authority_must_also_be_for_misp_and_current(
                 assert "TLS failed" in refused and "gave up" not in refused, refused
         finally:
             process.stop()
-    finally:
-        misp.stop()

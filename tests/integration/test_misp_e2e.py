@@ -25,12 +25,18 @@ from conftest import free_port
 
 from misp_dns.intel.normalize import InvalidIndicator, normalize_name
 
+from .certificates import self_signed
 from .misp_stand_in import (
     MispStandIn,
     ask_many,
     blocked_problems,
+    blocks_throughout_until,
     forwarded_problems,
+    is_blocked,
+    key_file,
+    misp_policy,
     no_server_tracebacks,  # noqa: F401  (an autouse fixture)
+    report,
     start_misp_dns,
 )
 from .net import wait_until
@@ -45,30 +51,12 @@ TTL = 30
 DAY = 86400
 
 
-def _report(indicator: str) -> str:
-    return f"source={SOURCE};domain={indicator}"
-
-
-def _misp_policy(stand_in: MispStandIn, key_file: Path, **options: Any) -> dict[str, Any]:
-    return {
-        "type": "misp",
-        "server_url": stand_in.url,
-        "api_key_file": str(key_file),
-        "max_ioc_age": "3650d",
-        "pagination_limit": 5000,
-        "update_interval": "1h",
-    } | options
-
-
-def _key_file(directory: Path, key: str = API_KEY) -> Path:
-    path = directory / "misp.key"
-    path.write_text(key + "\n")
-    return path
-
-
-def _is_blocked(process: MispDnsProcess, name: str, indicator: str | None = None) -> bool:
-    response = ask_udp(make_query(name, "A", edns=0), process.address)
-    return not blocked_problems(response, name, _report(indicator or name.rstrip(".")))
+def _misp_policy(
+    stand_in: MispStandIn, directory: Path, *, key: str = API_KEY, **options: Any
+) -> dict[str, Any]:
+    """A `misp` policy on `stand_in` with `key` in a key file in `directory`."""
+    path = key_file(directory, key)
+    return misp_policy(stand_in.url, path, pagination_limit=5000, update_interval="1h") | options
 
 
 def _require_feed() -> None:
@@ -106,10 +94,8 @@ def feed_domains() -> dict[str, str]:
 def feed_misp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MispStandIn]:
     """A MISP stand-in holding the whole real feed (61,070 attributes)."""
     _require_feed()
-    stand_in = MispStandIn(tmp_path_factory.mktemp("feed-misp"), api_key=API_KEY, feed=FEED)
-    stand_in.start()
-    yield stand_in
-    stand_in.stop()
+    with MispStandIn(tmp_path_factory.mktemp("feed-misp"), api_key=API_KEY, feed=FEED) as stand_in:
+        yield stand_in
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +107,11 @@ def feed_server(
 ) -> Iterator[MispDnsProcess]:
     """misp-dns with one `misp` policy on the stand-in, once the feed is blocked."""
     workdir = tmp_path_factory.mktemp("feed-server")
-    policy = _misp_policy(feed_misp, _key_file(workdir))
+    policy = _misp_policy(feed_misp, workdir)
     started = time.monotonic()
     process = start_misp_dns(workdir, unbound.address, [policy], port=free_port())
     last = list(feed_domains)[-1]
-    wait_until(lambda: _is_blocked(process, last), 60, 0.1, "the feed blocked")
+    wait_until(lambda: is_blocked(process, last), 60, 0.1, "the feed blocked")
     print(f"\n60k feed: first blocked answer {time.monotonic() - started:.2f} s after start")
     yield process
     process.stop()
@@ -147,7 +133,7 @@ def _feed_answer_problems(batch: list[_Asked]) -> list[str]:
         except Exception as error:  # any dnspython error: a malformed reply
             failures.append(f"{name}: malformed reply ({error!r})")
             continue
-        problems = blocked_problems(response, name, _report(name), qtype=qtype, edns=edns)
+        problems = blocked_problems(response, name, report(name), qtype=qtype, edns=edns)
         if response.id != qid:
             problems.append(f"id {response.id} for query {qid}")
         if problems:
@@ -196,7 +182,7 @@ def test_txt_queries_get_the_blocking_report(
         edns = None if index % 2 else 0
         ask = ask_tcp if index % 5 == 0 else ask_udp
         response = ask(make_query(name, "TXT", edns=edns), feed_server.address)
-        assert blocked_problems(response, name, _report(name), qtype="TXT", edns=edns == 0) == []
+        assert blocked_problems(response, name, report(name), qtype="TXT", edns=edns == 0) == []
 
 
 def test_subdomains_of_feed_domains_are_blocked(
@@ -209,7 +195,7 @@ def test_subdomains_of_feed_domains_are_blocked(
     failures = []
     for name, parent, wire in zip(names, sample, replies, strict=True):
         problems = (
-            ["no reply"] if wire is None else blocked_problems(parse(wire), name, _report(parent))
+            ["no reply"] if wire is None else blocked_problems(parse(wire), name, report(parent))
         )
         if problems:
             failures.append(f"{name}: {problems}")
@@ -236,13 +222,13 @@ def test_messy_feed_values_are_normalised(
         assert feed_domains.get(clean) == raw, f"{raw!r} is not in the feed as expected"
         for asked in (clean, clean.upper(), f"WWW.{clean.swapcase()}"):
             response = ask_udp(make_query(asked, "A", edns=0), feed_server.address)
-            assert blocked_problems(response, asked, _report(clean)) == [], asked
+            assert blocked_problems(response, asked, report(clean)) == [], asked
             assert response.question[0].name.to_text() == asked + "."  # case kept
     # The Unicode form of a punycode name (dnspython encodes it) is blocked too.
     response = ask_udp(make_query("hataygüvenotomasyon.net", "A", edns=0), feed_server.address)
     assert (
         blocked_problems(
-            response, "xn--hataygvenotomasyon-r6b.net", _report("xn--hataygvenotomasyon-r6b.net")
+            response, "xn--hataygvenotomasyon-r6b.net", report("xn--hataygvenotomasyon-r6b.net")
         )
         == []
     )
@@ -283,14 +269,12 @@ def _rules_attributes(now: float) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def rules_misp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MispStandIn]:
     """A MISP stand-in holding a dozen attributes, one per rule."""
-    stand_in = MispStandIn(
+    with MispStandIn(
         tmp_path_factory.mktemp("rules-misp"),
         api_key=API_KEY,
         attributes=_rules_attributes(time.time()),
-    )
-    stand_in.start()
-    yield stand_in
-    stand_in.stop()
+    ) as stand_in:
+        yield stand_in
 
 
 @pytest.fixture(scope="module")
@@ -301,10 +285,10 @@ def rules_server(
     workdir = tmp_path_factory.mktemp("rules-server")
     policies = [
         {"type": "allowlist", "domains": [RULES_ALLOWED]},
-        _misp_policy(rules_misp, _key_file(workdir), max_ioc_age="365d"),
+        _misp_policy(rules_misp, workdir, max_ioc_age="365d"),
     ]
     process = start_misp_dns(workdir, unbound.address, policies, port=free_port())
-    wait_until(lambda: _is_blocked(process, "fresh.test"), 20, 0.1, "the rules loaded")
+    wait_until(lambda: is_blocked(process, "fresh.test"), 20, 0.1, "the rules loaded")
     yield process
     process.stop()
 
@@ -315,7 +299,7 @@ def monitor_server(
 ) -> Iterator[MispDnsProcess]:
     """misp-dns in monitor mode (`enable_blocking = false`), once it has fetched MISP."""
     workdir = tmp_path_factory.mktemp("monitor-server")
-    policy = _misp_policy(rules_misp, _key_file(workdir), max_ioc_age="365d", enable_blocking=False)
+    policy = _misp_policy(rules_misp, workdir, max_ioc_age="365d", enable_blocking=False)
     process = start_misp_dns(workdir, unbound.address, [policy], port=free_port())
     wait_until(
         lambda: f"{SOURCE}: kept" in process.log_text(), 20, 0.1, "the monitor's first fetch"
@@ -337,7 +321,7 @@ def test_hostname_blocks_the_exact_name_only(rules_server: MispDnsProcess) -> No
     """A `hostname` indicator blocks that name, in any case, and not the names below it."""
     for asked in ("www.test", "WWW.Test"):
         response = ask_udp(make_query(asked, "A", edns=0), rules_server.address)
-        assert blocked_problems(response, asked, _report("www.test")) == []
+        assert blocked_problems(response, asked, report("www.test")) == []
     _assert_forwarded(rules_server, "sub.www.test")
 
 
@@ -350,7 +334,7 @@ def test_domain_indicators_block_their_subdomains(rules_server: MispDnsProcess) 
         ("x.pair.test", "pair.test"),
     ]:
         response = ask_udp(make_query(asked, "A", edns=0), rules_server.address)
-        assert blocked_problems(response, asked, _report(indicator)) == [], asked
+        assert blocked_problems(response, asked, report(indicator)) == [], asked
     _assert_forwarded(rules_server, "notblocked-domain.test")  # a label boundary matters
 
 
@@ -367,7 +351,7 @@ def test_messy_values_are_normalised(rules_server: MispDnsProcess) -> None:
         ("www.xn--bcher-kva.test", "xn--bcher-kva.test"),
     ]:
         response = ask_udp(make_query(asked, "A", edns=0), rules_server.address)
-        assert blocked_problems(response, asked, _report(indicator)) == [], asked
+        assert blocked_problems(response, asked, report(indicator)) == [], asked
     _assert_forwarded(rules_server, "1.2.0.192.test")
 
 
@@ -385,7 +369,7 @@ def test_deleted_not_to_ids_and_stale_attributes_are_not_blocked(
     max_ioc_age are not blocked; a `last_seen` within max_ioc_age is."""
     for name in ("deleted.test", "notids.test", "stale.test", "oldstamp.test"):
         _assert_forwarded(rules_server, name)
-    assert _is_blocked(rules_server, "fresh.test")
+    assert is_blocked(rules_server, "fresh.test")
 
 
 def test_monitor_mode_resolves_normally(monitor_server: MispDnsProcess) -> None:
@@ -407,7 +391,7 @@ def test_answer_options_ttl_txt_report_and_ede(
     `add_extended_dns_error = false` the OPT carries no EDE."""
     policy = _misp_policy(
         rules_misp,
-        _key_file(tmp_path),
+        tmp_path,
         max_ioc_age="365d",
         blocking_answer_ttl=600,
         allow_txt_blocking_report=False,
@@ -421,7 +405,7 @@ def test_answer_options_ttl_txt_report_and_ede(
             # Without the TXT report a TXT query gets the NXDOMAIN answer like any other.
             response = ask_udp(make_query(name, qtype, edns=0), process.address)
             return blocked_problems(
-                response, name, _report(name), qtype=qtype, txt_report=False, ttl=600, ede=False
+                response, name, report(name), qtype=qtype, txt_report=False, ttl=600, ede=False
             )
 
         wait_until(lambda: not problems("A"), 20, 0.1, "blocking")
@@ -440,20 +424,16 @@ def test_restart_with_misp_down_blocks_from_the_disk_cache_within_2s(
     """After a restart while MISP is unreachable, misp-dns blocks the last fetched feed
     (60k names) from its disk cache within 2 s of being started."""
     (tmp_path / "misp").mkdir()
-    stand_in = MispStandIn(tmp_path / "misp", api_key=API_KEY, feed=FEED)
-    stand_in.start()
     state = tmp_path / "state"
-    policy = _misp_policy(stand_in, _key_file(tmp_path))
     names = list(feed_domains)
     probe = names[len(names) // 2]
-    try:
+    with MispStandIn(tmp_path / "misp", api_key=API_KEY, feed=FEED) as stand_in:
+        policy = _misp_policy(stand_in, tmp_path)
         first = start_misp_dns(
             tmp_path / "first", unbound.address, [policy], port=free_port(), state_dir=state
         )
-        wait_until(lambda: _is_blocked(first, probe), 60, 0.1, "the first fetch")
+        wait_until(lambda: is_blocked(first, probe), 60, 0.1, "the first fetch")
         first.stop()
-    finally:
-        stand_in.stop()
     assert list(state.glob("*.snapshot")), "no snapshot was saved"
 
     port = free_port()
@@ -462,14 +442,14 @@ def test_restart_with_misp_down_blocks_from_the_disk_cache_within_2s(
         tmp_path / "second", unbound.address, [policy], port=port, state_dir=state, probe=probe
     )
     try:
-        wait_until(lambda: _is_blocked(second, probe), 10, 0.01, "blocking after the restart")
+        wait_until(lambda: is_blocked(second, probe), 10, 0.01, "blocking after the restart")
         elapsed = time.monotonic() - started
         print(f"\nrestart with MISP down: first blocked answer {elapsed:.2f} s after start")
         assert elapsed < 2.0
         sample = names[::500]
         replies = ask_many(second.address, [make_query(n, "A", edns=0) for n in sample])
         for name, wire in zip(sample, replies, strict=True):
-            assert wire is not None and blocked_problems(parse(wire), name, _report(name)) == []
+            assert wire is not None and blocked_problems(parse(wire), name, report(name)) == []
     finally:
         second.stop()
 
@@ -486,7 +466,7 @@ def test_corrupt_cache_is_ignored_and_the_server_starts(
     policy = {
         "type": "misp",
         "server_url": unreachable,
-        "api_key_file": str(_key_file(tmp_path)),
+        "api_key_file": str(key_file(tmp_path, API_KEY)),
     }
     # Start once to learn the snapshot's file name, then corrupt it.
     stand_in = MispStandIn(tmp_path, api_key=API_KEY, attributes=[{"value": "cached.test"}])
@@ -495,7 +475,7 @@ def test_corrupt_cache_is_ignored_and_the_server_starts(
         first = start_misp_dns(
             tmp_path / "first", unbound.address, [policy], port=free_port(), state_dir=state
         )
-        wait_until(lambda: _is_blocked(first, "cached.test"), 20, 0.1, "the first fetch")
+        wait_until(lambda: is_blocked(first, "cached.test"), 20, 0.1, "the first fetch")
         first.stop()
     finally:
         stand_in.stop()
@@ -519,19 +499,19 @@ def test_corrupt_cache_is_ignored_and_the_server_starts(
 #: Seconds between fetches of the fault server (an undocumented but accepted "s" unit).
 FAULT_INTERVAL = "2s"
 FAULT_BASE = [f"base{i}.fault.test" for i in range(7)]  # three pages of three
+#: The names asked while a fault lasts: they must stay blocked throughout.
+FAULT_OLD = (FAULT_BASE[0], FAULT_BASE[-1])
 
 
 @pytest.fixture(scope="module")
 def fault_misp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MispStandIn]:
     """A MISP stand-in with seven names, served three per page."""
-    stand_in = MispStandIn(
+    with MispStandIn(
         tmp_path_factory.mktemp("fault-misp"),
         api_key=API_KEY,
         attributes=[{"value": name} for name in FAULT_BASE],
-    )
-    stand_in.start()
-    yield stand_in
-    stand_in.stop()
+    ) as stand_in:
+        yield stand_in
 
 
 @pytest.fixture(scope="module")
@@ -540,31 +520,11 @@ def fault_server(
 ) -> Iterator[MispDnsProcess]:
     """misp-dns refreshing every 2 s from `fault_misp`, three attributes per page."""
     workdir = tmp_path_factory.mktemp("fault-server")
-    policy = _misp_policy(
-        fault_misp, _key_file(workdir), update_interval=FAULT_INTERVAL, pagination_limit=3
-    )
+    policy = _misp_policy(fault_misp, workdir, update_interval=FAULT_INTERVAL, pagination_limit=3)
     process = start_misp_dns(workdir, unbound.address, [policy], port=free_port())
-    wait_until(lambda: _is_blocked(process, FAULT_BASE[-1]), 20, 0.1, "the first fetch")
+    wait_until(lambda: is_blocked(process, FAULT_BASE[-1]), 20, 0.1, "the first fetch")
     yield process
     process.stop()
-
-
-def _blocks_throughout_until(process: MispDnsProcess, new: str, timeout: float) -> float:
-    """Ask for the old names until `new` is blocked; every old answer must be blocked.
-
-    Returns how long `new` took to be blocked.
-    """
-    started = time.monotonic()
-    wrong: list[str] = []
-    while time.monotonic() - started < timeout:
-        for old in (FAULT_BASE[0], FAULT_BASE[-1]):
-            if not _is_blocked(process, old):
-                wrong.append(f"{old} at {time.monotonic() - started:.2f} s")
-        if _is_blocked(process, new):
-            assert not wrong, f"old names not blocked during the fault: {wrong}"
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"{new} not blocked within {timeout} s (old names wrong: {wrong})")
 
 
 def _statuses_since(stand_in: MispStandIn, since: int) -> list[Any]:
@@ -579,7 +539,7 @@ def test_5xx_burst_is_survived(fault_server: MispDnsProcess, fault_misp: MispSta
         script=[{"fault": "server_error", "status": 500}, {"fault": "server_error", "status": 503}],
         add=[{"value": "after-5xx.fault.test"}],
     )
-    took = _blocks_throughout_until(fault_server, "after-5xx.fault.test", 15)
+    took = blocks_throughout_until(fault_server, FAULT_OLD, "after-5xx.fault.test", 15)
     statuses = _statuses_since(fault_misp, since)
     assert statuses[:3] == [500, 503, 200], statuses
     assert "update failed" not in fault_server.log_text(limit=4000)
@@ -596,7 +556,7 @@ def test_garbage_page_fails_the_cycle_and_keeps_the_list(
     fault_misp.control(
         script=[None, {"fault": "garbage"}], add=[{"value": "after-garbage.fault.test"}]
     )
-    took = _blocks_throughout_until(fault_server, "after-garbage.fault.test", 15)
+    took = blocks_throughout_until(fault_server, FAULT_OLD, "after-garbage.fault.test", 15)
     requests = fault_misp.requests()[since:]
     assert [(r["page"], r["status"]) for r in requests[:3]] == [(1, 200), (2, 200), (1, 200)]
     log = fault_server.log_text(start=log_start)
@@ -612,7 +572,7 @@ def test_429_retry_after_is_honoured(fault_server: MispDnsProcess, fault_misp: M
         script=[{"fault": "rate_limited", "retry_after": "2"}],
         add=[{"value": "after-429.fault.test"}],
     )
-    _blocks_throughout_until(fault_server, "after-429.fault.test", 15)
+    blocks_throughout_until(fault_server, FAULT_OLD, "after-429.fault.test", 15)
     requests = fault_misp.requests()[since:]
     assert [r["status"] for r in requests[:2]] == [429, 200], requests
     gap = requests[1]["time"] - requests[0]["time"]
@@ -628,7 +588,7 @@ def test_bad_api_key_logs_one_clear_line_and_never_the_key(
     bad_key = "Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp9Oo8Nn7M"
     fault_misp.control(echo_key=True)
     since = len(fault_misp.requests())
-    policy = _misp_policy(fault_misp, _key_file(tmp_path, bad_key))
+    policy = _misp_policy(fault_misp, tmp_path, key=bad_key)
     process = start_misp_dns(tmp_path / "server", unbound.address, [policy], port=free_port())
     try:
         wait_until(lambda: "update failed" in process.log_text(), 15, 0.1, "the refused fetch")
@@ -653,12 +613,12 @@ def test_short_page_is_not_the_end(fault_server: MispDnsProcess, fault_misp: Mis
         hide_after_limit=FAULT_BASE[1:3], add=[{"value": "after-short-page.fault.test"}]
     )
     try:
-        _blocks_throughout_until(fault_server, "after-short-page.fault.test", 15)
-        assert _is_blocked(fault_server, FAULT_BASE[3])
+        blocks_throughout_until(fault_server, FAULT_OLD, "after-short-page.fault.test", 15)
+        assert is_blocked(fault_server, FAULT_BASE[3])
     finally:
         fault_misp.control(hide_after_limit=[])
     # What MISP filtered out is not blocked, until MISP serves it again.
-    wait_until(lambda: _is_blocked(fault_server, FAULT_BASE[1]), 10, 0.1, "unfiltered again")
+    wait_until(lambda: is_blocked(fault_server, FAULT_BASE[1]), 10, 0.1, "unfiltered again")
 
 
 def test_misp_down_keeps_the_list_and_recovers(
@@ -676,68 +636,28 @@ def test_misp_down_keeps_the_list_and_recovers(
             "a failed update",
         )
         for name in FAULT_BASE:
-            assert _is_blocked(fault_server, name), name
+            assert is_blocked(fault_server, name), name
     finally:
         fault_misp.start(port=fault_misp.port)
     fault_misp.control(add=[{"value": "after-down.fault.test"}])
-    _blocks_throughout_until(fault_server, "after-down.fault.test", 15)
+    blocks_throughout_until(fault_server, FAULT_OLD, "after-down.fault.test", 15)
     assert "Connection refused" in fault_server.log_text(start=log_start)
 
 
 # -- 5. TLS -------------------------------------------------------------------------------
 
 
-def _self_signed(path: Path) -> Path:
-    """A key and a self-signed certificate for 127.0.0.1, in one PEM file."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        + certificate.public_bytes(serialization.Encoding.PEM)
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def tls_misp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MispStandIn]:
     """A MISP stand-in over HTTPS with a self-signed certificate."""
     workdir = tmp_path_factory.mktemp("tls-misp")
-    stand_in = MispStandIn(
+    with MispStandIn(
         workdir,
         api_key=API_KEY,
         attributes=[{"value": "tls.test"}],
-        tls_pem=_self_signed(workdir / "server.pem"),
-    )
-    stand_in.start()
-    yield stand_in
-    stand_in.stop()
+        tls_pem=self_signed(workdir / "server.pem"),
+    ) as stand_in:
+        yield stand_in
 
 
 def test_tls_certificate_is_validated(
@@ -745,7 +665,7 @@ def test_tls_certificate_is_validated(
 ) -> None:
     """By default a MISP server whose certificate cannot be verified is not trusted: the
     update fails with a log line (no traceback) and nothing is blocked."""
-    policy = _misp_policy(tls_misp, _key_file(tmp_path))
+    policy = _misp_policy(tls_misp, tmp_path)
     process = start_misp_dns(tmp_path / "server", unbound.address, [policy], port=free_port())
     try:
         wait_until(lambda: "update failed" in process.log_text(), 15, 0.1, "the failed update")
@@ -762,10 +682,10 @@ def test_disable_tls_validation_accepts_the_certificate_and_warns(
 ) -> None:
     """With `disable_tls_validation = true` the self-signed server is used, and the log
     says at start that certificates are not checked."""
-    policy = _misp_policy(tls_misp, _key_file(tmp_path), disable_tls_validation=True)
+    policy = _misp_policy(tls_misp, tmp_path, disable_tls_validation=True)
     process = start_misp_dns(tmp_path / "server", unbound.address, [policy], port=free_port())
     try:
-        wait_until(lambda: _is_blocked(process, "tls.test"), 15, 0.1, "blocking over HTTPS")
+        wait_until(lambda: is_blocked(process, "tls.test"), 15, 0.1, "blocking over HTTPS")
         warnings = [
             line
             for line in process.log_text().splitlines()

@@ -18,21 +18,16 @@ from .conftest import IDLE_TIMEOUT, MAX_TCP
 from .net import ipv6_loopback_available
 from .server import MispDnsProcess
 from .unbound import MANY, MANY_COUNT, NXDOMAIN, SERVFAIL, WWW, WWW_A, WWW_AAAA
-from .wire import ask_tcp, ask_udp, make_query, parse, read_tcp_message, tcp_connect, tcp_frame
-
-
-def _closed_within(sock: socket.socket, timeout: float) -> float | None:
-    """Seconds until the peer closes `sock` (EOF or reset), or None if it stays open."""
-    start = time.monotonic()
-    sock.settimeout(timeout)
-    try:
-        data = sock.recv(1)
-    except ConnectionResetError:
-        return time.monotonic() - start
-    except TimeoutError:
-        return None
-    assert data == b"", f"unexpected data on an idle connection: {data!r}"
-    return time.monotonic() - start
+from .wire import (
+    ask_tcp,
+    ask_udp,
+    closed_within,
+    make_query,
+    parse,
+    read_tcp_message,
+    tcp_connect,
+    tcp_frame,
+)
 
 
 def test_pipelined_queries_on_one_connection_are_all_answered(server: MispDnsProcess) -> None:
@@ -85,7 +80,7 @@ def test_idle_connection_is_closed_after_the_idle_timeout(server: MispDnsProcess
     with tcp_connect(server.address) as sock:
         sock.sendall(tcp_frame(make_query(WWW, "A", qid=0x0C01).to_wire()))
         assert parse(read_tcp_message(sock)).id == 0x0C01
-        elapsed = _closed_within(sock, IDLE_TIMEOUT + 3)
+        elapsed = closed_within(sock, IDLE_TIMEOUT + 3)
     assert elapsed is not None, f"connection still open {IDLE_TIMEOUT + 3} s after its query"
     assert IDLE_TIMEOUT - 0.5 <= elapsed <= IDLE_TIMEOUT + 2
 
@@ -101,7 +96,7 @@ def test_connections_over_the_cap_are_closed(capped_server: MispDnsProcess) -> N
         with tcp_connect(capped_server.address) as extra:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 extra.sendall(tcp_frame(make_query(WWW, "A", qid=0x0DFF).to_wire()))
-            assert _closed_within(extra, 3) is not None, "the connection over the cap was served"
+            assert closed_within(extra, 3) is not None, "the connection over the cap was served"
         # The held connections keep working.
         held[0].sendall(tcp_frame(make_query(WWW, "A", qid=0x0D10).to_wire()))
         assert parse(read_tcp_message(held[0])).id == 0x0D10

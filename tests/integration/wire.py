@@ -25,6 +25,7 @@ __all__ = [
     "Address",
     "ask_tcp",
     "ask_udp",
+    "closed_within",
     "make_query",
     "parse",
     "read_tcp_message",
@@ -140,6 +141,21 @@ def read_tcp_message(sock: socket.socket, timeout: float = 3.0) -> bytes:
     deadline = time.monotonic() + timeout
     (length,) = struct.unpack("!H", _recv_exactly(sock, 2, deadline))
     return _recv_exactly(sock, length, deadline)
+
+
+def closed_within(sock: socket.socket, timeout: float) -> float | None:
+    """Seconds until the peer closes `sock` (EOF or reset), or None if it stays open that
+    long; data arriving instead fails with AssertionError."""
+    start = time.monotonic()
+    sock.settimeout(timeout)
+    try:
+        data = sock.recv(65535)
+    except ConnectionResetError:
+        return time.monotonic() - start
+    except TimeoutError:
+        return None
+    assert data == b"", f"unexpected data on an idle connection: {data!r}"
+    return time.monotonic() - start
 
 
 def tcp_exchange(
