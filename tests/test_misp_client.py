@@ -6,7 +6,9 @@ drives time with `task.Clock`, so backoff and timeouts are exercised without wai
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -305,8 +307,20 @@ def test_parsing_never_raises_and_accounts_for_every_attribute(items: list[objec
         Fault.json({"Attribute": []}),
         Fault.json([]),
         Fault(200, body=b'{"response": {"Attribute": [trunc'),
+        Fault(200, body=b'{"response": {"Attribute": [{"id": "1"}, {"id": '),
+        Fault(200, body=b'{"response": {"Attribute": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}}"),
+        Fault(200, body=b'{"response": {"Attribute": []}} {"more": 1}'),
     ],
-    ids=["html", "attribute-object", "no-response", "array", "truncated-json"],
+    ids=[
+        "html",
+        "attribute-object",
+        "no-response",
+        "array",
+        "truncated-json",
+        "truncated-after-an-attribute",
+        "nested-too-deep",
+        "trailing-data",
+    ],
 )
 def test_unusable_body_fails_the_fetch_without_retry(fault: Fault) -> None:
     """A body that is not JSON or not {"response": {"Attribute": [...]}} fails the fetch at once."""
@@ -315,6 +329,44 @@ def test_unusable_body_fails_the_fetch_without_retry(fault: Fault) -> None:
     client = client_for(fake)
     failure_of(client.fetch(), MispResponseError)
     assert len(fake.requests) == 1
+
+
+_PAGE = {
+    "response": {
+        "Attribute": [dict(a, Event={"id": "7"}) for a in fake_with(4).attributes]
+        + [{"type": "domain", "value": ["not", "a", "string"]}, "not an attribute"]
+    }
+}
+
+
+def _served_as(layout: Callable[[dict[str, Any]], bytes]) -> tuple[list[RawIndicator], Any]:
+    """The indicators and counts a client gets from `_PAGE` laid out by `layout`, then an
+    empty page."""
+    fake = fake_with(0)
+    fake.script(Fault(200, body=layout(_PAGE)), Fault.json({"response": []}))
+    client = client_for(fake)
+    return result_of(client.fetch()), client.last_stats
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda page: json.dumps(page, indent=2).encode(),
+        lambda page: json.dumps({"extra": [1, {"x": None}], **page}).encode(),
+        lambda page: b"\xef\xbb\xbf" + json.dumps(page).encode(),
+        lambda page: json.dumps(page, ensure_ascii=False).encode("utf-16"),
+    ],
+    ids=["indented", "other-keys-first", "utf-8-bom", "utf-16"],
+)
+def test_any_layout_of_a_page_gives_the_same_indicators(
+    layout: Callable[[dict[str, Any]], bytes],
+) -> None:
+    """Pages are read one attribute at a time, or whole when their layout needs it (a BOM,
+    UTF-16): either way, the same indicators as from the plain answer."""
+    plain, counts = _served_as(lambda page: json.dumps(page).encode())
+    assert len(plain) == 4
+    assert (counts.attributes, counts.malformed) == (6, {"value": 1, "attribute": 1})
+    assert _served_as(layout) == (plain, counts)
 
 
 @pytest.mark.parametrize("status", [401, 403])

@@ -26,7 +26,7 @@ import json
 import math
 import random
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -49,6 +49,7 @@ from misp_dns.intel.http import (
     status_message,
 )
 from misp_dns.intel.indicator import BLOCKING_TYPES, RawIndicator
+from misp_dns.intel.json_stream import array_elements
 from misp_dns.interfaces import IIndicatorSource
 
 if TYPE_CHECKING:
@@ -299,6 +300,27 @@ class _Page:
     counts: AttributeCounts
 
 
+_ATTRIBUTES_PATH = ("response", "Attribute")
+
+
+def _streamed_page(body: bytes) -> _Page | None:
+    """A 200 answer's page read one attribute at a time (see `json_stream`), or None when
+    it is not the usual `{"response": {"Attribute": [...]}}` in UTF-8."""
+    ids: list[object] = []
+
+    def attributes(text: str) -> Iterator[object]:
+        for item in array_elements(text, _ATTRIBUTES_PATH):
+            ids.append(item.get("id") if isinstance(item, Mapping) else None)
+            yield item
+
+    counts = AttributeCounts()
+    try:
+        indicators = parse_attributes(attributes(body.decode("utf-8")), counts)
+    except (ValueError, RecursionError):
+        return None
+    return _Page(len(ids), tuple(ids), indicators, counts)
+
+
 @implementer(IIndicatorSource)
 @attrs.define
 class MispClient:
@@ -435,10 +457,15 @@ class MispClient:
         )
         # Decoding and parsing are one step off the reactor thread, so the page's many
         # short-lived objects are gone before the reactor runs again (see `thread_runner`).
-        parsed: _Page = await self.run_blocking(lambda: self._parse_page(result, what, stats))
+        parsed: _Page = await self.run_blocking(lambda: self._parse_page(result, what))
         return parsed
 
-    def _parse_page(self, result: HttpResult, what: str, stats: FetchStats) -> _Page:
+    def _parse_page(self, result: HttpResult, what: str) -> _Page:
+        if result.status == 200:
+            streamed = _streamed_page(result.body)
+            if streamed is not None:
+                return streamed
+        # An error status, another shape or broken JSON: decoded whole, for its message.
         attributes = self._attributes_of(result, what)
         ids = tuple(a.get("id") if isinstance(a, Mapping) else None for a in attributes)
         counts = AttributeCounts()
@@ -471,7 +498,7 @@ class MispClient:
         else:
             try:
                 return _attribute_list(json.loads(result.body), what)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, RecursionError):
                 message = f"{what}: the body is not JSON: {excerpt(result.body, self._redact)}"
             except MispResponseError as exc:
                 message = str(exc)
