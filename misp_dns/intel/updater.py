@@ -29,6 +29,7 @@ from misp_dns.intel import store
 from misp_dns.intel.blocking import without_collection
 from misp_dns.intel.indicator import RawIndicator
 from misp_dns.intel.normalize import Tally, selected
+from misp_dns.intel.trim import release_free_memory
 from misp_dns.interfaces import IIndicatorSource
 from misp_dns.policy.domainset import DomainSet, DomainSetBuilder
 
@@ -200,6 +201,10 @@ class IndicatorUpdater(Service):
         self.cycles += 1
         self._running = None
         self._set_ready()
+        trimming = self.run_in_thread(release_free_memory)
+        trimming.addErrback(
+            lambda failure: self.log.failure("{label}: trimming memory", failure, label=self.label)
+        )
 
     def _schedule(self, delay: float) -> None:
         if self.running:
