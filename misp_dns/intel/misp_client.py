@@ -12,7 +12,9 @@ is too large fails with `MispResponseError`. Redirects are never followed, so th
 only ever sent to `server_url`. The key never appears in a log line, an error or a repr.
 
 Attributes are parsed defensively (`parse_attributes`): one of the wrong shape is skipped and
-counted in `FetchStats.malformed`; the rest of the page goes on. The HTTP client is injected
+counted in `FetchStats.malformed`; the rest of the page goes on. A page is decoded one
+attribute at a time (`json_stream`) in the same worker-thread step that parses it, so a big
+page never exists as a whole tree of Python objects. The HTTP client is injected
 (the `treq` module, an `HTTPClient` from `make_http_client`, or `treq.testing.StubTreq`), and
 so is the clock, so tests drive time with `twisted.internet.task.Clock`:
 
