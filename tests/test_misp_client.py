@@ -17,6 +17,7 @@ import pytest_twisted
 from conftest import unless_present
 from hypothesis import given
 from hypothesis import strategies as st
+from integration.certificates import self_signed
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -651,48 +652,29 @@ def test_the_real_feed_arrives_whole() -> None:
 
 @implementer(IOpenSSLContextFactory)
 class _ServerTLS:
-    """A server TLS context with a throwaway certificate for "localhost", trusted by nobody."""
+    """A server TLS context from a PEM file holding the key and then the certificate."""
 
-    def __init__(self) -> None:
-        import datetime
-
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
+    def __init__(self, pem: Path) -> None:
         from OpenSSL import SSL
 
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-            .sign(key, hashes.SHA256())
-        )
         self.context = SSL.Context(SSL.TLS_SERVER_METHOD)
-        self.context.use_certificate(certificate)
-        self.context.use_privatekey(key)
+        self.context.use_certificate_chain_file(str(pem))
+        self.context.use_privatekey_file(str(pem))
 
     def getContext(self) -> Any:
         return self.context
 
 
 @pytest_twisted.ensureDeferred
-async def test_tls_is_validated_unless_disabled() -> None:
+async def test_tls_is_validated_unless_disabled(tmp_path: Path) -> None:
     """A self-signed MISP is refused at once by default; with validation off it works, warned."""
     from twisted.internet import reactor
     from twisted.web.client import HTTPConnectionPool
     from twisted.web.server import Site
 
     fake = fake_with(2)
-    port = reactor.listenSSL(0, Site(fake), _ServerTLS(), interface="127.0.0.1")
+    tls = _ServerTLS(self_signed(tmp_path / "misp.pem", "localhost"))
+    port = reactor.listenSSL(0, Site(fake), tls, interface="127.0.0.1")
     url = f"https://localhost:{port.getHost().port}"
     try:
         pool = HTTPConnectionPool(reactor, persistent=False)
