@@ -222,6 +222,49 @@ def test_manifest_keys_must_be_uuids(feed_dir: Path, tmp_path: Path) -> None:
     assert source.last_stats.manifest_skipped == 2
 
 
+def _objects_first(event: dict[str, Any]) -> dict[str, Any]:
+    attributes = event.pop("Attribute")
+    half = len(attributes) // 2
+    return {
+        "Object": [{"Attribute": attributes[:half]}, {"name": "broken"}],
+        **event,
+        "Attribute": attributes[half:],
+    }
+
+
+def _context_last(event: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **{k: v for k, v in event.items() if k not in ("uuid", "info")},
+        "info": event["info"],
+        "uuid": event["uuid"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("layout", "indent"),
+    [(lambda e: e, None), (lambda e: e, 2), (_objects_first, None), (_context_last, None)],
+    ids=["as-written", "indented", "objects-first", "uuid-and-info-last"],
+)
+def test_every_layout_of_an_event_gives_what_a_whole_decode_gives(
+    feed_dir: Path, layout: Any, indent: int | None
+) -> None:
+    """Events are read one attribute at a time, or whole when their layout needs it; the
+    indicators and counts are the same either way (UTF-16 files are always read whole)."""
+    events = [p for p in feed_dir.glob("*.json") if p.name != "manifest.json"]
+    found = {}
+    for encoding in ("utf-8", "utf-16"):
+        for path in events:
+            document = json.loads(SMALL.joinpath(path.name).read_text())
+            document["Event"] = layout(document["Event"])
+            path.write_bytes(json.dumps(document, indent=indent).encode(encoding))
+        source = MispFeedSource(str(feed_dir))
+        indicators = result_of(source.fetch())
+        stats = source.last_stats
+        found[encoding] = (indicators, stats.attributes, stats.malformed)
+    assert len(found["utf-8"][0]) == 22
+    assert found["utf-8"] == found["utf-16"]
+
+
 def test_from_options_for_a_directory(feed_dir: Path) -> None:
     """A misp-feed table with a directory builds a source that needs no HTTP client."""
     source = MispFeedSource.from_options(MispFeedOptions(url=str(feed_dir)), Clock())

@@ -40,6 +40,7 @@ from misp_dns.intel.http import (
     make_http_client,
 )
 from misp_dns.intel.indicator import RawIndicator
+from misp_dns.intel.json_stream import object_members
 from misp_dns.intel.misp_client import AttributeCounts, parse_attributes
 from misp_dns.interfaces import IIndicatorSource
 
@@ -116,8 +117,18 @@ def _parse_manifest(data: bytes, where: str) -> tuple[dict[str, int | None], int
     return entries, skipped
 
 
+_CONTEXT_KEYS = ("id", "uuid", "info")
+
+
 def _parse_event(data: bytes, event_uuid: str, timestamp: int | None) -> _Event:
-    """One event file into its indicators (pure; safe to run in a thread)."""
+    """One event file into its indicators (pure; safe to run in a thread).
+
+    Read one attribute at a time when the event is laid out as MISP writes it (`id`, `uuid`
+    and `info` before the attributes); otherwise, or for a broken file, decoded whole.
+    """
+    streamed = _streamed_event(data, event_uuid, timestamp)
+    if streamed is not None:
+        return streamed
     try:
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError):
@@ -144,6 +155,39 @@ def _parse_event(data: bytes, event_uuid: str, timestamp: int | None) -> _Event:
     }
     indicators = parse_attributes(items, counts, event=context)
     return _Event(timestamp, tuple(indicators), counts)
+
+
+def _streamed_event(data: bytes, event_uuid: str, timestamp: int | None) -> _Event | None:
+    context: dict[str, object] = {"id": "", "uuid": None, "info": ""}
+    counts = AttributeCounts()
+    direct: list[RawIndicator] = []
+    in_objects: list[RawIndicator] = []
+    started = False
+    try:
+        members = object_members(data.decode("utf-8"), ("Event",), ("Attribute", "Object"))
+        for key, value in members:
+            if key in _CONTEXT_KEYS:
+                if started:
+                    return None  # the attributes came first: they need this context
+                context[key] = value
+                continue
+            if key not in ("Attribute", "Object"):
+                continue
+            if not started:
+                started = True
+                context["uuid"] = context["uuid"] or event_uuid
+            if key == "Attribute":
+                direct.extend(parse_attributes((value,), counts, event=context))
+                continue
+            inner = value.get("Attribute", []) if isinstance(value, Mapping) else None
+            if isinstance(inner, list):
+                in_objects.extend(parse_attributes(inner, counts, event=context))
+            else:
+                counts.malformed["Object"] = counts.malformed.get("Object", 0) + 1
+    except (ValueError, RecursionError):
+        return None
+    # The whole-file reading parses the event's own attributes before its objects' ones.
+    return _Event(timestamp, (*direct, *in_objects), counts)
 
 
 @implementer(IIndicatorSource)
