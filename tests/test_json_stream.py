@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from misp_dns.intel.json_stream import NotStreamable, array_elements
+from misp_dns.intel.json_stream import NotStreamable, array_elements, object_members
 
 PATH = ("response", "Attribute")
 
@@ -83,3 +83,33 @@ def test_broken_json_inside_an_element_is_a_decode_error() -> None:
     assert next(elements) == {"id": "1"}
     with pytest.raises(json.JSONDecodeError):
         next(elements)
+
+
+@given(st.dictionaries(st.text(max_size=8), values, max_size=6), st.sampled_from([None, 1]))
+def test_object_members_give_the_members_json_loads_gives(
+    members: dict[str, Any], indent: int | None
+) -> None:
+    """A feed event's members come in document order, the streamed arrays element by element."""
+    streamed = {key for key, value in members.items() if isinstance(value, list)}
+    text = json.dumps({"Event": members}, indent=indent)
+    expected = [
+        (key, element)
+        for key, value in json.loads(text)["Event"].items()
+        for element in (value if key in streamed else [value])
+    ]
+    assert list(object_members(text, ("Event",), streamed)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"Event": {"Attribute": null}}', "expected '\\['"),
+        ('{"Event": {"info": "a", "info": "b"}}', "repeated"),
+        ('{"Event": []}', "expected '{'"),
+        ('{"event": {}}', "no key 'Event'"),
+    ],
+)
+def test_events_of_other_shapes_are_left_to_json_loads(text: str, reason: str) -> None:
+    """A streamed member that is not an array, a repeated key, no Event: refused."""
+    with pytest.raises(NotStreamable, match=reason):
+        list(object_members(text, ("Event",), {"Attribute"}))
