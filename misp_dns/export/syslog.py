@@ -102,6 +102,8 @@ DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
 APP_NAME = "misp-dns"
 #: The largest UDP payload over IPv4; longer messages are dropped and counted.
 MAX_DATAGRAM = 65507
+#: Stream writes are grouped up to about this many bytes.
+WRITE_CHUNK = 64 * 1024
 CONNECT_TIMEOUT = 10.0
 #: A connection that lasted this long (seconds) resets the reconnection delay.
 STABLE_CONNECTION = 10.0
@@ -341,9 +343,7 @@ class StreamSender:
     """Sends octet-counted messages over one TCP or TLS connection, reconnecting as needed.
 
     Messages wait in a backlog of at most `max_queue` while the connection is down or pushed
-    back; the newest beyond that are dropped and counted. The backlog holds each `send()`'s
-    frames joined into one bytes object: an outage at thousands of records per second then
-    leaves a few large blocks for the allocator to take back, not one small one per record.
+    back; the newest beyond that are dropped and counted.
     """
 
     log = Logger()
@@ -369,8 +369,7 @@ class StreamSender:
         self.dropped = 0
         self.sent = 0
         self.connections = 0
-        self._backlog: deque[tuple[bytes, int]] = deque()  # (frames, how many)
-        self._queued = 0
+        self._backlog: deque[bytes] = deque()
         self._protocol: _StreamProtocol | None = None
         self._paused = False
         self._delay = initial_delay
@@ -387,7 +386,7 @@ class StreamSender:
         return self._protocol is not None
 
     def __len__(self) -> int:
-        return self._queued
+        return len(self._backlog)
 
     def start(self) -> None:
         """Connect (in the background; messages wait in the backlog meanwhile)."""
@@ -396,15 +395,12 @@ class StreamSender:
 
     def send(self, messages: Sequence[bytes]) -> None:
         """Queue the messages, framed; write what the connection takes now."""
-        room = self.max_queue - self._queued
+        backlog = self._backlog
+        room = self.max_queue - len(backlog)
         if room < len(messages):
             self.dropped += len(messages) - max(room, 0)
             messages = messages[: max(room, 0)]
-        if messages:
-            self._backlog.append(
-                (b"".join(b"%d %s" % (len(m), m) for m in messages), len(messages))
-            )
-            self._queued += len(messages)
+        backlog.extend(b"%d %s" % (len(m), m) for m in messages)
         if self._protocol is not None and not self._paused:
             self._pump()
 
@@ -412,10 +408,14 @@ class StreamSender:
         backlog = self._backlog
         protocol = self._protocol
         while backlog and protocol is not None and not self._paused:
-            frames, count = backlog.popleft()
-            self._queued -= count
-            self.sent += count
-            protocol.transport.write(frames)  # type: ignore[union-attr]
+            chunk: list[bytes] = []
+            size = 0
+            while backlog and size < WRITE_CHUNK:
+                frame = backlog.popleft()
+                chunk.append(frame)
+                size += len(frame)
+            self.sent += len(chunk)
+            protocol.transport.write(b"".join(chunk))  # type: ignore[union-attr]
             protocol = self._protocol
 
     def _connect(self) -> None:
@@ -488,9 +488,8 @@ class StreamSender:
             self._attempt.cancel()
             self._attempt = None
         if self._protocol is None:
-            self.dropped += self._queued
+            self.dropped += len(self._backlog)
             self._backlog.clear()
-            self._queued = 0
             return None
         return self._close_connection()
 
@@ -510,10 +509,9 @@ class StreamSender:
 
     def _pump_all(self, protocol: _StreamProtocol) -> None:
         if self._backlog:
-            self.sent += self._queued
-            protocol.transport.write(b"".join(frames for frames, _ in self._backlog))  # type: ignore[union-attr]
+            self.sent += len(self._backlog)
+            protocol.transport.write(b"".join(self._backlog))  # type: ignore[union-attr]
             self._backlog.clear()
-            self._queued = 0
 
 
 @implementer(ISink)
