@@ -25,11 +25,11 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from misp_dns.allocator import release_free_memory
 from misp_dns.intel import store
 from misp_dns.intel.blocking import without_collection
 from misp_dns.intel.indicator import RawIndicator
 from misp_dns.intel.normalize import Tally, selected
-from misp_dns.intel.trim import release_free_memory
 from misp_dns.interfaces import IIndicatorSource
 from misp_dns.policy.domainset import DomainSet, DomainSetBuilder
 
