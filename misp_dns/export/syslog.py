@@ -36,7 +36,6 @@ import os
 import re
 import socket
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,6 +51,7 @@ from zope.interface import implementer
 from misp_dns.config import ConfigError, FieldError
 from misp_dns.export.options import SinkOptions, one_of
 from misp_dns.export.record import QueryRecord, encode_record
+from misp_dns.export.spool import FrameSpool
 from misp_dns.interfaces import ISink
 from misp_dns.registry import BuildContext, PluginType
 
@@ -102,8 +102,6 @@ DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
 APP_NAME = "misp-dns"
 #: The largest UDP payload over IPv4; longer messages are dropped and counted.
 MAX_DATAGRAM = 65507
-#: Stream writes are grouped up to about this many bytes.
-WRITE_CHUNK = 64 * 1024
 CONNECT_TIMEOUT = 10.0
 #: A connection that lasted this long (seconds) resets the reconnection delay.
 STABLE_CONNECTION = 10.0
@@ -343,7 +341,8 @@ class StreamSender:
     """Sends octet-counted messages over one TCP or TLS connection, reconnecting as needed.
 
     Messages wait in a backlog of at most `max_queue` while the connection is down or pushed
-    back; the newest beyond that are dropped and counted.
+    back; the newest beyond that are dropped and counted. The backlog is a `FrameSpool`, so
+    the memory an outage took goes back to the system once its records are delivered.
     """
 
     log = Logger()
@@ -369,7 +368,7 @@ class StreamSender:
         self.dropped = 0
         self.sent = 0
         self.connections = 0
-        self._backlog: deque[bytes] = deque()
+        self._backlog = FrameSpool()
         self._protocol: _StreamProtocol | None = None
         self._paused = False
         self._delay = initial_delay
@@ -400,7 +399,8 @@ class StreamSender:
         if room < len(messages):
             self.dropped += len(messages) - max(room, 0)
             messages = messages[: max(room, 0)]
-        backlog.extend(b"%d %s" % (len(m), m) for m in messages)
+        for message in messages:
+            backlog.append(message)
         if self._protocol is not None and not self._paused:
             self._pump()
 
@@ -408,14 +408,9 @@ class StreamSender:
         backlog = self._backlog
         protocol = self._protocol
         while backlog and protocol is not None and not self._paused:
-            chunk: list[bytes] = []
-            size = 0
-            while backlog and size < WRITE_CHUNK:
-                frame = backlog.popleft()
-                chunk.append(frame)
-                size += len(frame)
-            self.sent += len(chunk)
-            protocol.transport.write(b"".join(chunk))  # type: ignore[union-attr]
+            data, frames = backlog.take()
+            self.sent += frames
+            protocol.transport.write(data)  # type: ignore[union-attr]
             protocol = self._protocol
 
     def _connect(self) -> None:
@@ -488,8 +483,7 @@ class StreamSender:
             self._attempt.cancel()
             self._attempt = None
         if self._protocol is None:
-            self.dropped += len(self._backlog)
-            self._backlog.clear()
+            self.dropped += self._backlog.clear()
             return None
         return self._close_connection()
 
@@ -509,9 +503,9 @@ class StreamSender:
 
     def _pump_all(self, protocol: _StreamProtocol) -> None:
         if self._backlog:
-            self.sent += len(self._backlog)
-            protocol.transport.write(b"".join(self._backlog))  # type: ignore[union-attr]
-            self._backlog.clear()
+            data, frames = self._backlog.take_all()
+            self.sent += frames
+            protocol.transport.write(data)  # type: ignore[union-attr]
 
 
 @implementer(ISink)
