@@ -46,6 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from integration.hostile_dns import rss_kib  # noqa: E402
 from integration.misp_stand_in import MispStandIn, write_config  # noqa: E402
 from integration.net import free_port, wait_until  # noqa: E402
 from integration.server import MispDnsProcess  # noqa: E402
@@ -69,13 +70,6 @@ def _tool(name: str) -> str:
     if found is None:
         sys.exit(f"soak: {name} is not installed (`make tools` installs it)")
     return found
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -383,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         wait_until(lambda: probe.rcode(blocked[0]) == 3, 120, 0.5, "the first fetch")
         first_fetch = time.monotonic() - started
-        rss_start = _rss_kib(process.pid)
+        rss_start = rss_kib(process.pid)
         counts = _query_file(workdir / "queries.txt", blocked)
         print(f"soak: first fetch after {first_fetch:.1f} s; RSS {rss_start / 1024:.1f} MiB")
 
@@ -429,13 +423,13 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(5)
             elapsed = time.monotonic() - started
             if process.running:
-                samples.append((round(elapsed, 1), _rss_kib(process.pid)))
+                samples.append((round(elapsed, 1), rss_kib(process.pid)))
             if rss_warm is None and elapsed - first_fetch >= warmup:
                 rss_warm = samples[-1][1]
                 print(f"soak: after the {warmup:.0f} s warm-up RSS {rss_warm / 1024:.1f} MiB")
         output = perf.communicate()[0]
         latency.stop()
-        rss_end = _rss_kib(process.pid)
+        rss_end = rss_kib(process.pid)
         receiver.settle()
         cpu = _cpu_seconds(process.pid) - cpu_start
         churn_stop.set()

@@ -8,7 +8,8 @@ import platform
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
+
+from integration.hostile_dns import rss_kib
 
 from misp_dns.allocator import release_free_memory
 
@@ -21,10 +22,7 @@ REQUIRES_GLIBC = (
 
 
 def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    return rss_kib(os.getpid()) / 1024
 
 
 def test_freed_pages_scattered_between_live_blocks_are_given_back() -> None:

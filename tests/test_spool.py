@@ -3,10 +3,11 @@ outage took given back to the system once they are delivered."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from hypothesis import given
 from hypothesis import strategies as st
+from integration.hostile_dns import rss_kib
 from test_syslog import frames, stream
 from twisted.internet.testing import StringTransport
 
@@ -64,10 +65,7 @@ class _DiscardingTransport(StringTransport):
 
 
 def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    return rss_kib(os.getpid()) / 1024
 
 
 def test_memory_held_during_an_outage_goes_back_once_delivered() -> None:
@@ -83,12 +81,7 @@ def test_memory_held_during_an_outage_goes_back_once_delivered() -> None:
     assert len(sender) == 30_000
     holding = _rss_mib()
     clock.advance(0.5)  # the receiver is back: the retry connects
-    factory, attempt = connector.attempts[-1]
-    protocol = factory.buildProtocol(None)
-    assert protocol is not None
-    transport = _DiscardingTransport()
-    protocol.makeConnection(transport)
-    attempt.callback(protocol)
+    _, transport = connector.succeed(_DiscardingTransport())
     delivered = _rss_mib()
     assert transport.received >= 30_000 * 600 and len(sender) == 0
     assert holding - delivered > 12, (holding, delivered)

@@ -263,11 +263,11 @@ class FakeConnector:
         self.attempts.append((factory, attempt))
         return attempt
 
-    def succeed(self) -> tuple[Protocol, StringTransport]:
+    def succeed(self, transport: StringTransport | None = None) -> tuple[Protocol, Any]:
         factory, attempt = self.attempts[-1]
         protocol = factory.buildProtocol(None)
         assert protocol is not None
-        transport = StringTransport()
+        transport = transport or StringTransport()
         protocol.makeConnection(transport)
         attempt.callback(protocol)
         return protocol, transport
