@@ -25,6 +25,7 @@ from misp_dns.intel.updater import IndicatorUpdater
 from misp_dns.interfaces import IPolicy
 from misp_dns.policy.allowlist import AllowlistOptions, AllowlistPolicy
 from misp_dns.policy.chain import PolicyChain
+from misp_dns.policy.decision import PolicyQuery
 from misp_dns.policy.misp import MISP_SOURCE, MispBlockingPolicy
 from misp_dns.policy.misp_options import MispOptions
 from misp_dns.testing import MemoryIndicatorSource
@@ -201,3 +202,27 @@ def test_only_class_in_is_blocked() -> None:
     response, _, upstream = ask([misp_policy(INDICATORS)], "evil.example", "TXT", rdclass="CH")
     assert response.rcode() == dns.rcode.NOERROR
     assert set(upstream.asked) == {b"evil.example"}
+
+
+def test_a_refresh_keeps_the_decisions_it_did_not_change() -> None:
+    """After a refresh, a name whose indicator is unchanged gets the very decision it had (no
+    garbage, warm memos); one whose indicator changed gets a decision that says the new."""
+    policy = misp_policy(list(INDICATORS))
+    updater, source = policy.updater, policy.updater.source
+    evil, host = PolicyQuery("www.evil.example", 1), PolicyQuery("host.example", 1)
+    before = policy.decide(evil), policy.decide(host)
+    assert before[0] is not None and before[0].provenance.event_info == "C2"
+    first = updater.snapshot
+
+    source.indicators = [
+        RawIndicator("evil.example", "domain", event_id="12", event_uuid="e-uuid", event_info="C2"),
+        RawIndicator("host.example", "hostname", attribute_uuid="a-uuid", event_info="moved"),
+        RawIndicator("new.example", "domain"),
+    ]
+    updater.update_now()
+    assert updater.snapshot is not first
+    after = policy.decide(evil), policy.decide(host)
+    assert after[0] is before[0]
+    assert after[1] is not None and after[1] != before[1]
+    assert after[1].provenance.event_info == "moved"
+    assert policy.decide(PolicyQuery("new.example", 1)) is not None

@@ -60,10 +60,14 @@ class MispBlockingPolicy:
         self.updater = updater
         self.service = updater
         # Decisions are immutable values, remembered per query name and per matched
-        # indicator of the current snapshot (a new snapshot starts afresh).
+        # indicator of the current snapshot. A new snapshot starts afresh, but a decision
+        # equal to one of the previous snapshot is that same object again: a refresh that
+        # changed little leaves behind little garbage, and the memos keyed by decision
+        # further down (blocked answers, EDE options, log fragments) stay warm.
         self._decided_for: DomainSet | None = None
         self._by_name: dict[str, Decision | None] = {}
         self._by_indicator: dict[str, Decision] = {}
+        self._previous: dict[str, Decision] = {}
 
     def decide(self, query: PolicyQuery) -> Decision | None:
         """BLOCK (or, in monitor mode, a not enforced BLOCK) for a listed name, else None.
@@ -74,6 +78,7 @@ class MispBlockingPolicy:
             return None
         snapshot = self.updater.snapshot
         if snapshot is not self._decided_for:
+            self._previous = self._by_indicator
             self._decided_for, self._by_name, self._by_indicator = snapshot, {}, {}
         by_name = self._by_name
         decision = by_name.get(query.name, _UNKNOWN)
@@ -91,7 +96,11 @@ class MispBlockingPolicy:
         if decision is None:
             if len(by_indicator) >= DECISION_MEMO:
                 by_indicator.clear()
-            decision = by_indicator[match.name] = self.decision(match)
+            decision = self.decision(match)
+            earlier = self._previous.get(match.name)
+            if earlier == decision:
+                decision = earlier
+            by_indicator[match.name] = decision
         return decision
 
     def decision(self, match: Match) -> Decision:
