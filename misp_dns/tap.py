@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from misp_dns import __version__
-from misp_dns.allocator import limit_arenas
+from misp_dns.allocator import configure_malloc
 from misp_dns.config import Config, ConfigError, load_config
 from misp_dns.dns.acl import ClientACL
 from misp_dns.dns.cache import AnswerCache
@@ -213,9 +213,9 @@ def makeService(options: Options) -> service.IService:
     """Called by twistd with the parsed options."""
     from twisted.internet import reactor
 
-    # Before any thread starts: the thread pool's workers then share the main arena
-    # instead of each keeping freed pages of its own (see misp_dns.allocator).
-    limit_arenas()
+    # Before any thread starts, so that the thread pool's workers share the main arena
+    # (see misp_dns.allocator for why memory would creep otherwise).
+    configure_malloc()
 
     return build_service(
         options["parsed"],

@@ -41,9 +41,9 @@ def test_freed_pages_scattered_between_live_blocks_are_given_back() -> None:
 _ARENAS = textwrap.dedent(
     """
     import ctypes, sys, threading
-    from misp_dns.allocator import limit_arenas
+    from misp_dns.allocator import configure_malloc
 
-    limited = limit_arenas() if sys.argv[1] == "limit" else None
+    applied = configure_malloc() if sys.argv[1] == "configure" else []
     held = []
     together = threading.Barrier(4)
 
@@ -59,37 +59,73 @@ _ARENAS = textwrap.dedent(
         thread.start()
     for thread in threads:
         thread.join()
-    print(limited)
+    print(",".join(applied))
     sys.stdout.flush()
     ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" section per arena, on stderr
     """
 )
 
 
-def _arenas(mode: str, **environment: str) -> tuple[str, int]:
-    done = subprocess.run(
-        [sys.executable, "-c", _ARENAS, mode],
+def _run(script: str, mode: str, **environment: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", script, mode],
         capture_output=True,
         text=True,
         timeout=60,
-        env={k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | environment,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | environment,
         check=True,
     )
+
+
+def _arenas(mode: str, **environment: str) -> tuple[str, int]:
+    done = _run(_ARENAS, mode, **environment)
     return done.stdout.strip(), done.stderr.count("Arena ")
 
 
-def test_worker_threads_share_one_arena_once_limited() -> None:
-    """Without the limit each worker thread grows an arena of its own; with it, one."""
+def test_worker_threads_share_one_arena_once_configured() -> None:
+    """Without it each worker thread grows an arena of its own; with it, there is one."""
     assert GLIBC, REQUIRES_GLIBC
-    _, unlimited = _arenas("default")
-    assert unlimited > 2
-    limited, arenas = _arenas("limit")
-    assert (limited, arenas) == ("True", 1)
+    _, default = _arenas("default")
+    assert default > 2
+    applied, arenas = _arenas("configure")
+    assert applied == "MALLOC_ARENA_MAX,MALLOC_MMAP_THRESHOLD_"
+    assert arenas == 1
 
 
 def test_an_operator_set_arena_limit_is_left_alone() -> None:
     """`MALLOC_ARENA_MAX` in the environment (a systemd `Environment=`) wins."""
     assert GLIBC, REQUIRES_GLIBC
-    limited, arenas = _arenas("limit", MALLOC_ARENA_MAX="3")
-    assert limited == "False"
+    applied, arenas = _arenas("configure", MALLOC_ARENA_MAX="3")
+    assert applied == "MALLOC_MMAP_THRESHOLD_"
     assert arenas == 3
+
+
+_LARGE_BLOCKS = textwrap.dedent(
+    """
+    import ctypes, sys
+    from misp_dns.allocator import configure_malloc
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd",
+            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    if sys.argv[1] == "configure":
+        configure_malloc()
+    page = bytes(4 << 20)  # a page body of a few MiB, freed once parsed
+    del page
+    mapped = libc.mallinfo2().hblks
+    arrays = [bytearray(300_000) for _ in range(8)]  # the next snapshot's arrays
+    print(libc.mallinfo2().hblks - mapped)
+    """
+)
+
+
+def test_large_blocks_keep_a_mapping_of_their_own_after_a_larger_one_was_freed() -> None:
+    """glibc would carve them from the heap once a block of a few MiB was freed; configured,
+    each still gets its own mapping, which goes back to the system when it is freed."""
+    assert GLIBC, REQUIRES_GLIBC
+    assert _run(_LARGE_BLOCKS, "default").stdout.strip() == "0"
+    assert _run(_LARGE_BLOCKS, "configure").stdout.strip() == "8"
