@@ -390,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
         threading.Thread(target=churn, daemon=True).start()
+        # dnsperf prints a line per timed-out query: into a file, since a pipe nobody reads
+        # until the end fills up and stalls it.
+        perf_output = (workdir / "dnsperf.txt").open("w+", encoding="utf-8")
         perf = subprocess.Popen(
             [
                 dnsperf,
@@ -410,9 +413,8 @@ def main(argv: list[str] | None = None) -> int:
                 "-c",
                 "4",
             ],
-            stdout=subprocess.PIPE,
+            stdout=perf_output,
             stderr=subprocess.STDOUT,
-            text=True,
         )
         latency = LatencyProbe(process.address)
         latency.start()
@@ -427,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
             if rss_warm is None and elapsed - first_fetch >= warmup:
                 rss_warm = samples[-1][1]
                 print(f"soak: after the {warmup:.0f} s warm-up RSS {rss_warm / 1024:.1f} MiB")
-        output = perf.communicate()[0]
+        perf_output.seek(0)
+        output = perf_output.read()
+        perf_output.close()
         latency.stop()
         rss_end = rss_kib(process.pid)
         receiver.settle()

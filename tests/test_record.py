@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -374,6 +376,54 @@ def test_reused_answer_lists_follow_the_age() -> None:
     for age in (0, 10, 10, 250, 0):
         event = attrs.evolve(cached, age=age)
         assert json.loads(make_record(event).line)["answers"][0]["recordTtl"] == max(0, 300 - age)
+
+
+def _cached_event_with_many_records(name: str, count: int = 40) -> Any:
+    records = tuple(
+        tdns.RRHeader(name.encode(), tdns.A, tdns.IN, 3600, tdns.Record_A(f"198.51.100.{i}"))
+        for i in range(count)
+    )
+    answer = Answer(tdns.OK, answers=records, kind=Kind.CACHED)
+    return event_for(request(name), answer)
+
+
+def _memory_kept_by(export: Any) -> int:
+    """The bytes still allocated after `export()` ran and its garbage was collected."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        export()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_cached_answer_served_for_an_hour_keeps_one_json_text() -> None:
+    """A 40-record answer served from the cache at every second of its hour does not
+    leave a copy of its 5 kB of JSON behind for each second (that was 16 MB)."""
+    cached = _cached_event_with_many_records("many.example")
+    make_record(cached)
+
+    def serve_for_an_hour() -> None:
+        for age in range(1, 3600):
+            line = make_record(attrs.evolve(cached, age=age)).line
+        assert json.loads(line)["answers"][0]["recordTtl"] == 1
+
+    assert _memory_kept_by(serve_for_an_hour) < 1 << 20
+
+
+def test_large_answers_in_the_json_memo_stay_within_its_budget() -> None:
+    """Thousands of distinct large answers exported: the memo of their JSON keeps a few MB,
+    not all of them (10 MB here)."""
+    events = [_cached_event_with_many_records(f"n{i}.example") for i in range(2000)]
+
+    def export_all() -> None:
+        for event in events:
+            make_record(event)
+
+    assert _memory_kept_by(export_all) < 6 << 20
 
 
 @given(

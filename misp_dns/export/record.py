@@ -523,7 +523,13 @@ _dumps = _encoder.encode
 # used only while it is that very object.
 _MEMO_SIZE = 8192
 _questions: dict[bytes, str] = {}
-_answer_lists: dict[tuple[int, int], tuple[Any, str]] = {}
+# The answer lists memo keeps one text per list of records, for the age it was last
+# served at: a cached entry ages a second at a time, and a text for every age would fill
+# the memo with near copies (a 40-record answer is 5 kB of JSON). It also stops at
+# _ANSWER_MEMO_CHARS characters, since one answer can be tens of kB.
+_answer_lists: dict[int, tuple[Any, int, str]] = {}
+_answer_chars = 0
+_ANSWER_MEMO_CHARS = 4 << 20
 _ede_lists: dict[tuple[tuple[int, str], ...], str] = {}
 _policies: dict[int, tuple[Any, str]] = {}
 _clients: dict[str, str] = {}
@@ -560,14 +566,26 @@ def _answers_json(event: QueryEvent) -> str:
         # Answers carried only as a packet (blocked): owned by this very question name.
         status = "Secure" if answer.authentic else "Disabled"
         return _dumps([_answer(rr, status, event.age) for rr in _answer_records(event)])
-    key = (id(records), event.age if not answer.authentic else -1 - event.age)
-    found = _answer_lists.get(key)
-    if found is not None and found[0] is records:
-        return found[1]
+    served_as = event.age if not answer.authentic else -1 - event.age
+    found = _answer_lists.get(id(records))
+    if found is not None and found[0] is records and found[1] == served_as:
+        return found[2]
     status = "Secure" if answer.authentic else "Disabled"
     text = _dumps([_answer(rr, status, event.age) for rr in records])
-    _remember(_answer_lists, key, (records, text))
+    _remember_answers(records, served_as, text)
     return text
+
+
+def _remember_answers(records: Any, served_as: int, text: str) -> None:
+    global _answer_chars
+    if len(_answer_lists) >= _MEMO_SIZE or _answer_chars + len(text) > _ANSWER_MEMO_CHARS:
+        _answer_lists.clear()
+        _answer_chars = 0
+    replaced = _answer_lists.get(id(records))
+    if replaced is not None:
+        _answer_chars -= len(replaced[2])
+    _answer_lists[id(records)] = (records, served_as, text)
+    _answer_chars += len(text)
 
 
 def _ede_json(ede: tuple[tuple[int, str], ...]) -> str:
