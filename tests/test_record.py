@@ -402,7 +402,7 @@ def _memory_kept_by(export: Any) -> int:
 
 def test_a_cached_answer_served_for_an_hour_keeps_one_json_text() -> None:
     """A 40-record answer served from the cache at every second of its hour does not
-    leave a copy of its 5 kB of JSON behind for each second (that was 16 MB)."""
+    leave a copy of its 5 kB of JSON behind for each second (that was 20 MB)."""
     cached = _cached_event_with_many_records("many.example")
     make_record(cached)
 
