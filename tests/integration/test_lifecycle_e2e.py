@@ -326,7 +326,10 @@ def test_sighup_rotates_the_log_and_reloads_policies_under_load(
     assert old and new
     both = old + new
     answered = set(load.answered_names)
-    assert len(both) == len(set(both)), "a record written twice"
+    # The load's names are unique; the test's own probes (waiting for the first fetch,
+    # checking the blocking) may ask one name more than once.
+    from_load = [name for name in both if name in answered]
+    assert len(from_load) == len(set(from_load)), "a record written twice"
     assert answered <= set(both), f"{len(answered - set(both))} answered, not recorded"
     print(
         f"\nSIGHUP under load: {load.sent} sent, {load.answered} answered, "
