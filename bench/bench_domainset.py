@@ -54,7 +54,7 @@ def _popular() -> list[str]:
 
 def _indicators(count: int, seed: int = 1) -> Iterator[Any]:
     """`count` RawIndicator values, made lazily, as the pages of a fetch would arrive."""
-    from misp_dns.intel.indicator import RawIndicator
+    from misp_dns.interfaces import RawIndicator
 
     rng = random.Random(seed)
     popular = _popular()
@@ -98,9 +98,9 @@ def _indicators(count: int, seed: int = 1) -> Iterator[Any]:
 
 def build(count: int, directory: Path) -> dict[str, Any]:
     """Normalise and build from lists in memory; save the snapshot and the query pools."""
+    from misp_dns.intel.domainset import DomainSet
     from misp_dns.intel.normalize import select
     from misp_dns.intel.store import save
-    from misp_dns.policy.domainset import DomainSet
 
     raws = list(_indicators(count))
     started = time.perf_counter()
@@ -137,8 +137,8 @@ def build(count: int, directory: Path) -> dict[str, Any]:
 def stream(count: int, directory: Path) -> dict[str, Any]:
     """A refresh as the updater can do it: attributes streamed through `selected` into
     `DomainSet.build`, never all held at once."""
+    from misp_dns.intel.domainset import DomainSet
     from misp_dns.intel.normalize import Tally, selected
-    from misp_dns.policy.domainset import DomainSet
 
     before = _memory("VmRSS")
     started = time.perf_counter()
@@ -236,7 +236,7 @@ def _table(sizes: list[int], columns: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Benchmark misp_dns.policy.domainset.")
+    parser = argparse.ArgumentParser(description="Benchmark misp_dns.intel.domainset.")
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--large", type=int, default=1_000_000)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)

@@ -191,17 +191,17 @@ def in_process(queries: int = 40_000, rounds: int = 5) -> float:
     from twisted.internet.task import Clock
     from twisted.names import dns as tdns
 
-    from misp_dns.config import HostPort
     from misp_dns.dns.acl import ClientACL
-    from misp_dns.dns.answer import Answer
     from misp_dns.dns.cache import AnswerCache
     from misp_dns.dns.forwarder import Forwarder
     from misp_dns.dns.resolver import ChainResolver
     from misp_dns.dns.server import Responder
+    from misp_dns.event import Answer
     from misp_dns.export.exporter import ExporterService, SinkSlot
     from misp_dns.export.jsonl import HangupSignal, JsonlSink
     from misp_dns.export.syslog import DatagramSender, SyslogFormatter, SyslogSink
     from misp_dns.policy.chain import PolicyChain
+    from misp_dns.values import HostPort
 
     class Feed:
         name = "feed"

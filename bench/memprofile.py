@@ -18,7 +18,7 @@ started here on the other CPUs), and reports:
 - with `--freeze`, the same after `gc.freeze()`: what the collector's pauses would be if the
   server moved its start-up objects out of its way.
 
-It uses the server's own classes (`build_policies` from `misp_dns.tap`) and changes
+It uses the server's own classes (`build_policies` from `misp_dns.build`) and changes
 nothing in them.
 """
 
@@ -184,9 +184,9 @@ def _standin(count: int, allowed: int) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def _policy(port: int, state_dir: str, reactor: Any) -> Any:
+    from misp_dns.build import build_policies
     from misp_dns.config import load_config
     from misp_dns.registry import default_registry
-    from misp_dns.tap import build_policies
 
     config_path = Path(state_dir) / "memprofile.toml"
     config_path.write_text(
@@ -229,7 +229,7 @@ def _malloc_trim() -> bool:
 
 
 def _count_objects() -> dict[str, int]:
-    from misp_dns.intel.indicator import RawIndicator
+    from misp_dns.interfaces import RawIndicator
 
     counts = {"RawIndicator": 0, "dict": 0, "all tracked": 0}
     for item in gc.get_objects():

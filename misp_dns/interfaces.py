@@ -1,14 +1,170 @@
-"""The seams of misp-dns: what a policy, an indicator source and an export sink promise.
+"""The extension contract of misp-dns: everything a policy, an indicator source or a sink needs.
 
-Third-party packages implement these to plug into the server; `misp_dns.testing` holds
-verified in-memory fakes of each.
+A third-party package imports this module and nothing else from misp-dns:
+
+- the seams, as zope interfaces: `IPolicy` (decides about a query), `IIndicatorSource`
+  (fetches indicators for a blocking policy) and `ISink` (receives query records);
+- the values they exchange: `PolicyQuery` and `Decision` (with `Action` and `Provenance`),
+  `RawIndicator`;
+- how a plugin is found and built: a `PluginType` named in one of the entry-point groups
+  `POLICY_GROUP`, `SOURCE_GROUP`, `SINK_GROUP`, built with a `BuildContext`;
+- what an options class uses to validate and to fail: `ConfigError`, `FieldError`,
+  `between`, `at_least`, `Duration`, and `BlockingOptions` (the base of a source's options).
+
+It sits at the bottom of the layers (see docs/architecture.md): it imports only
+`misp_dns.values`. `misp_dns.testing` holds verified in-memory fakes of each interface, and
+docs/extending.md walks through writing and installing a policy, a source and a sink.
 """
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IReactorPluggableNameResolver,
+    IReactorTCP,
+    IReactorThreads,
+    IReactorTime,
+    IReactorUDP,
+    IReactorUNIX,
+)
 from zope.interface import Attribute, Interface
 
-__all__ = ["IIndicatorSource", "IPolicy", "ISink"]
+from misp_dns.values import (
+    BlockingOptions,
+    ConfigError,
+    Duration,
+    FieldError,
+    ServerConfig,
+    at_least,
+    between,
+)
+
+__all__ = [
+    "EDE_BLOCKED",
+    "POLICY_GROUP",
+    "SINK_GROUP",
+    "SOURCE_GROUP",
+    "Action",
+    "BlockingOptions",
+    "BuildContext",
+    "ConfigError",
+    "Decision",
+    "Duration",
+    "FieldError",
+    "IIndicatorSource",
+    "IPolicy",
+    "IServerReactor",
+    "ISink",
+    "PluginType",
+    "PolicyQuery",
+    "Provenance",
+    "RawIndicator",
+    "at_least",
+    "between",
+]
+
+#: Entry-point group of policy types: `[[policy]] type = "<name>"`.
+POLICY_GROUP = "misp_dns.policies"
+#: Entry-point group of indicator sources; each becomes a blocking policy type of its name.
+SOURCE_GROUP = "misp_dns.sources"
+#: Entry-point group of sink types: `[[export]] type = "<name>"`.
+SINK_GROUP = "misp_dns.exporters"
+
+#: RFC 8914 INFO-CODE 15, "Blocked": the answer a blocking decision carries by default.
+EDE_BLOCKED = 15
+
+
+# --- The values policies work with ------------------------------------------------------
+
+
+class Action(enum.Enum):
+    """What a decision does to the query."""
+
+    BLOCK = "block"
+    ALLOW = "allow"
+
+
+@attrs.frozen
+class PolicyQuery:
+    """The question a policy decides on.
+
+    `name` is lower-case, without the trailing dot, in presentation form (IDNA labels as
+    punycode), for example "www.example.com".
+    """
+
+    name: str
+    qtype: int
+    qclass: int = 1
+    client: str = ""
+    transport: str = "udp"
+    edns: bool = False
+    dnssec_ok: bool = False
+
+
+@attrs.frozen
+class Provenance:
+    """Where a blocking indicator came from in MISP, for the query log."""
+
+    event_id: str = ""
+    event_uuid: str = ""
+    event_info: str = ""
+    attribute_uuid: str = ""
+
+
+@attrs.frozen(cache_hash=True)
+class Decision:
+    """A policy's verdict on a query and what the answer and the query log need to say it.
+
+    `enforced` is False in monitor mode: the query resolves normally and only the log shows
+    the decision. Decisions are compared and hashed as values, so a policy may hand back the
+    same decision object for many queries (the answer builders memoize on it).
+    """
+
+    action: Action
+    source: str
+    indicator: str = ""
+    report: str = ""
+    ttl: int = 30
+    ede_code: int | None = EDE_BLOCKED
+    add_txt_report: bool = True
+    add_ede: bool = True
+    enforced: bool = True
+    provenance: Provenance = attrs.field(factory=Provenance)
+
+    @property
+    def blocks(self) -> bool:
+        """True when the answer must be the synthesized blocked answer."""
+        return self.action is Action.BLOCK and self.enforced
+
+
+@attrs.frozen
+class RawIndicator:
+    """An attribute as a source hands it over; times are epoch seconds or None if unknown.
+
+    `type` is MISP's attribute type: `domain` blocks the name and every name below it,
+    `hostname` the name alone, `domain|ip` holds `<domain>|<ip>`; other types are counted
+    and ignored.
+    """
+
+    value: str
+    type: str
+    to_ids: bool = True
+    deleted: bool = False
+    timestamp: int | None = None
+    first_seen: float | None = None
+    last_seen: float | None = None
+    event_id: str = ""
+    event_uuid: str = ""
+    event_info: str = ""
+    attribute_uuid: str = ""
+
+
+# --- The seams ----------------------------------------------------------------------------
 
 
 class IPolicy(Interface):
@@ -16,10 +172,23 @@ class IPolicy(Interface):
 
     name = Attribute("The policy's type name, as written in the config's `type`.")
 
+    service = Attribute(
+        "An `IService` doing the policy's background work (fetching, refreshing), started"
+        " and stopped with the server; None for a policy that needs none."
+    )
+
     def decide(query):
         """Return a `Decision` or None for a `PolicyQuery`.
 
         Synchronous and free of side effects: it runs on every query, on the reactor thread.
+        """
+
+    def whenReady():
+        """Return a Deferred firing (with None) once the policy decides on real data.
+
+        A policy that loads indicators fires it after the first load (from its disk cache or
+        its source); one that needs nothing fires it at once. A reload waits for it before
+        the new chain takes over; `/readyz`-style checks read it too.
         """
 
 
@@ -40,11 +209,63 @@ class IIndicatorSource(Interface):
 class ISink(Interface):
     """Receives finished query records for export (a file, syslog, an HTTP collector)."""
 
+    dropped = Attribute(
+        "How many records the sink has lost so far (backlog full, destination down); the"
+        " exporter logs the growth of this count and never reads anything else of the sink."
+    )
+
     def start():
         """Open what the sink needs; return None or a Deferred."""
 
     def write(records):
-        """Take a batch of records (dicts); must not block or raise."""
+        """Take a batch of query records; must not block or raise.
+
+        Each record is a read-only mapping of the query record's fields whose `line`
+        attribute holds the finished compact JSON text (no newline).
+        """
 
     def stop():
         """Flush and close; return None or a Deferred."""
+
+
+class IServerReactor(
+    IReactorCore,
+    IReactorTime,
+    IReactorTCP,
+    IReactorUDP,
+    IReactorUNIX,
+    IReactorThreads,
+    IReactorPluggableNameResolver,
+):
+    """The reactor facets a plugin may use: timers, TCP, UDP, UNIX sockets, threads, DNS."""
+
+
+# --- How plugins are built ------------------------------------------------------------------
+
+
+@attrs.frozen
+class BuildContext:
+    """What a plugin factory may use: the reactor, the server settings and the state folder.
+
+    Tests pass a `twisted.internet.testing.MemoryReactorClock` (or a `task.Clock` where only
+    time is used) as `reactor`.
+    """
+
+    reactor: IServerReactor
+    server: ServerConfig
+    state_dir: str
+
+
+@attrs.frozen
+class PluginType:
+    """A named policy, source or sink type: its options class and the factory that builds it.
+
+    `options` is a frozen attrs class that the config's table (without `type`) is structured
+    into; its validators raise `FieldError`. `build(options, context)` returns the `IPolicy`,
+    `IIndicatorSource` or `ISink`, or raises `ConfigError` for what only building can find
+    (a missing file, an unreadable key).
+    """
+
+    name: str
+    options: type
+    build: Callable[[Any, BuildContext], Any]

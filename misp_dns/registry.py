@@ -1,55 +1,39 @@
-"""Where policy and export types are found by the `type` of their config table.
+"""Where policy, indicator-source and sink types are found by the `type` of their config table.
 
 Built-in types are listed here; third-party packages add theirs through the entry-point
-groups `misp_dns.policies` and `misp_dns.exporters`, each entry point naming a `PluginType`:
+groups named in `misp_dns.interfaces` (`misp_dns.policies`, `misp_dns.sources`,
+`misp_dns.exporters`), each entry point naming a `PluginType`:
 
     [project.entry-points."misp_dns.policies"]
     tld-block = "example_policy:plugin"
+
+An indicator source becomes a blocking policy type of its own name: its indicators are
+refreshed, cached on disk and matched like MISP's (see `misp_dns.policy.misp`).
+docs/extending.md has the whole walk-through.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from importlib.metadata import entry_points
-from typing import Any
 
 import attrs
 from twisted.logger import Logger
 
-__all__ = ["BuildContext", "PluginType", "Registry", "default_registry"]
+from misp_dns.interfaces import POLICY_GROUP, SINK_GROUP, SOURCE_GROUP, PluginType
 
-POLICY_GROUP = "misp_dns.policies"
-EXPORT_GROUP = "misp_dns.exporters"
-
-
-@attrs.frozen
-class BuildContext:
-    """What a plugin factory may use: the reactor, the server settings and the state folder."""
-
-    reactor: Any
-    server: Any
-    state_dir: str
-
-
-@attrs.frozen
-class PluginType:
-    """A named policy or export type: its options class and the factory that builds it.
-
-    `build(options, context)` returns the policy (an `IPolicy`) or sink (an `ISink`). A policy
-    that needs background work (fetching, refreshing) may also provide `service`, an
-    `IService` started and stopped with the server.
-    """
-
-    name: str
-    options: type
-    build: Callable[[Any, BuildContext], Any]
+__all__ = ["Registry", "default_registry"]
 
 
 @attrs.define
 class Registry:
-    """The policy and export types available to a configuration."""
+    """The policy, source and sink types available to a configuration.
+
+    `policies` includes one blocking policy type per indicator source in `sources`.
+    """
 
     policies: dict[str, PluginType] = attrs.field(factory=dict)
+    sources: dict[str, PluginType] = attrs.field(factory=dict)
     exporters: dict[str, PluginType] = attrs.field(factory=dict)
 
     def policy_options(self, name: str) -> type | None:
@@ -61,6 +45,13 @@ class Registry:
         """The options class of export type `name`, or None if nothing provides it."""
         plugin = self.exporters.get(name)
         return plugin.options if plugin else None
+
+    def add_source(self, plugin: PluginType) -> None:
+        """Register an indicator source, and the blocking policy type fed by it."""
+        from misp_dns.policy.misp import source_policy_type
+
+        self.sources[plugin.name] = plugin
+        self.policies[plugin.name] = source_policy_type(plugin)
 
 
 _log = Logger()
@@ -100,8 +91,10 @@ def _builtin_exporters() -> list[PluginType]:
 def default_registry() -> Registry:
     """Built-in types plus those installed packages register; built-ins win a name clash."""
     registry = Registry()
+    for plugin in _from_entry_points(SOURCE_GROUP):
+        registry.add_source(plugin)
     for plugin in [*_from_entry_points(POLICY_GROUP), *_builtin_policies()]:
         registry.policies[plugin.name] = plugin
-    for plugin in [*_from_entry_points(EXPORT_GROUP), *_builtin_exporters()]:
+    for plugin in [*_from_entry_points(SINK_GROUP), *_builtin_exporters()]:
         registry.exporters[plugin.name] = plugin
     return registry

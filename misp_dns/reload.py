@@ -20,9 +20,12 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from misp_dns.config import Config, ConfigError, PluginConfig, load_config
+from misp_dns.build import build_policy, context_for
+from misp_dns.config import load_config
+from misp_dns.interfaces import IPolicy
 from misp_dns.policy.chain import PolicyChain
-from misp_dns.registry import BuildContext, Registry
+from misp_dns.registry import Registry
+from misp_dns.values import Config, ConfigError, PluginConfig
 
 __all__ = ["PolicyReloader", "RunningPolicy"]
 
@@ -35,7 +38,7 @@ class RunningPolicy:
     """A policy in the running chain and the config table it was built from."""
 
     table: PluginConfig
-    policy: Any
+    policy: IPolicy
 
 
 class PolicyReloader:
@@ -98,11 +101,9 @@ class PolicyReloader:
         added = [item for item in chain if all(item.policy is not r.policy for r in self.running)]
         waiting = []
         for item in added:
-            service = getattr(item.policy, "service", None)
-            if service is not None:
-                service.setServiceParent(self.services)
-                if hasattr(service, "whenReady"):
-                    waiting.append(service.whenReady())
+            if item.policy.service is not None:
+                item.policy.service.setServiceParent(self.services)
+            waiting.append(item.policy.whenReady())
         if waiting:
             ready = defer.DeferredList(waiting, consumeErrors=True)
             ready.addTimeout(READY_TIMEOUT, self.reactor)
@@ -115,7 +116,7 @@ class PolicyReloader:
         self.running = chain
         self.config = attrs.evolve(self.config, policy=config.policy)
         for item in retired:
-            service = getattr(item.policy, "service", None)
+            service = item.policy.service
             if service is not None and service.parent is not None:
                 await defer.maybeDeferred(service.disownServiceParent)
         self.reloads += 1
@@ -130,7 +131,7 @@ class PolicyReloader:
     def _build(self, config: Config) -> list[RunningPolicy]:
         """The new chain: running policies whose table is unchanged, new ones for the rest."""
         unused = list(self.running)
-        context = BuildContext(self.reactor, config.server, config.server.state_dir)
+        context = context_for(config.server, self.reactor)
         chain: list[RunningPolicy] = []
         problems: list[str] = []
         for index, table in enumerate(config.policy):
@@ -140,11 +141,11 @@ class PolicyReloader:
                 chain.append(same)
                 continue
             try:
-                policy = self.registry.policies[table.type].build(table.options, context)
+                chain.append(
+                    RunningPolicy(table, build_policy(index, table, self.registry, context))
+                )
             except ConfigError as problem:
-                problems.extend(f"policy[{index}]: {line}" for line in problem.problems)
-                continue
-            chain.append(RunningPolicy(table, policy))
+                problems.extend(problem.problems)
         if problems:
             raise ConfigError(problems)
         return chain

@@ -5,6 +5,8 @@
 
 The config is loaded while the options are parsed, before twistd daemonizes, so a bad
 config is reported on the terminal, one line per problem, and twistd exits with status 1.
+`build_service` then puts the parts together in named steps; docs/architecture.md shows the
+tree it builds and the data path through it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import gc
 import socket
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import internet, service
@@ -20,7 +23,8 @@ from twisted.python import usage
 
 from misp_dns import __version__
 from misp_dns.allocator import configure_malloc
-from misp_dns.config import Config, ConfigError, load_config
+from misp_dns.build import build_exporter, build_policies
+from misp_dns.config import load_config
 from misp_dns.dns.acl import ClientACL
 from misp_dns.dns.cache import AnswerCache
 from misp_dns.dns.forwarder import Forwarder, system_upstreams
@@ -28,13 +32,15 @@ from misp_dns.dns.ratelimit import RateLimiter
 from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.server import DNSStreamFactory, Responder
 from misp_dns.dns.udp import UDPListener
-from misp_dns.export.exporter import ExporterService, build_exporter
+from misp_dns.export.exporter import ExporterService
 from misp_dns.export.jsonl import hangup
+from misp_dns.interfaces import IPolicy
 from misp_dns.policy.chain import PolicyChain
-from misp_dns.registry import BuildContext, Registry, default_registry
+from misp_dns.registry import Registry, default_registry
 from misp_dns.reload import PolicyReloader, RunningPolicy
+from misp_dns.values import Config, ConfigError, ServerConfig, Upstream
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "build_service", "makeService", "upstreams_of"]
 
 log = Logger()
 
@@ -55,23 +61,19 @@ class Options(usage.Options):
         registry = default_registry()
         try:
             config = load_config(self["config"], registry)
+            upstreams = upstreams_of(config.server)
             # Building the policies reads their files (allowlists, API keys), so that a
             # problem there is a config error too, reported before anything starts.
             policies = build_policies(config, registry, reactor)
             exporter = None
             if config.export:
-                exporter = build_exporter(
-                    config.export,
-                    registry,
-                    reactor,
-                    server=config.server,
-                    state_dir=config.server.state_dir,
-                )
+                exporter = build_exporter(config.export, registry, reactor, server=config.server)
         except ConfigError as problem:
             for line in problem.problems:
                 print(f"misp-dns: {line}", file=sys.stderr)
             sys.exit(1)
         self["parsed"] = config
+        self["upstreams"] = upstreams
         self["registry"] = registry
         self["policies"] = policies
         self["exporter"] = exporter
@@ -95,77 +97,40 @@ class _ServerService(service.MultiService):
         gc.freeze()
 
 
-def build_policies(config: Config, registry: Registry, reactor: Any) -> list[Any]:
-    """The `[[policy]]` tables turned into policy objects, in config order."""
-    context = BuildContext(reactor=reactor, server=config.server, state_dir=config.server.state_dir)
-    problems: list[str] = []
-    policies = []
-    for index, table in enumerate(config.policy):
-        try:
-            policies.append(registry.policies[table.type].build(table.options, context))
-        except ConfigError as problem:
-            problems.extend(f"policy[{index}]: {line}" for line in problem.problems)
-    if problems:
-        raise ConfigError(problems)
-    return policies
+def upstreams_of(server: ServerConfig) -> list[Upstream]:
+    """`server.upstreams`, or the nameservers of /etc/resolv.conf; ConfigError if neither."""
+    upstreams = list(server.upstreams) or system_upstreams()
+    if not upstreams:
+        raise ConfigError(["server.upstreams: empty, and /etc/resolv.conf names no nameserver"])
+    return upstreams
 
 
 def build_service(
     config: Config,
-    policies: list[Any],
+    policies: Sequence[IPolicy],
     reactor: Any,
     *,
     exporter: ExporterService | None = None,
     config_path: str | None = None,
     registry: Registry | None = None,
+    upstreams: Sequence[Upstream] | None = None,
 ) -> service.MultiService:
     """The service tree for `config`: exporter, policy services, then the listeners.
 
     Services stop in the reverse order: the listeners first (no new queries), then the
     policies, then the exporter, which writes out what is still queued. With `config_path`,
-    SIGHUP reloads the `[[policy]]` tables from it (see `misp_dns.reload`).
+    SIGHUP reloads the `[[policy]]` tables from it (see `misp_dns.reload`). Raises
+    ConfigError when no upstream is configured or found.
     """
-    server = config.server
-    upstreams = list(server.upstreams) or system_upstreams()
-    if not upstreams:
-        print(
-            "misp-dns: server.upstreams: empty, and /etc/resolv.conf names no nameserver",
-            file=sys.stderr,
-        )
-        sys.exit(1)
-    server_name = server.server_name or socket.gethostname() or "localhost"
-    resolver = ChainResolver(
-        PolicyChain(policies),
-        AnswerCache(config.cache.max_entries, reactor),
-        Forwarder(upstreams, reactor, timeout=server.upstream_timeout),
-        server_name.rstrip("."),
-    )
-    limiter = None
-    if server.rate_limit:
-        limiter = RateLimiter(
-            server.rate_limit,
-            server.rate_limit_slip,
-            server.rate_limit_ipv4_prefix,
-            server.rate_limit_ipv6_prefix,
-            server.rate_limit_exempt,
-            reactor,
-        )
-    responder = Responder(resolver, ClientACL(server.allow_clients), reactor, limiter=limiter)
-    summary = "misp-dns {version} listening on {listen}, forwarding to {upstreams}".format(
-        version=__version__,
-        listen=", ".join(str(a) for a in server.listen),
-        upstreams=", ".join(str(u) for u in upstreams),
-    )
-    top = _ServerService(summary)
-    top.responder = responder  # type: ignore[attr-defined]
+    upstreams = list(upstreams) if upstreams is not None else upstreams_of(config.server)
+    resolver = _resolver(config, policies, upstreams, reactor)
+    responder = _responder(config.server, resolver, reactor)
+    top = _ServerService(_summary(config.server, upstreams))
     if exporter is not None:
         exporter.setServiceParent(top)
         responder.observers.append(exporter.observe)
-    policy_services = service.MultiService()
+    policy_services = _policy_services(policies)
     policy_services.setServiceParent(top)
-    for policy in policies:
-        if getattr(policy, "service", None) is not None:
-            policy.service.setServiceParent(policy_services)
     if config_path is not None:
         reloader = PolicyReloader(
             config_path,
@@ -177,17 +142,72 @@ def build_service(
             reactor,
         )
         _OnHangup(reactor, reloader.reload).setServiceParent(top)
+    for listener in _listeners(config.server, responder, reactor):
+        listener.setServiceParent(top)
+    return top
+
+
+def _resolver(
+    config: Config, policies: Sequence[IPolicy], upstreams: list[Upstream], reactor: Any
+) -> ChainResolver:
+    """The policy chain, then the answer cache, then the upstream forwarder."""
+    server = config.server
+    server_name = server.server_name or socket.gethostname() or "localhost"
+    return ChainResolver(
+        PolicyChain(list(policies)),
+        AnswerCache(config.cache.max_entries, reactor),
+        Forwarder(upstreams, reactor, timeout=server.upstream_timeout),
+        server_name.rstrip("."),
+    )
+
+
+def _responder(server: ServerConfig, resolver: ChainResolver, reactor: Any) -> Responder:
+    """The responder both listeners share: ACL, rate limit, resolver, encoding."""
+    limiter = None
+    if server.rate_limit:
+        limiter = RateLimiter(
+            server.rate_limit,
+            server.rate_limit_slip,
+            server.rate_limit_ipv4_prefix,
+            server.rate_limit_ipv6_prefix,
+            server.rate_limit_exempt,
+            reactor,
+        )
+    return Responder(resolver, ClientACL(server.allow_clients), reactor, limiter=limiter)
+
+
+def _summary(server: ServerConfig, upstreams: list[Upstream]) -> str:
+    return "misp-dns {version} listening on {listen}, forwarding to {upstreams}".format(
+        version=__version__,
+        listen=", ".join(str(a) for a in server.listen),
+        upstreams=", ".join(str(u) for u in upstreams),
+    )
+
+
+def _policy_services(policies: Sequence[IPolicy]) -> service.MultiService:
+    """One parent for the background services of the policies that have one."""
+    services = service.MultiService()
+    for policy in policies:
+        if policy.service is not None:
+            policy.service.setServiceParent(services)
+    return services
+
+
+def _listeners(server: ServerConfig, responder: Responder, reactor: Any) -> list[service.IService]:
+    """A UDP and a TCP listener for each `server.listen` address."""
     tcp_factory = DNSStreamFactory(
         responder, server.tcp_idle_timeout, server.tcp_max_connections, reactor
     )
+    # A backlog as deep as the connections allowed, so a burst of them is not made to wait
+    # for the kernel's handshake retries (Twisted's default is 50).
+    backlog = min(max(server.tcp_max_connections, 50), 4096)
+    listeners: list[service.IService] = []
     for address in server.listen:
-        UDPListener(reactor, address, responder).setServiceParent(top)
-        # A backlog as deep as the connections allowed, so a burst of them is not made to
-        # wait for the kernel's handshake retries (Twisted's default is 50).
-        backlog = min(max(server.tcp_max_connections, 50), 4096)
-        tcp = internet.TCPServer(address.port, tcp_factory, backlog=backlog, interface=address.host)
-        tcp.setServiceParent(top)
-    return top
+        listeners.append(UDPListener(reactor, address, responder))
+        listeners.append(
+            internet.TCPServer(address.port, tcp_factory, backlog=backlog, interface=address.host)
+        )
+    return listeners
 
 
 class _OnHangup(service.Service):
@@ -224,4 +244,5 @@ def makeService(options: Options) -> service.IService:
         exporter=options["exporter"],
         config_path=options["config"],
         registry=options["registry"],
+        upstreams=options["upstreams"],
     )

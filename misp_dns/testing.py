@@ -36,8 +36,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from misp_dns.intel.indicator import RawIndicator
-from misp_dns.interfaces import IIndicatorSource
+from misp_dns.interfaces import IIndicatorSource, RawIndicator
 
 __all__ = [
     "FakeFeed",

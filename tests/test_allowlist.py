@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 from zope.interface.verify import verifyObject
 
-from misp_dns.config import ConfigError
-from misp_dns.interfaces import IPolicy
+from misp_dns.interfaces import Action, IPolicy, PolicyQuery
 from misp_dns.policy.allowlist import AllowlistOptions, AllowlistPolicy
-from misp_dns.policy.decision import Action, PolicyQuery
+from misp_dns.values import ConfigError
 
 
 def ask(policy: AllowlistPolicy, name: str) -> Action | None:

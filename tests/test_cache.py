@@ -5,8 +5,8 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.names import dns
 
-from misp_dns.dns.answer import Answer, Kind
 from misp_dns.dns.cache import AnswerCache
+from misp_dns.event import Answer, Kind
 
 KEY = (b"\x03www\x07example\x03com\x00", dns.A, dns.IN, False)
 

@@ -8,15 +8,10 @@ from pathlib import Path
 import attrs
 import pytest
 
-from misp_dns.config import (
-    ConfigError,
-    Duration,
-    HostPort,
-    load_config,
-    parse_config,
-    parse_duration,
-)
-from misp_dns.registry import PluginType, Registry
+from misp_dns.config import load_config, parse_config
+from misp_dns.interfaces import PluginType
+from misp_dns.registry import Registry
+from misp_dns.values import ConfigError, Duration, HostPort, parse_duration
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests for misp_dns.policy.domainset: which query names a set of indicators blocks."""
+"""Tests for misp_dns.intel.domainset: which query names a set of indicators blocks."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from misp_dns.intel.domainset import DomainSet, Match
 from misp_dns.intel.indicator import BlockEntry
-from misp_dns.policy.decision import Provenance
-from misp_dns.policy.domainset import DomainSet, Match
+from misp_dns.interfaces import Provenance
 
 
 def entry(name: str, subdomains: bool = True, **provenance: str) -> BlockEntry:

@@ -14,21 +14,22 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from zope.interface.verify import verifyObject
 
-from misp_dns.config import ConfigError, HostPort, parse_config
+from misp_dns.build import build_exporter
+from misp_dns.config import parse_config
 from misp_dns.dns.acl import ClientACL
 from misp_dns.dns.cache import AnswerCache
 from misp_dns.dns.forwarder import Forwarder
 from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.server import Responder
-from misp_dns.export.exporter import ExporterService, SinkSlot, build_exporter
+from misp_dns.export.exporter import ExporterService, SinkSlot
 from misp_dns.export.http import HttpSink
 from misp_dns.export.jsonl import JsonlSink
 from misp_dns.export.memory import MemorySink
 from misp_dns.export.syslog import SyslogSink
-from misp_dns.interfaces import ISink
+from misp_dns.interfaces import Decision, ISink, PolicyQuery
 from misp_dns.policy.chain import PolicyChain
-from misp_dns.policy.decision import Decision, PolicyQuery
 from misp_dns.registry import default_registry
+from misp_dns.values import ConfigError, HostPort
 
 
 def make_exporter(

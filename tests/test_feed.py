@@ -21,13 +21,13 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from misp_dns.config import Duration
 from misp_dns.intel.blocking import thread_runner
+from misp_dns.intel.errors import MispError, MispUnavailableError
 from misp_dns.intel.feed import MispFeedError, MispFeedSource
-from misp_dns.intel.misp_client import MispError, MispUnavailableError
+from misp_dns.intel.misp_options import MispFeedOptions
 from misp_dns.interfaces import IIndicatorSource
-from misp_dns.policy.misp_options import MispFeedOptions
 from misp_dns.testing import FakeFeed, Fault
+from misp_dns.values import Duration
 
 SMALL = Path(__file__).resolve().parent / "fixtures" / "misp-feed-small"
 FEED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "misp-feed-infoblox"

@@ -16,11 +16,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
 
-from misp_dns.config import ConfigError, parse_config
+from misp_dns.config import parse_config
 from misp_dns.export.http import HttpOptions, HttpSink
 from misp_dns.export.record import build_record
 from misp_dns.interfaces import ISink
 from misp_dns.registry import default_registry
+from misp_dns.values import ConfigError
 
 URL = "http://collector.test/ingest"
 

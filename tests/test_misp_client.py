@@ -32,22 +32,19 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import misp_dns
-from misp_dns.config import ConfigError, Duration
-from misp_dns.intel.http import make_http_client
-from misp_dns.intel.indicator import RawIndicator
+from misp_dns.http import make_http_client
+from misp_dns.intel.errors import MispAuthError, MispResponseError, MispUnavailableError
 from misp_dns.intel.misp_client import (
     AttributeCounts,
     FetchStats,
-    MispAuthError,
     MispClient,
-    MispResponseError,
-    MispUnavailableError,
     misp_timespan,
     parse_attributes,
 )
-from misp_dns.interfaces import IIndicatorSource
-from misp_dns.policy.misp_options import MispOptions
+from misp_dns.intel.misp_options import MispOptions
+from misp_dns.interfaces import IIndicatorSource, RawIndicator
 from misp_dns.testing import FakeMisp, Fault
+from misp_dns.values import ConfigError, Duration
 
 KEY = "K3yK3yK3yK3yK3yK3yK3yK3yK3yK3yK3yK3yK3yK"
 URL = "https://misp.test"

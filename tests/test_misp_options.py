@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from twisted.logger import LogLevel, globalLogPublisher
 
-from misp_dns.config import ConfigError, parse_config
-from misp_dns.policy.misp_options import MispFeedOptions, MispOptions
-from misp_dns.registry import PluginType, Registry
+from misp_dns.config import parse_config
+from misp_dns.intel.misp_options import MispFeedOptions, MispOptions
+from misp_dns.interfaces import PluginType
+from misp_dns.registry import Registry
+from misp_dns.values import ConfigError
 
 KEY = "0123456789abcdef0123456789abcdef01234567"
 

@@ -16,18 +16,16 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from misp_dns.dns.acl import ClientACL
-from misp_dns.dns.answer import Answer, Kind
 from misp_dns.dns.cache import AnswerCache
 from misp_dns.dns.resolver import ChainResolver
-from misp_dns.dns.server import QueryEvent, Responder
-from misp_dns.intel.indicator import RawIndicator
+from misp_dns.dns.server import Responder
+from misp_dns.event import Answer, Kind, QueryEvent
+from misp_dns.intel.misp_options import MispOptions
 from misp_dns.intel.updater import IndicatorUpdater
-from misp_dns.interfaces import IPolicy
+from misp_dns.interfaces import IPolicy, PolicyQuery, RawIndicator
 from misp_dns.policy.allowlist import AllowlistOptions, AllowlistPolicy
 from misp_dns.policy.chain import PolicyChain
-from misp_dns.policy.decision import PolicyQuery
 from misp_dns.policy.misp import MISP_SOURCE, MispBlockingPolicy
-from misp_dns.policy.misp_options import MispOptions
 from misp_dns.testing import MemoryIndicatorSource
 
 

@@ -13,7 +13,6 @@ from conftest import unless_present
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from misp_dns.intel.indicator import RawIndicator
 from misp_dns.intel.normalize import (
     REASONS,
     InvalidIndicator,
@@ -24,6 +23,7 @@ from misp_dns.intel.normalize import (
     select,
     selected,
 )
+from misp_dns.interfaces import RawIndicator
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 FEED = DATA / "misp-feed-infoblox"

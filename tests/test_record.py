@@ -32,7 +32,7 @@ from integration.export_events import (
 )
 from twisted.names import dns as tdns
 
-from misp_dns.dns.answer import Answer, Kind
+from misp_dns.event import Answer, Kind
 from misp_dns.export.record import (
     build_record,
     class_name,
@@ -46,7 +46,7 @@ from misp_dns.export.record import (
     rdata_text,
     type_name,
 )
-from misp_dns.policy.decision import Provenance
+from misp_dns.interfaces import Provenance
 
 
 def test_blocked_query_record_matches_the_design_example() -> None:

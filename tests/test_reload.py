@@ -9,12 +9,12 @@ import pytest
 from twisted.application.service import MultiService
 from twisted.internet.task import Clock
 
+from misp_dns.build import build_policies
 from misp_dns.config import load_config
+from misp_dns.interfaces import Action, PolicyQuery
 from misp_dns.policy.chain import PolicyChain
-from misp_dns.policy.decision import Action, PolicyQuery
 from misp_dns.registry import default_registry
 from misp_dns.reload import PolicyReloader, RunningPolicy
-from misp_dns.tap import build_policies
 
 ALLOW = """
 [[policy]]

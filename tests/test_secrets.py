@@ -24,10 +24,11 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from misp_dns.config import ConfigError, load_config
+from misp_dns.config import load_config
 from misp_dns.intel.misp_client import MispClient
 from misp_dns.registry import default_registry
 from misp_dns.testing import FakeMisp, Fault
+from misp_dns.values import ConfigError
 
 KEY = "Sk7Vq2Xz9Lm4Np8Rt3Wb6Hc1Jd5Gf0Ya4Ue8Io2P"
 TOKEN = "Bearer Tq5Mz8Kx1Vn4Bw7Rc0Hy3Pj6Ld9Gs2Fa"
@@ -226,7 +227,7 @@ def _problems(tmp_path: Path, policy: str, export: str = "") -> list[str]:
     registry = default_registry()
     try:
         config = load_config(path, registry)
-        from misp_dns.tap import build_policies
+        from misp_dns.build import build_policies
 
         build_policies(config, registry, Clock())
     except ConfigError as error:

@@ -17,9 +17,9 @@ from twisted.internet.testing import StringTransport
 from twisted.names import dns as tdns
 
 from misp_dns.dns.acl import ClientACL
-from misp_dns.dns.answer import Answer
-from misp_dns.dns.server import DNSStreamFactory, QueryEvent, Responder
+from misp_dns.dns.server import DNSStreamFactory, Responder
 from misp_dns.dns.wire import Request
+from misp_dns.event import Answer, QueryEvent
 
 
 class ScriptedResolver:

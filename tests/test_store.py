@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
+from misp_dns.intel.domainset import FORMAT_VERSION, DomainSet
 from misp_dns.intel.indicator import BlockEntry
 from misp_dns.intel.store import MAGIC, StoreError, load, save
-from misp_dns.policy.domainset import FORMAT_VERSION, DomainSet
 
 HEADER_SIZE = 52
 

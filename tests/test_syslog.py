@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from misp_dns.config import ConfigError, parse_config
+from misp_dns.config import parse_config
 from misp_dns.export.record import build_record, encode_record
 from misp_dns.export.syslog import (
     DatagramSender,
@@ -33,8 +33,9 @@ from misp_dns.export.syslog import (
     SyslogSink,
     parse_address,
 )
-from misp_dns.interfaces import ISink
-from misp_dns.registry import BuildContext, default_registry
+from misp_dns.interfaces import BuildContext, ISink
+from misp_dns.registry import default_registry
+from misp_dns.values import ConfigError
 
 BLOCKED = build_record(blocked_event())
 

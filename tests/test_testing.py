@@ -19,11 +19,11 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
+from misp_dns.http import make_http_client
+from misp_dns.intel.errors import MispUnavailableError
 from misp_dns.intel.feed import MispFeedSource
-from misp_dns.intel.http import make_http_client
-from misp_dns.intel.indicator import RawIndicator
-from misp_dns.intel.misp_client import MispClient, MispUnavailableError
-from misp_dns.interfaces import IIndicatorSource
+from misp_dns.intel.misp_client import MispClient
+from misp_dns.interfaces import IIndicatorSource, RawIndicator
 from misp_dns.testing import FakeFeed, FakeMisp, Fault, MemoryIndicatorSource
 
 KEY = "fake-key-0123456789"

@@ -10,9 +10,10 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from misp_dns.intel import store
-from misp_dns.intel.indicator import BlockEntry, RawIndicator
+from misp_dns.intel.domainset import DomainSet
+from misp_dns.intel.indicator import BlockEntry
 from misp_dns.intel.updater import IndicatorUpdater
-from misp_dns.policy.domainset import DomainSet
+from misp_dns.interfaces import RawIndicator
 from misp_dns.testing import MemoryIndicatorSource
 
 HOUR = 3600.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from misp_dns.config import Network
+from misp_dns.values import Network
 
 __all__ = ["ClientACL"]
 

@@ -18,8 +18,8 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.names import dns
 
-from misp_dns.dns.answer import Answer, Kind, copy_with_ttl
-from misp_dns.dns.packet import dotted_name, encode_body
+from misp_dns.dns.packet import encode_body
+from misp_dns.event import Answer, Kind, copy_with_ttl, dotted_name
 
 __all__ = ["AnswerCache", "CacheKey", "cache_lifetime"]
 

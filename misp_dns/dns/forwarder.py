@@ -22,9 +22,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.names import dns
 
-from misp_dns.config import HostPort, Upstream
-from misp_dns.dns.answer import Answer, Kind
 from misp_dns.dns.wire import EDNS_UDP_SIZE, OPT, encode_opt, parse_message
+from misp_dns.event import Answer, Kind
+from misp_dns.values import HostPort, Upstream
 
 __all__ = ["Forwarder", "UpstreamFailed", "system_upstreams"]
 

@@ -7,9 +7,10 @@ the full path so that they cannot disagree:
 
 - `read_plain_query` reads the header, the question and an optional OPT with `struct`, and
   returns None for anything else (the full path then takes it, with every check there is).
-- `PacketBody` is an answer's sections encoded once (against the lower-case question), with
-  where each TTL sits, so a hit only patches TTLs; `assemble` puts the client's header bits,
-  its question exactly as written (0x20 case kept) and our OPT around it.
+- `PacketBody` (defined in `misp_dns.event`) is an answer's sections encoded once (against
+  the lower-case question), with where each TTL sits, so a hit only patches TTLs;
+  `assemble` puts the client's header bits, its question exactly as written (0x20 case
+  kept) and our OPT around it.
 - `blocked_body` is the synthesized blocked answer in the same form.
 """
 
@@ -18,10 +19,8 @@ from __future__ import annotations
 import functools
 import struct
 
-import attrs
 from twisted.names import dns
 
-from misp_dns.dns.answer import Answer
 from misp_dns.dns.wire import (
     EDNS_UDP_SIZE,
     OPT,
@@ -31,7 +30,8 @@ from misp_dns.dns.wire import (
     presentation_name,
     question_length,
 )
-from misp_dns.policy.decision import Decision
+from misp_dns.event import Answer, PacketBody, dotted_name
+from misp_dns.interfaces import Decision
 
 __all__ = [
     "PacketBody",
@@ -158,46 +158,6 @@ def _options_well_formed(data: bytes, offset: int) -> bool:
     return offset == end
 
 
-def dotted_name(name: bytes) -> bytes:
-    """b"\\x03www\\x07example\\x03com\\x00" as b"www.example.com" (what follows is ignored)."""
-    labels = []
-    offset = 0
-    while name[offset]:
-        length = name[offset]
-        labels.append(name[offset + 1 : offset + 1 + length])
-        offset += 1 + length
-    return b".".join(labels)
-
-
-@attrs.define(eq=False)
-class PacketBody:
-    """The sections of an answer as wire bytes following the question.
-
-    Compression pointers in `body` may point into the question (offset 12 on): `assemble`
-    puts a question of the same length there, so they stay right whatever its case.
-    """
-
-    rcode: int
-    authentic: bool
-    counts: tuple[int, int, int]
-    body: bytes
-    ttl_offsets: tuple[int, ...] = ()
-    ttls: tuple[int, ...] = ()
-    _aged_for: int = -1
-    _aged_body: bytes = b""
-
-    def aged(self, age: int) -> bytes:
-        """The body with every TTL lowered by `age` seconds (kept for a repeated age)."""
-        if age <= 0 or not self.ttl_offsets:
-            return self.body
-        if age != self._aged_for:
-            patched = bytearray(self.body)
-            for offset, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
-                _TTL.pack_into(patched, offset, max(0, ttl - age))
-            self._aged_for, self._aged_body = age, bytes(patched)
-        return self._aged_body
-
-
 def _skip_name(data: bytes, offset: int) -> int:
     while True:
         length = data[offset]
@@ -239,7 +199,7 @@ def _name(text: str) -> bytes:
 
 
 def blocked_body(decision: Decision, qtype: int, server_name: str) -> PacketBody:
-    """The blocked answer (see DESIGN.md) to a question of type `qtype`."""
+    """The blocked answer (README, "What clients see") to a question of type `qtype`."""
     ttl = decision.ttl
     if qtype == dns.TXT and decision.add_txt_report:
         report = decision.report.encode("utf-8")

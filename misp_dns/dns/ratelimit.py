@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
-from misp_dns.config import Network
+from misp_dns.values import Network
 
 __all__ = ["RateLimiter", "Verdict"]
 

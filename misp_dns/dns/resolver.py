@@ -15,13 +15,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import dns
 
-from misp_dns.dns.answer import Answer, Kind
 from misp_dns.dns.cache import AnswerCache, CacheKey
 from misp_dns.dns.forwarder import Forwarder, UpstreamFailed
 from misp_dns.dns.responses import blocked_answer, minimal_any_answer, server_failure
 from misp_dns.dns.wire import Request, presentation_name
+from misp_dns.event import Answer, Kind
+from misp_dns.interfaces import Action, Decision, PolicyQuery
 from misp_dns.policy.chain import PolicyChain
-from misp_dns.policy.decision import Action, Decision, PolicyQuery
 
 __all__ = ["ChainResolver"]
 

@@ -1,6 +1,6 @@
 """Pure builders of the answers misp-dns makes up itself (blocked, ANY, refused, failed).
 
-The blocked answer is the one users migrate from, made right (see DESIGN.md):
+The blocked answer is the one users migrate from, made right (the README, "What clients see"):
 NXDOMAIN with one SOA owned by the query name, or, for TXT with the report allowed,
 NOERROR with one TXT record holding the report; both with EDE 15 when the query had EDNS.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from twisted.names import dns
 
-from misp_dns.dns.answer import Answer, Kind
 from misp_dns.dns.packet import blocked_body, minimal_any_body
-from misp_dns.policy.decision import Decision
+from misp_dns.event import Answer, Kind
+from misp_dns.interfaces import Decision
 
 __all__ = ["blocked_answer", "minimal_any_answer", "refused_answer", "server_failure"]
 

@@ -21,14 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
 from misp_dns.dns.acl import ClientACL
-from misp_dns.dns.answer import Answer, Kind
-from misp_dns.dns.packet import (
-    PacketBody,
-    assemble,
-    dotted_name,
-    opt_record,
-    read_plain_query,
-)
+from misp_dns.dns.packet import assemble, opt_record, read_plain_query
 from misp_dns.dns.ratelimit import RateLimiter, Verdict
 from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.responses import refused_answer, server_failure
@@ -40,45 +33,12 @@ from misp_dns.dns.wire import (
     encode_response,
     read_request,
 )
+from misp_dns.event import Answer, Kind, PacketBody, QueryEvent
 
-__all__ = ["DNSStreamFactory", "QueryEvent", "Responder"]
+__all__ = ["DNSStreamFactory", "Responder"]
 
 # Queries one TCP connection may have in flight before we stop reading from it.
 MAX_PIPELINED = 64
-
-
-@attrs.frozen
-class QueryEvent:
-    """One answered query, as the exporter sees it.
-
-    `question` is the question section as the client sent it (wire format, case kept);
-    `edns` says whether the query carried an OPT record. The answer's records keep the TTLs
-    they were cached with: the client got them `age` seconds lower.
-    """
-
-    timestamp: float
-    client: str
-    transport: str
-    question: bytes
-    edns: bool
-    answer: Answer
-    response_size: int
-    age: int = 0
-
-    @property
-    def qname(self) -> bytes:
-        """The question's name, labels joined by dots, as the client wrote it."""
-        return dotted_name(self.question)
-
-    @property
-    def qtype(self) -> int:
-        """The question's type."""
-        return int.from_bytes(self.question[-4:-2], "big")
-
-    @property
-    def qclass(self) -> int:
-        """The question's class."""
-        return int.from_bytes(self.question[-2:], "big")
 
 
 @attrs.define

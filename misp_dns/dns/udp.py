@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from misp_dns.config import HostPort
+from misp_dns.values import HostPort
 
 __all__ = ["UDPListener"]
 

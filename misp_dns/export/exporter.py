@@ -10,7 +10,7 @@ per sink that dropped records, within a second of the first drop and then at mos
 every 10 s (likewise for the queue). Stopping the service exports what is
 queued, then stops each sink (which flushes) and waits for them.
 
-Wiring, in `misp_dns.tap.build_service`:
+Wiring, in `misp_dns.tap.build_service` (the sinks are built by `misp_dns.build`):
 
     exporter = build_exporter(config.export, registry, reactor, server=config.server)
     exporter.setServiceParent(top)             # before the listeners: stopped after them
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 from twisted.application import service
@@ -29,15 +29,11 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from misp_dns.config import ConfigError, PluginConfig
+from misp_dns.event import QueryEvent
 from misp_dns.export.record import QueryRecord, is_blocking, make_record
 from misp_dns.interfaces import ISink
-from misp_dns.registry import BuildContext, Registry
 
-if TYPE_CHECKING:
-    from misp_dns.dns.server import QueryEvent
-
-__all__ = ["DEFAULT_MAX_QUEUE", "ExporterService", "SinkSlot", "build_exporter"]
+__all__ = ["DEFAULT_MAX_QUEUE", "ExporterService", "SinkSlot"]
 
 DEFAULT_MAX_QUEUE = 100_000
 #: How long events wait in the queue so that they are exported in batches.
@@ -55,7 +51,7 @@ class SinkSlot:
     """One configured sink, its `include` filter and what has been reported about it."""
 
     name: str
-    sink: Any
+    sink: ISink
     blocked_only: bool = False
     reported_drops: int = 0
     #: Records lost because the sink's `write` raised (a sink should never raise).
@@ -66,7 +62,7 @@ class SinkSlot:
     @property
     def dropped(self) -> int:
         """Every record this sink lost: those it dropped itself and those its write lost."""
-        return int(getattr(self.sink, "dropped", 0)) + self.failed
+        return int(self.sink.dropped) + self.failed
 
 
 class ExporterService(service.Service):
@@ -241,44 +237,3 @@ class ExporterService(service.Service):
                 count=new,
                 total=total,
             )
-
-
-def build_exporter(
-    tables: Sequence[PluginConfig],
-    registry: Registry,
-    reactor: Any,
-    *,
-    server: Any = None,
-    state_dir: str = "",
-    max_queue: int | None = None,
-) -> ExporterService:
-    """The exporter for the `[[export]]` tables, each built by its registered type.
-
-    Raises `ConfigError` ("export[1]: ...") when a sink cannot be built from its options.
-    The queue holds `max_queue` events; by default the largest `max_queue` of the sinks.
-    """
-    context = BuildContext(reactor=reactor, server=server, state_dir=state_dir)
-    slots: list[SinkSlot] = []
-    problems: list[str] = []
-    bounds = []
-    for index, table in enumerate(tables):
-        plugin = registry.exporters.get(table.type)
-        if plugin is None:
-            problems.append(f"export[{index}].type: no export type {table.type!r} is installed")
-            continue
-        try:
-            sink = plugin.build(table.options, context)
-        except ConfigError as problem:
-            problems.extend(f"export[{index}]: {line}" for line in problem.problems)
-            continue
-        if not ISink.providedBy(sink):
-            problems.append(f"export[{index}]: type {table.type!r} did not build an ISink")
-            continue
-        include = getattr(table.options, "include", "all")
-        slots.append(SinkSlot(f"export[{index}] ({table.type})", sink, include == "blocked"))
-        bounds.append(int(getattr(table.options, "max_queue", DEFAULT_MAX_QUEUE)))
-    if problems:
-        raise ConfigError(problems)
-    if max_queue is None:
-        max_queue = max(bounds, default=DEFAULT_MAX_QUEUE)
-    return ExporterService(slots, reactor, max_queue=max_queue)

@@ -38,11 +38,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from misp_dns import __version__
-from misp_dns.config import FieldError, between
+from misp_dns.backoff import backoff_delay
 from misp_dns.export.options import SinkOptions
 from misp_dns.export.record import encode_record
-from misp_dns.interfaces import ISink
-from misp_dns.registry import BuildContext, PluginType
+from misp_dns.interfaces import BuildContext, ISink, PluginType
+from misp_dns.values import FieldError, between
 
 __all__ = ["HttpOptions", "HttpSink", "plugin"]
 
@@ -130,7 +130,7 @@ class HttpSink:
         self._pending: deque[str] = deque()
         self._batch: list[str] | None = None
         self._in_flight: defer.Deferred[Any] | None = None
-        self._delay = initial_delay
+        self._failures = 0
         self._timer: IDelayedCall | None = None
         self._retry: IDelayedCall | None = None
         self._running = False
@@ -146,7 +146,7 @@ class HttpSink:
     @classmethod
     def from_config(cls, options: HttpOptions, context: BuildContext) -> HttpSink:
         """The sink for one `[[export]] type = "http"` table, over a pooled treq client."""
-        from misp_dns.intel.http import make_http_client
+        from misp_dns.http import make_http_client
 
         http = make_http_client(context.reactor, verify_tls=not options.disable_tls_validation)
         return cls(
@@ -208,7 +208,7 @@ class HttpSink:
         batch, self._batch = self._batch or [], None
         if 200 <= status < 300:
             self.sent += len(batch)
-            self._delay = self.initial_delay
+            self._failures = 0
             if self._failing:
                 self._failing = False
                 self.log.info("http {url}: sending again", url=self.url)
@@ -244,8 +244,8 @@ class HttpSink:
             )
         if not self._running:
             return
-        delay = self._delay
-        self._delay = min(self._delay * 2, self.max_delay)
+        self._failures += 1
+        delay = backoff_delay(self._failures, self.initial_delay, self.max_delay)
         self._retry = self.clock.callLater(delay, self._retry_now)
 
     def _retry_now(self) -> None:

@@ -34,8 +34,7 @@ from zope.interface import implementer
 
 from misp_dns.export.options import SinkOptions, not_empty
 from misp_dns.export.record import encode_records
-from misp_dns.interfaces import ISink
-from misp_dns.registry import BuildContext, PluginType
+from misp_dns.interfaces import BuildContext, ISink, PluginType
 
 __all__ = ["HangupSignal", "JsonlOptions", "JsonlSink", "hangup", "plugin"]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from misp_dns.config import FieldError, between
+from misp_dns.values import FieldError, between
 
 __all__ = ["INCLUDE_CHOICES", "SinkOptions", "not_empty", "one_of"]
 

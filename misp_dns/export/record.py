@@ -45,11 +45,11 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.names import dns
 
-from misp_dns.dns.answer import Kind
-from misp_dns.policy.decision import Action
+from misp_dns.event import Kind
+from misp_dns.interfaces import Action
 
 if TYPE_CHECKING:
-    from misp_dns.dns.server import QueryEvent
+    from misp_dns.event import QueryEvent
 
 __all__ = [
     "EDE_NAMES",

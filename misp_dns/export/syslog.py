@@ -48,12 +48,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from misp_dns.config import ConfigError, FieldError
+from misp_dns.backoff import backoff_delay
 from misp_dns.export.options import SinkOptions, one_of
 from misp_dns.export.record import QueryRecord, encode_record
 from misp_dns.export.spool import FrameSpool
-from misp_dns.interfaces import ISink
-from misp_dns.registry import BuildContext, PluginType
+from misp_dns.interfaces import BuildContext, ISink, PluginType
+from misp_dns.values import ConfigError, FieldError
 
 __all__ = [
     "FACILITIES",
@@ -371,7 +371,7 @@ class StreamSender:
         self._backlog = FrameSpool()
         self._protocol: _StreamProtocol | None = None
         self._paused = False
-        self._delay = initial_delay
+        self._failures = 0
         self._retry: IDelayedCall | None = None
         self._connected_at = 0.0
         self._attempt: defer.Deferred[Any] | None = None
@@ -441,8 +441,8 @@ class StreamSender:
     def _schedule_retry(self) -> None:
         if not self._running:
             return
-        delay = self._delay
-        self._delay = min(self._delay * 2, self.max_delay)
+        self._failures += 1
+        delay = backoff_delay(self._failures, self.initial_delay, self.max_delay)
         self._retry = self.reactor.callLater(delay, self._connect)
 
     def _connected(self, protocol: _StreamProtocol) -> None:
@@ -469,7 +469,7 @@ class StreamSender:
             return
         if self.reactor.seconds() - self._connected_at >= STABLE_CONNECTION:
             # A connection that lasted: try again soon. One that flaps keeps backing off.
-            self._delay = self.initial_delay
+            self._failures = 0
         self._warn_once("connection lost", reason)
         self._schedule_retry()
 

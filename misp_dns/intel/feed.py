@@ -31,21 +31,20 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from misp_dns.intel.blocking import run_inline, thread_runner
-from misp_dns.intel.http import (
+from misp_dns.http import (
     DEFAULT_MAX_RESPONSE_BYTES,
     USER_AGENT,
-    MispError,
     RetryingHttp,
     make_http_client,
 )
-from misp_dns.intel.indicator import RawIndicator
+from misp_dns.intel.blocking import run_inline, thread_runner
+from misp_dns.intel.errors import MispError, MispResponseError, MispUnavailableError
 from misp_dns.intel.json_stream import object_members
 from misp_dns.intel.misp_client import AttributeCounts, parse_attributes
-from misp_dns.interfaces import IIndicatorSource
+from misp_dns.interfaces import IIndicatorSource, RawIndicator
 
 if TYPE_CHECKING:
-    from misp_dns.policy.misp_options import MispFeedOptions
+    from misp_dns.intel.misp_options import MispFeedOptions
 
 __all__ = ["FeedStats", "MispFeedError", "MispFeedSource"]
 
@@ -365,6 +364,8 @@ class MispFeedSource:
             max_delay=self.max_retry_delay,
             random=self.random,
             follow_redirects=True,
+            unavailable_error=MispUnavailableError,
+            response_error=MispResponseError,
         )
 
     def _where(self, name: str) -> str:

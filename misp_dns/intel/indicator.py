@@ -1,6 +1,6 @@
 """One domain indicator as MISP describes it, before and after normalising.
 
-`RawIndicator` is what a source (the MISP REST API or a MISP feed) hands over, unchanged;
+`RawIndicator` (in `misp_dns.interfaces`) is what a source hands over, unchanged;
 `normalize` turns it into a `BlockEntry`, the form the matcher stores.
 """
 
@@ -8,30 +8,13 @@ from __future__ import annotations
 
 import attrs
 
-__all__ = ["BlockEntry", "RawIndicator"]
+__all__ = ["BlockEntry"]
 
 # MISP attribute types misp-dns blocks on; "domain|ip" holds "<domain>|<ip>".
 DOMAIN = "domain"
 HOSTNAME = "hostname"
 DOMAIN_IP = "domain|ip"
 BLOCKING_TYPES = (DOMAIN, HOSTNAME, DOMAIN_IP)
-
-
-@attrs.frozen
-class RawIndicator:
-    """An attribute as MISP sent it; times are epoch seconds or None when MISP had none."""
-
-    value: str
-    type: str
-    to_ids: bool = True
-    deleted: bool = False
-    timestamp: int | None = None
-    first_seen: float | None = None
-    last_seen: float | None = None
-    event_id: str = ""
-    event_uuid: str = ""
-    event_info: str = ""
-    attribute_uuid: str = ""
 
 
 @attrs.frozen

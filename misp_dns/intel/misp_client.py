@@ -38,24 +38,27 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from misp_dns.intel.blocking import RunBlocking, run_inline, thread_runner
-from misp_dns.intel.http import (
+from misp_dns.http import (
     DEFAULT_MAX_RESPONSE_BYTES,
     USER_AGENT,
     HttpResult,
-    MispError,
-    MispResponseError,
-    MispUnavailableError,
     RetryingHttp,
     excerpt,
     status_message,
 )
-from misp_dns.intel.indicator import BLOCKING_TYPES, RawIndicator
+from misp_dns.intel.blocking import RunBlocking, run_inline, thread_runner
+from misp_dns.intel.errors import (
+    MispAuthError,
+    MispError,
+    MispResponseError,
+    MispUnavailableError,
+)
+from misp_dns.intel.indicator import BLOCKING_TYPES
 from misp_dns.intel.json_stream import array_elements
-from misp_dns.interfaces import IIndicatorSource
+from misp_dns.interfaces import IIndicatorSource, RawIndicator
 
 if TYPE_CHECKING:
-    from misp_dns.policy.misp_options import MispOptions
+    from misp_dns.intel.misp_options import MispOptions
 
 __all__ = [
     "AttributeCounts",
@@ -72,14 +75,6 @@ __all__ = [
 _SEARCH_PATH = "/attributes/restSearch"
 # A first_seen/last_seen number above this is in microseconds (MISP stores them so).
 _MICROSECONDS_THRESHOLD = 100_000_000_000
-
-
-class MispAuthError(MispError):
-    """MISP refused the API key (HTTP 401 or 403); retrying will not help."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @attrs.define
@@ -417,6 +412,8 @@ class MispClient:
             max_delay=self.max_retry_delay,
             random=self.random,
             redact=self._redact,
+            unavailable_error=MispUnavailableError,
+            response_error=MispResponseError,
         )
         previous_ids: tuple[object, ...] | None = None
         for page in range(1, self.max_pages + 1):

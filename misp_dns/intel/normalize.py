@@ -35,7 +35,8 @@ from collections.abc import Iterable, Iterator
 
 import attrs
 
-from misp_dns.intel.indicator import BLOCKING_TYPES, DOMAIN_IP, HOSTNAME, BlockEntry, RawIndicator
+from misp_dns.intel.indicator import BLOCKING_TYPES, DOMAIN_IP, HOSTNAME, BlockEntry
+from misp_dns.interfaces import RawIndicator
 
 __all__ = [
     "REASONS",

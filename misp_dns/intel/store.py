@@ -35,7 +35,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from misp_dns.policy.domainset import FORMAT_VERSION, DomainSet
+from misp_dns.intel.domainset import FORMAT_VERSION, DomainSet
 
 __all__ = ["MAGIC", "StoreError", "load", "save"]
 

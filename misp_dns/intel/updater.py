@@ -26,12 +26,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from misp_dns.allocator import release_free_memory
+from misp_dns.backoff import backoff_delay
 from misp_dns.intel import store
 from misp_dns.intel.blocking import without_collection
-from misp_dns.intel.indicator import RawIndicator
+from misp_dns.intel.domainset import DomainSet, DomainSetBuilder
 from misp_dns.intel.normalize import Tally, selected
-from misp_dns.interfaces import IIndicatorSource
-from misp_dns.policy.domainset import DomainSet, DomainSetBuilder
+from misp_dns.interfaces import IIndicatorSource, RawIndicator
 
 __all__ = ["IndicatorUpdater"]
 
@@ -186,7 +186,7 @@ class IndicatorUpdater(Service):
 
     def _failed(self, failure: Failure) -> None:
         self.failures += 1
-        delay = min(self.interval, self.retry_after * 2 ** (self.failures - 1))
+        delay = backoff_delay(self.failures, self.retry_after, self.interval)
         self.log.warn(
             "{label}: update failed: {reason}; still blocking the {count} indicators of the"
             " last good update; next try in {delay:.0f} s",

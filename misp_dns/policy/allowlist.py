@@ -21,15 +21,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import attrs
+from twisted.internet import defer
 from zope.interface import implementer
 
-from misp_dns.config import ConfigError
+from misp_dns.intel.domainset import DomainSet
 from misp_dns.intel.indicator import BlockEntry
 from misp_dns.intel.normalize import InvalidIndicator, normalize_name
-from misp_dns.interfaces import IPolicy
-from misp_dns.policy.decision import Action, Decision, PolicyQuery
-from misp_dns.policy.domainset import DomainSet
-from misp_dns.registry import BuildContext, PluginType
+from misp_dns.interfaces import Action, BuildContext, Decision, IPolicy, PluginType, PolicyQuery
+from misp_dns.values import ConfigError
 
 __all__ = ["AllowlistOptions", "AllowlistPolicy", "plugin"]
 
@@ -67,6 +66,8 @@ class AllowlistPolicy:
 
     names: DomainSet
     name: str = SOURCE
+    #: The list is read once, when the policy is built: no background work.
+    service: None = attrs.field(default=None, init=False)
 
     @classmethod
     def from_config(cls, options: AllowlistOptions) -> AllowlistPolicy:
@@ -80,6 +81,10 @@ class AllowlistPolicy:
         if problems:
             raise ConfigError(problems)
         return cls(DomainSet.build(entries))
+
+    def whenReady(self) -> defer.Deferred[None]:
+        """Fires at once: the names are loaded when the policy is built."""
+        return defer.succeed(None)
 
     def decide(self, query: PolicyQuery) -> Decision | None:
         """ALLOW when the name is listed or below a listed name; otherwise no opinion."""

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from misp_dns.interfaces import IPolicy
-from misp_dns.policy.decision import Decision, PolicyQuery
+from misp_dns.interfaces import Decision, IPolicy, PolicyQuery
 
 __all__ = ["PolicyChain"]
 

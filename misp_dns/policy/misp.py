@@ -13,7 +13,10 @@ query from its current snapshot:
 - `enable_blocking = false` is monitor mode: nothing is blocked, and the decision still
   reaches the query log with `"enforced": false`.
 
-Every option is described in `misp_dns.policy.misp_options`. Example:
+An installed indicator source (entry-point group `misp_dns.sources`) becomes a policy type
+of the same shape: `source_policy_type` wraps it in the same updater and policy.
+
+Every option is described in `misp_dns.intel.misp_options`. Example:
 
     [[policy]]
     type = "misp"
@@ -26,19 +29,28 @@ from __future__ import annotations
 import hashlib
 import os
 
+from twisted.internet import defer
 from zope.interface import implementer
 
+from misp_dns.http import make_http_client
+from misp_dns.intel.domainset import DomainSet, Match
 from misp_dns.intel.feed import MispFeedSource
-from misp_dns.intel.http import make_http_client
 from misp_dns.intel.misp_client import MispClient
+from misp_dns.intel.misp_options import MispFeedOptions, MispOptions
 from misp_dns.intel.updater import IndicatorUpdater
-from misp_dns.interfaces import IIndicatorSource, IPolicy
-from misp_dns.policy.decision import Action, Decision, PolicyQuery
-from misp_dns.policy.domainset import DomainSet, Match
-from misp_dns.policy.misp_options import BlockingOptions, MispFeedOptions, MispOptions
-from misp_dns.registry import BuildContext, PluginType
+from misp_dns.interfaces import (
+    Action,
+    BlockingOptions,
+    BuildContext,
+    ConfigError,
+    Decision,
+    IIndicatorSource,
+    IPolicy,
+    PluginType,
+    PolicyQuery,
+)
 
-__all__ = ["MispBlockingPolicy", "feed_plugin", "misp_plugin"]
+__all__ = ["MispBlockingPolicy", "feed_plugin", "misp_plugin", "source_policy_type"]
 
 IN = 1
 MISP_SOURCE = "misp-connector"
@@ -68,6 +80,10 @@ class MispBlockingPolicy:
         self._by_name: dict[str, Decision | None] = {}
         self._by_indicator: dict[str, Decision] = {}
         self._previous: dict[str, Decision] = {}
+
+    def whenReady(self) -> defer.Deferred[None]:
+        """Fires once a snapshot is served (from disk or the source) or the first fetch failed."""
+        return self.updater.whenReady()
 
     def decide(self, query: PolicyQuery) -> Decision | None:
         """BLOCK (or, in monitor mode, a not enforced BLOCK) for a listed name, else None.
@@ -153,6 +169,25 @@ def _build_misp(options: MispOptions, context: BuildContext) -> MispBlockingPoli
 def _build_feed(options: MispFeedOptions, context: BuildContext) -> MispBlockingPolicy:
     source = MispFeedSource.from_options(options, context.reactor)
     return _policy("misp-feed", FEED_SOURCE, options, source, context, options.url)
+
+
+def source_policy_type(source: PluginType) -> PluginType:
+    """The blocking policy type fed by an installed indicator source, named like the source.
+
+    The source's options class extends `BlockingOptions`, so the table that configures the
+    source also sets the refresh interval, the answer TTL, monitor mode and the like; the
+    report says `source=<type name>`.
+    """
+
+    def build(options: BlockingOptions, context: BuildContext) -> MispBlockingPolicy:
+        indicators = source.build(options, context)
+        if not IIndicatorSource.providedBy(indicators):
+            raise ConfigError([f"type {source.name!r} did not build an IIndicatorSource"])
+        # The snapshot file is named by a digest of the whole table, so two tables of the
+        # same source type keep separate caches.
+        return _policy(source.name, source.name, options, indicators, context, repr(options))
+
+    return PluginType(source.name, source.options, build)
 
 
 misp_plugin = PluginType("misp", MispOptions, _build_misp)

@@ -35,7 +35,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from misp_dns.dns.acl import ClientACL
-from misp_dns.dns.answer import Answer
 from misp_dns.dns.cache import AnswerCache
 from misp_dns.dns.forwarder import UpstreamFailed
 from misp_dns.dns.packet import PlainQuery, read_plain_query
@@ -51,9 +50,9 @@ from misp_dns.dns.wire import (
     presentation_name,
     read_request,
 )
-from misp_dns.interfaces import IPolicy
+from misp_dns.event import Answer
+from misp_dns.interfaces import Action, Decision, IPolicy, PolicyQuery
 from misp_dns.policy.chain import PolicyChain
-from misp_dns.policy.decision import Action, Decision, PolicyQuery
 
 from .abuse_mutations import parse_strictly
 

@@ -12,11 +12,10 @@ from typing import Any
 import dns.message
 from twisted.names import dns as tdns
 
-from misp_dns.dns.answer import Answer, Kind
 from misp_dns.dns.responses import blocked_answer, refused_answer
-from misp_dns.dns.server import QueryEvent
 from misp_dns.dns.wire import Request, read_request
-from misp_dns.policy.decision import Action, Decision, Provenance
+from misp_dns.event import Answer, Kind, QueryEvent
+from misp_dns.interfaces import Action, Decision, Provenance
 
 __all__ = [
     "PROVENANCE",

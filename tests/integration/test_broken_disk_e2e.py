@@ -27,8 +27,8 @@ import pytest
 from conftest import free_port
 
 from misp_dns.intel import store
+from misp_dns.intel.domainset import FORMAT_VERSION, DomainSet
 from misp_dns.intel.indicator import BlockEntry
-from misp_dns.policy.domainset import FORMAT_VERSION, DomainSet
 from misp_dns.policy.misp import snapshot_path
 
 from .hostile_dns import server_table, start_server, write_config

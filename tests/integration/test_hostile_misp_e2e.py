@@ -24,8 +24,9 @@ import pytest_twisted
 from conftest import free_port
 from twisted.internet.defer import Deferred
 
-from misp_dns.intel.http import make_http_client
-from misp_dns.intel.misp_client import MispClient, MispResponseError, MispUnavailableError
+from misp_dns.http import make_http_client
+from misp_dns.intel.errors import MispResponseError, MispUnavailableError
+from misp_dns.intel.misp_client import MispClient
 
 from .certificates import Authority
 from .hostile_dns import rss_kib, server_table, start_server, write_config

@@ -20,12 +20,19 @@ package is installed beside misp-dns, `type = "tld-block"` works in the config.
 from __future__ import annotations
 
 import attrs
+from twisted.internet import defer
 from zope.interface import implementer
 
-from misp_dns.config import FieldError, between
-from misp_dns.interfaces import IPolicy
-from misp_dns.policy.decision import Action, Decision, PolicyQuery
-from misp_dns.registry import BuildContext, PluginType
+from misp_dns.interfaces import (
+    Action,
+    BuildContext,
+    Decision,
+    FieldError,
+    IPolicy,
+    PluginType,
+    PolicyQuery,
+    between,
+)
 
 __all__ = ["TldBlockOptions", "TldBlockPolicy", "plugin"]
 
@@ -60,6 +67,12 @@ class TldBlockPolicy:
     tlds: frozenset[str]
     ttl: int
     name: str = SOURCE
+    #: Nothing to fetch or refresh: the TLDs come from the config.
+    service: None = attrs.field(default=None, init=False)
+
+    def whenReady(self) -> defer.Deferred[None]:
+        """Ready at once: there is nothing to load."""
+        return defer.succeed(None)
 
     def decide(self, query: PolicyQuery) -> Decision | None:
         """BLOCK names under a listed TLD; no opinion about the others."""

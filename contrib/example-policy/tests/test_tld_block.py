@@ -6,10 +6,10 @@ import pytest
 from example_policy import TldBlockOptions, TldBlockPolicy, plugin
 from zope.interface.verify import verifyObject
 
-from misp_dns.config import ConfigError, parse_config
-from misp_dns.interfaces import IPolicy
-from misp_dns.policy.decision import Action, PolicyQuery
+from misp_dns.config import parse_config
+from misp_dns.interfaces import Action, IPolicy, PolicyQuery
 from misp_dns.registry import default_registry
+from misp_dns.values import ConfigError
 
 
 def test_blocks_names_under_listed_tlds() -> None:

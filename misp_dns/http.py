@@ -1,10 +1,14 @@
-"""HTTP for indicator sources: timeouts, a body cap, retries with backoff, and TLS policy.
+"""The HTTP client every part of misp-dns shares: TLS policy, a body cap, retries with backoff.
 
-`RetryingHttp` sends one request until it gets an answer worth returning: connection errors,
-timeouts, 408, 429 and 5xx are retried with exponential backoff and jitter (or the wait a
-429/503 asks for), and a body larger than the cap fails instead of filling memory. Both the
-MISP REST client and the MISP feed reader use it. `make_http_client` builds the treq client,
-validating TLS certificates unless `disable_tls_validation` says otherwise.
+`make_http_client` builds the treq client, validating TLS certificates unless
+`disable_tls_validation` says otherwise; the MISP REST client, the MISP feed reader and the
+`http` export sink all use it. `RetryingHttp` sends one request until it gets an answer worth
+returning: connection errors, timeouts, 408, 429 and 5xx are retried with `backoff_delay`'s
+exponential backoff and jitter (or the wait a 429/503 asks for), and a body larger than the
+cap fails instead of filling memory.
+
+The errors it raises are `UnavailableError` and `ResponseError` unless the caller names its
+own classes (the MISP clients raise their `MispError` kinds, see `misp_dns.intel.errors`).
 """
 
 from __future__ import annotations
@@ -40,18 +44,20 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 import misp_dns
+from misp_dns.backoff import backoff_delay
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "USER_AGENT",
+    "FetchError",
     "HttpResult",
-    "MispError",
-    "MispResponseError",
-    "MispUnavailableError",
     "RequestCounts",
+    "ResponseError",
     "RetryingHttp",
+    "UnavailableError",
     "excerpt",
     "make_http_client",
+    "read_capped_body",
     "status_message",
 ]
 
@@ -61,24 +67,16 @@ DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 _EPOCH_THRESHOLD = 1_000_000_000
 
 
-class MispError(Exception):
-    """Fetching indicators failed; the message names the cause and never the API key."""
+class FetchError(Exception):
+    """An HTTP exchange failed; the message names the cause and never a secret."""
 
 
-class MispAuthError(MispError):
-    """MISP refused the API key (HTTP 401 or 403); retrying will not help."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
+class ResponseError(FetchError):
+    """The server answered something unusable: too large, the wrong shape, a redirect."""
 
 
-class MispResponseError(MispError):
-    """MISP answered something unusable: not JSON, the wrong shape, too large, a redirect."""
-
-
-class MispUnavailableError(MispError):
-    """MISP could not be reached or kept failing (connection, timeout, 5xx, 429) after retries."""
+class UnavailableError(FetchError):
+    """The server could not be reached or kept failing (connection, timeout, 5xx, 429)."""
 
 
 class _Retryable(Exception):
@@ -129,11 +127,19 @@ class HttpResult:
 class _CappedBody(Protocol):
     """Collects a response body, failing (and closing the connection) past `limit` bytes."""
 
-    def __init__(self, finished: Deferred[bytes], limit: int, declared: int | None, what: str):
+    def __init__(
+        self,
+        finished: Deferred[bytes],
+        limit: int,
+        declared: int | None,
+        what: str,
+        too_large: type[Exception],
+    ):
         self._finished: Deferred[bytes] | None = finished
         self._limit = limit
         self._declared = declared
         self._what = what
+        self._too_large = too_large
         self._chunks: list[bytes] = []
         self._size = 0
 
@@ -171,17 +177,22 @@ class _CappedBody(Protocol):
         self.cancel()
         if finished is not None:
             finished.errback(
-                MispResponseError(f"{self._what}: {detail}, over the {self._limit}-byte cap")
+                self._too_large(f"{self._what}: {detail}, over the {self._limit}-byte cap")
             )
 
 
-def _read_body(response: IResponse, limit: int, what: str) -> Deferred[bytes]:
-    """The whole body, or a failure past `limit` bytes; cancelling closes the connection."""
+def read_capped_body(
+    response: IResponse, limit: int, what: str, too_large: type[Exception] = ResponseError
+) -> Deferred[bytes]:
+    """The whole body, or a `too_large` failure past `limit` bytes.
+
+    Cancelling the Deferred closes the connection.
+    """
     if response.length == 0:
         return defer.succeed(b"")
     declared = None if response.length is UNKNOWN_LENGTH else int(response.length)
     finished: Deferred[bytes] = Deferred(lambda _d: protocol.cancel())
-    protocol = _CappedBody(finished, limit, declared, what)
+    protocol = _CappedBody(finished, limit, declared, what, too_large)
     response.deliverBody(protocol)
     return finished
 
@@ -266,8 +277,9 @@ class RetryingHttp:
     connection error, a timeout, 408, 429 or 5xx, waiting `backoff * 2**(n-1)` seconds
     scaled by a jitter factor in [0.5, 1.5), or what a 429 or 503 asked for in `Retry-After`
     or `X-Rate-Limit-Reset`, at most `max_delay`. The last answer is returned as `HttpResult`,
-    whatever its status, unless every attempt failed, which raises `MispUnavailableError`.
-    `redact` cleans server-supplied text before it reaches a log line or an error.
+    whatever its status, unless every attempt failed, which raises `unavailable_error`
+    (a body over `max_bytes` raises `response_error`). `redact` cleans server-supplied text
+    before it reaches a log line or an error.
     """
 
     http: Any
@@ -280,6 +292,8 @@ class RetryingHttp:
     random: Callable[[], float] = random.random
     follow_redirects: bool = False
     redact: Callable[[str], str] = str
+    unavailable_error: type[Exception] = UnavailableError
+    response_error: type[Exception] = ResponseError
     log: ClassVar[Logger] = Logger()
 
     async def request(
@@ -307,12 +321,13 @@ class RetryingHttp:
                 return result
             except _Retryable as exc:
                 if attempt == self.attempts:
-                    raise MispUnavailableError(
+                    raise self.unavailable_error(
                         f"{what}: {exc.reason} (gave up after {attempt} attempts)"
                     ) from None
                 delay = exc.delay
                 if delay is None:
-                    delay = self.backoff * 2 ** (attempt - 1) * (0.5 + self.random())
+                    jitter = 0.5 + self.random()
+                    delay = backoff_delay(attempt, self.backoff, self.max_delay, jitter)
                 delay = min(delay, self.max_delay)
                 self.log.warn(
                     "{what}: attempt {attempt} failed ({reason}); retrying in {delay:.1f}s",
@@ -352,7 +367,7 @@ class RetryingHttp:
             if isinstance(exc, _TRANSPORT_ERRORS):
                 if _is_tls_failure(exc):
                     # A certificate that fails validation fails the same way next time.
-                    raise MispUnavailableError(
+                    raise self.unavailable_error(
                         f"{what}: TLS failed: {_describe_failure(exc)}"
                     ) from None
                 raise _Retryable(_describe_failure(exc)) from None
@@ -377,7 +392,7 @@ class RetryingHttp:
             allow_redirects=self.follow_redirects,
             unbuffered=True,
         )
-        content = await _read_body(response, self.max_bytes, what)
+        content = await read_capped_body(response, self.max_bytes, what, self.response_error)
         found = {
             name.decode("latin-1").lower(): [v.decode("latin-1") for v in values]
             for name, values in response.headers.getAllRawHeaders()
@@ -424,7 +439,7 @@ class _UnverifiedPolicy:
         return _UnverifiedCreator(self._options, hostname)
 
 
-_tls_log = Logger(namespace="misp_dns.intel.http")
+_tls_log = Logger(namespace="misp_dns.http")
 
 
 def make_http_client(

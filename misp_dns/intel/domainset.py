@@ -50,7 +50,7 @@ from zlib import crc32
 import attrs
 
 from misp_dns.intel.indicator import BlockEntry
-from misp_dns.policy.decision import Provenance
+from misp_dns.interfaces import Provenance
 
 __all__ = ["FORMAT_VERSION", "DomainSet", "DomainSetBuilder", "Match"]
 
@@ -60,7 +60,7 @@ FORMAT_VERSION = 1
 _U32 = "I"
 _U64 = "Q"
 if array(_U32).itemsize != 4 or array(_U64).itemsize != 8:  # pragma: no cover
-    raise ImportError("misp_dns.policy.domainset needs 4- and 8-byte array typecodes I and Q")
+    raise ImportError("misp_dns.intel.domainset needs 4- and 8-byte array typecodes I and Q")
 
 # A table slot is 0 when empty, else CRC-32 (0 counted as 1) << 32 | index << 1 | subdomains.
 _LOW_WORD = 0xFFFFFFFF

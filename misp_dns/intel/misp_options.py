@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import attrs
 from twisted.logger import Logger
 
-from misp_dns.config import ConfigError, Duration, FieldError, between
+from misp_dns.values import BlockingOptions, ConfigError, FieldError, between
 
 __all__ = ["BlockingOptions", "MispFeedOptions", "MispOptions"]
 
@@ -50,30 +50,11 @@ def _http_url(_instance: object, attribute: attrs.Attribute[Any], value: str) ->
 
 
 _EXAMPLE = "https://misp.example.com"
-_TWO_HOURS = Duration(2 * 3600)
-_FIFTEEN_DAYS = Duration(15 * 86400)
-_ONE_MINUTE = Duration(60)
 
 
 def _not_empty(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value.strip():
         raise FieldError(attribute.name, "must not be empty")
-
-
-@attrs.frozen(kw_only=True)
-class BlockingOptions:
-    """What every MISP-fed blocking policy shares: refreshing, freshness and the answer."""
-
-    enable_blocking: bool = True
-    disable_tls_validation: bool = False
-    update_interval: Duration = _TWO_HOURS
-    max_ioc_age: Duration = _FIFTEEN_DAYS
-    blocking_answer_ttl: int = attrs.field(default=30, validator=between(30, 86400))
-    allow_txt_blocking_report: bool = True
-    add_extended_dns_error: bool = True
-    # A slow MISP answering a big page needs more than a minute; a dead one should not
-    # hold a refresh for longer than an hour per attempt.
-    request_timeout: Duration = attrs.field(default=_ONE_MINUTE, validator=between(1, 3600))
 
 
 @attrs.frozen(kw_only=True)

@@ -1,0 +1,92 @@
+"""Building the configured plugins: the `[[policy]]` chain and the `[[export]]` sinks.
+
+Each table is built by the `PluginType` its `type` names in the `Registry`, with a
+`BuildContext`; whatever only building can find (a missing file, a plugin that builds the
+wrong kind of object) is raised as `ConfigError`, each line prefixed with the table's path.
+Both start-up (`misp_dns.tap`) and SIGHUP reloads (`misp_dns.reload`) build through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from misp_dns.export.exporter import DEFAULT_MAX_QUEUE, ExporterService, SinkSlot
+from misp_dns.interfaces import BuildContext, IPolicy, ISink
+from misp_dns.registry import Registry
+from misp_dns.values import Config, ConfigError, PluginConfig, ServerConfig
+
+__all__ = ["build_exporter", "build_policies", "build_policy", "context_for"]
+
+
+def context_for(server: ServerConfig, reactor: Any) -> BuildContext:
+    """The context plugins of a configuration are built with."""
+    return BuildContext(reactor=reactor, server=server, state_dir=server.state_dir)
+
+
+def build_policy(
+    index: int, table: PluginConfig, registry: Registry, context: BuildContext
+) -> IPolicy:
+    """The policy of `[[policy]]` table number `index`, or ConfigError naming the table."""
+    try:
+        policy = registry.policies[table.type].build(table.options, context)
+    except ConfigError as problem:
+        raise ConfigError([f"policy[{index}]: {line}" for line in problem.problems]) from None
+    if not IPolicy.providedBy(policy):
+        raise ConfigError([f"policy[{index}]: type {table.type!r} did not build an IPolicy"])
+    return policy
+
+
+def build_policies(config: Config, registry: Registry, reactor: Any) -> list[IPolicy]:
+    """The `[[policy]]` tables turned into policy objects, in config order."""
+    context = context_for(config.server, reactor)
+    problems: list[str] = []
+    policies = []
+    for index, table in enumerate(config.policy):
+        try:
+            policies.append(build_policy(index, table, registry, context))
+        except ConfigError as problem:
+            problems.extend(problem.problems)
+    if problems:
+        raise ConfigError(problems)
+    return policies
+
+
+def build_exporter(
+    tables: Sequence[PluginConfig],
+    registry: Registry,
+    reactor: Any,
+    *,
+    server: ServerConfig | None = None,
+    max_queue: int | None = None,
+) -> ExporterService:
+    """The exporter for the `[[export]]` tables, each built by its registered type.
+
+    Raises `ConfigError` ("export[1]: ...") when a sink cannot be built from its options.
+    The queue holds `max_queue` events; by default the largest `max_queue` of the sinks.
+    """
+    context = context_for(server or ServerConfig(), reactor)
+    slots: list[SinkSlot] = []
+    problems: list[str] = []
+    bounds = []
+    for index, table in enumerate(tables):
+        plugin = registry.exporters.get(table.type)
+        if plugin is None:
+            problems.append(f"export[{index}].type: no export type {table.type!r} is installed")
+            continue
+        try:
+            sink = plugin.build(table.options, context)
+        except ConfigError as problem:
+            problems.extend(f"export[{index}]: {line}" for line in problem.problems)
+            continue
+        if not ISink.providedBy(sink):
+            problems.append(f"export[{index}]: type {table.type!r} did not build an ISink")
+            continue
+        include = getattr(table.options, "include", "all")
+        slots.append(SinkSlot(f"export[{index}] ({table.type})", sink, include == "blocked"))
+        bounds.append(int(getattr(table.options, "max_queue", DEFAULT_MAX_QUEUE)))
+    if problems:
+        raise ConfigError(problems)
+    if max_queue is None:
+        max_queue = max(bounds, default=DEFAULT_MAX_QUEUE)
+    return ExporterService(slots, reactor, max_queue=max_queue)
