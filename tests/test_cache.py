@@ -8,7 +8,7 @@ from twisted.names import dns
 from misp_dns.dns.cache import AnswerCache
 from misp_dns.event import Answer, Kind
 
-KEY = (b"\x03www\x07example\x03com\x00", dns.A, dns.IN, False)
+KEY = (b"\x03www\x07example\x03com\x00", dns.A, dns.IN, False, 0)
 
 
 def a_answer(ttl: int = 300, name: bytes = b"www.example.com") -> Answer:
@@ -48,7 +48,7 @@ def test_least_recently_used_leaves_first() -> None:
     """At max_entries, the entry not used for longest is dropped, not the one just read."""
     clock = Clock()
     cache = AnswerCache(2, clock)
-    keys = [(b"\x02n" + str(i).encode() + b"\x04test\x00", dns.A, dns.IN, False) for i in range(3)]
+    keys = [(b"\x02n%d\x04test\x00" % i, dns.A, dns.IN, False, 0) for i in range(3)]
     cache.put(keys[0], a_answer())
     cache.put(keys[1], a_answer())
     assert cache.get(keys[0]) is not None
@@ -63,7 +63,7 @@ def test_do_bit_is_part_of_the_key() -> None:
     """An answer fetched without DNSSEC records is not served to a DO=1 client."""
     cache = AnswerCache(10, Clock())
     cache.put(KEY, a_answer())
-    assert cache.get((*KEY[:3], True)) is None
+    assert cache.get((*KEY[:3], True, 0)) is None
 
 
 def test_nxdomain_cached_for_soa_minimum() -> None:

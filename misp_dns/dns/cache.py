@@ -1,11 +1,17 @@
 """The answer cache: bounded, least recently used out, TTLs counting down on every hit.
 
-Entries are keyed by (name in wire format, lower-cased; type; class; DO bit) and hold the
-answer twice: as records (for the query log) and pre-encoded (`PacketBody`), so a hit is
-served by patching TTLs into bytes. Positive answers live for the smallest TTL among their
-records; negative answers (NXDOMAIN, and NOERROR without answers) live for the smaller of
-their SOA's TTL and MINIMUM (RFC 2308 section 5) and are not cached without an SOA.
-SERVFAIL, REFUSED and truncated answers are never cached.
+Entries are keyed by (name in wire format, lower-cased; type; class; DO bit; CD bit) and
+hold the answer twice: as records (for the query log) and pre-encoded (`PacketBody`), so a
+hit is served by patching TTLs into bytes. Positive answers live for the smallest TTL among
+their records; negative answers (NXDOMAIN, and NOERROR without answers) live for the
+smaller of their SOA's TTL and MINIMUM (RFC 2308 section 5) and are not cached without an
+SOA. SERVFAIL, REFUSED and truncated answers are never cached.
+
+DO and CD are in the key because the upstream answers differently to each: with DO it adds
+RRSIGs a client without DO must not get (and without DO it leaves out what a DO client
+needs); with CD a validating upstream hands out data it could not validate, which only a
+client that disabled checking itself may see. CD is the query's flag bit as it sits in
+`Request.flags` (`CHECKING_DISABLED` or 0), so both paths build the key without a branch.
 """
 
 from __future__ import annotations
@@ -21,9 +27,13 @@ from twisted.names import dns
 from misp_dns.dns.packet import encode_body
 from misp_dns.event import Answer, Kind, copy_with_ttl, dotted_name
 
-__all__ = ["AnswerCache", "CacheKey", "cache_lifetime"]
+__all__ = ["CHECKING_DISABLED", "AnswerCache", "CacheKey", "cache_lifetime"]
 
-CacheKey = tuple[bytes, int, int, bool]
+# (name, type, class, DO, the CD bit of the query's flags)
+CacheKey = tuple[bytes, int, int, bool, int]
+
+# The CD bit (RFC 4035 section 3.2.2) in a query's two flag octets, first octet low.
+CHECKING_DISABLED = 0x1000
 
 MAX_TTL = 86400
 MAX_NEGATIVE_TTL = 3 * 3600
@@ -103,7 +113,7 @@ class AnswerCache:
                     copy_with_ttl(r, ttl) if r.type == dns.SOA else r for r in answer.authority
                 ],
             )
-        name, qtype, qclass, _dnssec_ok = key
+        name, qtype, qclass = key[:3]
         packet = encode_body(answer, dotted_name(name), qtype, qclass)
         cached = attrs.evolve(answer, kind=Kind.CACHED, rtt=None, packet=packet, age=0)
         now = self._clock.seconds()

@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import dns
 
-from misp_dns.dns.cache import AnswerCache, CacheKey
+from misp_dns.dns.cache import CHECKING_DISABLED, AnswerCache, CacheKey
 from misp_dns.dns.forwarder import Forwarder, UpstreamFailed
 from misp_dns.dns.responses import blocked_answer, minimal_any_answer, server_failure
 from misp_dns.dns.wire import Request, presentation_name
@@ -98,7 +98,13 @@ class ChainResolver:
             edns is not None,
             dnssec_ok,
         )
-        key = (request.question_wire[:-4].lower(), question.type, question.cls, dnssec_ok)
+        key = (
+            request.question_wire[:-4].lower(),
+            question.type,
+            question.cls,
+            dnssec_ok,
+            request.flags & CHECKING_DISABLED,
+        )
         found = self.answer_at_once(decision, key)
         if found is not None:
             answer, age = found
@@ -108,7 +114,7 @@ class ChainResolver:
             question.type,
             question.cls,
             dnssec_ok=dnssec_ok,
-            checking_disabled=bool(request.message.checkingDisabled),
+            checking_disabled=bool(key[4]),
         )
         result.addCallbacks(
             self._forwarded, self._failed, callbackArgs=(key, decision), errbackArgs=(decision,)

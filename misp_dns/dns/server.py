@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
 from misp_dns.dns.acl import ClientACL
+from misp_dns.dns.cache import CHECKING_DISABLED
 from misp_dns.dns.packet import assemble, opt_record, read_plain_query
 from misp_dns.dns.ratelimit import RateLimiter, Verdict
 from misp_dns.dns.resolver import ChainResolver
@@ -122,9 +123,14 @@ class Responder:
             decision = resolver.decide(
                 query.name, query.qtype, query.qclass, client, "udp", query.edns, query.dnssec_ok
             )
-        found = resolver.answer_at_once(
-            decision, (query.key_name, query.qtype, query.qclass, query.dnssec_ok)
+        key = (
+            query.key_name,
+            query.qtype,
+            query.qclass,
+            query.dnssec_ok,
+            query.flags & CHECKING_DISABLED,
         )
+        found = resolver.answer_at_once(decision, key)
         if found is None:
             return None
         answer, age = found
