@@ -1,9 +1,9 @@
-"""The resolver chain seen from a client: which answers the cache may share between clients."""
+"""The resolver chain seen from clients: what the cache and one upstream query may share."""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dns.flags
@@ -12,25 +12,44 @@ import dns.rcode
 import dns.rdatatype
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns as tdns
 
+from misp_dns.config import HostPort
 from misp_dns.dns.acl import ClientACL
-from misp_dns.dns.answer import Answer
+from misp_dns.dns.answer import Answer, Kind
 from misp_dns.dns.cache import AnswerCache
+from misp_dns.dns.forwarder import Forwarder, UpstreamFailed
 from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.server import QueryEvent, Responder
 from misp_dns.policy.chain import PolicyChain
+from misp_dns.policy.decision import Action, Decision, PolicyQuery
 
 CLIENT = "127.0.0.1"
 
 
 class ScriptedUpstream:
     """Stands in for `Forwarder.resolve`: records every question it is asked and answers it
-    with `reply(name, qtype, qclass, dnssec_ok, checking_disabled)`."""
+    with `reply(name, qtype, qclass, dnssec_ok, checking_disabled)`, at once or, with
+    `hold`, when the test calls `release()` (or `fail(...)`)."""
 
-    def __init__(self, reply: Callable[..., Answer]) -> None:
+    def __init__(self, reply: Callable[..., Answer], *, hold: bool = False) -> None:
         self.reply = reply
+        self.hold = hold
         self.asked: list[tuple[bytes, int, int, bool, bool]] = []
+        self.pending: list[tuple[tuple[bytes, int, int, bool, bool], defer.Deferred[Answer]]] = []
+
+    def release(self) -> None:
+        """Answer every held question."""
+        pending, self.pending = self.pending, []
+        for question, waiting in pending:
+            waiting.callback(self.reply(*question))
+
+    def fail(self, reason: Exception) -> None:
+        """Fail every held question with `reason`."""
+        pending, self.pending = self.pending, []
+        for _, waiting in pending:
+            waiting.errback(reason)
 
     def resolve(
         self,
@@ -43,6 +62,10 @@ class ScriptedUpstream:
     ) -> defer.Deferred[Answer]:
         question = (name, qtype, qclass, dnssec_ok, checking_disabled)
         self.asked.append(question)
+        if self.hold:
+            waiting: defer.Deferred[Answer] = defer.Deferred()
+            self.pending.append((question, waiting))
+            return waiting
         return defer.succeed(self.reply(*question))
 
 
@@ -69,9 +92,32 @@ def signing_upstream(name: bytes, qtype: int, qclass: int, do: bool, cd: bool) -
     return Answer(tdns.OK, answers=records)
 
 
-def make_responder(upstream: Any) -> tuple[Responder, list[QueryEvent]]:
-    resolver = ChainResolver(PolicyChain(), AnswerCache(100, Clock()), upstream, "dns.test")
-    responder = Responder(resolver, ClientACL([ipaddress.ip_network("127.0.0.0/8")]), Clock())
+def plain_upstream(name: bytes, qtype: int, qclass: int, do: bool, cd: bool) -> Answer:
+    """Any resolver: one A record for every name."""
+    return Answer(tdns.OK, answers=(a_record(name, "192.0.2.7"),))
+
+
+class AllowClient:
+    """A policy that allows every name for one client and has no opinion for the others."""
+
+    name = "allow-client"
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+
+    def decide(self, query: PolicyQuery) -> Decision | None:
+        if query.client != self.client:
+            return None
+        return Decision(Action.ALLOW, "allow-client", indicator=query.name)
+
+
+def make_responder(
+    upstream: Any, policies: Sequence[Any] = (), clock: Any = None
+) -> tuple[Responder, list[QueryEvent]]:
+    clock = clock or Clock()
+    cache = AnswerCache(100, clock)
+    resolver = ChainResolver(PolicyChain(policies), cache, upstream, "dns.test")
+    responder = Responder(resolver, ClientACL([ipaddress.ip_network("127.0.0.0/8")]), clock)
     events: list[QueryEvent] = []
     responder.observers.append(events.append)
     return responder, events
@@ -121,3 +167,114 @@ def test_an_answer_fetched_with_do_is_not_served_to_a_client_without_do() -> Non
         expected = [dns.rdatatype.A, dns.rdatatype.RRSIG] if query is with_do else [dns.rdatatype.A]
         assert types == expected
     assert [do for _, _, _, do, _ in upstream.asked] == [True, False]
+
+
+def send(responder: Responder, query: dns.message.Message, client: str = CLIENT) -> Any:
+    """Send `query` over UDP; the response bytes, or a Deferred for them."""
+    return responder.respond(query.to_wire(), client, "udp")
+
+
+def identical_queries(count: int) -> list[dns.message.Message]:
+    """`count` queries for one question from as many clients: their own IDs, half with
+    EDNS (without DO), half without."""
+    queries = []
+    for index in range(count):
+        query = dns.message.make_query("popular.test", "A", use_edns=0 if index % 2 else False)
+        query.id = 1000 + index
+        queries.append(query)
+    return queries
+
+
+def test_identical_questions_in_flight_share_one_upstream_query() -> None:
+    """100 clients asking the same question while the upstream is still thinking cause one
+    upstream query; when it answers, each client gets the answer with its own ID and its
+    own EDNS shape (an OPT only if it sent one), and each gets a query record."""
+    upstream = ScriptedUpstream(plain_upstream, hold=True)
+    responder, events = make_responder(upstream)
+    queries = identical_queries(100)
+    results = [send(responder, query) for query in queries]
+    assert all(isinstance(result, defer.Deferred) for result in results)
+    assert len(upstream.asked) == 1
+
+    upstream.release()
+    for query, result in zip(queries, results, strict=True):
+        response = dns.message.from_wire(result.result)
+        assert response.id == query.id
+        assert response.edns == query.edns
+        assert response.rcode() == dns.rcode.NOERROR
+        assert [str(r) for r in response.answer[0]] == ["192.0.2.7"]
+    assert len(events) == 100
+    assert {event.answer.kind for event in events} == {Kind.RECURSIVE}
+
+
+def test_questions_that_differ_in_do_or_cd_are_not_merged() -> None:
+    """DO and CD change what the upstream answers, so those questions go up on their own."""
+    upstream = ScriptedUpstream(plain_upstream, hold=True)
+    responder, _ = make_responder(upstream)
+    plain = dns.message.make_query("popular.test", "A", use_edns=0)
+    with_do = dns.message.make_query("popular.test", "A", want_dnssec=True)
+    with_cd = dns.message.make_query("popular.test", "A", use_edns=0)
+    with_cd.flags |= dns.flags.CD
+    for query in (plain, with_do, with_cd, plain, with_do, with_cd):
+        send(responder, query)
+    assert [(do, cd) for *_, do, cd in upstream.asked] == [
+        (False, False),
+        (True, False),
+        (False, True),
+    ]
+
+
+def test_each_waiting_client_keeps_its_own_policy_decision() -> None:
+    """A policy's decision belongs to the client it was made for: of two clients waiting
+    for the same upstream answer, only the allowed one is logged as Allowed."""
+    upstream = ScriptedUpstream(plain_upstream, hold=True)
+    responder, events = make_responder(upstream, [AllowClient("127.0.0.2")])
+    query = dns.message.make_query("popular.test", "A")
+    send(responder, query, "127.0.0.1")
+    send(responder, query, "127.0.0.2")
+    upstream.release()
+    assert [(e.client, e.answer.kind, e.answer.decision is not None) for e in events] == [
+        ("127.0.0.1", Kind.RECURSIVE, False),
+        ("127.0.0.2", Kind.ALLOWED, True),
+    ]
+    assert len(upstream.asked) == 1
+
+
+def test_an_upstream_failure_reaches_every_waiting_client() -> None:
+    """When the one upstream query fails, every client waiting for it gets SERVFAIL and a
+    ServerFailure record, and the next identical question asks the upstream afresh."""
+    upstream = ScriptedUpstream(plain_upstream, hold=True)
+    responder, events = make_responder(upstream)
+    queries = identical_queries(10)
+    results = [send(responder, query) for query in queries]
+    upstream.fail(UpstreamFailed("no answer within 5 s"))
+    for query, result in zip(queries, results, strict=True):
+        response = dns.message.from_wire(result.result)
+        assert response.id == query.id
+        assert response.rcode() == dns.rcode.SERVFAIL
+    assert [event.answer.kind for event in events] == [Kind.SERVER_FAILURE] * 10
+
+    send(responder, queries[0])
+    assert len(upstream.asked) == 2
+
+
+def test_a_silent_upstream_costs_one_exchange_and_leaves_nothing_behind() -> None:
+    """With the real forwarder and an upstream that never answers, 50 identical questions
+    open one upstream socket, not 50; at the forwarder's deadline all 50 clients get
+    SERVFAIL, every socket is closed, and a later question is sent again."""
+    reactor = MemoryReactorClock()
+    forwarder = Forwarder([HostPort("127.0.0.1", 9)], reactor, timeout=5.0)
+    responder, events = make_responder(forwarder, clock=reactor)
+    queries = identical_queries(50)
+    results = [send(responder, query) for query in queries]
+    assert len(reactor.getReaders()) == 1
+
+    reactor.advance(5.0)
+    assert [dns.message.from_wire(r.result).rcode() for r in results] == [dns.rcode.SERVFAIL] * 50
+    assert [event.answer.kind for event in events] == [Kind.SERVER_FAILURE] * 50
+    assert reactor.getReaders() == []
+
+    later = send(responder, queries[0])
+    assert len(reactor.getReaders()) == 1
+    reactor.advance(5.0)
+    assert dns.message.from_wire(later.result).rcode() == dns.rcode.SERVFAIL

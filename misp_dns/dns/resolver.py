@@ -4,6 +4,13 @@ A blocking decision is answered at once from `responses.blocked_answer`; an allo
 a decision in monitor mode, or no decision go on to the cache and the forwarder, with the
 decision kept on the answer for the query log. Any failure becomes SERVFAIL here, in one
 place, with one log line.
+
+Identical questions in flight are merged: while the upstream is asked a question, the same
+question with the same cache key (name, type, class, DO, CD) waits for that answer instead
+of going up again. Every waiting client gets the answer with its own policy decision (the
+responder then gives it the client's own ID and EDNS shape), and a failure reaches them all.
+The entry leaves the table when the forwarder's Deferred fires, which it does within the
+forwarder's `timeout` whatever the upstream does, so nothing stays behind.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import dns
+from twisted.python.failure import Failure
 
 from misp_dns.dns.cache import CHECKING_DISABLED, AnswerCache, CacheKey
 from misp_dns.dns.forwarder import Forwarder, UpstreamFailed
@@ -47,6 +55,7 @@ class ChainResolver:
         self.server_name = server_name
         self.upstream_failures = 0
         self._blocked: dict[tuple[Decision, bool], Answer] = {}
+        self._in_flight: dict[CacheKey, list[tuple[defer.Deferred[Answer], Decision | None]]] = {}
 
     def decide(
         self,
@@ -109,17 +118,22 @@ class ChainResolver:
         if found is not None:
             answer, age = found
             return attrs.evolve(answer, age=age) if age else answer
-        result = self.forwarder.resolve(
+        waiting: defer.Deferred[Answer] = defer.Deferred()
+        waiters = self._in_flight.get(key)
+        if waiters is not None:
+            waiters.append((waiting, decision))
+            return waiting
+        self._in_flight[key] = [(waiting, decision)]
+        upstream = defer.maybeDeferred(
+            self.forwarder.resolve,
             wire_name,
             question.type,
             question.cls,
             dnssec_ok=dnssec_ok,
             checking_disabled=bool(key[4]),
         )
-        result.addCallbacks(
-            self._forwarded, self._failed, callbackArgs=(key, decision), errbackArgs=(decision,)
-        )
-        return result
+        upstream.addBoth(self._settle, key)
+        return waiting
 
     def blocked(self, decision: Decision, qtype: int) -> Answer:
         """The blocked answer for `decision`, the same object for the same decision."""
@@ -132,17 +146,31 @@ class ChainResolver:
             self._blocked[key] = answer
         return answer
 
-    def _forwarded(self, answer: Answer, key: Any, decision: Decision | None) -> Answer:
-        self.cache.put(key, answer)
-        if decision is None:
-            return answer
-        kind = Kind.ALLOWED if decision.action is Action.ALLOW else answer.kind
-        return attrs.evolve(answer, kind=kind, decision=decision)
+    def _settle(self, result: Answer | Failure, key: CacheKey) -> None:
+        """Hand the upstream's answer (or SERVFAIL) to every client waiting for it."""
+        waiters = self._in_flight.pop(key)
+        if not isinstance(result, Failure):
+            try:
+                self.cache.put(key, result)
+            except Exception:
+                result = Failure()
+        if isinstance(result, Failure):
+            self._failed(result)
+            result = server_failure()
+        for waiting, decision in waiters:
+            waiting.callback(_with_decision(result, decision))
 
-    def _failed(self, failure: Any, decision: Decision | None) -> Answer:
+    def _failed(self, failure: Failure) -> None:
         if failure.check(UpstreamFailed):
             self.upstream_failures += 1
             self.log.debug("upstream failed: {reason}", reason=failure.getErrorMessage())
         else:
             self.log.failure("resolving failed", failure)
-        return attrs.evolve(server_failure(), decision=decision)
+
+
+def _with_decision(answer: Answer, decision: Decision | None) -> Answer:
+    """`answer` as given to a client whose query got `decision` (allowed ones say so)."""
+    if decision is None:
+        return answer
+    allowed = decision.action is Action.ALLOW and answer.kind is not Kind.SERVER_FAILURE
+    return attrs.evolve(answer, kind=Kind.ALLOWED if allowed else answer.kind, decision=decision)
