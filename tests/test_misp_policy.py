@@ -195,11 +195,15 @@ def test_any_is_answered_minimally() -> None:
     assert upstream.asked == []
 
 
-def test_only_class_in_is_blocked() -> None:
-    """A CHAOS-class question about a listed name is not MISP's business: it is forwarded."""
-    response, _, upstream = ask([misp_policy(INDICATORS)], "evil.example", "TXT", rdclass="CH")
-    assert response.rcode() == dns.rcode.NOERROR
-    assert set(upstream.asked) == {b"evil.example"}
+@pytest.mark.parametrize("rdclass", ["CH", "HS", "ANY", "NONE", "CLASS4711"])
+def test_a_listed_name_in_another_class_does_not_get_past(rdclass: str) -> None:
+    """`dig -c CH evil.example` (or HS, or QCLASS * that an upstream may answer with class
+    IN data) is refused, with EDE 21 (Not Supported), and never reaches the upstream."""
+    response, answer, upstream = ask([misp_policy(INDICATORS)], "evil.example", "A", 0, rdclass)
+    assert response.rcode() == dns.rcode.REFUSED
+    assert [(o.code, o.text) for o in response.options] == [(21, "only class IN is served")]
+    assert answer.kind is Kind.REFUSED
+    assert upstream.asked == []
 
 
 def test_a_refresh_keeps_the_decisions_it_did_not_change() -> None:

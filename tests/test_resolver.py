@@ -8,8 +8,11 @@ from typing import Any
 
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
+import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -278,3 +281,42 @@ def test_a_silent_upstream_costs_one_exchange_and_leaves_nothing_behind() -> Non
     assert len(reactor.getReaders()) == 1
     reactor.advance(5.0)
     assert dns.message.from_wire(later.result).rcode() == dns.rcode.SERVFAIL
+
+
+def both_paths(responder: Responder, query: dns.message.Message) -> Any:
+    """The response over UDP (the fast path when it can) and TCP (the full path), which
+    must be the same bytes."""
+    wires = [ask(responder, query, transport).to_wire() for transport in ("udp", "tcp")]
+    assert wires[0] == wires[1]
+    return dns.message.from_wire(wires[0])
+
+
+@pytest.mark.parametrize("name", ["id.server", "HOSTNAME.bind"])
+def test_chaos_identity_queries_name_this_server(name: str) -> None:
+    """`dig -c CH TXT id.server` (RFC 4892) and its older hostname.bind tell an operator
+    which server answered: this one, by its `server_name` (not the upstream's identity)."""
+    upstream = ScriptedUpstream(plain_upstream)
+    responder, _ = make_responder(upstream)
+    response = both_paths(responder, dns.message.make_query(name, "TXT", "CH", use_edns=0))
+    assert response.rcode() == dns.rcode.NOERROR
+    (txt,) = response.answer
+    assert (txt.name, txt.rdclass, txt.rdtype, txt.ttl) == (
+        dns.name.from_text(name),
+        dns.rdataclass.CH,
+        dns.rdatatype.TXT,
+        0,
+    )
+    assert [r.strings for r in txt] == [(b"dns.test",)]
+    assert upstream.asked == []
+
+
+@pytest.mark.parametrize("name", ["version.bind", "version.server", "authors.bind"])
+def test_other_chaos_queries_are_refused(name: str) -> None:
+    """The version is not handed out (it helps only an attacker pick an exploit), nor is
+    any other CHAOS name forwarded to be answered by the upstream."""
+    upstream = ScriptedUpstream(plain_upstream)
+    responder, _ = make_responder(upstream)
+    response = both_paths(responder, dns.message.make_query(name, "TXT", "CH"))
+    assert response.rcode() == dns.rcode.REFUSED
+    assert response.answer == []
+    assert upstream.asked == []

@@ -38,7 +38,9 @@ __all__ = [
     "PlainQuery",
     "assemble",
     "blocked_body",
+    "chaos_txt_body",
     "dotted_name",
+    "empty_body",
     "encode_body",
     "minimal_any_body",
     "opt_record",
@@ -230,6 +232,19 @@ def minimal_any_body() -> PacketBody:
     rdata = b"\x07RFC8482\x00"
     record = _QUESTION_NAME + _RR_FIXED.pack(dns.HINFO, dns.IN, MINIMAL_ANY_TTL, len(rdata)) + rdata
     return PacketBody(dns.OK, False, (1, 0, 0), record, (6,), (MINIMAL_ANY_TTL,))
+
+
+def chaos_txt_body(text: str) -> PacketBody:
+    """One CH-class TXT record holding `text`, TTL 0, owned by the question's name."""
+    data = text.encode("utf-8")[:255]
+    rdata = bytes([len(data)]) + data
+    record = _QUESTION_NAME + _RR_FIXED.pack(dns.TXT, dns.CH, 0, len(rdata)) + rdata
+    return PacketBody(dns.OK, False, (1, 0, 0), record, (6,), (0,))
+
+
+def empty_body(rcode: int) -> PacketBody:
+    """An answer with `rcode` and nothing in its sections."""
+    return PacketBody(rcode, False, (0, 0, 0), b"")
 
 
 _PLAIN_OPT = {do: encode_opt(EDNS_UDP_SIZE, dnssec_ok=do) for do in (False, True)}

@@ -5,6 +5,16 @@ a decision in monitor mode, or no decision go on to the cache and the forwarder,
 decision kept on the answer for the query log. Any failure becomes SERVFAIL here, in one
 place, with one log line.
 
+Only class IN is resolved. A question of any other class that no policy blocks is REFUSED
+(EDE 21, Not Supported) and never forwarded: policies decide about Internet names, and an
+upstream asked `-c CH evil.example`, or QCLASS * (which many resolvers answer with class IN
+data), would answer what the policy exists to keep from the client. The one exception is
+what Unbound also answers itself, CH TXT id.server (RFC 4892) and hostname.bind: they get
+this server's `server_name`, which every blocked answer already shows as the SOA MNAME, so
+an operator can tell which instance answered. version.bind and version.server are refused
+like the rest: the version helps no user, only someone choosing an exploit (Unbound's
+hide-version).
+
 Identical questions in flight are merged: while the upstream is asked a question, the same
 question with the same cache key (name, type, class, DO, CD) waits for that answer instead
 of going up again. Every waiting client gets the answer with its own policy decision (the
@@ -25,7 +35,13 @@ from twisted.python.failure import Failure
 
 from misp_dns.dns.cache import CHECKING_DISABLED, AnswerCache, CacheKey
 from misp_dns.dns.forwarder import Forwarder, UpstreamFailed
-from misp_dns.dns.responses import blocked_answer, minimal_any_answer, server_failure
+from misp_dns.dns.responses import (
+    blocked_answer,
+    chaos_identity_answer,
+    minimal_any_answer,
+    other_class_answer,
+    server_failure,
+)
 from misp_dns.dns.wire import Request, presentation_name
 from misp_dns.event import Answer, Kind
 from misp_dns.interfaces import Action, Decision, PolicyQuery
@@ -35,6 +51,9 @@ __all__ = ["ChainResolver"]
 
 # Distinct blocked answers kept ready; one per matched indicator and kind (TXT or not).
 BLOCKED_MEMO = 131072
+
+# The CHAOS names that ask which server answered (wire format, lower case).
+_IDENTITY_NAMES = frozenset({b"\x02id\x06server\x00", b"\x08hostname\x04bind\x00"})
 
 
 class ChainResolver:
@@ -55,6 +74,7 @@ class ChainResolver:
         self.server_name = server_name
         self.upstream_failures = 0
         self._blocked: dict[tuple[Decision, bool], Answer] = {}
+        self._identity = chaos_identity_answer(server_name)
         self._in_flight: dict[CacheKey, list[tuple[defer.Deferred[Answer], Decision | None]]] = {}
 
     def decide(
@@ -75,20 +95,34 @@ class ChainResolver:
         )
 
     def answer_at_once(self, decision: Decision | None, key: CacheKey) -> tuple[Answer, int] | None:
-        """The blocked or cached answer and its age in the cache, or None to forward.
+        """The blocked, cached or local answer and its age in the cache, or None to forward.
 
-        Both the fast path and `resolve` go through here, so they answer alike.
+        Both the fast path and `resolve` go through here, so they answer alike. Questions
+        answered here without asking the upstream (other classes, ANY) are never cached, so
+        they are looked at only after the cache missed: a hit pays nothing for them.
         """
         if decision is not None and decision.blocks:
             return self.blocked(decision, key[1]), 0
-        if key[1] == dns.ALL_RECORDS:
-            # RFC 8482: ANY is answered minimally, so it cannot serve as an amplifier.
-            any_answer = minimal_any_answer()
-            return (attrs.evolve(any_answer, decision=decision) if decision else any_answer), 0
         found = self.cache.lookup(key)
-        if found is None or decision is None:
+        if found is None:
+            local = self._local(key)
+            if local is None:
+                return None
+            return (attrs.evolve(local, decision=decision) if decision else local), 0
+        if decision is None:
             return found
         return attrs.evolve(found[0], decision=decision), found[1]
+
+    def _local(self, key: CacheKey) -> Answer | None:
+        """The answer to a question never forwarded (see the module docstring), or None."""
+        if key[2] != dns.IN:
+            if key[2] == dns.CH and key[1] == dns.TXT and key[0] in _IDENTITY_NAMES:
+                return self._identity
+            return other_class_answer()
+        if key[1] == dns.ALL_RECORDS:
+            # RFC 8482: ANY is answered minimally, so it cannot serve as an amplifier.
+            return minimal_any_answer()
+        return None
 
     def resolve(
         self, request: Request, client: str, transport: str

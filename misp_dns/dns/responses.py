@@ -1,4 +1,4 @@
-"""Pure builders of the answers misp-dns makes up itself (blocked, ANY, refused, failed).
+"""Pure builders of the answers misp-dns makes up itself (blocked, ANY, CHAOS, refused, failed).
 
 The blocked answer is the one users migrate from, made right (the README, "What clients see"):
 NXDOMAIN with one SOA owned by the query name, or, for TXT with the report allowed,
@@ -9,13 +9,21 @@ from __future__ import annotations
 
 from twisted.names import dns
 
-from misp_dns.dns.packet import blocked_body, minimal_any_body
+from misp_dns.dns.packet import blocked_body, chaos_txt_body, empty_body, minimal_any_body
 from misp_dns.event import Answer, Kind
 from misp_dns.interfaces import Decision
 
-__all__ = ["blocked_answer", "minimal_any_answer", "refused_answer", "server_failure"]
+__all__ = [
+    "blocked_answer",
+    "chaos_identity_answer",
+    "minimal_any_answer",
+    "other_class_answer",
+    "refused_answer",
+    "server_failure",
+]
 
 EDE_PROHIBITED = 18
+EDE_NOT_SUPPORTED = 21
 
 
 def blocked_answer(decision: Decision, qtype: int, server_name: str) -> Answer:
@@ -35,6 +43,24 @@ def minimal_any_answer() -> Answer:
 
 
 _MINIMAL_ANY = Answer(dns.OK, kind=Kind.CACHED, packet=minimal_any_body())
+
+
+def chaos_identity_answer(server_name: str) -> Answer:
+    """The answer to CH TXT id.server (RFC 4892) and hostname.bind: this server's name."""
+    return Answer(dns.OK, kind=Kind.CACHED, packet=chaos_txt_body(server_name))
+
+
+def other_class_answer() -> Answer:
+    """REFUSED for a question of a class misp-dns does not serve, with EDE 21 (Not Supported)."""
+    return _OTHER_CLASS
+
+
+_OTHER_CLASS = Answer(
+    dns.EREFUSED,
+    kind=Kind.REFUSED,
+    ede=((EDE_NOT_SUPPORTED, "only class IN is served"),),
+    packet=empty_body(dns.EREFUSED),
+)
 
 
 def refused_answer() -> Answer:

@@ -148,18 +148,17 @@ def test_upstream_rcodes_are_kept(scripted_server: MispDnsProcess, nonce: Nonce)
         assert response.rcode() == rcode, behaviour
 
 
-def test_query_class_is_forwarded(
+def test_other_query_classes_are_refused_not_forwarded(
     scripted_server: MispDnsProcess, fake_upstream: ScriptedUpstream, nonce: Nonce
 ) -> None:
-    """A CHAOS-class query goes upstream as CHAOS and its answer comes back (stock: QCLASS is
-    ignored)."""
+    """A CHAOS-class query (or QCLASS *) is refused with its class echoed, and the upstream
+    never hears of it (stock: QCLASS is ignored and the question goes up as IN)."""
     name = nonce("answer")
-    response = ask_udp(make_query(name, "TXT", rdclass="CH"), scripted_server.address)
-    assert response.question[0].rdclass == dns.rdataclass.CH
-    [query] = fake_upstream.queries_for(name)
-    assert query.question[0].rdclass == dns.rdataclass.CH
-    assert response.answer[0].rdclass == dns.rdataclass.CH
-    assert response.answer[0][0].to_text() == '"class=CH"'
+    for rdclass in ("CH", "ANY"):
+        response = ask_udp(make_query(name, "TXT", rdclass=rdclass), scripted_server.address)
+        assert response.question[0].rdclass == dns.rdataclass.from_text(rdclass)
+        assert response.rcode() == dns.rcode.REFUSED
+    assert fake_upstream.queries_for(name) == []
 
 
 def test_answers_are_cached_per_name_case_insensitively(
