@@ -111,7 +111,8 @@ class PolicyReloader:
                 await ready
             except defer.TimeoutError:
                 self.log.warn("new policies not ready after {s:.0f} s; switching", s=READY_TIMEOUT)
-        self.resolver.policy = PolicyChain([item.policy for item in chain])
+        policies = [item.policy for item in chain]
+        self.resolver.policy = PolicyChain(policies, now=self.reactor.seconds)
         retired = [item for item in self.running if id(item.policy) not in kept]
         self.running = chain
         self.config = attrs.evolve(self.config, policy=config.policy)

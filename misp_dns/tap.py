@@ -154,7 +154,7 @@ def _resolver(
     server = config.server
     server_name = server.server_name or socket.gethostname() or "localhost"
     return ChainResolver(
-        PolicyChain(list(policies)),
+        PolicyChain(list(policies), now=reactor.seconds),
         AnswerCache(config.cache.max_entries, reactor),
         Forwarder(upstreams, reactor, timeout=server.upstream_timeout),
         server_name.rstrip("."),

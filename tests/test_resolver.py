@@ -25,6 +25,7 @@ from misp_dns.dns.cache import AnswerCache
 from misp_dns.dns.forwarder import Forwarder, UpstreamFailed
 from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.server import QueryEvent, Responder
+from misp_dns.export.record import make_record
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.policy.decision import Action, Decision, PolicyQuery
 
@@ -320,3 +321,35 @@ def test_other_chaos_queries_are_refused(name: str) -> None:
     assert response.rcode() == dns.rcode.REFUSED
     assert response.answer == []
     assert upstream.asked == []
+
+
+class Raising:
+    """A policy with a bug that shows on one name."""
+
+    name = "raising"
+
+    def decide(self, query: PolicyQuery) -> Decision | None:
+        if query.name == "trigger.test":
+            raise ZeroDivisionError("division by zero")
+        return None
+
+
+@pytest.mark.allow_errors
+def test_a_policy_that_raises_gets_the_client_servfail_and_a_record() -> None:
+    """A policy bug does not leave the client waiting for a timeout: it gets SERVFAIL at
+    once (fast path and full path alike), the query is recorded as ServerFailure, the
+    question is not forwarded (the policy could not say it was safe), and other names
+    resolve as before."""
+    upstream = ScriptedUpstream(plain_upstream)
+    responder, events = make_responder(upstream, [Raising()])
+    response = both_paths(responder, dns.message.make_query("trigger.test", "A", use_edns=0))
+    assert response.rcode() == dns.rcode.SERVFAIL
+    assert response.answer == []
+    records = [make_record(event) for event in events]
+    assert [(r["responseType"], r["protocol"]) for r in records] == [
+        ("ServerFailure", "Udp"),
+        ("ServerFailure", "Tcp"),
+    ]
+    assert upstream.asked == []
+    other = ask(responder, dns.message.make_query("fine.test", "A"))
+    assert other.rcode() == dns.rcode.NOERROR

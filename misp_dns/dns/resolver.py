@@ -3,7 +3,8 @@
 A blocking decision is answered at once from `responses.blocked_answer`; an allow decision,
 a decision in monitor mode, or no decision go on to the cache and the forwarder, with the
 decision kept on the answer for the query log. Any failure becomes SERVFAIL here, in one
-place, with one log line.
+place, with one log line. A policy that raised (`POLICY_FAILED`, logged by the chain) gets
+SERVFAIL too, from the blocked answers' memo, so that costs the fast path nothing.
 
 Only class IN is resolved. A question of any other class that no policy blocks is REFUSED
 (EDE 21, Not Supported) and never forwarded: policies decide about Internet names, and an
@@ -40,12 +41,13 @@ from misp_dns.dns.responses import (
     chaos_identity_answer,
     minimal_any_answer,
     other_class_answer,
+    policy_failure,
     server_failure,
 )
 from misp_dns.dns.wire import Request, presentation_name
 from misp_dns.event import Answer, Kind
 from misp_dns.interfaces import Action, Decision, PolicyQuery
-from misp_dns.policy.chain import PolicyChain
+from misp_dns.policy.chain import POLICY_FAILED, PolicyChain
 
 __all__ = ["ChainResolver"]
 
@@ -176,7 +178,10 @@ class ChainResolver:
         if answer is None:
             if len(self._blocked) >= BLOCKED_MEMO:
                 self._blocked.clear()
-            answer = blocked_answer(decision, qtype, self.server_name)
+            if decision is POLICY_FAILED:
+                answer = policy_failure()
+            else:
+                answer = blocked_answer(decision, qtype, self.server_name)
             self._blocked[key] = answer
         return answer
 

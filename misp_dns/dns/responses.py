@@ -18,6 +18,7 @@ __all__ = [
     "chaos_identity_answer",
     "minimal_any_answer",
     "other_class_answer",
+    "policy_failure",
     "refused_answer",
     "server_failure",
 ]
@@ -68,6 +69,14 @@ def refused_answer() -> Answer:
     return Answer(dns.EREFUSED, kind=Kind.REFUSED, ede=((EDE_PROHIBITED, ""),))
 
 
+def policy_failure() -> Answer:
+    """SERVFAIL for a query a policy failed to decide about (pre-encoded, as blocked ones)."""
+    return _POLICY_FAILURE
+
+
 def server_failure(reason: str = "") -> Answer:
     """SERVFAIL when no answer could be had."""
     return Answer(dns.ESERVER, kind=Kind.SERVER_FAILURE)
+
+
+_POLICY_FAILURE = Answer(dns.ESERVER, kind=Kind.SERVER_FAILURE, packet=empty_body(dns.ESERVER))

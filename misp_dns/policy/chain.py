@@ -1,31 +1,100 @@
-"""The policy chain: asks each configured policy in order; the first decision wins."""
+"""The policy chain: asks each configured policy in order; the first decision wins.
+
+A policy that raises does not take the query down with it: the chain returns
+`POLICY_FAILED`, which the resolver answers with SERVFAIL (and records as ServerFailure)
+without forwarding the question, since no policy could say it was safe. The failure is
+logged as one line naming the policy by its place in the chain and its type, the error's
+type and the line that raised it, at most once a minute per policy; the failures in
+between are counted into the next line. A broken policy fails on every query, tens of
+thousands a second, so a line (let alone a traceback) per failure would flood the log and
+slow the very path it reports on, while the first line still comes at once. The error's
+message is left out: it can hold anything, an API key or a URL with credentials, and the
+type and place are what finding the bug takes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
-from misp_dns.interfaces import Decision, IPolicy, PolicyQuery
+from twisted.logger import Logger
 
-__all__ = ["PolicyChain"]
+from misp_dns.interfaces import Action, Decision, IPolicy, PolicyQuery
+
+__all__ = ["POLICY_FAILED", "REPORT_INTERVAL", "PolicyChain"]
+
+# Seconds between two log lines about the same failing policy.
+REPORT_INTERVAL = 60.0
+
+# What `PolicyChain.decide` returns when a policy raised. It is an enforced block, so a
+# caller that did not know of it would still not let the query through; the resolver
+# answers it with SERVFAIL.
+POLICY_FAILED = Decision(
+    Action.BLOCK, "policy-failure", ede_code=None, add_txt_report=False, add_ede=False
+)
 
 
 class PolicyChain:
     """The `[[policy]]` tables, in config order.
 
     A policy that answers None has no opinion and the next one is asked; a block or an
-    allow decision stops the chain.
+    allow decision stops the chain. `now` is the clock that spaces out failure reports.
     """
 
-    def __init__(self, policies: Sequence[IPolicy] = ()) -> None:
+    log = Logger()
+
+    def __init__(
+        self, policies: Sequence[IPolicy] = (), *, now: Callable[[], float] = time.monotonic
+    ) -> None:
         self.policies = tuple(policies)
+        self.failures = 0
+        self._now = now
+        # Per policy index: when it was last reported, and its failures since.
+        self._reported: dict[int, tuple[float, int]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.policies)
 
     def decide(self, query: PolicyQuery) -> Decision | None:
-        """The first decision any policy makes about `query`, or None."""
-        for policy in self.policies:
-            decision = policy.decide(query)
-            if decision is not None:
-                return decision
+        """The first decision any policy makes about `query`, None, or `POLICY_FAILED`."""
+        try:
+            for policy in self.policies:
+                decision = policy.decide(query)
+                if decision is not None:
+                    return decision
+        except Exception as error:
+            self._failed(policy, error)
+            return POLICY_FAILED
         return None
+
+    def _failed(self, policy: IPolicy, error: Exception) -> None:
+        self.failures += 1
+        index = self.policies.index(policy)
+        now = self._now()
+        reported = self._reported.get(index)
+        if reported is not None and now - reported[0] < REPORT_INTERVAL:
+            self._reported[index] = (reported[0], reported[1] + 1)
+            return
+        count = 1 if reported is None else reported[1] + 1
+        self._reported[index] = (now, 0)
+        self.log.error(
+            "policy[{index}] ({name}) raised {error} in {where}: {count} {queries} answered"
+            " SERVFAIL since the last report",
+            index=index,
+            name=getattr(policy, "name", type(policy).__name__),
+            error=type(error).__name__,
+            where=_where(error),
+            count=count,
+            queries="query" if count == 1 else "queries",
+        )
+
+
+def _where(error: Exception) -> str:
+    """The file, line and function where `error` was raised."""
+    trace = error.__traceback__
+    if trace is None:
+        return "an unknown place"
+    while trace.tb_next is not None:
+        trace = trace.tb_next
+    code = trace.tb_frame.f_code
+    return f"{code.co_filename}:{trace.tb_lineno} ({code.co_name})"
