@@ -8,8 +8,8 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
+from misp_dns.interfaces import Action, Decision, PolicyQuery
 from misp_dns.policy.chain import POLICY_FAILED, PolicyChain
-from misp_dns.policy.decision import Action, Decision, PolicyQuery
 
 SECRET = "Sk7Vq2Xz9Lm4Np8Rt3Wb6Hc1Jd5Gf0Ya4Ue8Io2P"
 

@@ -18,16 +18,16 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns as tdns
 
-from misp_dns.config import HostPort
 from misp_dns.dns.acl import ClientACL
-from misp_dns.dns.answer import Answer, Kind
 from misp_dns.dns.cache import AnswerCache
 from misp_dns.dns.forwarder import Forwarder, UpstreamFailed
 from misp_dns.dns.resolver import ChainResolver
-from misp_dns.dns.server import QueryEvent, Responder
+from misp_dns.dns.server import Responder
+from misp_dns.event import Answer, Kind, QueryEvent
 from misp_dns.export.record import make_record
+from misp_dns.interfaces import Action, Decision, PolicyQuery
 from misp_dns.policy.chain import PolicyChain
-from misp_dns.policy.decision import Action, Decision, PolicyQuery
+from misp_dns.values import HostPort
 
 CLIENT = "127.0.0.1"
 
