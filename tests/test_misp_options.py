@@ -40,7 +40,7 @@ def problems(table: dict[str, Any]) -> list[str]:
 
 
 def test_misp_defaults_are_the_documented_ones() -> None:
-    """Only server_url and a key given: every other key has the default DESIGN.md shows."""
+    """Only server_url and a key given: every other key has the default the README shows."""
     options = options_of({"type": "misp", "server_url": "https://misp.test", "api_key": KEY})
     assert options == MispOptions(server_url="https://misp.test", api_key=KEY)
     assert options.enable_blocking is True
@@ -55,7 +55,7 @@ def test_misp_defaults_are_the_documented_ones() -> None:
 
 
 def test_every_documented_key_is_accepted() -> None:
-    """The full table from DESIGN.md loads, durations parsed into seconds."""
+    """The full table from the README loads, durations parsed into seconds."""
     options = options_of(
         {
             "type": "misp",

@@ -26,8 +26,8 @@ switched through a control endpoint, so a test can script faults between two fet
 "MISP down" is the process stopped; `MispStandIn.start(port=...)` brings it back on the same
 port. The test side also finds here what every test of a MISP-fed policy needs:
 `write_config` (a config with `[[policy]]` tables), `start_misp_dns`, `key_file` and
-`misp_policy`; `blocked_problems`, which checks a response against DESIGN.md's "Blocked
-answer", and `forwarded_problems`; `is_blocked`, `is_forwarded` and
+`misp_policy`; `blocked_problems`, which checks a response against the blocked answer the
+README describes ("What clients see"), and `forwarded_problems`; `is_blocked`, `is_forwarded` and
 `blocks_throughout_until`, which ask a running server; and `ask_many`, which sends
 thousands of UDP queries with a bounded window.
 """
@@ -418,7 +418,7 @@ def blocked_problems(
     ede: bool = True,
     txt_report: bool = True,
 ) -> list[str]:
-    """What is wrong with `response` as DESIGN.md's blocked answer for `qname` (none: []).
+    """What is wrong with `response` as the README's blocked answer for `qname` (none: []).
 
     `report` is the TXT answer (for `qtype="TXT"`) and the EDE text; `edns` says whether the
     query had EDNS, `ede` whether an EDE is wanted then (`add_extended_dns_error`), and

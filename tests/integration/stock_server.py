@@ -5,8 +5,8 @@
 It forwards to `[server].upstreams` through `twisted.names.client.Resolver` behind an
 unbounded `CacheResolver`, serving `DNSServerFactory` over UDP and TCP on each `listen`
 address. The end-to-end suite runs against it with `MISP_DNS_E2E_STOCK=1`: the tests that
-pin the defects listed in DESIGN.md then fail, which shows they can. The benchmark uses it as
-the "stock Twisted" reference.
+pin the defects of the stock Twisted Names server then fail, which shows they can. The
+benchmark uses it as the "stock Twisted" reference.
 """
 
 from __future__ import annotations

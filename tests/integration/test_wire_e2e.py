@@ -1,7 +1,7 @@
 """Wire behaviour of the twistd-started server: header, EDNS, FORMERR, drops and NOTIMP.
 
 Every response is parsed strictly with `dns.message.from_wire`. Each test names the stock
-`twisted.names.server.DNSServerFactory` defect (DESIGN.md) it would catch.
+`twisted.names.server.DNSServerFactory` defect it would catch.
 """
 
 from __future__ import annotations
