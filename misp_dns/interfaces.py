@@ -221,7 +221,8 @@ class ISink(Interface):
         """Take a batch of query records; must not block or raise.
 
         Each record is a read-only mapping of the query record's fields whose `line`
-        attribute holds the finished compact JSON text (no newline).
+        attribute holds the finished compact JSON text (no newline); `response_type` and
+        `timestamp` hold those two fields' values.
         """
 
     def stop():

@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 
 from misp_dns.config import parse_config
 from misp_dns.export.http import HttpOptions, HttpSink
-from misp_dns.export.record import build_record
+from misp_dns.export.record import RecordEncoder
 from misp_dns.interfaces import ISink
 from misp_dns.registry import default_registry
 from misp_dns.values import ConfigError
@@ -74,7 +74,7 @@ class RefusingFirst:
 
 
 def records(*names: str) -> list[Any]:
-    return [build_record(recursive_event(name)) for name in names]
+    return [RecordEncoder().encode(recursive_event(name)) for name in names]
 
 
 def make_sink(
@@ -101,7 +101,7 @@ def test_records_are_posted_as_ndjson_every_interval_with_headers() -> None:
         collector, headers={"Authorization": "Bearer s3cret", "X-Source": "dns1"}
     )
     sink.write(records("a.example", "b.example"))
-    sink.write([build_record(blocked_event())])
+    sink.write([RecordEncoder().encode(blocked_event())])
     clock.advance(1.9)
     stub.flush()
     assert collector.requests == []

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from misp_dns.export.jsonl import HangupSignal, JsonlOptions, JsonlSink
-from misp_dns.export.record import build_record
+from misp_dns.export.record import RecordEncoder
 from misp_dns.interfaces import ISink
 
 
@@ -45,7 +45,7 @@ def hangup() -> Iterator[HangupSignal]:
 
 
 def records(*names: str) -> list[Any]:
-    return [build_record(recursive_event(name)) for name in names]
+    return [RecordEncoder().encode(recursive_event(name)) for name in names]
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -80,7 +80,7 @@ def test_records_are_appended_one_per_line_and_directories_created(
     path = tmp_path / "var" / "log" / "misp-dns" / "queries.jsonl"
     sink, _ = started(path, hangup)
     sink.write(records("a.example", "b.example"))
-    sink.write([build_record(blocked_event())])
+    sink.write([RecordEncoder().encode(blocked_event())])
     assert names(path) == ["a.example", "b.example", "stemtopx.com"]
     assert path.read_bytes().endswith(b"\n")
     assert stat.S_IMODE(path.stat().st_mode) & 0o007 == 0

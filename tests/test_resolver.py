@@ -24,7 +24,7 @@ from misp_dns.dns.forwarder import Forwarder, UpstreamFailed
 from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.server import Responder
 from misp_dns.event import Answer, Kind, QueryEvent
-from misp_dns.export.record import make_record
+from misp_dns.export.record import RecordEncoder
 from misp_dns.interfaces import Action, Decision, PolicyQuery
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.values import HostPort
@@ -345,7 +345,8 @@ def test_a_policy_that_raises_gets_the_client_servfail_and_a_record() -> None:
     response = both_paths(responder, dns.message.make_query("trigger.test", "A", use_edns=0))
     assert response.rcode() == dns.rcode.SERVFAIL
     assert response.answer == []
-    records = [make_record(event) for event in events]
+    encoder = RecordEncoder()
+    records = [encoder.encode(event) for event in events]
     assert [(r["responseType"], r["protocol"]) for r in records] == [
         ("ServerFailure", "Udp"),
         ("ServerFailure", "Tcp"),

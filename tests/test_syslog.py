@@ -24,7 +24,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from misp_dns.config import parse_config
-from misp_dns.export.record import build_record, encode_record
+from misp_dns.export.record import RecordEncoder
 from misp_dns.export.syslog import (
     DatagramSender,
     StreamSender,
@@ -37,7 +37,7 @@ from misp_dns.interfaces import BuildContext, ISink
 from misp_dns.registry import default_registry
 from misp_dns.values import ConfigError
 
-BLOCKED = build_record(blocked_event())
+BLOCKED = RecordEncoder().encode(blocked_event())
 
 
 def test_rfc5424_message_layout() -> None:
@@ -45,8 +45,7 @@ def test_rfc5424_message_layout() -> None:
     formatter = SyslogFormatter("rfc5424", "local6", "info", "resolver1.example", pid=4242)
     message = formatter(BLOCKED).decode()
     assert message == (
-        "<182>1 2025-11-26T10:10:30.567Z resolver1.example misp-dns 4242 Blocked - "
-        + encode_record(BLOCKED)
+        "<182>1 2025-11-26T10:10:30.567Z resolver1.example misp-dns 4242 Blocked - " + BLOCKED.line
     )
     assert json.loads(message.split(" - ", 1)[1]) == BLOCKED
 
@@ -54,7 +53,7 @@ def test_rfc5424_message_layout() -> None:
 def test_msgid_is_the_response_type() -> None:
     """MSGID tells the SIEM what happened without parsing the JSON."""
     formatter = SyslogFormatter(hostname="h", pid=1)
-    message = formatter(build_record(recursive_event())).decode()
+    message = formatter(RecordEncoder().encode(recursive_event())).decode()
     assert message.split(" ")[5] == "Recursive"
 
 
@@ -67,9 +66,7 @@ def test_rfc3164_message_layout() -> None:
     )
     local = time.localtime(1764151830.567)
     stamp = time.strftime("%b %e %H:%M:%S", local)
-    assert formatter(BLOCKED).decode() == (
-        f"<182>{stamp} resolver1 misp-dns[7]: {encode_record(BLOCKED)}"
-    )
+    assert formatter(BLOCKED).decode() == f"<182>{stamp} resolver1 misp-dns[7]: {BLOCKED.line}"
 
 
 @pytest.mark.parametrize(
@@ -195,7 +192,7 @@ def test_udp_sends_one_datagram_per_record() -> None:
         sink = SyslogSink.from_config(options, BuildContext(Clock(), None, ""))
         assert verifyObject(ISink, sink)
         sink.start()
-        sink.write([BLOCKED, build_record(recursive_event())])
+        sink.write([BLOCKED, RecordEncoder().encode(recursive_event())])
         first, second = receiver.recv(65535).decode(), receiver.recv(65535).decode()
         sink.stop()
     assert first.startswith("<182>1 2025-11-26T10:10:30.567Z h misp-dns ")

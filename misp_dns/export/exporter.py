@@ -3,12 +3,12 @@
 The responder calls `ExporterService.observe(event)` for every answered query, on the
 reactor thread; it appends the event to a bounded queue and returns at once (when the queue
 holds `max_queue` events the newest are dropped and counted). A moment later, off the
-answer path, the exporter builds the records (`record.make_record`, once per query, shared
-by every sink) and hands them to each sink in batches, filtered by the sink's `include`.
-Sinks own their own bounded backlog and count what they drop; the exporter logs one line
-per sink that dropped records, within a second of the first drop and then at most once
-every 10 s (likewise for the queue). Stopping the service exports what is
-queued, then stops each sink (which flushes) and waits for them.
+answer path, the exporter builds the records (with its own `record.RecordEncoder`, once
+per query, shared by every sink) and hands them to each sink in batches, filtered by the
+sink's `include`. Sinks own their own bounded backlog and count what they drop; the
+exporter logs one line per sink that dropped records, within a second of the first drop
+and then at most once every 10 s (likewise for the queue). Stopping the service exports
+what is queued, then stops each sink (which flushes) and waits for them.
 
 Wiring, in `misp_dns.tap.build_service` (the sinks are built by `misp_dns.build`):
 
@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from misp_dns.event import QueryEvent
-from misp_dns.export.record import QueryRecord, is_blocking, make_record
+from misp_dns.export.record import QueryRecord, RecordEncoder, is_blocking
 from misp_dns.interfaces import ISink
 
 __all__ = ["DEFAULT_MAX_QUEUE", "ExporterService", "SinkSlot"]
@@ -91,6 +91,7 @@ class ExporterService(service.Service):
         #: Events turned into records and handed to the sinks.
         self.exported = 0
         self._queue: deque[QueryEvent] = deque()
+        self._encoder = RecordEncoder()
         self._filtering = any(slot.blocked_only for slot in self.slots)
         self._drain_call: IDelayedCall | None = None
         self._report_call: IDelayedCall | None = None
@@ -163,11 +164,12 @@ class ExporterService(service.Service):
     def _export_chunk(self) -> None:
         queue = self._queue
         events = [queue.popleft() for _ in range(min(self.chunk_size, len(queue)))]
+        encode = self._encoder.encode
         records: list[QueryRecord] = []
         blocked: list[QueryRecord] = []
         for event in events:
             try:
-                record = make_record(event)
+                record = encode(event)
                 if self._filtering and is_blocking(event):
                     blocked.append(record)
             except Exception:

@@ -40,7 +40,7 @@ from zope.interface import implementer
 from misp_dns import __version__
 from misp_dns.backoff import backoff_delay
 from misp_dns.export.options import SinkOptions
-from misp_dns.export.record import encode_record
+from misp_dns.export.record import QueryRecord
 from misp_dns.interfaces import BuildContext, ISink, PluginType
 from misp_dns.values import FieldError, between
 
@@ -165,13 +165,13 @@ class HttpSink:
         self._running = True
         self._timer = self.clock.callLater(self.batch_interval, self._tick)
 
-    def write(self, records: Sequence[Any]) -> None:
+    def write(self, records: Sequence[QueryRecord]) -> None:
         """Hold the records for the next batch; drop (and count) what does not fit."""
         room = self.max_queue - len(self)
         if room < len(records):
             self.dropped += len(records) - max(room, 0)
             records = records[: max(room, 0)]
-        self._pending.extend(encode_record(record) for record in records)
+        self._pending.extend(record.line for record in records)
         if len(self._pending) >= self.batch_size and self._idle():
             self._send()
 

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from misp_dns.export.options import SinkOptions, not_empty
-from misp_dns.export.record import encode_records
+from misp_dns.export.record import QueryRecord, encode_records
 from misp_dns.interfaces import BuildContext, ISink, PluginType
 
 __all__ = ["HangupSignal", "JsonlOptions", "JsonlSink", "hangup", "plugin"]
@@ -156,7 +156,7 @@ class JsonlSink:
         self._token = self.signal_source.add(self.reactor, self.reopen)
         self._check_call = self.reactor.callLater(self.check_interval, self._check)
 
-    def write(self, records: Sequence[Any]) -> None:
+    def write(self, records: Sequence[QueryRecord]) -> None:
         """Append one line per record, the whole batch in one write."""
         if not records:
             return

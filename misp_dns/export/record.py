@@ -1,8 +1,8 @@
 """The query record: one JSON object per answered query, the same for every sink.
 
-`build_record(event)` is a pure function of a `QueryEvent`; the schema is the fixed contract
-of DESIGN.md ("Query record"), compatible with the reference Log Exporter's records so
-decoders written for it keep working, plus our own `policy`:
+The record of a `QueryEvent` follows the fixed contract of DESIGN.md ("Query record"),
+compatible with the reference Log Exporter's records so decoders written for it keep
+working, plus our own `policy`:
 
     {"timestamp": "2025-11-26T10:10:30.567Z", "clientIp": "127.0.0.1", "protocol": "Udp",
      "question": {"questionName": "stemtopx.com", "questionType": "A", "questionClass": "IN"},
@@ -26,10 +26,11 @@ decoders written for it keep working, plus our own `policy`:
   indicator), the MISP provenance fields that are known, and `"enforced": false` when the
   policy is in monitor mode.
 
-`build_record` is the reference definition, returning a dict. The exporter uses
-`make_record`, which builds the same record straight as its JSON line, reusing the JSON of
-the parts that repeat; sinks get it as a `QueryRecord` (a read-only mapping that carries
-its line), so several sinks share one serialization. `encode_record` gives any record's line.
+One `RecordEncoder` writes the records: the exporter makes one and owns it. It builds each
+record straight as its JSON line, reusing the JSON of the parts that repeat from query to
+query (question, client, EDE list, policy, the answers of a cached entry), and hands it out
+as a `QueryRecord`, a read-only mapping that carries its line, so every sink shares one
+serialization.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.names import dns
 
 from misp_dns.event import Kind
-from misp_dns.interfaces import Action
+from misp_dns.interfaces import Action, Decision
 
 if TYPE_CHECKING:
     from misp_dns.event import QueryEvent
@@ -54,14 +55,12 @@ if TYPE_CHECKING:
 __all__ = [
     "EDE_NAMES",
     "QueryRecord",
-    "build_record",
+    "RecordEncoder",
     "class_name",
     "ede_name",
-    "encode_record",
     "encode_records",
     "format_timestamp",
     "is_blocking",
-    "make_record",
     "rcode_name",
     "rdata_text",
     "type_name",
@@ -240,20 +239,19 @@ def ede_name(code: int) -> str:
     return EDE_NAMES.get(code) or f"EDE{code}"
 
 
-# The last millisecond formatted and its text: queries arrive many to a millisecond.
-_last_stamp: list[Any] = [-1, ""]
+def _milliseconds(seconds: float) -> int:
+    # A microsecond of slack keeps 0.567 from printing as .566 through float rounding.
+    return int(seconds * 1000 + 0.001)
+
+
+def _millisecond_text(total: int) -> str:
+    whole, millis = divmod(total, 1000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{millis:03d}Z"
 
 
 def format_timestamp(seconds: float) -> str:
     """POSIX seconds as ISO 8601 UTC with milliseconds: "2025-11-26T10:10:30.567Z"."""
-    # A microsecond of slack keeps 0.567 from printing as .566 through float rounding.
-    total = int(seconds * 1000 + 0.001)
-    if _last_stamp[0] == total:
-        return _last_stamp[1]
-    whole, millis = divmod(total, 1000)
-    text = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{millis:03d}Z"
-    _last_stamp[0], _last_stamp[1] = total, text
-    return text
+    return _millisecond_text(_milliseconds(seconds))
 
 
 def _escaped(data: bytes, extra_plain: frozenset[int] = frozenset()) -> str:
@@ -443,17 +441,18 @@ def _answer(record: dns.RRHeader, status: str, age: int) -> dict[str, Any]:
     }
 
 
-def _answer_records(event: QueryEvent) -> Sequence[dns.RRHeader]:
-    """The answer section; for answers carried only as packets (blocked), decoded from it."""
-    answer = event.answer
-    if answer.answers or answer.packet is None or not answer.packet.counts[0]:
-        return answer.answers
-    counts = answer.packet.counts
+def _answer_list(records: Sequence[dns.RRHeader], authentic: bool, age: int) -> str:
+    status = "Secure" if authentic else "Disabled"
+    return _dumps([_answer(record, status, age) for record in records])
+
+
+def _packet_answers(question: bytes, packet: Any) -> Sequence[dns.RRHeader]:
+    """The answer section of an answer carried only as a packet (blocked, minimal ANY)."""
     try:
         stream = BytesIO()
-        stream.write(struct.pack("!HHHHHH", 0, 0x8000, 1, *counts))
-        stream.write(event.question)
-        stream.write(answer.packet.body)
+        stream.write(struct.pack("!HHHHHH", 0, 0x8000, 1, *packet.counts))
+        stream.write(question)
+        stream.write(packet.body)
         message = dns.Message()
         message.fromStr(stream.getvalue())
     except Exception:
@@ -461,7 +460,7 @@ def _answer_records(event: QueryEvent) -> Sequence[dns.RRHeader]:
     return message.answers
 
 
-def _policy(decision: Any) -> dict[str, Any]:
+def _policy(decision: Decision) -> dict[str, Any]:
     policy: dict[str, Any] = {"source": decision.source, "domain": decision.indicator}
     provenance = decision.provenance
     for key, value in (
@@ -477,184 +476,154 @@ def _policy(decision: Any) -> dict[str, Any]:
     return policy
 
 
-def build_record(event: QueryEvent) -> dict[str, Any]:
-    """The query record of one answered query, as a dict (see the module docstring).
-
-    This is the reference definition of the record; `make_record` builds the same record
-    faster, straight as JSON, for the exporter.
-    """
-    answer = event.answer
-    status = "Secure" if answer.authentic else "Disabled"
-    age = event.age
-    record: dict[str, Any] = {
-        "timestamp": format_timestamp(event.timestamp),
-        "clientIp": event.client,
-        "protocol": _protocol(event.transport),
-        "question": {
-            "questionName": _owner(event.qname),
-            "questionType": type_name(event.qtype),
-            "questionClass": class_name(event.qclass),
-        },
-        "responseCode": rcode_name(answer.rcode),
-        "responseType": answer.kind.value,
-        "answers": [_answer(rr, status, age) for rr in _answer_records(event)],
-        "edns": (
-            [{"errType": ede_name(code), "message": text} for code, text in answer.ede]
-            if event.edns
-            else []
-        ),
-    }
-    if answer.kind is Kind.RECURSIVE and answer.rtt is not None:
-        record["responseRtt"] = round(answer.rtt * 1000.0, 3)
-    if answer.decision is not None:
-        record["policy"] = _policy(answer.decision)
-    return record
-
-
-def _protocol(transport: str) -> str:
-    return _PROTOCOLS.get(transport) or transport.capitalize()
+def _protocol_json(transport: str) -> str:
+    return _dumps(_PROTOCOLS.get(transport) or transport.capitalize())
 
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 _dumps = _encoder.encode
 
-# Memos of JSON fragments that repeat from query to query. Each holds at most _MEMO_SIZE
-# entries and is emptied when full. Entries keyed by id() keep the object itself and are
-# used only while it is that very object.
-_MEMO_SIZE = 8192
-_questions: dict[bytes, str] = {}
-# The answer lists memo keeps one text per list of records, for the age it was last
-# served at: a cached entry ages a second at a time, and a text for every age would fill
-# the memo with near copies (a 40-record answer is 5 kB of JSON). It also stops at
-# _ANSWER_MEMO_CHARS characters, since one answer can be tens of kB.
-_answer_lists: dict[int, tuple[Any, int, str]] = {}
-_answer_chars = 0
-_ANSWER_MEMO_CHARS = 4 << 20
-_ede_lists: dict[tuple[tuple[int, str], ...], str] = {}
-_policies: dict[int, tuple[Any, str]] = {}
-_clients: dict[str, str] = {}
-_rcodes: dict[int, str] = {}
+_PROTOCOL_JSON: Mapping[str, str] = {"udp": '"Udp"', "tcp": '"Tcp"'}
+_KIND_VALUES: Mapping[Kind, str] = {kind: kind.value for kind in Kind}
+
+#: Entries each memo of a `RecordEncoder` holds before it is emptied.
+MEMO_SIZE = 8192
+#: Characters of answers JSON a `RecordEncoder` keeps: one answer can be tens of kB.
+ANSWER_MEMO_CHARS = 4 << 20
 
 
-def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(memo) >= _MEMO_SIZE:
-        memo.clear()
-    memo[key] = value
+class RecordEncoder:
+    """Writes the query record of each event as its JSON line (see the module docstring).
 
-
-def _question_json(event: QueryEvent) -> str:
-    key = event.question
-    text = _questions.get(key)
-    if text is None:
-        text = _dumps(
-            {
-                "questionName": _owner(event.qname),
-                "questionType": type_name(event.qtype),
-                "questionClass": class_name(event.qclass),
-            }
-        )
-        _remember(_questions, key, text)
-    return text
-
-
-def _answers_json(event: QueryEvent) -> str:
-    answer = event.answer
-    records = answer.answers
-    if not records:
-        if answer.packet is None or not answer.packet.counts[0]:
-            return "[]"
-        # Answers carried only as a packet (blocked): owned by this very question name.
-        status = "Secure" if answer.authentic else "Disabled"
-        return _dumps([_answer(rr, status, event.age) for rr in _answer_records(event)])
-    served_as = event.age if not answer.authentic else -1 - event.age
-    found = _answer_lists.get(id(records))
-    if found is not None and found[0] is records and found[1] == served_as:
-        return found[2]
-    status = "Secure" if answer.authentic else "Disabled"
-    text = _dumps([_answer(rr, status, event.age) for rr in records])
-    _remember_answers(records, served_as, text)
-    return text
-
-
-def _remember_answers(records: Any, served_as: int, text: str) -> None:
-    global _answer_chars
-    if len(_answer_lists) >= _MEMO_SIZE or _answer_chars + len(text) > _ANSWER_MEMO_CHARS:
-        _answer_lists.clear()
-        _answer_chars = 0
-    replaced = _answer_lists.get(id(records))
-    if replaced is not None:
-        _answer_chars -= len(replaced[2])
-    _answer_lists[id(records)] = (records, served_as, text)
-    _answer_chars += len(text)
-
-
-def _ede_json(ede: tuple[tuple[int, str], ...]) -> str:
-    text = _ede_lists.get(ede)
-    if text is None:
-        text = _dumps([{"errType": ede_name(code), "message": extra} for code, extra in ede])
-        _remember(_ede_lists, ede, text)
-    return text
-
-
-def _policy_json(decision: Any) -> str:
-    found = _policies.get(id(decision))
-    if found is not None and found[0] is decision:
-        return found[1]
-    text = _dumps(_policy(decision))
-    _remember(_policies, id(decision), (decision, text))
-    return text
-
-
-def _client_json(client: str) -> str:
-    text = _clients.get(client)
-    if text is None:
-        text = _dumps(client)
-        _remember(_clients, client, text)
-    return text
-
-
-def _rcode_json(rcode: int) -> str:
-    text = _rcodes.get(rcode)
-    if text is None:
-        text = _rcodes[rcode] = _dumps(rcode_name(rcode))
-    return text
-
-
-_PROTOCOL_JSON = {"udp": '"Udp"', "tcp": '"Tcp"'}
-
-
-_KIND_VALUES = {kind: kind.value for kind in Kind}
-
-
-def make_record(event: QueryEvent) -> QueryRecord:
-    """The query record of `event`, built straight as its JSON line.
-
-    The same record as `build_record(event)`, key for key and in the same order, at a
-    fraction of the cost: the parts that repeat (question, answers of a cached entry,
-    EDE list, policy, client) are serialized once and reused.
+    What repeats from query to query is serialized once and reused: the question, the
+    client, the response code, the EDE list, the policy decision, and the answers of a
+    cached entry. Each memo keeps at most `memo_size` entries and is emptied when full;
+    the answers memo also stops at `answer_memo_chars` characters. Memos are keyed by
+    values (the question's bytes, the client, the decision), except the answers memo, which
+    is keyed by the cached entry's pre-encoded packet and holds it (and the records it
+    was made from), so no entry can be taken for another answer's. A cached answer ages a
+    second at a time, and a text for every age would fill the memo with near copies (a
+    40-record answer is 5 kB of JSON): only the age it was last served at is kept.
     """
-    answer = event.answer
-    kind = answer.kind
-    kind_value = _KIND_VALUES[kind]
-    timestamp = format_timestamp(event.timestamp)
-    # The memo lookups are written out here: this runs for every query.
-    client = _clients.get(event.client) or _client_json(event.client)
-    protocol = _PROTOCOL_JSON.get(event.transport) or _dumps(_protocol(event.transport))
-    question = _questions.get(event.question) or _question_json(event)
-    rcode = _rcodes.get(answer.rcode) or _rcode_json(answer.rcode)
-    answers = _answers_json(event) if answer.answers or answer.packet is not None else "[]"
-    ede = _ede_json(answer.ede) if event.edns and answer.ede else "[]"
-    rtt = ""
-    if kind is Kind.RECURSIVE and answer.rtt is not None:
-        rtt = f',"responseRtt":{round(answer.rtt * 1000.0, 3)!r}'
-    decision = answer.decision
-    policy = "" if decision is None else f',"policy":{_policy_json(decision)}'
-    line = (
-        f'{{"timestamp":"{timestamp}","clientIp":{client},"protocol":{protocol},'
-        f'"question":{question},"responseCode":{rcode},"responseType":"{kind_value}",'
-        f'"answers":{answers},"edns":{ede}{rtt}{policy}}}'
-    )
-    return QueryRecord(line, kind_value, timestamp)
+
+    def __init__(
+        self, *, memo_size: int = MEMO_SIZE, answer_memo_chars: int = ANSWER_MEMO_CHARS
+    ) -> None:
+        self.memo_size = memo_size
+        self.answer_memo_chars = answer_memo_chars
+        self._stamp_ms = -1
+        self._stamp_text = ""
+        self._questions: dict[bytes, str] = {}
+        self._clients: dict[str, str] = {}
+        self._rcodes: dict[int, str] = {}
+        self._edes: dict[tuple[tuple[int, str], ...], str] = {}
+        self._policies: dict[Decision, str] = {}
+        # packet -> (the records it was made from, age, authentic, their JSON)
+        self._answers: dict[object, tuple[Sequence[dns.RRHeader], int, bool, str]] = {}
+        self._answer_chars = 0
+
+    def encode(self, event: QueryEvent) -> QueryRecord:
+        """The query record of `event`, as the `QueryRecord` every sink gets."""
+        answer = event.answer
+        kind = answer.kind
+        kind_value = _KIND_VALUES[kind]
+        # The memo lookups are written out here: this runs for every query.
+        millis = _milliseconds(event.timestamp)
+        timestamp = self._stamp_text if millis == self._stamp_ms else self._timestamp(millis)
+        client = self._clients.get(event.client) or self._client_json(event.client)
+        protocol = _PROTOCOL_JSON.get(event.transport) or _protocol_json(event.transport)
+        question = self._questions.get(event.question) or self._question_json(event)
+        rcode = self._rcodes.get(answer.rcode) or self._rcode_json(answer.rcode)
+        answers = "[]"
+        if answer.answers or answer.packet is not None:
+            answers = self._answers_json(event)
+        ede = "[]"
+        if event.edns and answer.ede:
+            ede = self._edes.get(answer.ede) or self._ede_json(answer.ede)
+        rtt = ""
+        if kind is Kind.RECURSIVE and answer.rtt is not None:
+            rtt = f',"responseRtt":{round(answer.rtt * 1000.0, 3)!r}'
+        decision = answer.decision
+        policy = ""
+        if decision is not None:
+            policy = f',"policy":{self._policies.get(decision) or self._policy_json(decision)}'
+        line = (
+            f'{{"timestamp":"{timestamp}","clientIp":{client},"protocol":{protocol},'
+            f'"question":{question},"responseCode":{rcode},"responseType":"{kind_value}",'
+            f'"answers":{answers},"edns":{ede}{rtt}{policy}}}'
+        )
+        return QueryRecord(line, kind_value, timestamp)
+
+    def _remember(self, memo: dict[Any, str], key: Any, text: str) -> str:
+        if len(memo) >= self.memo_size:
+            memo.clear()
+        memo[key] = text
+        return text
+
+    def _timestamp(self, millis: int) -> str:
+        # Queries arrive many to a millisecond: the last one's text is kept.
+        self._stamp_ms, self._stamp_text = millis, _millisecond_text(millis)
+        return self._stamp_text
+
+    def _client_json(self, client: str) -> str:
+        return self._remember(self._clients, client, _dumps(client))
+
+    def _question_json(self, event: QueryEvent) -> str:
+        question = {
+            "questionName": _owner(event.qname),
+            "questionType": type_name(event.qtype),
+            "questionClass": class_name(event.qclass),
+        }
+        return self._remember(self._questions, event.question, _dumps(question))
+
+    def _rcode_json(self, rcode: int) -> str:
+        return self._remember(self._rcodes, rcode, _dumps(rcode_name(rcode)))
+
+    def _ede_json(self, ede: tuple[tuple[int, str], ...]) -> str:
+        text = _dumps([{"errType": ede_name(code), "message": extra} for code, extra in ede])
+        return self._remember(self._edes, ede, text)
+
+    def _policy_json(self, decision: Decision) -> str:
+        return self._remember(self._policies, decision, _dumps(_policy(decision)))
+
+    def _answers_json(self, event: QueryEvent) -> str:
+        answer = event.answer
+        records = answer.answers
+        packet = answer.packet
+        if not records:
+            if packet is None or not packet.counts[0]:
+                return "[]"
+            # Owned by the question's name, which differs from query to query: not kept.
+            records = _packet_answers(event.question, packet)
+            return _answer_list(records, answer.authentic, event.age)
+        if packet is None:
+            # Straight from the upstream: these records are not seen again.
+            return _answer_list(records, answer.authentic, event.age)
+        found = self._answers.get(packet)
+        if (
+            found is not None
+            and found[0] is records
+            and found[1] == event.age
+            and found[2] == answer.authentic
+        ):
+            return found[3]
+        text = _answer_list(records, answer.authentic, event.age)
+        self._remember_answers(packet, (records, event.age, answer.authentic, text))
+        return text
+
+    def _remember_answers(
+        self, packet: object, entry: tuple[Sequence[dns.RRHeader], int, bool, str]
+    ) -> None:
+        memo = self._answers
+        size = len(entry[3])
+        if len(memo) >= self.memo_size or self._answer_chars + size > self.answer_memo_chars:
+            memo.clear()
+            self._answer_chars = 0
+        replaced = memo.get(packet)
+        if replaced is not None:
+            self._answer_chars -= len(replaced[3])
+        memo[packet] = entry
+        self._answer_chars += size
 
 
 def is_blocking(event: QueryEvent) -> bool:
@@ -668,16 +637,9 @@ def is_blocking(event: QueryEvent) -> bool:
     )
 
 
-def encode_record(record: Mapping[str, Any]) -> str:
-    """The record as one line of compact JSON, without the newline."""
-    if isinstance(record, QueryRecord):
-        return record.line
-    return _dumps(record)
-
-
-def encode_records(records: Sequence[Mapping[str, Any]]) -> bytes:
+def encode_records(records: Sequence[QueryRecord]) -> bytes:
     """Records as NDJSON bytes: one line each, every line ending in a newline."""
     if not records:
         return b""
-    text = "\n".join([encode_record(record) for record in records])
+    text = "\n".join([record.line for record in records])
     return (text + "\n").encode("utf-8", "backslashreplace")

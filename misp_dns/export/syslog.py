@@ -50,7 +50,7 @@ from zope.interface import implementer
 
 from misp_dns.backoff import backoff_delay
 from misp_dns.export.options import SinkOptions, one_of
-from misp_dns.export.record import QueryRecord, encode_record
+from misp_dns.export.record import QueryRecord
 from misp_dns.export.spool import FrameSpool
 from misp_dns.interfaces import BuildContext, ISink, PluginType
 from misp_dns.values import ConfigError, FieldError
@@ -190,18 +190,13 @@ class SyslogFormatter:
             self._head = f"<{self.priority}>"
             self._middle = f" {self.hostname.split('.')[0]} {APP_NAME}[{self.pid}]: "
 
-    def __call__(self, record: Any) -> bytes:
+    def __call__(self, record: QueryRecord) -> bytes:
         """The message for `record`, UTF-8 encoded."""
-        message = encode_record(record)
         if self.format == "rfc5424":
-            if isinstance(record, QueryRecord):
-                msgid, stamp = record.response_type, record.timestamp
-            else:
-                msgid = _clean_hostname(str(record.get("responseType", "")))[:32]
-                stamp = str(record.get("timestamp", "-"))
-            text = f"{self._head}{stamp}{self._middle}{msgid} - {message}"
+            stamp, msgid = record.timestamp, record.response_type
+            text = f"{self._head}{stamp}{self._middle}{msgid} - {record.line}"
         else:
-            text = f"{self._head}{self._stamp_3164()}{self._middle}{message}"
+            text = f"{self._head}{self._stamp_3164()}{self._middle}{record.line}"
         return text.encode("utf-8", "backslashreplace")
 
     def _stamp_3164(self) -> str:
@@ -512,7 +507,7 @@ class StreamSender:
 class SyslogSink:
     """Formats each record as a syslog message and hands it to a sender."""
 
-    def __init__(self, formatter: Callable[[Any], bytes], sender: Any) -> None:
+    def __init__(self, formatter: Callable[[QueryRecord], bytes], sender: Any) -> None:
         self.formatter = formatter
         self.sender = sender
 
@@ -551,7 +546,7 @@ class SyslogSink:
         """Open the socket or start connecting."""
         return self.sender.start()
 
-    def write(self, records: Sequence[Any]) -> None:
+    def write(self, records: Sequence[QueryRecord]) -> None:
         """Format and send the records; never waits, never raises for a receiver's trouble."""
         self.sender.send([self.formatter(record) for record in records])
 
