@@ -98,8 +98,7 @@ class ExporterService(service.Service):
         self._reported_queue_drops = 0
         self._queue_logged_at = float("-inf")
         self._failures_reset_at = float("-inf")
-        #: Events whose record could not be built (a bug: logged once per interval).
-        self.unbuildable = 0
+        # A record that cannot be built is a bug: logged once per interval.
         self._unbuildable_logged = False
 
     def __len__(self) -> int:
@@ -173,7 +172,6 @@ class ExporterService(service.Service):
                 if self._filtering and is_blocking(event):
                     blocked.append(record)
             except Exception:
-                self.unbuildable += 1
                 if not self._unbuildable_logged:
                     self._unbuildable_logged = True
                     self.log.failure("cannot build the query record of {event!r}", event=event)
