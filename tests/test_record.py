@@ -374,7 +374,7 @@ def _cached(name: str, count: int = 1, ttl: int = 300) -> QueryEvent:
     )
     req = request(name)
     cache = AnswerCache(1, Clock())
-    key = (req.question_wire[:-4].lower(), tdns.A, tdns.IN, False)
+    key = (req.question_wire[:-4].lower(), tdns.A, tdns.IN, False, 0)
     cache.put(key, Answer(tdns.OK, answers=records))
     found = cache.lookup(key)
     assert found is not None and found[0].packet is not None
@@ -443,7 +443,7 @@ def test_large_answers_in_the_json_memo_stay_within_its_budget() -> None:
     assert _memory_kept_by(export_all) < 6 << 20
 
 
-#: The documented keys (DESIGN.md "Query record"), in the order records list them.
+#: The documented keys (`misp_dns.export.record`, the README), in the order records list them.
 _RECORD_KEYS = (
     "timestamp",
     "clientIp",

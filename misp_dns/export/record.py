@@ -1,6 +1,6 @@
 """The query record: one JSON object per answered query, the same for every sink.
 
-The record of a `QueryEvent` follows the fixed contract of DESIGN.md ("Query record"),
+The record of a `QueryEvent` is a fixed contract (the README's "The query log"),
 compatible with the reference Log Exporter's records so decoders written for it keep
 working, plus our own `policy`:
 
@@ -50,7 +50,7 @@ from misp_dns.event import Kind
 from misp_dns.interfaces import Action, Decision
 
 if TYPE_CHECKING:
-    from misp_dns.event import QueryEvent
+    from misp_dns.event import PacketBody, QueryEvent
 
 __all__ = [
     "EDE_NAMES",
@@ -446,7 +446,7 @@ def _answer_list(records: Sequence[dns.RRHeader], authentic: bool, age: int) -> 
     return _dumps([_answer(record, status, age) for record in records])
 
 
-def _packet_answers(question: bytes, packet: Any) -> Sequence[dns.RRHeader]:
+def _packet_answers(question: bytes, packet: PacketBody) -> Sequence[dns.RRHeader]:
     """The answer section of an answer carried only as a packet (blocked, minimal ANY)."""
     try:
         stream = BytesIO()
@@ -519,7 +519,7 @@ class RecordEncoder:
         self._edes: dict[tuple[tuple[int, str], ...], str] = {}
         self._policies: dict[Decision, str] = {}
         # packet -> (the records it was made from, age, authentic, their JSON)
-        self._answers: dict[object, tuple[Sequence[dns.RRHeader], int, bool, str]] = {}
+        self._answers: dict[PacketBody, tuple[Sequence[dns.RRHeader], int, bool, str]] = {}
         self._answer_chars = 0
 
     def encode(self, event: QueryEvent) -> QueryRecord:
@@ -612,7 +612,7 @@ class RecordEncoder:
         return text
 
     def _remember_answers(
-        self, packet: object, entry: tuple[Sequence[dns.RRHeader], int, bool, str]
+        self, packet: PacketBody, entry: tuple[Sequence[dns.RRHeader], int, bool, str]
     ) -> None:
         memo = self._answers
         size = len(entry[3])
