@@ -1,4 +1,4 @@
-"""The query record: the DESIGN.md schema, field by field, for every kind of answer."""
+"""The query record: the README's schema, field by field, for every kind of answer."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def written(event: QueryEvent) -> Any:
 
 
 def test_blocked_query_record_matches_the_design_example() -> None:
-    """A blocked A query gives exactly the record DESIGN.md shows, key for key."""
+    """A blocked A query gives exactly the record the README shows, key for key."""
     record = written(blocked_event("stemtopx.com"))
     assert record == {
         "timestamp": "2025-11-26T10:10:30.567Z",
