@@ -6,7 +6,12 @@
   was logged through the `logged_errors` fixture.
 - `require_tool("unbound")` returns the path of a Debian tool; when the tool is missing the test
   is skipped on a developer machine but FAILS on CI, so CI never passes by skipping.
+- `require_package("misp-dns-example-policy")` does the same for an optional Python package
+  (one that `make test` installs but a bare checkout may lack).
 - `free_port()` gives a loopback port free for both UDP and TCP.
+- `result_of(d)` / `failure_of(d, *kinds)` / `no_result(d)` are trial's own
+  `successResultOf`/`failureResultOf`/`assertNoResult`, as plain functions: the result of a
+  Deferred that has fired, the exception of one that failed, or a check that it has not fired.
 """
 
 from __future__ import annotations
@@ -15,14 +20,28 @@ import gc
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from importlib.metadata import PackageNotFoundError, distribution
+from typing import Any, TypeVar, cast
 
 import pytest
 from hypothesis import HealthCheck, settings
 from integration.net import free_port as _free_port
+from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
 
-__all__ = ["free_port", "on_ci", "require_tool", "unless_present"]
+__all__ = [
+    "failure_of",
+    "free_port",
+    "no_result",
+    "on_ci",
+    "require_package",
+    "require_tool",
+    "result_of",
+    "unless_present",
+]
+
+T = TypeVar("T")
 
 settings.register_profile(
     "ci",
@@ -72,6 +91,17 @@ def require_tool(name: str) -> str:
     raise AssertionError("unreachable")  # pragma: no cover - skip raises
 
 
+def require_package(name: str) -> None:
+    """Skip the test unless the Python distribution `name` is installed; fail it on CI."""
+    try:
+        distribution(name)
+    except PackageNotFoundError:
+        message = f"the Python package {name!r} is not installed (`make test` installs it)"
+        if on_ci():
+            pytest.fail(f"CI must run every test: {message}", pytrace=False)
+        pytest.skip(message)
+
+
 def unless_present(path: Any, what: str) -> pytest.MarkDecorator:
     """Skip a test when `path` (real data beside the repo) is missing, except on CI, where
     the test runs and fails: CI must never pass by skipping."""
@@ -85,6 +115,25 @@ def unless_present(path: Any, what: str) -> pytest.MarkDecorator:
 def free_port(host: str = "127.0.0.1") -> int:
     """A port on `host` that is free for both UDP and TCP right now."""
     return _free_port(host)
+
+
+_TRIAL = SynchronousTestCase()
+
+
+def result_of(deferred: Deferred[T]) -> T:
+    """The result of `deferred`, which must have fired with one (trial's successResultOf)."""
+    return _TRIAL.successResultOf(deferred)
+
+
+def failure_of(deferred: Deferred[Any], *kinds: type[BaseException]) -> BaseException:
+    """The exception `deferred` failed with, which must be one of `kinds` if given
+    (trial's failureResultOf)."""
+    return _TRIAL.failureResultOf(deferred, *kinds).value
+
+
+def no_result(deferred: Deferred[Any]) -> None:
+    """Check that `deferred` has not fired yet (trial's assertNoResult)."""
+    _TRIAL.assertNoResult(deferred)
 
 
 def pytest_configure(config: pytest.Config) -> None:

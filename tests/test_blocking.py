@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
+from conftest import result_of
 
 from misp_dns.intel.blocking import run_inline, thread_runner, without_collection
 
@@ -67,9 +68,7 @@ def test_a_program_that_turned_collection_off_keeps_it_off() -> None:
 
 def test_run_inline_calls_at_once() -> None:
     """Tests' `run_inline` gives the result without a reactor."""
-    results: list[int] = []
-    run_inline(lambda: 7).addCallback(results.append)
-    assert results == [7]
+    assert result_of(run_inline(lambda: 7)) == 7
 
 
 @pytest_twisted.ensureDeferred

@@ -8,6 +8,7 @@ from typing import Any
 
 import dns.message
 import pytest
+from conftest import no_result, result_of
 from integration.export_events import blocked_event, misp_decision, recursive_event, refused_event
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -203,12 +204,10 @@ def test_stop_flushes_the_queue_and_waits_for_the_sinks() -> None:
     stopped = exporter.stopService()
     assert len(sink.records) == 3
     assert sink.stopped
-    fired: list[Any] = []
-    stopped.addCallback(fired.append)
-    assert fired == []
+    no_result(stopped)
     assert sink.stopping is not None
     sink.stopping.callback(None)
-    assert len(fired) == 1
+    result_of(stopped)
 
 
 def test_events_before_start_are_exported_after_start() -> None:
@@ -352,7 +351,5 @@ def test_stop_with_real_sinks_fires(tmp_path: Path) -> None:
     exporter = build_exporter(tables, default_registry(), clock)
     exporter.startService()
     exporter.observe(blocked_event())
-    done: list[Any] = []
-    defer.maybeDeferred(exporter.stopService).addCallback(done.append)
-    assert done
+    result_of(defer.maybeDeferred(exporter.stopService))
     assert (tmp_path / "logs" / "q.jsonl").read_text().count("\n") == 1

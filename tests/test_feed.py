@@ -13,12 +13,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from conftest import unless_present
+from conftest import failure_of, result_of, unless_present
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
-from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from misp_dns.intel.blocking import thread_runner
@@ -35,23 +33,6 @@ URL = "https://feeds.test/misp/infoblox"
 BEACON = "dad88707-beb8-4a14-94e2-5ffecf5a5f85"  # c2_beacon_20230414_iocs, 6 domains
 DECOY = "6c1c6c4f-5cde-474f-bb69-8e5b8b041f81"  # 7 domains, 5 ip-dst, 5 sha256
 MISSING = "3493a2df-8c62-451b-99bf-312292104994"
-
-
-def result_of(deferred: Deferred[Any]) -> Any:
-    found: list[Any] = []
-    deferred.addBoth(found.append)
-    assert found, "the Deferred has not fired"
-    if isinstance(found[0], Failure):
-        found[0].raiseException()
-    return found[0]
-
-
-def failure_of(deferred: Deferred[Any], kind: type[BaseException]) -> BaseException:
-    found: list[Any] = []
-    deferred.addBoth(found.append)
-    assert found and isinstance(found[0], Failure), found
-    assert found[0].check(kind), found[0].getTraceback()
-    return found[0].value
 
 
 @pytest.fixture

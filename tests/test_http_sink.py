@@ -7,6 +7,7 @@ from collections import deque
 from typing import Any
 
 import pytest
+from conftest import no_result, result_of
 from integration.export_events import blocked_event, recursive_event
 from treq.testing import StubTreq
 from twisted.internet import defer
@@ -228,9 +229,7 @@ def test_stop_sends_what_is_held() -> None:
     sink.write(records("last1.x", "last2.x"))
     stopped = sink.stop()
     stub.flush()
-    fired: list[Any] = []
-    stopped.addCallback(fired.append)
-    assert fired == [None]
+    assert result_of(stopped) is None
     assert collector.accepted() == ["last1.x", "last2.x"]
 
 
@@ -244,9 +243,7 @@ def test_stop_with_the_collector_down_counts_the_loss() -> None:
     stub.flush()
     stopped = sink.stop()
     stub.flush()
-    fired: list[Any] = []
-    stopped.addCallback(fired.append)
-    assert fired == [None]
+    assert result_of(stopped) is None
     assert sink.dropped == 2
     assert clock.getDelayedCalls() == []
 
@@ -259,12 +256,11 @@ def test_stop_waits_for_a_hanging_request_no_longer_than_the_timeout() -> None:
     sink.write(records("x.x"))
     clock.advance(2)
     stub.flush()
-    fired: list[Any] = []
-    sink.stop().addCallback(fired.append)
-    assert fired == []
+    stopped = sink.stop()
+    no_result(stopped)
     clock.advance(3)
     stub.flush()
-    assert fired == [None]
+    assert result_of(stopped) is None
     assert sink.dropped == 1
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from conftest import unless_present
+from conftest import failure_of, result_of, unless_present
 from hypothesis import given
 from hypothesis import strategies as st
 from integration.certificates import self_signed
@@ -25,7 +25,6 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
@@ -49,26 +48,6 @@ from misp_dns.values import ConfigError, Duration
 KEY = "K3yK3yK3yK3yK3yK3yK3yK3yK3yK3yK3yK3yK3yK"
 URL = "https://misp.test"
 FEED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "misp-feed-infoblox"
-
-
-def result_of(deferred: Deferred[Any]) -> Any:
-    """The result of a Deferred that must have fired; raises its failure."""
-    found: list[Any] = []
-    deferred.addBoth(found.append)
-    assert found, "the Deferred has not fired"
-    if isinstance(found[0], Failure):
-        found[0].raiseException()
-    return found[0]
-
-
-def failure_of(deferred: Deferred[Any], kind: type[BaseException]) -> BaseException:
-    """The exception a Deferred failed with, which must be a `kind`."""
-    found: list[Any] = []
-    deferred.addBoth(found.append)
-    assert found, "the Deferred has not fired"
-    assert isinstance(found[0], Failure), f"expected a failure, got {found[0]!r}"
-    assert found[0].check(kind), found[0].getTraceback()
-    return found[0].value
 
 
 def client_for(

@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from conftest import failure_of, result_of
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from misp_dns.http import make_http_client
@@ -30,15 +29,6 @@ KEY = "fake-key-0123456789"
 SEARCH = "https://misp.test/attributes/restSearch"
 SMALL = Path(__file__).resolve().parent / "fixtures" / "misp-feed-small"
 NOW = 1_700_000_000
-
-
-def result_of(deferred: Deferred[Any]) -> Any:
-    found: list[Any] = []
-    deferred.addBoth(found.append)
-    assert found, "the Deferred has not fired"
-    if isinstance(found[0], Failure):
-        found[0].raiseException()
-    return found[0]
 
 
 def ask(fake: FakeMisp, body: Any, key: str | None = KEY) -> tuple[int, Any]:
@@ -231,6 +221,5 @@ def test_memory_source_serves_fails_and_holds() -> None:
     assert not held.called and source.pending == 1
     source.error = RuntimeError("MISP down")
     source.release()
-    with pytest.raises(RuntimeError, match="MISP down"):
-        result_of(held)
+    assert str(failure_of(held, RuntimeError)) == "MISP down"
     assert source.fetches == 2 and source.pending == 0
