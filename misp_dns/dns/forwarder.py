@@ -30,6 +30,9 @@ __all__ = ["Forwarder", "UpstreamFailed", "system_upstreams"]
 
 FIRST_ATTEMPT_TIMEOUT = 1.0
 
+#: Makes a socket from (family, type): `socket.socket`, or a fake in tests.
+SocketFactory = Callable[[int, int], Any]
+
 
 class UpstreamFailed(Exception):
     """No upstream gave a usable answer within the time allowed."""
@@ -103,6 +106,7 @@ class _UDPExchange:
         reactor: Any,
         upstream: HostPort,
         accept: Callable[[bytes], dns.Message | None],
+        socket_factory: SocketFactory = socket.socket,
     ) -> None:
         self.reactor = reactor
         self.upstream = upstream
@@ -110,7 +114,7 @@ class _UDPExchange:
         self.reply: dns.Message | None = None
         self.failure: Exception | None = None
         self._waiting: list[defer.Deferred[dns.Message]] = []
-        self.socket = socket.socket(upstream.family, socket.SOCK_DGRAM)
+        self.socket: socket.socket = socket_factory(upstream.family, socket.SOCK_DGRAM)
         self.socket.setblocking(False)
 
     def send(self, packet: bytes) -> None:
@@ -225,16 +229,28 @@ class _OneShotFactory(Factory):
 
 
 class Forwarder:
-    """Resolves questions through a list of upstream resolvers, failing over in order."""
+    """Resolves questions through a list of upstream resolvers, failing over in order.
+
+    `socket_factory(family, type)` makes the UDP sockets: `socket.socket`, or in-memory
+    ones in tests.
+    """
 
     log = Logger()
 
-    def __init__(self, upstreams: Sequence[HostPort], reactor: Any, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        upstreams: Sequence[HostPort],
+        reactor: Any,
+        timeout: float = 5.0,
+        *,
+        socket_factory: SocketFactory = socket.socket,
+    ) -> None:
         if not upstreams:
             raise ValueError("no upstream resolvers")
         self._upstreams = list(upstreams)
         self._reactor = reactor
         self._timeout = timeout
+        self._socket_factory = socket_factory
         self._preferred = 0
 
     def resolve(
@@ -336,7 +352,10 @@ class Forwarder:
         """
         ident = secrets.randbits(16)
         exchange = _UDPExchange(
-            self._reactor, upstream, lambda data: question.reply_matches(ident, data)
+            self._reactor,
+            upstream,
+            lambda data: question.reply_matches(ident, data),
+            self._socket_factory,
         )
         exchange.send(question.packet(ident, edns))
         sent.append(exchange)
