@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -29,14 +30,26 @@ _MAX_DATAGRAM = 65535
 
 
 class UDPListener(Service):
-    """Answers DNS queries arriving over UDP at one address, through a `Responder`."""
+    """Answers DNS queries arriving over UDP at one address, through a `Responder`.
+
+    `socket_factory(family, type)` makes the socket: `socket.socket`, or an in-memory one
+    in tests.
+    """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, address: HostPort, responder: Any) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        address: HostPort,
+        responder: Any,
+        *,
+        socket_factory: Callable[[int, int], Any] = socket.socket,
+    ) -> None:
         self.reactor = reactor
         self.address = address
         self.responder = responder
+        self.socket_factory = socket_factory
         self.socket: socket.socket | None = None
         self.send_errors = 0
 
@@ -49,7 +62,7 @@ class UDPListener(Service):
     def startService(self) -> None:
         super().startService()
         family = self.address.family
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock: socket.socket = self.socket_factory(family, socket.SOCK_DGRAM)
         try:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
