@@ -1,19 +1,27 @@
-"""SIGHUP reload of the policy chain: applied when valid, refused whole when not."""
+"""SIGHUP reload of the policy chain: applied when valid, refused whole when not.
+
+The chain holds the built-in allowlist and `tld-block`, a third-party-style policy type
+defined here and registered in the test's own `Registry`, so the tests need no package
+beyond misp-dns.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from twisted.application.service import MultiService
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from misp_dns.build import build_policies
 from misp_dns.config import load_config
-from misp_dns.interfaces import Action, PolicyQuery
+from misp_dns.interfaces import Action, BuildContext, Decision, IPolicy, PluginType, PolicyQuery
+from misp_dns.policy import allowlist
 from misp_dns.policy.chain import PolicyChain
-from misp_dns.registry import default_registry
+from misp_dns.registry import Registry
 from misp_dns.reload import PolicyReloader, RunningPolicy
 
 ALLOW = """
@@ -27,6 +35,37 @@ tlds = ["zip"]
 """
 
 
+@attrs.frozen
+class TldBlockOptions:
+    """The options of the test's `tld-block` policy type."""
+
+    tlds: tuple[str, ...]
+
+
+@implementer(IPolicy)
+@attrs.frozen
+class TldBlock:
+    """Blocks every name under the listed top-level domains."""
+
+    tlds: frozenset[str]
+    name: str = "tld-block"
+
+    def decide(self, query: PolicyQuery) -> Decision | None:
+        if query.name.rpartition(".")[2] not in self.tlds:
+            return None
+        return Decision(Action.BLOCK, self.name)
+
+
+def _build_tld_block(options: TldBlockOptions, context: BuildContext) -> TldBlock:
+    return TldBlock(frozenset(options.tlds))
+
+
+def registry() -> Registry:
+    """The policy types these tests use: the built-in allowlist and the test's tld-block."""
+    tld_block = PluginType("tld-block", TldBlockOptions, _build_tld_block)
+    return Registry(policies={p.name: p for p in (allowlist.plugin, tld_block)})
+
+
 class Resolver:
     """Stands in for ChainResolver: the reloader only swaps its `policy`."""
 
@@ -37,14 +76,14 @@ class Resolver:
 def start(tmp_path: Path, names: str) -> tuple[Path, PolicyReloader, Resolver]:
     path = tmp_path / "misp-dns.toml"
     path.write_text(ALLOW.format(names=names))
-    registry = default_registry()
-    config = load_config(path, registry)
-    policies = build_policies(config, registry, Clock())
+    types = registry()
+    config = load_config(path, types)
+    policies = build_policies(config, types, Clock())
     resolver = Resolver(PolicyChain(policies))
     running = [RunningPolicy(t, p) for t, p in zip(config.policy, policies, strict=True)]
     services = MultiService()
     services.startService()
-    reloader = PolicyReloader(str(path), config, running, registry, resolver, services, Clock())
+    reloader = PolicyReloader(str(path), config, running, types, resolver, services, Clock())
     return path, reloader, resolver
 
 

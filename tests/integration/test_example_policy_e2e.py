@@ -7,11 +7,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from importlib.metadata import entry_points
 
 import dns.rcode
 import pytest
-from conftest import free_port, on_ci
+from conftest import free_port, require_package
 
 from .misp_stand_in import (
     blocked_problems,
@@ -27,21 +26,12 @@ REPORT = "source=tld-block;tld=zip"
 TTL = 300  # the example policy's default
 
 
-def _require_example_policy() -> None:
-    if any(ep.name == "tld-block" for ep in entry_points(group="misp_dns.policies")):
-        return
-    message = "contrib/example-policy is not installed (`make test` installs it)"
-    if on_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def tld_server(
     tmp_path_factory: pytest.TempPathFactory, unbound: UnboundProcess
 ) -> Iterator[MispDnsProcess]:
     """misp-dns with `[allowlist safe.zip, tld-block zip]`."""
-    _require_example_policy()
+    require_package("misp-dns-example-policy")
     policies = [
         {"type": "allowlist", "domains": ["safe.zip"]},
         {"type": "tld-block", "tlds": ["zip"]},

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
-from example_policy import TldBlockOptions, TldBlockPolicy, plugin
 from zope.interface.verify import verifyObject
+
+try:
+    from example_policy import TldBlockOptions, TldBlockPolicy, plugin
+except ModuleNotFoundError as missing:
+    if missing.name != "example_policy":
+        raise
+    # Installed by `make test`; a bare checkout skips these tests, CI must never.
+    _MISSING = "misp-dns-example-policy is not installed (`make test` installs it)"
+    if os.environ.get("CI", "").lower() in {"true", "1", "yes"}:
+        pytest.fail(f"CI must run every test: {_MISSING}", pytrace=False)
+    pytest.skip(_MISSING, allow_module_level=True)
 
 from misp_dns.config import parse_config
 from misp_dns.interfaces import Action, IPolicy, PolicyQuery
