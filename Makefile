@@ -1,5 +1,7 @@
 # The two commands of the README's quick start: `make run` and `make test`.
 # Everything they need is set up here, so a fresh clone works with nothing else done by hand.
+# `make test` (what CI runs) = lint + typecheck + unit + integration; `make unit` alone needs
+# no Debian tools and starts no programs.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +10,7 @@ CONFIG ?= etc/misp-dns.toml
 # Debian packages the integration tests and benchmarks drive: command -> package.
 DEBIAN_TOOLS := unbound:unbound dig:dnsutils dnsperf:dnsperf rsyslogd:rsyslog logrotate:logrotate
 
-.PHONY: run test lint typecheck unit check-config tools bench clean
+.PHONY: run test lint typecheck unit integration check-config tools bench clean
 
 run: $(VENV)/.installed
 	$(BIN)/twistd -n --pidfile= misp-dns --config $(CONFIG)
@@ -16,7 +18,7 @@ run: $(VENV)/.installed
 check-config: $(VENV)/.installed
 	$(BIN)/twistd misp-dns --check-config --config $(CONFIG)
 
-test: $(VENV)/.installed-test tools lint typecheck unit
+test: $(VENV)/.installed-test tools lint typecheck unit integration
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
@@ -26,8 +28,14 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-test tools
-	$(BIN)/pytest
+# Unit tests, the example policy's own tests included (pyproject's testpaths).
+unit: $(VENV)/.installed-test
+	$(BIN)/pytest -m "not integration"
+
+# End-to-end tests (marked `integration` by tests/integration/conftest.py): real twistd,
+# Unbound, dig, rsyslog on loopback.
+integration: $(VENV)/.installed-test tools
+	$(BIN)/pytest -m integration
 
 bench: $(VENV)/.installed-test tools
 	$(BIN)/python bench/run.py
