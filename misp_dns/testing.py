@@ -1,4 +1,4 @@
-"""Verified fakes for tests, ours and third parties': a MISP server, a MISP feed, a source.
+"""Verified fakes for tests, ours and third parties': MISP, a MISP feed, and one of each seam.
 
 - `FakeMisp`: a `twisted.web` resource speaking MISP's `POST /attributes/restSearch` as
   MISP 2.5 does (auth, filters, `limit`/`page`, JSON shapes), with scripted faults. Use it
@@ -6,9 +6,13 @@
   `twisted.web.server.Site(fake)` on 127.0.0.1.
 - `FakeFeed`: a resource serving a MISP feed (`manifest.json` and `<uuid>.json`).
 - `MemoryIndicatorSource`: an `IIndicatorSource` that hands out a list you control.
+- `MemorySink`: an `ISink` that keeps every batch, and can fail or hold its stop.
+- `ScriptedPolicy`: an `IPolicy` that decides from a dict of query name -> `Decision`.
 
 They are verified: the tests of `misp_dns.intel.misp_client` and `misp_dns.intel.feed` run
-against them, and tests/test_testing.py pins the MISP behaviours they imitate.
+against FakeMisp and FakeFeed, the exporter's tests against MemorySink, and
+tests/test_testing.py pins the MISP behaviours they imitate and checks each seam's fake
+with `verifyObject`. They import only `misp_dns.interfaces` from misp-dns.
 
     fake = FakeMisp(api_key="k" * 40)
     fake.add_values(["evil.example", "bad.example"])
@@ -24,7 +28,7 @@ import re
 import time
 import uuid as uuid_module
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,14 +40,23 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from misp_dns.interfaces import IIndicatorSource, RawIndicator
+from misp_dns.interfaces import (
+    Decision,
+    IIndicatorSource,
+    IPolicy,
+    ISink,
+    PolicyQuery,
+    RawIndicator,
+)
 
 __all__ = [
     "FakeFeed",
     "FakeMisp",
     "Fault",
     "MemoryIndicatorSource",
+    "MemorySink",
     "RecordedRequest",
+    "ScriptedPolicy",
 ]
 
 _SEARCH_PATH = b"/attributes/restSearch"
@@ -576,3 +589,89 @@ class MemoryIndicatorSource:
         if self.error is not None:
             return defer.fail(self.error)
         return defer.succeed(list(self.indicators))
+
+
+@implementer(ISink)
+class MemorySink:
+    """An `ISink` that records every batch; `fail` makes `write` raise; `hold_stop` delays `stop`.
+
+    It lets exporter behaviour (batching, filtering, flushing on stop, isolation of a
+    failing sink) be checked without files or sockets:
+
+        sink = MemorySink()
+        exporter = ExporterService([SinkSlot("memory", sink)], clock)
+        ...
+        assert [r["responseType"] for r in sink.records] == ["Blocked"]
+    """
+
+    def __init__(self, *, fail: bool = False, hold_stop: bool = False) -> None:
+        self.batches: list[list[Any]] = []
+        self.started = False
+        self.stopped = False
+        self.fail = fail
+        self.dropped = 0
+        self._hold_stop = hold_stop
+        self.stopping: Deferred[None] | None = None
+
+    @property
+    def records(self) -> list[Any]:
+        """Every record received, in order."""
+        return [record for batch in self.batches for record in batch]
+
+    def start(self) -> None:
+        """Note that the sink was started."""
+        self.started = True
+
+    def write(self, records: Sequence[Any]) -> None:
+        """Keep the batch (a copy), or raise if told to fail (as a real sink must not)."""
+        if self.fail:
+            raise RuntimeError("MemorySink told to fail")
+        self.batches.append(list(records))
+
+    def stop(self) -> Deferred[None] | None:
+        """Stop now, or, with `hold_stop`, when the test fires `self.stopping`."""
+        self.stopped = True
+        if self._hold_stop:
+            self.stopping = Deferred()
+            return self.stopping
+        return None
+
+
+@implementer(IPolicy)
+@attrs.define
+class ScriptedPolicy:
+    """An `IPolicy` deciding from `decisions` (query name -> `Decision`); None for the rest.
+
+    Names are looked up as a policy receives them: lower case, without the trailing dot.
+    `asked` lists every query it was asked about, in order. With `ready = False`,
+    `whenReady()` waits until `make_ready()`.
+
+        policy = ScriptedPolicy({"evil.example": Decision(Action.BLOCK, "scripted")})
+    """
+
+    decisions: dict[str, Decision] = attrs.field(factory=dict)
+    name: str = "scripted"
+    ready: bool = True
+    service: None = attrs.field(default=None, init=False)
+    asked: list[PolicyQuery] = attrs.field(factory=list, init=False)
+    _waiting: list[Deferred[None]] = attrs.field(factory=list, init=False)
+
+    def decide(self, query: PolicyQuery) -> Decision | None:
+        """The scripted decision for `query.name`, or None (no opinion)."""
+        self.asked.append(query)
+        return self.decisions.get(query.name)
+
+    def whenReady(self) -> Deferred[None]:
+        """Fires at once when `ready`, else at `make_ready()`."""
+        if self.ready:
+            return defer.succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._waiting.append(waiting)
+        return waiting
+
+    def make_ready(self) -> None:
+        """Become ready, firing every waiting `whenReady()`."""
+        self.ready = True
+        waiting, self._waiting = self._waiting, []
+        for deferred in waiting:
+            deferred.callback(None)

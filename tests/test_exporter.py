@@ -25,11 +25,11 @@ from misp_dns.dns.server import Responder
 from misp_dns.export.exporter import ExporterService, SinkSlot
 from misp_dns.export.http import HttpSink
 from misp_dns.export.jsonl import JsonlSink
-from misp_dns.export.memory import MemorySink
 from misp_dns.export.syslog import SyslogSink
 from misp_dns.interfaces import Decision, ISink, PolicyQuery
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.registry import default_registry
+from misp_dns.testing import MemorySink
 from misp_dns.values import ConfigError, HostPort
 
 
@@ -47,11 +47,6 @@ def make_exporter(
     exporter.log = Logger(observer=logged.append)
     exporter.startService()
     return exporter, clock, logged
-
-
-def test_memory_sink_is_an_isink() -> None:
-    """The in-memory sink tests use provides ISink, as third-party sinks must."""
-    assert verifyObject(ISink, MemorySink())
 
 
 def test_observe_returns_at_once_and_records_follow_in_one_batch() -> None:

@@ -2,7 +2,9 @@
 
 FakeMisp is checked against MISP 2.5.1's documented restSearch behaviour (auth, empty body,
 filters, paging, shapes), served both in memory and for real on loopback; FakeMisp and
-MispFeedSource agree on the real feed data; MemoryIndicatorSource keeps its promises.
+MispFeedSource agree on the real feed data; the fakes of the three seams
+(MemoryIndicatorSource, MemorySink, ScriptedPolicy) provide their interfaces and keep their
+promises.
 """
 
 from __future__ import annotations
@@ -22,8 +24,23 @@ from misp_dns.http import make_http_client
 from misp_dns.intel.errors import MispUnavailableError
 from misp_dns.intel.feed import MispFeedSource
 from misp_dns.intel.misp_client import MispClient
-from misp_dns.interfaces import IIndicatorSource, RawIndicator
-from misp_dns.testing import FakeFeed, FakeMisp, Fault, MemoryIndicatorSource
+from misp_dns.interfaces import (
+    Action,
+    Decision,
+    IIndicatorSource,
+    IPolicy,
+    ISink,
+    PolicyQuery,
+    RawIndicator,
+)
+from misp_dns.testing import (
+    FakeFeed,
+    FakeMisp,
+    Fault,
+    MemoryIndicatorSource,
+    MemorySink,
+    ScriptedPolicy,
+)
 
 KEY = "fake-key-0123456789"
 SEARCH = "https://misp.test/attributes/restSearch"
@@ -223,3 +240,43 @@ def test_memory_source_serves_fails_and_holds() -> None:
     source.release()
     assert str(failure_of(held, RuntimeError)) == "MISP down"
     assert source.fetches == 2 and source.pending == 0
+
+
+def test_memory_sink_keeps_batches_fails_and_holds_its_stop() -> None:
+    """MemorySink provides ISink, keeps each batch in order, raises when told to fail, and
+    stops only when the test fires `stopping` if it holds its stop."""
+    sink = MemorySink(hold_stop=True)
+    assert verifyObject(ISink, sink)
+    sink.start()
+    sink.write([{"n": 1}, {"n": 2}])
+    sink.write([{"n": 3}])
+    assert sink.started and sink.batches == [[{"n": 1}, {"n": 2}], [{"n": 3}]]
+    assert [record["n"] for record in sink.records] == [1, 2, 3]
+    stopping = sink.stop()
+    assert stopping is not None and not stopping.called
+    stopping.callback(None)
+    assert sink.stopped and sink.dropped == 0
+
+    sink.fail = True
+    with pytest.raises(RuntimeError):
+        sink.write([{"n": 4}])
+    assert len(sink.records) == 3
+
+
+def test_scripted_policy_decides_from_its_dict() -> None:
+    """ScriptedPolicy provides IPolicy, answers the decision scripted for a name and None for
+    the others, lists what it was asked, and is ready at once or when told."""
+    block = Decision(Action.BLOCK, "scripted", indicator="evil.example")
+    policy = ScriptedPolicy({"evil.example": block})
+    assert verifyObject(IPolicy, policy)
+    assert policy.service is None
+    assert policy.decide(PolicyQuery("evil.example", 1)) is block
+    assert policy.decide(PolicyQuery("www.evil.example", 1)) is None
+    assert [query.name for query in policy.asked] == ["evil.example", "www.evil.example"]
+    assert result_of(policy.whenReady()) is None
+
+    later = ScriptedPolicy(ready=False)
+    held = later.whenReady()
+    assert not held.called
+    later.make_ready()
+    assert result_of(held) is None and result_of(later.whenReady()) is None
