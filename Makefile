@@ -48,8 +48,10 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m misp_dns.plugincache
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml contrib/example-policy/pyproject.toml | $(VENV)/bin/python
-	$(BIN)/python -m pip install -q -e '.[test]' -e contrib/example-policy
+EXAMPLES := contrib/example-policy contrib/example-source
+
+$(VENV)/.installed-test: pyproject.toml $(EXAMPLES:%=%/pyproject.toml) | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e '.[test]' $(EXAMPLES:%=-e %)
 	$(BIN)/python -m misp_dns.plugincache
 	touch $(VENV)/.installed $@
 
