@@ -48,7 +48,8 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m misp_dns.plugincache
 	touch $@
 
-EXAMPLES := contrib/example-policy contrib/example-source
+# The example plugin packages: installed for their tests and the integration tests.
+EXAMPLES := contrib/example-policy contrib/example-source contrib/example-sink
 
 $(VENV)/.installed-test: pyproject.toml $(EXAMPLES:%=%/pyproject.toml) | $(VENV)/bin/python
 	$(BIN)/python -m pip install -q -e '.[test]' $(EXAMPLES:%=-e %)
