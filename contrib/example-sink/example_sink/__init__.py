@@ -1,13 +1,15 @@
 """`csv`: an example misp-dns sink that appends chosen fields of each query record as CSV rows.
 
 Config keys:
-    path     the CSV file, appended to (required; its folder must exist)
-    fields   the record fields to write, one column each, in this order; a field inside
-             `question` or `policy` is named with a dot. Default: timestamp, clientIp,
-             question.questionName, question.questionType, responseType, policy.source
-    header   write the field names as the first row of a new or empty file (default true)
-    include  "all" (default) or "blocked": only queries a policy blocked (or would have,
-             in monitor mode); misp-dns does the filtering
+    path       the CSV file, appended to (required; its folder must exist)
+    fields     the record fields to write, one column each, in this order; a field inside
+               `question` or `policy` is named with a dot. Default: timestamp, clientIp,
+               question.questionName, question.questionType, responseType, policy.source
+    header     write the field names as the first row of a new or empty file (default true)
+    include    "all" (default) or "blocked": only queries a policy blocked (or would have,
+               in monitor mode); misp-dns does the filtering
+    max_queue  records misp-dns may hold for its sinks before it drops the newest (default
+               100000; the largest of the sinks' applies), as for the built-in sinks
 
 Example:
     [[export]]
@@ -44,7 +46,14 @@ import attrs
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from misp_dns.interfaces import BuildContext, ConfigError, FieldError, ISink, PluginType
+from misp_dns.interfaces import (
+    BuildContext,
+    ConfigError,
+    FieldError,
+    ISink,
+    PluginType,
+    between,
+)
 
 __all__ = ["DEFAULT_FIELDS", "KNOWN_FIELDS", "CsvOptions", "CsvSink", "csv_rows", "plugin"]
 
@@ -115,6 +124,7 @@ class CsvOptions:
     fields: tuple[str, ...] = attrs.field(default=DEFAULT_FIELDS, validator=_known_fields)
     header: bool = True
     include: str = attrs.field(default="all", validator=_include)
+    max_queue: int = attrs.field(default=100_000, validator=between(1, 10_000_000))
 
 
 def _value(record: Mapping[str, Any], field: str) -> Any:

@@ -142,13 +142,15 @@ def test_a_full_disk_drops_the_batch() -> None:
 
 def test_found_through_the_entry_point() -> None:
     """Installed beside misp-dns, `[[export]] type = "csv"` is a known sink type and takes
-    `include` like the built-in sinks."""
+    `include` and `max_queue` like the built-in sinks."""
     registry = default_registry()
     assert registry.exporters["csv"] is plugin
     table = {"type": "csv", "path": "/srv/q.csv", "fields": ["clientIp"], "include": "blocked"}
-    config = parse_config({"export": [table]}, registry)
+    config = parse_config({"export": [table | {"max_queue": 50}]}, registry)
     options = config.export[0].options
-    assert options == CsvOptions(path="/srv/q.csv", fields=("clientIp",), include="blocked")
+    assert options == CsvOptions(
+        path="/srv/q.csv", fields=("clientIp",), include="blocked", max_queue=50
+    )
 
 
 @pytest.mark.parametrize(
