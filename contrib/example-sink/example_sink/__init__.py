@@ -65,7 +65,7 @@ DEFAULT_FIELDS = (
     "responseType",
     "policy.source",
 )
-#: The fields of the query record (see misp-dns's README, "Query records").
+#: The fields of the query record (misp-dns's README, "The query log").
 KNOWN_FIELDS = frozenset(
     {
         "timestamp",
