@@ -28,7 +28,7 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
-# Unit tests, the example policy's own tests included (pyproject's testpaths).
+# Unit tests, the example packages' own tests included (pyproject's testpaths).
 unit: $(VENV)/.installed-test
 	$(BIN)/pytest -m "not integration"
 

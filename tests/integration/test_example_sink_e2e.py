@@ -10,11 +10,10 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterator
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-from conftest import free_port, on_ci
+from conftest import free_port, require_package
 
 from .hostile_dns import server_table, start_server, write_config
 from .misp_stand_in import no_server_tracebacks  # noqa: F401  (an autouse fixture)
@@ -33,21 +32,12 @@ HEADER = [
 ]
 
 
-def _require_example_sink() -> None:
-    if any(ep.name == "csv" for ep in entry_points(group="misp_dns.exporters")):
-        return
-    message = "contrib/example-sink is not installed (`make test` installs it)"
-    if on_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def csv_server(
     tmp_path_factory: pytest.TempPathFactory, unbound: UnboundProcess
 ) -> Iterator[tuple[MispDnsProcess, Path]]:
     """misp-dns with `[allowlist www.test]` exporting to a `csv` sink; and the CSV file."""
-    _require_example_sink()
+    require_package("misp-dns-example-sink")
     workdir = tmp_path_factory.mktemp("csv-server")
     path = workdir / "queries.csv"
     port = free_port()

@@ -9,12 +9,11 @@ matched like MISP's, with nothing else done.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import dns.rcode
 import pytest
-from conftest import free_port, on_ci
+from conftest import free_port, require_package
 
 from .misp_stand_in import (
     blocked_problems,
@@ -36,15 +35,6 @@ DOMAINS = f"""\
 """
 
 
-def _require_example_source() -> None:
-    if any(ep.name == "domain-list" for ep in entry_points(group="misp_dns.sources")):
-        return
-    message = "contrib/example-source is not installed (`make test` installs it)"
-    if on_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def listed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The domain list the server reads."""
@@ -58,7 +48,7 @@ def list_server(
     tmp_path_factory: pytest.TempPathFactory, unbound: UnboundProcess, listed: Path
 ) -> Iterator[MispDnsProcess]:
     """misp-dns with one `domain-list` policy reading `listed` every second, once it blocks."""
-    _require_example_source()
+    require_package("misp-dns-example-source")
     policies = [{"type": "domain-list", "path": str(listed), "update_interval": "1s"}]
     workdir = tmp_path_factory.mktemp("list-server")
     process = start_misp_dns(workdir, unbound.address, policies, port=free_port())

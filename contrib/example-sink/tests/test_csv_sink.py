@@ -9,9 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from example_sink import DEFAULT_FIELDS, CsvOptions, CsvSink, plugin
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
+
+try:
+    from example_sink import DEFAULT_FIELDS, CsvOptions, CsvSink, plugin
+except ModuleNotFoundError as missing:
+    if missing.name != "example_sink":
+        raise
+    # Installed by `make test`; a bare checkout skips these tests, CI must never.
+    _MISSING = "misp-dns-example-sink is not installed (`make test` installs it)"
+    if os.environ.get("CI", "").lower() in {"true", "1", "yes"}:
+        pytest.fail(f"CI must run every test: {_MISSING}", pytrace=False)
+    pytest.skip(_MISSING, allow_module_level=True)
 
 from misp_dns.build import build_exporter
 from misp_dns.config import parse_config

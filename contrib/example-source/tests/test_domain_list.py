@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from example_source import (
-    DomainListOptions,
-    DomainListSource,
-    parse_domain_list,
-    plugin,
-)
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.testing import MemoryReactorClock
@@ -21,6 +16,22 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
+
+try:
+    from example_source import (
+        DomainListOptions,
+        DomainListSource,
+        parse_domain_list,
+        plugin,
+    )
+except ModuleNotFoundError as missing:
+    if missing.name != "example_source":
+        raise
+    # Installed by `make test`; a bare checkout skips these tests, CI must never.
+    _MISSING = "misp-dns-example-source is not installed (`make test` installs it)"
+    if os.environ.get("CI", "").lower() in {"true", "1", "yes"}:
+        pytest.fail(f"CI must run every test: {_MISSING}", pytrace=False)
+    pytest.skip(_MISSING, allow_module_level=True)
 
 from misp_dns.build import build_policies
 from misp_dns.config import parse_config
