@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+from io import BytesIO
+from typing import Any
 
 import dns.edns
 import dns.flags
@@ -15,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.names import dns as tdns
 
+from misp_dns.dns.packet import assemble, encode_body, read_plain_query
 from misp_dns.dns.wire import (
     BADVERS,
     DropPacket,
@@ -23,6 +26,7 @@ from misp_dns.dns.wire import (
     encode_response,
     read_request,
 )
+from misp_dns.event import Answer
 
 
 def query_wire(name: str = "wWw.ExAmple.COM", rdtype: str = "A", **kwargs: object) -> bytes:
@@ -251,3 +255,92 @@ def test_any_truncated_answer_is_valid_and_fits(sizes: list[int], limit: int, ed
         assert kept.get(f"n{index}.test.", size) == size
     truncated = len(kept) < len(sizes)
     assert bool(response.flags & dns.flags.TC) == truncated
+
+
+def full_path(question: str, qtype: str, records: list[tdns.RRHeader]) -> bytes:
+    """The response as the full path writes it (forwarded answers)."""
+    request = read_request(query_wire(question, qtype, use_edns=False))
+    return encode_response(request.message, None, tdns.OK, records)
+
+
+def cache_path(question: str, qtype: str, records: list[tdns.RRHeader]) -> bytes:
+    """The response as a cache hit serves it (pre-encoded body, assembled per query)."""
+    plain = read_plain_query(query_wire(question, qtype, use_edns=False))
+    assert plain is not None
+    body = encode_body(Answer(tdns.OK, answers=records), plain.key_name, plain.qtype, plain.qclass)
+    return assemble(plain.ident, plain.flags, plain.question, body, 0, None)
+
+
+BOTH_PATHS = pytest.mark.parametrize("encode", [full_path, cache_path])
+
+
+@BOTH_PATHS
+def test_dname_answer_parses_strictly(encode: Any) -> None:
+    """A DNAME answer reaches strict clients: its target is not compressed (RFC 6672 2.5)."""
+    dname = tdns.RRHeader(
+        b"x.example.com", tdns.DNAME, tdns.IN, 60, tdns.Record_DNAME(b"y.example.com", 60)
+    )
+    cname = tdns.RRHeader(
+        b"a.x.example.com", tdns.CNAME, tdns.IN, 60, tdns.Record_CNAME(b"a.y.example.com", 60)
+    )
+    response = dns.message.from_wire(encode("a.x.example.com", "A", [dname, cname]))
+    assert [rrset.rdtype for rrset in response.answer] == [dns.rdatatype.DNAME, dns.rdatatype.CNAME]
+    assert response.answer[0][0].target.to_text() == "y.example.com."
+
+
+NAMED_RDATA = {
+    # RFC 1035 types: names in RDATA compressed.
+    "NS": (tdns.Record_NS(b"example.com"), True),
+    "CNAME": (tdns.Record_CNAME(b"example.com"), True),
+    "PTR": (tdns.Record_PTR(b"example.com"), True),
+    "MB": (tdns.Record_MB(b"example.com"), True),
+    "MG": (tdns.Record_MG(b"example.com"), True),
+    "MR": (tdns.Record_MR(b"example.com"), True),
+    "MX": (tdns.Record_MX(10, b"example.com"), True),
+    "MINFO": (tdns.Record_MINFO(b"example.com", b"example.com"), True),
+    "SOA": (tdns.Record_SOA(b"example.com", b"example.com"), True),
+    # Every later type: never (RFC 3597 section 4).
+    "DNAME": (tdns.Record_DNAME(b"example.com"), False),
+    "SRV": (tdns.Record_SRV(1, 2, 3, b"example.com"), False),
+    "NAPTR": (tdns.Record_NAPTR(1, 2, b"S", b"SIP+D2U", b"", b"example.com"), False),
+    "AFSDB": (tdns.Record_AFSDB(1, b"example.com"), False),
+    "RP": (tdns.Record_RP(b"example.com", b"example.com"), False),
+}
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize("type_name", sorted(NAMED_RDATA))
+def test_names_in_rdata_are_compressed_only_in_rfc1035_types(encode: Any, type_name: str) -> None:
+    """Both paths compress names inside RDATA of RFC 1035 types only (RFC 3597 section 4)."""
+    payload, compressible = NAMED_RDATA[type_name]
+    rtype = dns.rdatatype.from_text(type_name)
+    record = tdns.RRHeader(b"www.example.com", rtype, tdns.IN, 60, payload)
+    wire = encode("www.example.com", type_name, [record])
+    plain = BytesIO()
+    payload.encode(plain, None)
+    # The owner is a pointer to the question: 2 bytes, then type, class, TTL, RDLENGTH.
+    start = 12 + len(b"\x03www\x07example\x03com\x00") + 4 + 2 + 10
+    (rdlength,) = struct.unpack_from("!H", wire, start - 2)
+    rdata = wire[start : start + rdlength]
+    if compressible:
+        assert len(rdata) < len(plain.getvalue())
+    else:
+        assert rdata == plain.getvalue()
+
+
+@BOTH_PATHS
+def test_names_written_past_16k_are_not_pointed_to(encode: Any) -> None:
+    """A TCP answer over 16 KB stays valid: no pointer aims past a 14-bit offset."""
+    names = [b"mail%d.longer-label-for-size.test" % i for i in range(1000)]
+    exchanges = [
+        tdns.RRHeader(b"big.test", tdns.MX, tdns.IN, 60, tdns.Record_MX(i, name))
+        for i, name in enumerate(names)
+    ]
+    addresses = [
+        tdns.RRHeader(name, tdns.A, tdns.IN, 60, tdns.Record_A("192.0.2.1", 60)) for name in names
+    ]
+    wire = encode("big.test", "MX", exchanges + addresses)
+    assert len(wire) > 0x4000
+    response = dns.message.from_wire(wire)
+    owners = {rrset.name.to_text() for rrset in response.answer}
+    assert owners == {"big.test."} | {name.decode() + "." for name in names}

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.names import dns
 
 from misp_dns.dns.packet import encode_body
-from misp_dns.event import Answer, Kind, copy_with_ttl, dotted_name
+from misp_dns.event import Answer, Kind, copy_with_ttl
 
 __all__ = ["CHECKING_DISABLED", "AnswerCache", "CacheKey", "cache_lifetime"]
 
@@ -114,7 +114,7 @@ class AnswerCache:
                 ],
             )
         name, qtype, qclass = key[:3]
-        packet = encode_body(answer, dotted_name(name), qtype, qclass)
+        packet = encode_body(answer, name, qtype, qclass)
         cached = attrs.evolve(answer, kind=Kind.CACHED, rtt=None, packet=packet, age=0)
         now = self._clock.seconds()
         self._entries[key] = _Entry(cached, now, now + ttl)

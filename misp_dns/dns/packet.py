@@ -27,8 +27,8 @@ from misp_dns.dns.wire import (
     PLAIN_UDP_SIZE,
     encode_ede,
     encode_opt,
+    encode_sections,
     presentation_name,
-    question_length,
 )
 from misp_dns.event import Answer, PacketBody, dotted_name
 from misp_dns.interfaces import Decision
@@ -160,37 +160,20 @@ def _options_well_formed(data: bytes, offset: int) -> bool:
     return offset == end
 
 
-def _skip_name(data: bytes, offset: int) -> int:
-    while True:
-        length = data[offset]
-        if length == 0:
-            return offset + 1
-        if length >= 0xC0:
-            return offset + 2
-        offset += 1 + length
+def encode_body(answer: Answer, name: bytes, qtype: int, qclass: int) -> PacketBody:
+    """Encode `answer`'s sections once, for serving it again and again.
 
-
-def encode_body(answer: Answer, wire_name: bytes, qtype: int, qclass: int) -> PacketBody:
-    """Encode `answer`'s sections once, for serving it again and again."""
+    `name` is the question's name in wire format, as the cache keys it (lower case).
+    """
     additional = [r for r in answer.additional if r.type != OPT]
-    message = dns.Message(id=0, answer=1, maxSize=1 << 20)
-    message.queries = [dns.Query(wire_name, qtype, qclass)]
-    message.answers = list(answer.answers)
-    message.authority = list(answer.authority)
-    message.additional = additional
-    wire = message.toStr()
-    start = 12 + question_length(wire)
-    body = wire[start:]
-    offsets, ttls = [], []
-    offset = 0
-    for _ in range(len(message.answers) + len(message.authority) + len(additional)):
-        offset = _skip_name(body, offset)
-        _type, _class, ttl, rdlength = _RR_FIXED.unpack_from(body, offset)
-        offsets.append(offset + 4)
-        ttls.append(ttl)
-        offset += _RR_FIXED.size + rdlength
-    counts = (len(message.answers), len(message.authority), len(additional))
-    return PacketBody(answer.rcode, answer.authentic, counts, body, tuple(offsets), tuple(ttls))
+    sections = (answer.answers, answer.authority, additional)
+    question = name + _TYPE_CLASS.pack(qtype, qclass)
+    offsets: list[int] = []
+    body = encode_sections(question, sections, offsets)[len(question) :]
+    ttl_offsets = tuple(offset - len(question) for offset in offsets)
+    ttls = tuple(record.ttl for records in sections for record in records)
+    counts = (len(answer.answers), len(answer.authority), len(additional))
+    return PacketBody(answer.rcode, answer.authentic, counts, body, ttl_offsets, ttls)
 
 
 def _name(text: str) -> bytes:

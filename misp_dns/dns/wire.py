@@ -11,6 +11,8 @@ it and what the stock server gets wrong:
   asked, sets QR and RA, adds an OPT record (our UDP size, the DO bit echoed, extended RCODE,
   Extended DNS Errors) only when the query had one, and truncates UDP answers at whole
   RRsets with TC set so the message stays valid.
+- `encode_sections` writes the records of every response, cached or not, compressing names
+  only where `may_compress` allows it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ __all__ = [
     "encode_ede",
     "encode_opt",
     "encode_response",
+    "encode_sections",
+    "may_compress",
     "parse_message",
     "presentation_name",
     "question_length",
@@ -40,6 +44,8 @@ __all__ = [
 ]
 
 HEADER = struct.Struct("!HBBHHHH")
+_RR_FIXED = struct.Struct("!HHIH")
+_RDLENGTH = struct.Struct("!H")
 OPT = 41
 BADVERS = 16
 EDNS_UDP_SIZE = 1232
@@ -256,6 +262,87 @@ def encode_opt(
     return b"\x00" + struct.pack("!HHIH", OPT, udp_size, flags, len(rdata)) + rdata
 
 
+# The types of RFC 1035 whose RDATA holds domain names.
+_RFC1035_NAME_TYPES = frozenset(
+    {dns.NS, dns.MD, dns.MF, dns.CNAME, dns.SOA, dns.MB, dns.MG, dns.MR, dns.PTR}
+    | {dns.MINFO, dns.MX}
+)
+# A compression pointer holds a 14-bit offset.
+_MAX_POINTER = 0x3FFF
+
+
+def may_compress(rtype: int) -> bool:
+    """Whether the domain names inside the RDATA of type `rtype` may be compressed.
+
+    Only the "well-known" types of RFC 1035 (NS, MD, MF, CNAME, SOA, MB, MG, MR, PTR,
+    MINFO, MX) may be: RFC 3597 section 4 forbids compression in the RDATA of every other
+    type, known or not. Among them DNAME (RFC 6672 section 2.5), SRV (RFC 2782), NAPTR
+    (RFC 3403 section 4.1), RRSIG and NSEC (RFC 4034 sections 3.1.7 and 4.1.1), AFSDB and
+    RP (RFC 1183, after RFC 1035). Strict clients reject a message that compresses them.
+    Owner names may always be compressed (RFC 1035 section 4.1.4).
+    """
+    return rtype in _RFC1035_NAME_TYPES
+
+
+class _Pointers(dict[bytes, int]):
+    """Where names were written, for Twisted's `Name.encode` to point back to.
+
+    Names written beyond the reach of a 14-bit pointer are not remembered: Twisted would
+    otherwise write a pointer whose offset spills into the pointer's tag bits.
+    """
+
+    def __setitem__(self, name: bytes, offset: int) -> None:
+        if offset <= _MAX_POINTER:
+            super().__setitem__(name, offset)
+
+
+def _question_pointers(question: bytes) -> _Pointers:
+    """The question's name and each of its suffixes, keyed as Twisted spells names."""
+    labels = []
+    offset = 0
+    while offset < len(question) and question[offset]:
+        length = question[offset]
+        labels.append((offset, question[offset + 1 : offset + 1 + length]))
+        offset += 1 + length
+    pointers = _Pointers()
+    for index, (start, _label) in enumerate(labels):
+        name = b".".join(label for _start, label in labels[index:])
+        pointers.setdefault(name, HEADER.size + start)
+    return pointers
+
+
+def encode_sections(
+    question: bytes,
+    sections: Sequence[Sequence[dns.RRHeader]],
+    ttl_offsets: list[int] | None = None,
+) -> bytes:
+    """The question section `question` (wire bytes, written as given) and the records after it.
+
+    Every response goes through here, so names are compressed by one rule: owner names
+    always, names inside RDATA only where `may_compress` says so. When `ttl_offsets` is
+    given, the offset of each record's TTL (from the start of the returned bytes) is
+    appended to it.
+    """
+    stream = BytesIO()
+    stream.write(question)
+    pointers = _question_pointers(question)
+    for records in sections:
+        for record in records:
+            record.name.encode(stream, pointers)
+            if ttl_offsets is not None:
+                ttl_offsets.append(stream.tell() + 4)
+            stream.write(_RR_FIXED.pack(record.type, record.cls, record.ttl, 0))
+            if record.payload is None:
+                continue
+            start = stream.tell()
+            record.payload.encode(stream, pointers if may_compress(record.type) else None)
+            end = stream.tell()
+            stream.seek(start - _RDLENGTH.size)
+            stream.write(_RDLENGTH.pack(end - start))
+            stream.seek(end)
+    return stream.getvalue()
+
+
 def _rrsets(records: Sequence[dns.RRHeader]) -> list[list[dns.RRHeader]]:
     """Group consecutive records of one owner, type and class into RRsets."""
     groups: list[list[dns.RRHeader]] = []
@@ -282,22 +369,20 @@ class _Draft:
     authentic: bool = False
 
     def encode(self, sections: tuple[Sequence[dns.RRHeader], ...], truncated: bool) -> bytes:
-        message = dns.Message(
-            id=self.query.id,
-            answer=1,
-            opCode=self.query.opCode,
-            recDes=self.query.recDes,
-            recAv=1,
-            rCode=self.rcode & 0xF,
-            trunc=int(truncated),
-            authenticData=int(self.authentic),
-            checkingDisabled=self.query.checkingDisabled,
-            # Twisted's default of 512 silently cuts records and keeps the counts.
-            maxSize=TCP_MAX_SIZE,
-        )
-        message.queries = list(self.query.queries)
-        message.answers, message.authority, message.additional = (list(s) for s in sections)
-        return message.toStr()
+        query = self.query
+        byte3 = 0x80 | (query.opCode & 0xF) << 3 | (0x02 if truncated else 0) | query.recDes & 1
+        byte4 = 0x80 | (0x20 if self.authentic else 0) | (query.checkingDisabled & 1) << 4
+        byte4 |= self.rcode & 0xF
+        counts = (len(query.queries), *(len(section) for section in sections))
+        header = HEADER.pack(query.id, byte3, byte4, *counts)
+        return header + encode_sections(self.question, sections)
+
+    @property
+    def question(self) -> bytes:
+        stream = BytesIO()
+        for question in self.query.queries:
+            question.encode(stream)
+        return stream.getvalue()
 
 
 def _with_opt(wire: bytes, opt: bytes) -> bytes:
