@@ -17,7 +17,7 @@ from twisted.names import dns
 
 from misp_dns.interfaces import Decision
 
-__all__ = ["Answer", "Kind", "PacketBody", "QueryEvent", "copy_with_ttl", "dotted_name"]
+__all__ = ["Answer", "Kind", "PacketBody", "QueryEvent", "copy_with_ttl"]
 
 _TTL = struct.Struct("!I")
 
@@ -75,17 +75,6 @@ def copy_with_ttl(record: dns.RRHeader, ttl: int) -> dns.RRHeader:
     )
 
 
-def dotted_name(name: bytes) -> bytes:
-    """b"\\x03www\\x07example\\x03com\\x00" as b"www.example.com" (what follows is ignored)."""
-    labels = []
-    offset = 0
-    while name[offset]:
-        length = name[offset]
-        labels.append(name[offset + 1 : offset + 1 + length])
-        offset += 1 + length
-    return b".".join(labels)
-
-
 @attrs.define(eq=False)
 class PacketBody:
     """The sections of an answer as wire bytes following the question.
@@ -132,11 +121,6 @@ class QueryEvent:
     answer: Answer
     response_size: int
     age: int = 0
-
-    @property
-    def qname(self) -> bytes:
-        """The question's name, labels joined by dots, as the client wrote it."""
-        return dotted_name(self.question)
 
     @property
     def qtype(self) -> int:

@@ -52,7 +52,8 @@ class Rig:
         )
 
     def ask(self, name: str = NAME, qtype: int = tdns.A, **flags: Any) -> Deferred[Answer]:
-        return self.forwarder.resolve(name.encode(), qtype, **flags)
+        """Ask about `name` (presentation format), passed on in wire format."""
+        return self.forwarder.resolve(dns.name.from_text(name).to_wire(), qtype, **flags)
 
     def peers(self) -> list[tuple[Any, ...]]:
         """Where each UDP query went, in order (one socket per query)."""
@@ -268,6 +269,29 @@ def test_a_reply_may_spell_the_name_in_another_case() -> None:
     lower.question[0].name = dns.name.from_text(NAME)
     reply = dns.message.from_wire(respond(lower.to_wire()))
     rig.deliver(rig.sockets.made[0], reply.to_wire())
+    assert addresses(result_of(asked)) == ["192.0.2.7"]
+
+
+def test_a_dot_inside_a_label_is_asked_as_written() -> None:
+    """`a\\.b.example` (two labels, the first holding a dot) goes upstream as those two
+    labels, not as the three-label `a.b.example`, and the reply for it is the answer."""
+    rig = Rig()
+    asked = rig.ask("a\\.b.example")
+    assert rig.query().question[0].name == dns.name.from_text("a\\.b.example")
+    rig.reply()
+    assert addresses(result_of(asked)) == ["192.0.2.7"]
+
+
+def test_a_reply_for_the_name_split_at_the_dot_is_ignored() -> None:
+    """A reply whose question is `a.b.example` does not answer `a\\.b.example` (a decoded
+    name could not tell them apart): it is ignored like any reply to another question."""
+    rig = Rig()
+    asked = rig.ask("a\\.b.example")
+    split = rig.query()
+    split.question[0].name = dns.name.from_text("a.b.example")
+    rig.deliver(rig.sockets.made[0], respond(split.to_wire(), address="198.51.100.1"))
+    no_result(asked)
+    rig.reply()
     assert addresses(result_of(asked)) == ["192.0.2.7"]
 
 

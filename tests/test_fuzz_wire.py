@@ -31,6 +31,7 @@ from integration.abuse_checks import (
     check_plain,
     check_read_request,
     check_respond,
+    check_response,
     fired,
     read,
     responder,
@@ -52,7 +53,7 @@ from twisted.names import dns as tdns
 
 from misp_dns.dns.packet import read_plain_query
 from misp_dns.dns.server import DNSStreamFactory
-from misp_dns.dns.wire import DropPacket, Request, RequestError, read_request
+from misp_dns.dns.wire import DropPacket, Request, RequestError
 
 # -- strategies ---------------------------------------------------------------------------
 
@@ -307,16 +308,21 @@ def test_many_opt_records_are_formerr(count: int) -> None:
     check_all(query)
 
 
-def test_question_label_holding_a_dot_is_refused_as_format_error() -> None:
-    """A label holding a "." octet (legal on the wire, but no name anyone can look up or
-    block as text) gets a valid FORMERR, never an answer for another, dotted name."""
+def test_question_label_holding_a_dot_is_answered_and_echoed() -> None:
+    """A label holding a "." octet (`a\\.b.example`, legal on the wire; Unbound answers it)
+    is resolved and answered over UDP and TCP, fresh and from the cache, with the question
+    echoed byte for byte and the answer owned by that name, not by `a.b.example`."""
+    name = dns.name.from_text("a\\.b.example")
     query = raw_query(label_name([b"a.b", b"example"]))
+    assert read_plain_query(query) is None  # the full path takes it
     for transport in ("udp", "tcp"):
-        check_respond(query, transport)
-    with pytest.raises(RequestError) as caught:
-        read_request(query)
-    assert caught.value.rcode == 1
-    assert read_plain_query(query) is None
+        stack = responder()
+        for _fresh_then_cached in range(2):
+            wire = fired(stack.respond(query, CLIENT, transport))
+            response = check_response(query, wire, transport)
+            assert response.rcode() == 0
+            assert wire[12 : 12 + len(name.to_wire())] == name.to_wire()
+            assert [rrset.name for rrset in response.answer] == [name]
 
 
 def test_notimp_echo_of_a_reserved_label_type_is_a_valid_message() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import dns.edns
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rdatatype
 import pytest
@@ -36,7 +37,8 @@ class NoUpstream:
         self.asked: list[bytes] = []
 
     def resolve(self, name: bytes, *args: Any, **kwargs: Any) -> defer.Deferred[Answer]:
-        self.asked.append(name)
+        """Note `name` (wire format) in text, as b"www.example"."""
+        self.asked.append(dns.name.from_wire(name, 0)[0].to_text(omit_final_dot=True).encode())
         return defer.succeed(Answer(dns.rcode.NOERROR))
 
 

@@ -336,6 +336,13 @@ def test_names_are_lower_case_without_trailing_dot(labels: list[str]) -> None:
     assert record["answers"][0]["name"] == name.lower()
 
 
+def test_question_name_with_a_dot_inside_a_label_is_escaped() -> None:
+    """A question for `a\\.b.example` (its first label holds a dot) is logged as zone files
+    write it, `a\\.b.example`, not as the three-label `a.b.example`."""
+    event = blocked_event("A\\.b.Example")
+    assert written(event)["question"]["questionName"] == "a\\.b.example"
+
+
 def _all_kinds() -> list[Any]:
     monitor = misp_decision(enforced=False)
     cached = recursive_event(kind=Kind.CACHED, rtt=None)

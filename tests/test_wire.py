@@ -9,6 +9,7 @@ from typing import Any
 import dns.edns
 import dns.flags
 import dns.message
+import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
@@ -22,21 +23,25 @@ from misp_dns.dns.wire import (
     BADVERS,
     DropPacket,
     RequestError,
+    encode_error,
     encode_opt,
     encode_response,
+    presentation_name,
     read_request,
 )
 from misp_dns.event import Answer
 
 
-def query_wire(name: str = "wWw.ExAmple.COM", rdtype: str = "A", **kwargs: object) -> bytes:
+def query_wire(
+    name: str | dns.name.Name = "wWw.ExAmple.COM", rdtype: str = "A", **kwargs: object
+) -> bytes:
     message = dns.message.make_query(name, rdtype, **kwargs)  # type: ignore[arg-type]
     return message.to_wire()
 
 
 def respond(wire: bytes, rcode: int = tdns.OK, **kwargs: object) -> dns.message.Message:
     request = read_request(wire)
-    encoded = encode_response(request.message, request.edns, rcode, **kwargs)  # type: ignore[arg-type]
+    encoded = encode_response(request, rcode, **kwargs)  # type: ignore[arg-type]
     return dns.message.from_wire(encoded)
 
 
@@ -85,7 +90,7 @@ def test_edns_version_one_is_badvers() -> None:
         read_request(wire)
     problem = caught.value
     assert problem.rcode == BADVERS
-    response = dns.message.from_wire(encode_response(problem.message, problem.edns, problem.rcode))
+    response = dns.message.from_wire(encode_error(problem))
     assert response.rcode() == dns.rcode.BADVERS
     assert response.edns == 0
 
@@ -111,9 +116,7 @@ def test_question_count_other_than_one_is_formerr(qdcount: int) -> None:
     with pytest.raises(RequestError) as caught:
         read_request(packet)
     assert caught.value.rcode == tdns.EFORMAT
-    response = dns.message.from_wire(
-        encode_response(caught.value.message, caught.value.edns, caught.value.rcode)
-    )
+    response = dns.message.from_wire(encode_error(caught.value))
     assert response.rcode() == dns.rcode.FORMERR
     assert response.id == struct.unpack_from("!H", wire)[0]
 
@@ -125,7 +128,7 @@ def test_malformed_with_readable_header_is_formerr(cut: int) -> None:
     with pytest.raises(RequestError) as caught:
         read_request(wire[:cut])
     assert caught.value.rcode == tdns.EFORMAT
-    assert caught.value.message.id == struct.unpack_from("!H", wire)[0]
+    assert caught.value.ident == struct.unpack_from("!H", wire)[0]
 
 
 def test_counts_claiming_more_records_than_present_is_formerr() -> None:
@@ -159,7 +162,7 @@ def test_other_opcodes_get_notimp_response(opcode: int) -> None:
     with pytest.raises(RequestError) as caught:
         read_request(query.to_wire())
     problem = caught.value
-    response = dns.message.from_wire(encode_response(problem.message, problem.edns, problem.rcode))
+    response = dns.message.from_wire(encode_error(problem))
     assert response.rcode() == dns.rcode.NOTIMP
     assert response.opcode() == opcode
     assert response.flags & dns.flags.QR
@@ -188,7 +191,7 @@ def test_udp_answer_over_512_is_truncated_to_a_valid_message() -> None:
     """Without EDNS a 120-record answer is cut at the RRset, TC set, counts consistent."""
     records = [a_record(b"big.test", f"10.0.0.{i}") for i in range(120)]
     request = read_request(query_wire("big.test", use_edns=False))
-    wire = encode_response(request.message, None, tdns.OK, records, max_size=512)
+    wire = encode_response(request, tdns.OK, records, max_size=512)
     assert len(wire) <= 512
     response = dns.message.from_wire(wire)
     assert response.flags & dns.flags.TC
@@ -200,7 +203,7 @@ def test_truncation_keeps_whole_rrsets_that_fit() -> None:
     small = [a_record(b"a.test", "192.0.2.1")]
     large = [a_record(b"b.test", f"10.0.1.{i}") for i in range(100)]
     request = read_request(query_wire("a.test", use_edns=0))
-    wire = encode_response(request.message, request.edns, tdns.OK, small + large, max_size=1232)
+    wire = encode_response(request, tdns.OK, small + large, max_size=1232)
     response = dns.message.from_wire(wire)
     assert response.flags & dns.flags.TC
     assert [rrset.name.to_text() for rrset in response.answer] == ["a.test."]
@@ -212,7 +215,7 @@ def test_dropping_only_additional_data_does_not_set_tc() -> None:
     answer = [a_record(b"a.test", "192.0.2.1")]
     extra = [a_record(b"glue.test", f"10.0.2.{i}") for i in range(100)]
     request = read_request(query_wire("a.test", use_edns=False))
-    wire = encode_response(request.message, None, tdns.OK, answer, (), extra, max_size=512)
+    wire = encode_response(request, tdns.OK, answer, (), extra, max_size=512)
     response = dns.message.from_wire(wire)
     assert not response.flags & dns.flags.TC
     assert len(response.answer) == 1
@@ -223,7 +226,7 @@ def test_tcp_size_never_truncates() -> None:
     """Over TCP the same 120-record answer goes out whole."""
     records = [a_record(b"big.test", f"10.0.0.{i}") for i in range(120)]
     request = read_request(query_wire("big.test", use_edns=False))
-    response = dns.message.from_wire(encode_response(request.message, None, tdns.OK, records))
+    response = dns.message.from_wire(encode_response(request, tdns.OK, records))
     assert not response.flags & dns.flags.TC
     assert len(response.answer[0]) == 120
 
@@ -247,7 +250,7 @@ def test_any_truncated_answer_is_valid_and_fits(sizes: list[int], limit: int, ed
         for serial in range(size)
     ]
     request = read_request(query_wire("n0.test", "TXT", use_edns=0 if edns else False))
-    wire = encode_response(request.message, request.edns, tdns.OK, records, max_size=limit)
+    wire = encode_response(request, tdns.OK, records, max_size=limit)
     assert len(wire) <= limit
     response = dns.message.from_wire(wire)
     kept = {rrset.name.to_text(): len(rrset) for rrset in response.answer}
@@ -260,7 +263,7 @@ def test_any_truncated_answer_is_valid_and_fits(sizes: list[int], limit: int, ed
 def full_path(question: str, qtype: str, records: list[tdns.RRHeader]) -> bytes:
     """The response as the full path writes it (forwarded answers)."""
     request = read_request(query_wire(question, qtype, use_edns=False))
-    return encode_response(request.message, None, tdns.OK, records)
+    return encode_response(request, tdns.OK, records)
 
 
 def cache_path(question: str, qtype: str, records: list[tdns.RRHeader]) -> bytes:
@@ -344,3 +347,36 @@ def test_names_written_past_16k_are_not_pointed_to(encode: Any) -> None:
     response = dns.message.from_wire(wire)
     owners = {rrset.name.to_text() for rrset in response.answer}
     assert owners == {"big.test."} | {name.decode() + "." for name in names}
+
+
+DOTTED_LABEL = dns.name.from_text("a\\.b.example")
+
+
+def test_label_holding_a_dot_is_read_and_echoed_exactly() -> None:
+    """`a\\.b.example` (0x2E inside a label, legal on the wire) is read as a question and
+    echoed byte for byte, on the full path and from the cache; its answer, decoded by
+    Twisted as `a.b.example`, is written owned by the question's two-label name."""
+    request = read_request(query_wire(DOTTED_LABEL, use_edns=False))
+    assert request.name == DOTTED_LABEL.to_wire()
+    records = [a_record(b"a.b.example", "192.0.2.9")]
+    full = encode_response(request, tdns.OK, records)
+    body = encode_body(Answer(tdns.OK, answers=records), request.name.lower(), tdns.A, tdns.IN)
+    cached = assemble(request.message.id, request.flags, request.question_wire, body, 0, None)
+    for wire in (full, cached):
+        response = dns.message.from_wire(wire)
+        assert response.question[0].name == DOTTED_LABEL
+        assert [rrset.name for rrset in response.answer] == [DOTTED_LABEL]
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("WwW.Example.COM", "www.example.com"),
+        ("a\\.b.example", "a\\.b.example"),
+        (".", ""),
+    ],
+)
+def test_policies_see_names_in_presentation_form(name: str, shown: str) -> None:
+    """Policies get the query name lower-cased without the trailing dot; a dot inside a
+    label is escaped, so `a\\.b.example` is not mistaken for `a.b.example`."""
+    assert presentation_name(dns.name.from_text(name).to_wire()) == shown

@@ -58,39 +58,41 @@ def system_upstreams(path: str = "/etc/resolv.conf") -> list[Upstream]:
 
 @attrs.frozen
 class _Question:
+    """What the upstreams are asked; `name` in wire format, sent as it is."""
+
     name: bytes
     qtype: int
     qclass: int
     dnssec_ok: bool
     checking_disabled: bool
 
+    @property
+    def wire(self) -> bytes:
+        return self.name + struct.pack("!HH", self.qtype, self.qclass)
+
     def packet(self, ident: int, edns: bool) -> bytes:
-        message = dns.Message(id=ident, recDes=1, checkingDisabled=int(self.checking_disabled))
-        message.queries = [dns.Query(self.name, self.qtype, self.qclass)]
-        wire = message.toStr()
+        flags = 0x0100 | (0x10 if self.checking_disabled else 0)  # RD, and CD as asked
+        header = struct.pack("!HHHHHH", ident, flags, 1, 0, 0, 1 if edns else 0)
         if not edns:
-            return wire
-        opt = encode_opt(EDNS_UDP_SIZE, dnssec_ok=self.dnssec_ok)
-        return wire[:10] + struct.pack("!H", 1) + wire[12:] + opt
+            return header + self.wire
+        return header + self.wire + encode_opt(EDNS_UDP_SIZE, dnssec_ok=self.dnssec_ok)
 
     def reply_matches(self, ident: int, data: bytes) -> dns.Message | None:
-        """The decoded reply if it answers this question with this ID, else None."""
+        """The decoded reply if it answers this question with this ID, else None.
+
+        The reply's question is compared as wire bytes, ignoring ASCII case: a decoded
+        name could not tell `a\\.b.example` from `a.b.example`.
+        """
         if len(data) < 12 or struct.unpack_from("!H", data)[0] != ident or not data[2] & 0x80:
+            return None
+        asked = self.wire
+        if data[12 : 12 + len(asked)].lower() != asked.lower():
             return None
         try:
             reply = parse_message(data)
         except ValueError:
             return None
-        if len(reply.queries) != 1:
-            return None
-        asked = reply.queries[0]
-        if (
-            asked.name.name.lower() != self.name.lower()
-            or asked.type != self.qtype
-            or asked.cls != self.qclass
-        ):
-            return None
-        return reply
+        return reply if len(reply.queries) == 1 else None
 
 
 class _UDPExchange:
@@ -262,7 +264,8 @@ class Forwarder:
         dnssec_ok: bool = False,
         checking_disabled: bool = False,
     ) -> defer.Deferred[Answer]:
-        """Ask the upstreams; fire with an Answer, or fail with UpstreamFailed."""
+        """Ask the upstreams about `name` (wire format); fire with an Answer, or fail with
+        UpstreamFailed."""
         question = _Question(name, qtype, qclass, dnssec_ok, checking_disabled)
         return defer.Deferred.fromCoroutine(self._resolve(question))
 

@@ -30,7 +30,7 @@ from misp_dns.dns.wire import (
     encode_sections,
     presentation_name,
 )
-from misp_dns.event import Answer, PacketBody, dotted_name
+from misp_dns.event import Answer, PacketBody
 from misp_dns.interfaces import Decision
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "assemble",
     "blocked_body",
     "chaos_txt_body",
-    "dotted_name",
     "empty_body",
     "encode_body",
     "minimal_any_body",
@@ -105,7 +104,7 @@ class PlainQuery:
     @property
     def name(self) -> str:
         """The question's name as `presentation_name` gives it."""
-        return presentation_name(dotted_name(self.question))
+        return presentation_name(self.key_name)
 
 
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"

@@ -133,9 +133,8 @@ class ChainResolver:
         question = request.question
         edns = request.edns
         dnssec_ok = edns is not None and edns.dnssec_ok
-        wire_name = question.name.name
         decision = self.decide(
-            presentation_name(wire_name),
+            presentation_name(request.name),
             question.type,
             question.cls,
             client,
@@ -144,7 +143,7 @@ class ChainResolver:
             dnssec_ok,
         )
         key = (
-            request.question_wire[:-4].lower(),
+            request.name.lower(),
             question.type,
             question.cls,
             dnssec_ok,
@@ -162,7 +161,7 @@ class ChainResolver:
         self._in_flight[key] = [(waiting, decision)]
         upstream = defer.maybeDeferred(
             self.forwarder.resolve,
-            wire_name,
+            request.name,
             question.type,
             question.cls,
             dnssec_ok=dnssec_ok,

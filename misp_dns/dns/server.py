@@ -31,6 +31,7 @@ from misp_dns.dns.wire import (
     DropPacket,
     Request,
     RequestError,
+    encode_error,
     encode_response,
     read_request,
 )
@@ -102,7 +103,7 @@ class Responder:
             return None
         except RequestError as problem:
             self.counters.format_errors += 1
-            return encode_response(problem.message, problem.edns, problem.rcode)
+            return encode_error(problem)
         self.counters.queries += 1
         if not self.acl.allows(client):
             self.counters.refused += 1
@@ -164,7 +165,7 @@ class Responder:
         except Exception:
             self.log.failure("cannot encode the answer to {name!r}", name=request.question.name)
             answer = server_failure()
-            wire = encode_response(request.message, request.edns, answer.rcode)
+            wire = encode_response(request, answer.rcode)
         if answer.kind is Kind.SERVER_FAILURE:
             self.counters.server_failures += 1
         if self.observers:
@@ -184,11 +185,10 @@ class Responder:
 
     def _encode(self, answer: Answer, request: Request, transport: str) -> bytes:
         limit = request.udp_limit if transport == "udp" else TCP_MAX_SIZE
-        query = request.message
         edns = request.edns
         if answer.packet is not None:
             opt = None if edns is None else opt_record(edns.dnssec_ok, answer.ede)
-            ident, flags, question = query.id, request.flags, request.question_wire
+            ident, flags, question = request.message.id, request.flags, request.question_wire
             wire = assemble(ident, flags, question, answer.packet, answer.age, opt)
             if len(wire) <= limit:
                 return wire
@@ -196,8 +196,7 @@ class Responder:
                 empty = PacketBody(answer.rcode, False, (0, 0, 0), b"")
                 return assemble(ident, flags, question, empty, 0, opt, truncated=True)
         return encode_response(
-            query,
-            edns,
+            request,
             answer.rcode,
             answer.aged(answer.answers),
             answer.aged(answer.authority),

@@ -33,6 +33,7 @@ __all__ = [
     "Request",
     "RequestError",
     "encode_ede",
+    "encode_error",
     "encode_opt",
     "encode_response",
     "encode_sections",
@@ -73,7 +74,8 @@ class Request:
     """A query that passed every wire check and can be resolved.
 
     `flags` are the query's two flag octets (the first in the low byte); `question_wire` is
-    its question as received.
+    its question as received, the only exact form of its name: Twisted's decoded names join
+    labels with dots, so a label holding a dot (`a\\.b.example`) reads as two.
     """
 
     message: dns.Message
@@ -83,8 +85,13 @@ class Request:
 
     @property
     def question(self) -> dns.Query:
-        """The one question, exactly as the client wrote it."""
+        """The one question as Twisted decodes it (see the class docstring for its name)."""
         return self.message.queries[0]
+
+    @property
+    def name(self) -> bytes:
+        """The question's name in wire format, as the client wrote it."""
+        return self.question_wire[:-4]
 
     @property
     def udp_limit(self) -> int:
@@ -96,27 +103,20 @@ class Request:
 
 @attrs.define
 class RequestError(Exception):
-    """A query that gets an error response instead of an answer.
+    """A query that gets an error response instead of an answer (see `encode_error`).
 
-    `message` holds whatever could be read (at least the header); `edns` is the query's
-    OPT when it was readable, so the response can carry one back.
+    `ident` and `flags` come from its header (`flags` as in `Request`); `question` is the
+    wire form of the `question_count` questions the response echoes (none when they could
+    not be read); `edns` is the query's OPT when it was readable.
     """
 
     rcode: int
-    message: dns.Message
+    ident: int
+    flags: int
+    question: bytes = b""
+    question_count: int = 0
     edns: Edns | None = None
     reason: str = ""
-
-
-def _header_only(data: bytes) -> dns.Message:
-    ident, byte3, byte4, *_ = HEADER.unpack_from(data)
-    message = dns.Message(
-        id=ident,
-        opCode=(byte3 >> 3) & 0xF,
-        recDes=byte3 & 1,
-        checkingDisabled=(byte4 >> 4) & 1,
-    )
-    return message
 
 
 def _read_edns(record: dns.RRHeader) -> Edns:
@@ -186,8 +186,8 @@ def question_length(data: bytes, start: int = 12) -> int:
     """Octets of the question at `start`, or 0 if it is not a plain one.
 
     Plain means: ordinary labels (no compression pointer, no reserved label type), a name
-    of at most 255 octets, no label holding a "." (the dotted form could not say it), and
-    the type and class after it.
+    of at most 255 octets, and the type and class after it. A label may hold any octet,
+    "." included (RFC 1035 section 3.1, RFC 4343 section 2.1).
     """
     offset = start
     end = len(data)
@@ -197,15 +197,28 @@ def question_length(data: bytes, start: int = 12) -> int:
             return offset + 1 + 4 - start if offset + 5 <= end else 0
         if length > 63 or offset + 1 + length - start > 254:
             return 0
-        if 46 in data[offset + 1 : offset + 1 + length]:
-            return 0
         offset += 1 + length
     return 0
 
 
 def presentation_name(wire_name: bytes) -> str:
-    """A query name as policies see it: lower case, no trailing dot."""
-    return wire_name.lower().rstrip(b".").decode("ascii", "backslashreplace")
+    """A name in wire format as policies see it: lower case, no trailing dot.
+
+    A "." inside a label is written `\\.` (RFC 1035 section 5.1), so `a\\.b.example` is not
+    taken for the three-label `a.b.example`; octets outside ASCII are written as Python's
+    backslashreplace writes them.
+    """
+    labels = []
+    offset = 0
+    length = wire_name[0]
+    while length:
+        labels.append(wire_name[offset + 1 : offset + 1 + length])
+        offset += 1 + length
+        length = wire_name[offset]
+    dotted = b".".join(labels)
+    if dotted.count(b".") >= len(labels):
+        dotted = b".".join(label.replace(b".", b"\\.") for label in labels)
+    return dotted.lower().decode("ascii", "backslashreplace")
 
 
 def read_request(data: bytes) -> Request:
@@ -214,34 +227,37 @@ def read_request(data: bytes) -> Request:
         raise DropPacket("shorter than a DNS header")
     if data[2] & 0x80:
         raise DropPacket("a response, not a query")
-    header = _header_only(data)
+    ident = data[0] << 8 | data[1]
+    flags = data[2] | data[3] << 8
     try:
         message = parse_message(data)
     except ValueError as exc:
-        raise RequestError(dns.EFORMAT, header, reason=str(exc)) from None
+        raise RequestError(dns.EFORMAT, ident, flags, reason=str(exc)) from None
     length = question_length(data) if len(message.queries) == 1 else 0
     if len(message.queries) == 1 and not length:
-        # Compressed, a reserved label type, over 255 octets, or a label holding a dot:
-        # nothing that could be echoed back as the client wrote it.
-        raise RequestError(dns.EFORMAT, header, reason="question name cannot be echoed")
+        # Compressed, a reserved label type or over 255 octets: nothing that could be echoed
+        # back as the client wrote it.
+        raise RequestError(dns.EFORMAT, ident, flags, reason="question name cannot be echoed")
+    question = data[HEADER.size : HEADER.size + length]
+    count = 1 if length else 0
     if message.opCode != dns.OP_QUERY:
-        if len(message.queries) != 1:
-            raise RequestError(dns.ENOTIMP, header, reason=f"opcode {message.opCode}")
         try:
-            edns = find_edns(message)
+            edns = find_edns(message) if count else None
         except ValueError:
             edns = None
-        raise RequestError(dns.ENOTIMP, message, edns, reason=f"opcode {message.opCode}")
+        reason = f"opcode {message.opCode}"
+        raise RequestError(dns.ENOTIMP, ident, flags, question, count, edns, reason)
     if len(message.queries) != 1:
-        raise RequestError(dns.EFORMAT, header, reason=f"{len(message.queries)} questions")
+        reason = f"{len(message.queries)} questions"
+        raise RequestError(dns.EFORMAT, ident, flags, reason=reason)
     try:
         edns = find_edns(message)
     except ValueError as exc:
-        raise RequestError(dns.EFORMAT, message, reason=str(exc)) from None
+        raise RequestError(dns.EFORMAT, ident, flags, question, 1, reason=str(exc)) from None
     if edns is not None and edns.version > 0:
-        raise RequestError(BADVERS, message, edns, reason=f"EDNS version {edns.version}")
-    question = data[HEADER.size : HEADER.size + length]
-    return Request(message, edns, data[2] | data[3] << 8, question)
+        reason = f"EDNS version {edns.version}"
+        raise RequestError(BADVERS, ident, flags, question, 1, edns, reason)
+    return Request(message, edns, flags, question)
 
 
 def encode_ede(info_code: int, extra_text: str = "") -> tuple[int, bytes]:
@@ -359,9 +375,15 @@ def _rrsets(records: Sequence[dns.RRHeader]) -> list[list[dns.RRHeader]]:
 
 @attrs.define
 class _Draft:
-    """Header fields and sections of a response before it is encoded."""
+    """Header fields and sections of a response before it is encoded.
 
-    query: dns.Message
+    `flags` are the query's (as in `Request`): opcode, RD and CD are copied from them.
+    """
+
+    ident: int
+    flags: int
+    question: bytes
+    question_count: int
     rcode: int
     answers: Sequence[dns.RRHeader] = ()
     authority: Sequence[dns.RRHeader] = ()
@@ -369,20 +391,12 @@ class _Draft:
     authentic: bool = False
 
     def encode(self, sections: tuple[Sequence[dns.RRHeader], ...], truncated: bool) -> bytes:
-        query = self.query
-        byte3 = 0x80 | (query.opCode & 0xF) << 3 | (0x02 if truncated else 0) | query.recDes & 1
-        byte4 = 0x80 | (0x20 if self.authentic else 0) | (query.checkingDisabled & 1) << 4
-        byte4 |= self.rcode & 0xF
-        counts = (len(query.queries), *(len(section) for section in sections))
-        header = HEADER.pack(query.id, byte3, byte4, *counts)
+        flags = self.flags
+        byte3 = 0x80 | flags & 0x79 | (0x02 if truncated else 0)
+        byte4 = 0x80 | (flags >> 8) & 0x10 | (0x20 if self.authentic else 0) | self.rcode & 0xF
+        counts = (len(section) for section in sections)
+        header = HEADER.pack(self.ident, byte3, byte4, self.question_count, *counts)
         return header + encode_sections(self.question, sections)
-
-    @property
-    def question(self) -> bytes:
-        stream = BytesIO()
-        for question in self.query.queries:
-            question.encode(stream)
-        return stream.getvalue()
 
 
 def _with_opt(wire: bytes, opt: bytes) -> bytes:
@@ -392,9 +406,29 @@ def _with_opt(wire: bytes, opt: bytes) -> bytes:
     return wire[:10] + struct.pack("!H", arcount) + wire[12:] + opt
 
 
+def _our_opt(edns: Edns | None, rcode: int, ede: Sequence[tuple[int, str]] = ()) -> bytes:
+    """The response's OPT record: none when the query had none."""
+    if edns is None:
+        return b""
+    return encode_opt(
+        EDNS_UDP_SIZE,
+        extended_rcode=rcode >> 4,
+        dnssec_ok=edns.dnssec_ok,
+        options=[encode_ede(code, text) for code, text in ede],
+    )
+
+
+def encode_error(problem: RequestError) -> bytes:
+    """The response to a query `read_request` turned down."""
+    draft = _Draft(
+        problem.ident, problem.flags, problem.question, problem.question_count, problem.rcode
+    )
+    wire = draft.encode(((), (), ()), truncated=False)
+    return _with_opt(wire, _our_opt(problem.edns, problem.rcode))
+
+
 def encode_response(
-    query: dns.Message,
-    edns: Edns | None,
+    request: Request,
     rcode: int,
     answers: Sequence[dns.RRHeader] = (),
     authority: Sequence[dns.RRHeader] = (),
@@ -404,22 +438,25 @@ def encode_response(
     ede: Sequence[tuple[int, str]] = (),
     authentic: bool = False,
 ) -> bytes:
-    """Encode a response to `query`, fitting it into `max_size` bytes.
+    """Encode a response to `request`, fitting it into `max_size` bytes.
 
     When the whole answer does not fit, whole RRsets are left out from the end; TC is set
     when an answer or authority RRset had to go (RFC 2181 section 9), not for additional
     data alone. OPT records in `additional` are ignored: the response's OPT is built here.
     """
-    opt = b""
-    if edns is not None:
-        opt = encode_opt(
-            EDNS_UDP_SIZE,
-            extended_rcode=rcode >> 4,
-            dnssec_ok=edns.dnssec_ok,
-            options=[encode_ede(code, text) for code, text in ede],
-        )
+    opt = _our_opt(request.edns, rcode, ede)
     additional = [r for r in additional if r.type != OPT]
-    draft = _Draft(query, rcode, answers, authority, additional, authentic)
+    draft = _Draft(
+        request.message.id,
+        request.flags,
+        request.question_wire,
+        1,
+        rcode,
+        answers,
+        authority,
+        additional,
+        authentic,
+    )
     wire = draft.encode((answers, authority, additional), truncated=False)
     if len(wire) + len(opt) <= max_size:
         return _with_opt(wire, opt)

@@ -274,6 +274,20 @@ def _owner(name: bytes) -> str:
     return _escaped(name) if name else "."
 
 
+def _question_name(question: bytes) -> str:
+    """The question's name (wire format) as the record shows it: as `_owner` shows names,
+    and a "." inside a label written `\\.`, so `a\\.b.example` is not `a.b.example`."""
+    labels = []
+    offset = 0
+    length = question[0]
+    while length:
+        label = question[offset + 1 : offset + 1 + length].lower()
+        labels.append(_escaped(label).replace(".", "\\."))
+        offset += 1 + length
+        length = question[offset]
+    return ".".join(labels) or "."
+
+
 def _fqdn(name: dns.Name | bytes) -> str:
     """A domain name inside RDATA, fully qualified as zone files write it."""
     raw = name.name if isinstance(name, dns.Name) else name
@@ -570,7 +584,7 @@ class RecordEncoder:
 
     def _question_json(self, event: QueryEvent) -> str:
         question = {
-            "questionName": _owner(event.qname),
+            "questionName": _question_name(event.question),
             "questionType": type_name(event.qtype),
             "questionClass": class_name(event.qclass),
         }

@@ -30,7 +30,7 @@ with atheris.instrument_imports(include=["misp_dns", "twisted.names"]):
     from integration.abuse_mutations import Mutator
 
     from misp_dns.dns.packet import read_plain_query
-    from misp_dns.dns.wire import DropPacket, RequestError, encode_response, read_request
+    from misp_dns.dns.wire import DropPacket, RequestError, encode_error, read_request
 
 #: What counts as a crash: "all" checks, or "exceptions" only.
 CHECK = os.environ.get("MISP_DNS_FUZZ_CHECK", "all")
@@ -44,7 +44,7 @@ def _exceptions_only(data: bytes) -> None:
         read_request(data)
     except (DropPacket, RequestError) as outcome:
         if isinstance(outcome, RequestError):
-            encode_response(outcome.message, outcome.edns, outcome.rcode)
+            encode_error(outcome)
     read_plain_query(data)
     for transport in ("udp", "tcp"):
         abuse_checks.fired(abuse_checks.responder().respond(data, abuse_checks.CLIENT, transport))

@@ -46,7 +46,7 @@ from misp_dns.dns.wire import (
     DropPacket,
     Request,
     RequestError,
-    encode_response,
+    encode_error,
     presentation_name,
     read_request,
 )
@@ -112,6 +112,16 @@ def bounded() -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def _decoded(wire_name: bytes) -> bytes:
+    """A name in wire format as Twisted decodes it from a reply: labels joined by dots."""
+    labels = []
+    offset = 0
+    while wire_name[offset]:
+        labels.append(wire_name[offset + 1 : offset + 1 + wire_name[offset]])
+        offset += 1 + wire_name[offset]
+    return b".".join(labels)
+
+
 class _Upstream:
     """An in-memory upstream: answers at once by the first label of the name.
 
@@ -128,7 +138,8 @@ class _Upstream:
         dnssec_ok: bool = False,
         checking_disabled: bool = False,
     ) -> defer.Deferred[Answer]:
-        first = name.split(b".", 1)[0].lower()
+        first = name[1 : 1 + name[0]].lower()
+        name = _decoded(name)
         if first == b"fail":
             return defer.fail(UpstreamFailed("scripted failure"))
         if first == b"nx":
@@ -235,7 +246,7 @@ def check_read_request(data: bytes) -> Request | RequestError | DropPacket:
     outcome = read(data)
     if isinstance(outcome, RequestError):
         assert len(data) >= 12
-        wire = encode_response(outcome.message, outcome.edns, outcome.rcode)
+        wire = encode_error(outcome)
         response = check_response(data, wire, "tcp")
         assert response.rcode() == outcome.rcode
         if outcome.rcode == BADVERS:
@@ -266,7 +277,7 @@ def check_agreement(data: bytes) -> None:
     assert plain.ident == request.message.id
     assert plain.flags == request.flags
     assert plain.question == request.question_wire
-    assert plain.name == presentation_name(question.name.name)  # both lower case
+    assert plain.name == presentation_name(request.name)  # both lower case
     assert (plain.qtype, plain.qclass) == (question.type, question.cls)
     assert plain.edns == (request.edns is not None)
     assert plain.dnssec_ok == bool(request.edns and request.edns.dnssec_ok)
