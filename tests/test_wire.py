@@ -27,6 +27,7 @@ from misp_dns.dns.wire import (
     encode_opt,
     encode_response,
     presentation_name,
+    question_length,
     read_request,
 )
 from misp_dns.event import Answer
@@ -380,3 +381,86 @@ def test_policies_see_names_in_presentation_form(name: str, shown: str) -> None:
     """Policies get the query name lower-cased without the trailing dot; a dot inside a
     label is escaped, so `a\\.b.example` is not mistaken for `a.b.example`."""
     assert presentation_name(dns.name.from_text(name).to_wire()) == shown
+
+
+# Error answers follow Unbound 1.17.1, seen by querying `unbound -d` on loopback with dig and
+# dnspython: for FORMERR and NOTIMP it sends the query back with QR and the RCODE set (RA,
+# like the other header bits, as the query had it: clear), every question included; an
+# unknown opcode is NOTIMP before anything else is read; BADVERS is a response with RA set.
+
+
+def with_flags(wire: bytes, opcode: int, *, rd: bool, cd: bool) -> bytes:
+    """`wire` with its opcode, RD and CD set as given."""
+    return wire[:2] + bytes([opcode << 3 | rd, 0x10 if cd else 0]) + wire[4:]
+
+
+def two_questions(wire: bytes) -> bytes:
+    """The query `wire` (one question, then its OPT if any) asking its question twice."""
+    question = wire[12 : 12 + question_length(wire)]
+    return wire[:4] + struct.pack("!H", 2) + wire[6:12] + question + wire[12:]
+
+
+def error_response(wire: bytes) -> tuple[bytes, dns.message.Message]:
+    """The error response to `wire`, as bytes and as dnspython reads it."""
+    with pytest.raises(RequestError) as caught:
+        read_request(wire)
+    encoded = encode_error(caught.value)
+    return encoded, dns.message.from_wire(encoded)
+
+
+@pytest.mark.parametrize("opcode", [1, 2, 3, 5, 6, 15])
+@pytest.mark.parametrize(("rd", "cd"), [(False, True), (True, False)])
+def test_unknown_opcode_is_notimp_as_unbound_answers_it(opcode: int, rd: bool, cd: bool) -> None:
+    """NOTIMP as Unbound answers an unknown opcode: QR set, ID, opcode, RD and CD copied,
+    RA and AA clear, the question echoed as written (SOA, which dnspython wants for UPDATE)."""
+    query = query_wire("wWw.Example.COM", "SOA", use_edns=False)
+    wire, response = error_response(with_flags(query, opcode, rd=rd, cd=cd))
+    assert response.rcode() == dns.rcode.NOTIMP
+    assert response.opcode() == opcode
+    assert response.id == struct.unpack_from("!H", query)[0]
+    assert response.flags & dns.flags.QR
+    assert bool(response.flags & dns.flags.RD) == rd
+    assert bool(response.flags & dns.flags.CD) == cd
+    assert not response.flags & (dns.flags.RA | dns.flags.AA | dns.flags.TC | dns.flags.AD)
+    assert wire[12:] == query[12:]
+
+
+def test_unknown_opcode_is_notimp_before_the_message_is_read() -> None:
+    """Unbound says NOTIMP to an unknown opcode even when the rest of the packet is cut
+    short; the response is then the header alone, RA clear."""
+    query = with_flags(query_wire(use_edns=0), 6, rd=True, cd=False)
+    _wire, response = error_response(query[:20])
+    assert response.rcode() == dns.rcode.NOTIMP
+    assert not response.flags & dns.flags.RA
+    assert response.question == []
+
+
+def test_two_questions_get_formerr_echoing_both_as_unbound_does() -> None:
+    """FORMERR for two questions echoes both, as written, RA clear; with EDNS our OPT."""
+    query = two_questions(query_wire("wWw.Example.COM", use_edns=0, want_dnssec=True))
+    wire, response = error_response(query)
+    assert response.rcode() == dns.rcode.FORMERR
+    assert not response.flags & dns.flags.RA
+    assert response.flags & dns.flags.RD
+    length = 2 * question_length(query)
+    assert struct.unpack_from("!H", wire, 4)[0] == 2
+    assert wire[12 : 12 + length] == query[12 : 12 + length]
+    assert response.edns == 0 and response.payload == 1232
+    assert response.ednsflags & dns.flags.DO
+
+
+@pytest.mark.parametrize("cut", [13, 20, 27])
+def test_malformed_query_gets_formerr_without_ra(cut: int) -> None:
+    """A query cut short gets FORMERR with RA clear, as from Unbound, and only the header
+    (Unbound sends the cut bytes back under their counts, which strict parsers reject)."""
+    _wire, response = error_response(query_wire(use_edns=0)[:cut])
+    assert response.rcode() == dns.rcode.FORMERR
+    assert not response.flags & dns.flags.RA
+    assert response.question == []
+
+
+def test_badvers_sets_ra_as_unbound_does() -> None:
+    """BADVERS, unlike FORMERR and NOTIMP, is a response with RA set (Unbound sets it)."""
+    _wire, response = error_response(query_wire(use_edns=1))
+    assert response.rcode() == dns.rcode.BADVERS
+    assert response.flags & dns.flags.RA

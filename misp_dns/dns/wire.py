@@ -4,9 +4,10 @@ Twisted's `dns.Message` does the record codec; this module adds what a server ne
 it and what the stock server gets wrong:
 
 - `read_request` classifies a packet: unreadable or a response (dropped, `DropPacket`),
-  malformed but with a readable header (FORMERR), wrong question count (FORMERR), several
-  OPT records (FORMERR), EDNS version above 0 (BADVERS), an opcode other than QUERY
-  (NOTIMP); each a `RequestError` carrying what the error response must echo.
+  an opcode other than QUERY (NOTIMP), malformed but with a readable header (FORMERR),
+  wrong question count (FORMERR), several OPT records (FORMERR), EDNS version above 0
+  (BADVERS); each a `RequestError` carrying what the error response may echo, and
+  `encode_error` writes that response.
 - `encode_response` writes a response that copies ID, opcode, RD, CD and the question as
   asked, sets QR and RA, adds an OPT record (our UDP size, the DO bit echoed, extended RCODE,
   Extended DNS Errors) only when the query had one, and truncates UDP answers at whole
@@ -221,43 +222,55 @@ def presentation_name(wire_name: bytes) -> str:
     return dotted.lower().decode("ascii", "backslashreplace")
 
 
+def _plain_questions(data: bytes, count: int) -> bytes | None:
+    """The first `count` questions as written, or None if any is not plain."""
+    offset = HEADER.size
+    for _ in range(count):
+        length = question_length(data, offset)
+        if not length:
+            return None
+        offset += length
+    return data[HEADER.size : offset]
+
+
 def read_request(data: bytes) -> Request:
-    """Classify a received packet; return a Request or raise DropPacket / RequestError."""
+    """Classify a received packet; return a Request or raise DropPacket / RequestError.
+
+    The checks come in Unbound's order: a runt or a response is dropped; an opcode other
+    than QUERY is NOTIMP whatever follows; then the message must decode, hold one question
+    with a plain name and at most one OPT (else FORMERR), of EDNS version 0 (else BADVERS).
+    """
     if len(data) < HEADER.size:
         raise DropPacket("shorter than a DNS header")
     if data[2] & 0x80:
         raise DropPacket("a response, not a query")
     ident = data[0] << 8 | data[1]
     flags = data[2] | data[3] << 8
+    opcode = (data[2] >> 3) & 0xF
+    not_a_query = dns.ENOTIMP if opcode != dns.OP_QUERY else 0
     try:
         message = parse_message(data)
     except ValueError as exc:
-        raise RequestError(dns.EFORMAT, ident, flags, reason=str(exc)) from None
-    length = question_length(data) if len(message.queries) == 1 else 0
-    if len(message.queries) == 1 and not length:
-        # Compressed, a reserved label type or over 255 octets: nothing that could be echoed
-        # back as the client wrote it.
-        raise RequestError(dns.EFORMAT, ident, flags, reason="question name cannot be echoed")
-    question = data[HEADER.size : HEADER.size + length]
-    count = 1 if length else 0
-    if message.opCode != dns.OP_QUERY:
-        try:
-            edns = find_edns(message) if count else None
-        except ValueError:
-            edns = None
-        reason = f"opcode {message.opCode}"
-        raise RequestError(dns.ENOTIMP, ident, flags, question, count, edns, reason)
-    if len(message.queries) != 1:
-        reason = f"{len(message.queries)} questions"
-        raise RequestError(dns.EFORMAT, ident, flags, reason=reason)
+        raise RequestError(not_a_query or dns.EFORMAT, ident, flags, reason=str(exc)) from None
+    questions = _plain_questions(data, len(message.queries))
+    # Compressed, a reserved label type or over 255 octets: nothing to echo as written.
+    echoed, count = (b"", 0) if questions is None else (questions, len(message.queries))
     try:
         edns = find_edns(message)
+        bad_opt = ""
     except ValueError as exc:
-        raise RequestError(dns.EFORMAT, ident, flags, question, 1, reason=str(exc)) from None
+        edns, bad_opt = None, str(exc)
+    if not_a_query:
+        raise RequestError(dns.ENOTIMP, ident, flags, echoed, count, edns, f"opcode {opcode}")
+    if count != 1:
+        reason = f"{len(message.queries)} questions" if questions is not None else "question"
+        raise RequestError(dns.EFORMAT, ident, flags, echoed, count, edns, reason)
+    if bad_opt:
+        raise RequestError(dns.EFORMAT, ident, flags, echoed, count, None, bad_opt)
     if edns is not None and edns.version > 0:
         reason = f"EDNS version {edns.version}"
-        raise RequestError(BADVERS, ident, flags, question, 1, edns, reason)
-    return Request(message, edns, flags, question)
+        raise RequestError(BADVERS, ident, flags, echoed, count, edns, reason)
+    return Request(message, edns, flags, echoed)
 
 
 def encode_ede(info_code: int, extra_text: str = "") -> tuple[int, bytes]:
@@ -389,11 +402,13 @@ class _Draft:
     authority: Sequence[dns.RRHeader] = ()
     additional: Sequence[dns.RRHeader] = ()
     authentic: bool = False
+    recursion_available: bool = True
 
     def encode(self, sections: tuple[Sequence[dns.RRHeader], ...], truncated: bool) -> bytes:
         flags = self.flags
         byte3 = 0x80 | flags & 0x79 | (0x02 if truncated else 0)
-        byte4 = 0x80 | (flags >> 8) & 0x10 | (0x20 if self.authentic else 0) | self.rcode & 0xF
+        byte4 = (0x80 if self.recursion_available else 0) | (flags >> 8) & 0x10
+        byte4 |= (0x20 if self.authentic else 0) | self.rcode & 0xF
         counts = (len(section) for section in sections)
         header = HEADER.pack(self.ident, byte3, byte4, self.question_count, *counts)
         return header + encode_sections(self.question, sections)
@@ -419,9 +434,28 @@ def _our_opt(edns: Edns | None, rcode: int, ede: Sequence[tuple[int, str]] = ())
 
 
 def encode_error(problem: RequestError) -> bytes:
-    """The response to a query `read_request` turned down."""
+    """The response to a query `read_request` turned down: what an error answer echoes.
+
+    Decided here for every error answer (RFC 1035 section 4.1.1, RFC 6891 sections 6.1.1
+    and 6.1.3), and matched against Unbound 1.17.1, which answers FORMERR and NOTIMP by
+    sending the query back with QR and the RCODE set:
+
+    - ID, opcode, RD and CD are copied and QR set; AA, TC, AD and Z are clear.
+    - RA is clear on FORMERR and NOTIMP, whose queries never reached the resolver, and set
+      on BADVERS, as Unbound does.
+    - Every question goes back as the client wrote it, two as well as one, when each has
+      a plain name; otherwise none. (Unbound sends even an unreadable message back under
+      the counts it claimed, which no strict parser accepts.)
+    - An OPT record goes back when the query's could be read: ours (UDP size 1232, the DO
+      bit echoed, the upper bits of the RCODE), where Unbound returns the client's own.
+    """
     draft = _Draft(
-        problem.ident, problem.flags, problem.question, problem.question_count, problem.rcode
+        problem.ident,
+        problem.flags,
+        problem.question,
+        problem.question_count,
+        problem.rcode,
+        recursion_available=problem.rcode == BADVERS,
     )
     wire = draft.encode(((), (), ()), truncated=False)
     return _with_opt(wire, _our_opt(problem.edns, problem.rcode))
