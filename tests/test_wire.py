@@ -464,3 +464,77 @@ def test_badvers_sets_ra_as_unbound_does() -> None:
     _wire, response = error_response(query_wire(use_edns=1))
     assert response.rcode() == dns.rcode.BADVERS
     assert response.flags & dns.flags.RA
+
+
+def rrsig(owner: bytes, covered: int, signature_size: int) -> tdns.RRHeader:
+    """An RRSIG record (as Twisted holds it: raw RDATA) over `owner`'s RRset of `covered`."""
+    fixed = struct.pack("!HBBIIIH", covered, 13, owner.count(b".") + 1, 300, 2, 1, 4242)
+    rdata = fixed + dns.name.from_text("test").to_wire() + b"\x5a" * signature_size
+    return tdns.RRHeader(owner, 46, tdns.IN, 300, tdns.UnknownRecord(rdata, 300))
+
+
+def ns_records(count: int) -> list[tdns.RRHeader]:
+    """An NS RRset of `count` long names (60 octets each, whatever the compression)."""
+    return [
+        tdns.RRHeader(
+            b"test", tdns.NS, tdns.IN, 300, tdns.Record_NS(b"ns%d%s.test" % (i, b"n" * 50), 300)
+        )
+        for i in range(count)
+    ]
+
+
+def test_authority_of_a_positive_answer_that_does_not_fit_goes_without_tc() -> None:
+    """RFC 2181 section 9: the NS records of a positive answer are extra information; when
+    they do not fit they are left out, and TC stays clear (Unbound, with its default
+    minimal responses, sends no authority with a positive answer at all)."""
+    request = read_request(query_wire("a.test", use_edns=False))
+    answer = [a_record(b"a.test", "192.0.2.1")]
+    wire = encode_response(request, tdns.OK, answer, ns_records(10), max_size=512)
+    response = dns.message.from_wire(wire)
+    assert not response.flags & dns.flags.TC
+    assert len(response.answer) == 1
+    assert response.authority == []
+
+
+def test_negative_answer_whose_soa_does_not_fit_sets_tc() -> None:
+    """The SOA of NXDOMAIN is what makes it cacheable (RFC 2308 section 5): when it does
+    not fit, TC is set, as Unbound sets it (seen on an NXDOMAIN whose SOA passed 512)."""
+    long_name = b".".join([b"b" * 63] * 3) + b".test"
+    soa = tdns.Record_SOA(long_name, long_name.replace(b"b", b"c"), 1, ttl=300)
+    authority = [tdns.RRHeader(b"test", tdns.SOA, tdns.IN, 300, soa)]
+    question = ".".join(["a" * 63] * 3) + ".test"
+    request = read_request(query_wire(question, use_edns=False))
+    wire = encode_response(request, tdns.ENAME, (), authority, max_size=512)
+    response = dns.message.from_wire(wire)
+    assert response.flags & dns.flags.TC
+    assert response.authority == []
+
+
+def test_glue_whose_signature_does_not_fit_goes_with_it() -> None:
+    """Under DO, an RRset and its RRSIG are kept or left out together: glue whose
+    signature does not fit goes too, rather than reach the client unsigned (no TC: it is
+    additional data)."""
+    request = read_request(query_wire("a.test", "NS", use_edns=0, want_dnssec=True))
+    glue = [a_record(b"ns.test", "192.0.2.53")]
+    wire = encode_response(
+        request,
+        tdns.OK,
+        [tdns.RRHeader(b"a.test", tdns.NS, tdns.IN, 300, tdns.Record_NS(b"ns.test", 300))],
+        (),
+        [*glue, rrsig(b"ns.test", tdns.A, 1180)],
+        max_size=1232,
+    )
+    response = dns.message.from_wire(wire)
+    assert not response.flags & dns.flags.TC
+    assert len(response.answer) == 1
+    assert response.additional == []
+
+
+def test_answer_whose_signature_does_not_fit_goes_with_it_and_sets_tc() -> None:
+    """An answer RRset whose RRSIG does not fit is left out with it, and TC is set."""
+    request = read_request(query_wire("a.test", use_edns=0, want_dnssec=True))
+    answer = [a_record(b"a.test", "192.0.2.1"), rrsig(b"a.test", tdns.A, 1200)]
+    wire = encode_response(request, tdns.OK, answer, max_size=1232)
+    response = dns.message.from_wire(wire)
+    assert response.flags & dns.flags.TC
+    assert response.answer == []

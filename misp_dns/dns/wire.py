@@ -11,7 +11,7 @@ it and what the stock server gets wrong:
 - `encode_response` writes a response that copies ID, opcode, RD, CD and the question as
   asked, sets QR and RA, adds an OPT record (our UDP size, the DO bit echoed, extended RCODE,
   Extended DNS Errors) only when the query had one, and truncates UDP answers at whole
-  RRsets with TC set so the message stays valid.
+  RRsets so the message stays valid, with TC set when a required RRset had to go.
 - `encode_sections` writes the records of every response, cached or not, compressing names
   only where `may_compress` allows it.
 """
@@ -49,6 +49,7 @@ HEADER = struct.Struct("!HBBHHHH")
 _RR_FIXED = struct.Struct("!HHIH")
 _RDLENGTH = struct.Struct("!H")
 OPT = 41
+RRSIG = 46
 BADVERS = 16
 EDNS_UDP_SIZE = 1232
 PLAIN_UDP_SIZE = 512
@@ -373,17 +374,35 @@ def encode_sections(
 
 
 def _rrsets(records: Sequence[dns.RRHeader]) -> list[list[dns.RRHeader]]:
-    """Group consecutive records of one owner, type and class into RRsets."""
-    groups: list[list[dns.RRHeader]] = []
-    last = None
+    """Group records of one owner, type and class into RRsets, each with its signatures.
+
+    An RRSIG joins the RRset it covers (RFC 4034 section 3: its first field is the type
+    covered), so truncation keeps or drops the two together. Groups keep the order in
+    which they first appear.
+    """
+    groups: dict[tuple[bytes, int, int], list[dns.RRHeader]] = {}
     for record in records:
-        key = (record.name.name.lower(), record.type, record.cls)
-        if groups and key == last:
-            groups[-1].append(record)
-        else:
-            groups.append([record])
-            last = key
-    return groups
+        rtype = record.type
+        payload = record.payload
+        if rtype == RRSIG and isinstance(payload, dns.UnknownRecord) and len(payload.data) >= 2:
+            rtype = struct.unpack_from("!H", payload.data)[0]
+        groups.setdefault((record.name.name.lower(), rtype, record.cls), []).append(record)
+    return list(groups.values())
+
+
+def _required_sections(rcode: int, answers: Sequence[dns.RRHeader], qtype: int) -> int:
+    """How many sections, from the answer section on, TC speaks for: leaving out an RRset
+    of one of them sets TC; leaving out any other does not.
+
+    RFC 2181 section 9: TC only when an RRset required in the response could not be
+    included whole, never for additional data. Required are the answer's RRsets and, in
+    an answer that is not positive (NOERROR with a record of the type asked), the
+    authority's: the SOA that lets a negative answer be cached (RFC 2308 section 5) and,
+    under DNSSEC, the proof of non-existence. Unbound does the same with its default
+    minimal responses; a positive answer's NS records go without TC.
+    """
+    positive = rcode == dns.OK and any(record.type == qtype for record in answers)
+    return 1 if positive else 2
 
 
 @attrs.define
@@ -474,9 +493,10 @@ def encode_response(
 ) -> bytes:
     """Encode a response to `request`, fitting it into `max_size` bytes.
 
-    When the whole answer does not fit, whole RRsets are left out from the end; TC is set
-    when an answer or authority RRset had to go (RFC 2181 section 9), not for additional
-    data alone. OPT records in `additional` are ignored: the response's OPT is built here.
+    When the whole answer does not fit, whole RRsets (each with its signatures) are left
+    out from the end; TC is set when a required one had to go (see `_required_sections`), not for
+    additional data. OPT records in `additional` are ignored: the response's OPT is built
+    here.
     """
     opt = _our_opt(request.edns, rcode, ede)
     additional = [r for r in additional if r.type != OPT]
@@ -494,23 +514,24 @@ def encode_response(
     wire = draft.encode((answers, authority, additional), truncated=False)
     if len(wire) + len(opt) <= max_size:
         return _with_opt(wire, opt)
-    return _with_opt(_truncated(draft, max_size - len(opt)), opt)
+    return _with_opt(_truncated(draft, max_size - len(opt), request.question.type), opt)
 
 
-def _truncated(draft: _Draft, budget: int) -> bytes:
+def _truncated(draft: _Draft, budget: int, qtype: int) -> bytes:
     """The largest prefix of whole RRsets that fits `budget`, found by bisection."""
+    sections_required = _required_sections(draft.rcode, draft.answers, qtype)
     sets = [
         (section, rrset)
         for section, records in enumerate((draft.answers, draft.authority, draft.additional))
         for rrset in _rrsets(records)
     ]
-    essential = sum(1 for section, _ in sets if section < 2)
+    required = sum(1 for section, _ in sets if section < sections_required)
 
     def attempt(keep: int) -> bytes:
         sections: tuple[list[dns.RRHeader], ...] = ([], [], [])
         for section, rrset in sets[:keep]:
             sections[section].extend(rrset)
-        return draft.encode(sections, truncated=keep < essential)
+        return draft.encode(sections, truncated=keep < required)
 
     low, high = 0, len(sets) - 1  # keeping everything is known not to fit
     best = attempt(0)
