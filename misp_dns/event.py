@@ -42,6 +42,9 @@ class Answer:
     policy had one (in monitor mode it is there even though the answer is not blocked).
     `packet` is the same answer pre-encoded (cached and blocked answers); a cached answer's
     records keep the TTLs they were stored with, and `age` says how much to take off them.
+    `complete` is False when the upstream answered over UDP: it may have left out authority
+    or additional records that did not fit, without TC (RFC 2181 section 9), so the answer
+    is not one to give a client that asked over TCP.
     """
 
     rcode: int
@@ -55,6 +58,7 @@ class Answer:
     decision: Decision | None = None
     packet: PacketBody | None = attrs.field(default=None, eq=False, repr=False)
     age: int = 0
+    complete: bool = True
 
     def aged(self, records: Sequence[dns.RRHeader]) -> Sequence[dns.RRHeader]:
         """`records` with TTLs lowered by `age`, the seconds this answer spent in the cache."""

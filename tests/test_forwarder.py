@@ -491,6 +491,41 @@ def test_a_truncated_reply_is_asked_again_over_tcp() -> None:
     assert rig.sockets.open() == [] and rig.reactor.getDelayedCalls() == []
 
 
+def test_an_answer_over_udp_says_it_may_be_incomplete() -> None:
+    """An answer the upstream gave over UDP may lack records it had no room for (without
+    TC, RFC 2181 section 9): it says so, so that it is not given to a TCP client."""
+    rig = Rig()
+    asked = rig.ask()
+    rig.reply()
+    assert not result_of(asked).complete
+
+
+def test_a_tcp_clients_question_goes_upstream_over_tcp_at_once() -> None:
+    """For a client that came over TCP the upstream is asked over TCP straight away (no
+    datagram, where it might leave records out), and the answer says it is complete."""
+    rig = Rig()
+    asked = rig.ask(whole=True)
+    assert rig.sockets.made == []
+    host, port, _factory, timeout, _bind = rig.reactor.tcpClients[0]
+    assert (host, port, timeout) == ("192.0.2.1", 53, 1.0)
+    protocol, transport = tcp_connection(rig)
+    query = dns.message.from_wire(tcp_query(transport))
+    assert str(query.question[0].name) == "www.example.com."
+    protocol.dataReceived(frame(respond(tcp_query(transport), address="192.0.2.99")))
+    answer = result_of(asked)
+    assert addresses(answer) == ["192.0.2.99"] and answer.complete
+
+
+def test_an_answer_over_tcp_after_tc_is_complete() -> None:
+    """An answer fetched over TCP after a truncated UDP reply is complete too."""
+    rig = Rig()
+    asked = rig.ask()
+    rig.reply(truncated=True, address=None)
+    protocol, transport = tcp_connection(rig)
+    protocol.dataReceived(frame(respond(tcp_query(transport))))
+    assert result_of(asked).complete
+
+
 def test_a_tcp_reply_to_another_question_fails_that_upstream() -> None:
     """Over TCP a reply that does not match is not the answer: the connection is closed and
     the next upstream is asked."""

@@ -35,7 +35,8 @@ CLIENT = "127.0.0.1"
 class ScriptedUpstream:
     """Stands in for `Forwarder.resolve`: records every question it is asked and answers it
     with `reply(name, qtype, qclass, dnssec_ok, checking_disabled)`, at once or, with
-    `hold`, when the test calls `release()` (or `fail(...)`)."""
+    `hold`, when the test calls `release()` (or `fail(...)`). Like the forwarder it takes
+    the name in wire format; `reply` gets it as Twisted decodes names."""
 
     def __init__(self, reply: Callable[..., Answer], *, hold: bool = False) -> None:
         self.reply = reply
@@ -63,8 +64,10 @@ class ScriptedUpstream:
         *,
         dnssec_ok: bool = False,
         checking_disabled: bool = False,
+        whole: bool = False,
     ) -> defer.Deferred[Answer]:
-        question = (name, qtype, qclass, dnssec_ok, checking_disabled)
+        decoded = dns.name.from_wire(name, 0)[0].to_text(omit_final_dot=True).encode()
+        question = (decoded, qtype, qclass, dnssec_ok, checking_disabled)
         self.asked.append(question)
         if self.hold:
             waiting: defer.Deferred[Answer] = defer.Deferred()
@@ -354,3 +357,45 @@ def test_a_policy_that_raises_gets_the_client_servfail_and_a_record() -> None:
     assert upstream.asked == []
     other = ask(responder, dns.message.make_query("fine.test", "A"))
     assert other.rcode() == dns.rcode.NOERROR
+
+
+class CuttingUpstream:
+    """An upstream whose answer has an NS RRset in its authority section, which it leaves
+    out (without TC, as RFC 2181 section 9 allows) when asked over UDP."""
+
+    def __init__(self) -> None:
+        self.asked_whole: list[bool] = []
+
+    def resolve(self, name: bytes, qtype: int, qclass: int, **options: Any) -> Any:
+        """Answer like the forwarder: `complete` only when asked over TCP (`whole`)."""
+        whole = options.get("whole", False)
+        self.asked_whole.append(whole)
+        ns = tdns.RRHeader(b"test", tdns.NS, tdns.IN, 300, tdns.Record_NS(b"ns.test", 300))
+        authority = (ns,) if whole else ()
+        answers = (a_record(b"cut.test", "192.0.2.1"),)
+        return defer.succeed(Answer(tdns.OK, answers, authority, complete=whole))
+
+
+def test_a_tcp_client_gets_the_whole_answer_not_the_udp_one_cached() -> None:
+    """An answer the upstream gave over UDP (maybe cut to fit) is not served to a TCP
+    client from the cache: the upstream is asked again over TCP, the client gets the NS
+    records too, and the whole answer then serves everyone from the cache."""
+    upstream = CuttingUpstream()
+    responder, _ = make_responder(upstream)
+    query = dns.message.make_query("cut.test", "A", use_edns=0)
+    assert ask(responder, query, "udp").authority == []
+    for transport in ("tcp", "udp", "tcp"):
+        response = ask(responder, query, transport)
+        assert [rrset.rdtype for rrset in response.authority] == [dns.rdatatype.NS]
+    assert upstream.asked_whole == [False, True]
+
+
+def test_a_tcp_client_does_not_wait_for_an_answer_asked_over_udp() -> None:
+    """A TCP client's question is not merged with the same question in flight over UDP
+    (its answer may come back cut): it goes up over TCP on its own."""
+    upstream = ScriptedUpstream(plain_upstream, hold=True)
+    responder, _ = make_responder(upstream)
+    query = dns.message.make_query("popular.test", "A", use_edns=0)
+    for transport in ("udp", "tcp", "udp", "tcp"):
+        responder.respond(query.to_wire(), CLIENT, transport)
+    assert len(upstream.asked) == 2

@@ -5,7 +5,9 @@ hold the answer twice: as records (for the query log) and pre-encoded (`PacketBo
 hit is served by patching TTLs into bytes. Positive answers live for the smallest TTL among
 their records; negative answers (NXDOMAIN, and NOERROR without answers) live for the
 smaller of their SOA's TTL and MINIMUM (RFC 2308 section 5) and are not cached without an
-SOA. SERVFAIL, REFUSED and truncated answers are never cached.
+SOA. SERVFAIL, REFUSED and truncated answers are never cached. An answer the upstream
+gave over UDP is stored marked not `complete`: the resolver does not serve it to TCP
+clients but asks again over TCP, and the whole answer then takes its place for everyone.
 
 DO and CD are in the key because the upstream answers differently to each: with DO it adds
 RRSIGs a client without DO must not get (and without DO it leaves out what a DO client

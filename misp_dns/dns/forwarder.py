@@ -2,7 +2,9 @@
 
 Unlike `twisted.names.client.Resolver`, the forwarder sends EDNS (UDP size 1232, the
 client's DO bit), accepts a reply only from the address it asked, with the query's ID and
-the same question, retries over TCP on TC, and gives up after one bounded total time
+the same question, retries over TCP on TC, asks over TCP at once for a client that came
+over TCP (a UDP reply may lack records that did not fit), and gives up after one bounded
+total time
 (`timeout`, about 5 s) instead of a minute of retries. The upstream's RCODE is kept as it is:
 NXDOMAIN with its SOA, SERVFAIL and REFUSED all reach the client unchanged.
 """
@@ -65,6 +67,7 @@ class _Question:
     qclass: int
     dnssec_ok: bool
     checking_disabled: bool
+    whole: bool
 
     @property
     def wire(self) -> bytes:
@@ -263,10 +266,12 @@ class Forwarder:
         *,
         dnssec_ok: bool = False,
         checking_disabled: bool = False,
+        whole: bool = False,
     ) -> defer.Deferred[Answer]:
         """Ask the upstreams about `name` (wire format); fire with an Answer, or fail with
-        UpstreamFailed."""
-        question = _Question(name, qtype, qclass, dnssec_ok, checking_disabled)
+        UpstreamFailed. With `whole` (the client came over TCP) they are asked over TCP, so
+        that nothing is left out of the answer to fit a datagram."""
+        question = _Question(name, qtype, qclass, dnssec_ok, checking_disabled, whole)
         return defer.Deferred.fromCoroutine(self._resolve(question))
 
     async def _resolve(self, question: _Question) -> Answer:
@@ -300,7 +305,7 @@ class Forwarder:
                 if remaining <= 0:
                     raise UpstreamFailed(f"no answer within {self._timeout:g} s: {problems}")
                 try:
-                    reply = await self._exchange(
+                    reply, complete = await self._exchange(
                         upstream, question, min(attempt_timeout, remaining), deadline, sent
                     )
                 except error.ConnectionRefusedError:
@@ -316,7 +321,7 @@ class Forwarder:
                     problems.append(f"{upstream} {exc.__class__.__name__}")
                     continue
                 self._preferred = index
-                return self._answer(reply, self._reactor.seconds() - started)
+                return self._answer(reply, self._reactor.seconds() - started, complete)
             if refused == count:
                 # Nothing listens at any upstream: waiting would not change that.
                 raise UpstreamFailed(f"every upstream refused: {problems}")
@@ -329,15 +334,18 @@ class Forwarder:
         timeout: float,
         deadline: float,
         sent: list[_UDPExchange],
-    ) -> dns.Message:
+    ) -> tuple[dns.Message, bool]:
+        """The upstream's reply, and whether it came over TCP (nothing left out to fit)."""
+        if question.whole:
+            return await self._tcp(upstream, question, timeout), True
         reply = await self._udp(upstream, question, timeout, sent, edns=True)
         if reply.rCode == dns.EFORMAT and reply.answer:
             # An old server that does not speak EDNS (RFC 6891 section 7).
             reply = await self._udp(upstream, question, timeout, sent, edns=False)
         if reply.trunc:
             remaining = max(0.1, deadline - self._reactor.seconds())
-            reply = await self._tcp(upstream, question, remaining)
-        return reply
+            return await self._tcp(upstream, question, remaining), True
+        return reply, False
 
     async def _udp(
         self,
@@ -396,7 +404,7 @@ class Forwarder:
         finally:
             exchange.transport.loseConnection()  # type: ignore[union-attr]
 
-    def _answer(self, reply: dns.Message, rtt: float) -> Answer:
+    def _answer(self, reply: dns.Message, rtt: float, complete: bool) -> Answer:
         rcode = reply.rCode
         for record in reply.additional:
             if record.type == OPT:
@@ -410,4 +418,5 @@ class Forwarder:
             kind=Kind.RECURSIVE,
             authentic=bool(reply.authenticData),
             rtt=rtt,
+            complete=complete,
         )

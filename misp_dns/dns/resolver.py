@@ -22,6 +22,12 @@ of going up again. Every waiting client gets the answer with its own policy deci
 responder then gives it the client's own ID and EDNS shape), and a failure reaches them all.
 The entry leaves the table when the forwarder's Deferred fires, which it does within the
 forwarder's `timeout` whatever the upstream does, so nothing stays behind.
+
+A client over TCP gets the whole answer: an answer the upstream gave over UDP may lack
+authority or additional records it had no room for (without TC, RFC 2181 section 9), so
+such an answer (not `complete`) is not served to a TCP client from the cache, nor shared
+with one in flight; the upstream is asked over TCP, and that whole answer then replaces
+the cached one for every client.
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ __all__ = ["ChainResolver"]
 # Distinct blocked answers kept ready; one per matched indicator and kind (TXT or not).
 BLOCKED_MEMO = 131072
 
+# A question in flight: its cache key, and whether it was asked over TCP for a TCP client.
+_Flight = tuple[CacheKey, bool]
+
 # The CHAOS names that ask which server answered (wire format, lower case).
 _IDENTITY_NAMES = frozenset({b"\x02id\x06server\x00", b"\x08hostname\x04bind\x00"})
 
@@ -77,7 +86,7 @@ class ChainResolver:
         self.upstream_failures = 0
         self._blocked: dict[tuple[Decision, bool], Answer] = {}
         self._identity = chaos_identity_answer(server_name)
-        self._in_flight: dict[CacheKey, list[tuple[defer.Deferred[Answer], Decision | None]]] = {}
+        self._in_flight: dict[_Flight, list[tuple[defer.Deferred[Answer], Decision | None]]] = {}
 
     def decide(
         self,
@@ -150,15 +159,18 @@ class ChainResolver:
             request.flags & CHECKING_DISABLED,
         )
         found = self.answer_at_once(decision, key)
-        if found is not None:
+        # A TCP client gets the whole answer: not one the upstream may have cut to fit UDP.
+        whole = transport == "tcp"
+        if found is not None and (found[0].complete or not whole):
             answer, age = found
             return attrs.evolve(answer, age=age) if age else answer
         waiting: defer.Deferred[Answer] = defer.Deferred()
-        waiters = self._in_flight.get(key)
+        flight = (key, whole)
+        waiters = self._in_flight.get(flight)
         if waiters is not None:
             waiters.append((waiting, decision))
             return waiting
-        self._in_flight[key] = [(waiting, decision)]
+        self._in_flight[flight] = [(waiting, decision)]
         upstream = defer.maybeDeferred(
             self.forwarder.resolve,
             request.name,
@@ -166,8 +178,9 @@ class ChainResolver:
             question.cls,
             dnssec_ok=dnssec_ok,
             checking_disabled=bool(key[4]),
+            whole=whole,
         )
-        upstream.addBoth(self._settle, key)
+        upstream.addBoth(self._settle, flight)
         return waiting
 
     def blocked(self, decision: Decision, qtype: int) -> Answer:
@@ -184,9 +197,10 @@ class ChainResolver:
             self._blocked[key] = answer
         return answer
 
-    def _settle(self, result: Answer | Failure, key: CacheKey) -> None:
+    def _settle(self, result: Answer | Failure, flight: _Flight) -> None:
         """Hand the upstream's answer (or SERVFAIL) to every client waiting for it."""
-        waiters = self._in_flight.pop(key)
+        waiters = self._in_flight.pop(flight)
+        key = flight[0]
         if not isinstance(result, Failure):
             try:
                 self.cache.put(key, result)

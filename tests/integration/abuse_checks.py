@@ -137,6 +137,7 @@ class _Upstream:
         *,
         dnssec_ok: bool = False,
         checking_disabled: bool = False,
+        whole: bool = False,
     ) -> defer.Deferred[Answer]:
         first = name[1 : 1 + name[0]].lower()
         name = _decoded(name)
