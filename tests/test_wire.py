@@ -374,6 +374,7 @@ def test_label_holding_a_dot_is_read_and_echoed_exactly() -> None:
     [
         ("WwW.Example.COM", "www.example.com"),
         ("a\\.b.example", "a\\.b.example"),
+        ("x" * 46 + ".example", "x" * 46 + ".example"),  # a length octet of 0x2E
         (".", ""),
     ],
 )

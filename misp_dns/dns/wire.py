@@ -217,9 +217,10 @@ def presentation_name(wire_name: bytes) -> str:
         labels.append(wire_name[offset + 1 : offset + 1 + length])
         offset += 1 + length
         length = wire_name[offset]
-    dotted = b".".join(labels)
-    if dotted.count(b".") >= len(labels):
+    if 46 in wire_name:  # a "." in a label, or a length octet of 46: rare either way
         dotted = b".".join(label.replace(b".", b"\\.") for label in labels)
+    else:
+        dotted = b".".join(labels)
     return dotted.lower().decode("ascii", "backslashreplace")
 
 
