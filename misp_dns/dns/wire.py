@@ -249,24 +249,27 @@ def read_request(data: bytes) -> Request:
     ident = data[0] << 8 | data[1]
     flags = data[2] | data[3] << 8
     opcode = (data[2] >> 3) & 0xF
-    not_a_query = dns.ENOTIMP if opcode != dns.OP_QUERY else 0
     try:
         message = parse_message(data)
     except ValueError as exc:
-        raise RequestError(not_a_query or dns.EFORMAT, ident, flags, reason=str(exc)) from None
-    questions = _plain_questions(data, len(message.queries))
-    # Compressed, a reserved label type or over 255 octets: nothing to echo as written.
-    echoed, count = (b"", 0) if questions is None else (questions, len(message.queries))
+        rcode = dns.ENOTIMP if opcode != dns.OP_QUERY else dns.EFORMAT
+        raise RequestError(rcode, ident, flags, reason=str(exc)) from None
+    count = len(message.queries)
+    questions = _plain_questions(data, count)
+    # A compression pointer, a reserved label type or over 255 octets: none can be echoed.
+    echoed, count = (b"", 0) if questions is None else (questions, count)
     try:
         edns = find_edns(message)
         bad_opt = ""
     except ValueError as exc:
         edns, bad_opt = None, str(exc)
-    if not_a_query:
+    if opcode != dns.OP_QUERY:
         raise RequestError(dns.ENOTIMP, ident, flags, echoed, count, edns, f"opcode {opcode}")
-    if count != 1:
-        reason = f"{len(message.queries)} questions" if questions is not None else "question"
+    if questions is None:
+        reason = "a question name that cannot be echoed"
         raise RequestError(dns.EFORMAT, ident, flags, echoed, count, edns, reason)
+    if count != 1:
+        raise RequestError(dns.EFORMAT, ident, flags, echoed, count, edns, f"{count} questions")
     if bad_opt:
         raise RequestError(dns.EFORMAT, ident, flags, echoed, count, None, bad_opt)
     if edns is not None and edns.version > 0:
@@ -495,9 +498,8 @@ def encode_response(
     """Encode a response to `request`, fitting it into `max_size` bytes.
 
     When the whole answer does not fit, whole RRsets (each with its signatures) are left
-    out from the end; TC is set when a required one had to go (see `_required_sections`), not for
-    additional data. OPT records in `additional` are ignored: the response's OPT is built
-    here.
+    out from the end; TC is set when a required one had to go (`_required_sections`).
+    OPT records in `additional` are ignored: the response's OPT is built here.
     """
     opt = _our_opt(request.edns, rcode, ede)
     additional = [r for r in additional if r.type != OPT]
