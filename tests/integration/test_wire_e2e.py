@@ -16,9 +16,10 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from .abuse_mutations import parse_strictly
 from .dig import run_dig
 from .server import MispDnsProcess
 from .unbound import WWW, WWW_A
@@ -243,15 +244,19 @@ def _edit(wire: bytes, edits: list[tuple[int, int]]) -> bytes:
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(packet=_any_packet)
+@example(packet=bytes.fromhex("00002800000100000000000101000000000000010004") + bytes(15)).via(
+    "an UPDATE whose zone has type 0, echoed in its NOTIMP"
+)
 def test_any_packet_with_a_readable_query_header_gets_a_valid_response(
     server: MispDnsProcess, packet: bytes
 ) -> None:
     """Any packet of 12+ bytes with QR clear gets exactly one strictly valid response carrying
-    its ID and opcode, with QR set."""
+    its ID and opcode, with QR set (an UPDATE's NOTIMP echoes a zone section of any type,
+    which dnspython would refuse in an UPDATE: `parse_strictly` reads it as a question)."""
     packet = bytes([packet[0], packet[1], packet[2] & 0x7F]) + packet[3:]
     reply = udp_exchange(packet, server.address, timeout=3.0)
     assert reply is not None, f"no answer to {packet.hex()}"
-    response = parse(reply)
+    response = parse_strictly(reply)
     assert response.id == struct.unpack("!H", packet[:2])[0]
     assert response.flags & dns.flags.QR
-    assert response.opcode() == (packet[2] >> 3) & 0xF
+    assert (reply[2] >> 3) & 0xF == (packet[2] >> 3) & 0xF
