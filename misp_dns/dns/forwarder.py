@@ -4,9 +4,8 @@ Unlike `twisted.names.client.Resolver`, the forwarder sends EDNS (UDP size 1232,
 client's DO bit), accepts a reply only from the address it asked, with the query's ID and
 the same question, retries over TCP on TC, asks over TCP at once for a client that came
 over TCP (a UDP reply may lack records that did not fit), and gives up after one bounded
-total time
-(`timeout`, about 5 s) instead of a minute of retries. The upstream's RCODE is kept as it is:
-NXDOMAIN with its SOA, SERVFAIL and REFUSED all reach the client unchanged.
+total time (`timeout`, about 5 s) instead of a minute of retries. The upstream's RCODE is
+kept as it is: NXDOMAIN with its SOA, SERVFAIL and REFUSED all reach the client unchanged.
 """
 
 from __future__ import annotations
