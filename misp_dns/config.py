@@ -1,7 +1,8 @@
 """The configuration file: one strict cattrs converter, TOML loading, readable errors.
 
 The value classes it fills live in `misp_dns.values`. The file is TOML with the sections
-`[server]`, `[cache]`, `[[policy]]` and `[[export]]` (see the README and etc/misp-dns.toml).
+`[server]`, `[cache]`, `[[policy]]`, `[[export]]` and `[admin]` (see the README and
+etc/misp-dns.toml).
 Loading either returns a complete `Config` or raises `ConfigError`, whose `problems` are one
 line each, naming the TOML path and the bad value:
 
@@ -31,6 +32,7 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn
 
 from misp_dns.values import (
+    AdminConfig,
     BadValue,
     CacheConfig,
     Config,
@@ -269,7 +271,7 @@ def _plugin_tables(
 def parse_config(raw: Mapping[str, Any], registry: Registry) -> Config:
     """Validate an already-parsed TOML document; raise ConfigError with every problem."""
     problems: list[str] = []
-    known = {"server", "cache", "policy", "export"}
+    known = {"server", "cache", "policy", "export", "admin"}
     problems.extend(f"{key}: unknown section" for key in sorted(set(raw) - known))
     server, found = structure_section(raw.get("server", {}), ServerConfig, "server")
     problems.extend(found)
@@ -279,9 +281,13 @@ def parse_config(raw: Mapping[str, Any], registry: Registry) -> Config:
     problems.extend(found)
     exports, found = _plugin_tables(raw.get("export", []), "export", registry.export_options)
     problems.extend(found)
+    admin = None
+    if "admin" in raw:
+        admin, found = structure_section(raw["admin"], AdminConfig, "admin")
+        problems.extend(found)
     if problems or server is None or cache is None:
         raise ConfigError(problems)
-    return Config(server, cache, tuple(policies), tuple(exports))
+    return Config(server, cache, tuple(policies), tuple(exports), admin)
 
 
 def load_config(path: str | Path, registry: Registry | None = None) -> Config:

@@ -8,7 +8,8 @@ left the chain are stopped afterwards. Queries go on being answered by the old c
 the switch, so none is dropped and none goes unblocked.
 
 A config that does not load keeps the running chain, with one log line per problem. Changes
-to `[server]`, `[cache]` and `[[export]]` need a restart; a reload says so when it sees them.
+to `[server]`, `[cache]`, `[[export]]` and `[admin]` need a restart; a reload says so when it
+sees them.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class PolicyReloader:
         return chain
 
     def _say_what_needs_a_restart(self, config: Config) -> None:
-        for section in ("server", "cache", "export"):
+        for section in ("server", "cache", "export", "admin"):
             if getattr(config, section) != getattr(self.config, section):
                 self.log.warn(
                     "reload of {path}: [{section}] changed; that takes a restart",

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 __all__ = [
+    "AdminConfig",
     "BadValue",
     "BlockingOptions",
     "CacheConfig",
@@ -205,6 +206,26 @@ class CacheConfig:
 
 
 @attrs.frozen
+class AdminConfig:
+    """`[admin]`: the HTTP listener for metrics, health checks and the `misp-dns` command.
+
+    The listener is off unless the section is present. `token_file` names a file holding a
+    Bearer token that every request but /healthz and /readyz must carry; it is required
+    when `listen` is not a loopback address, so the API is never open to a network.
+    """
+
+    listen: HostPort = HostPort("127.0.0.1", 8053)
+    token_file: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.token_file and not ipaddress.ip_address(self.listen.host).is_loopback:
+            raise FieldError(
+                "token_file",
+                f"required when listen ({self.listen}) is not a loopback address",
+            )
+
+
+@attrs.frozen
 class PluginConfig:
     """One `[[policy]]` or `[[export]]` table: its `type` and its structured options."""
 
@@ -220,6 +241,8 @@ class Config:
     cache: CacheConfig = attrs.field(factory=CacheConfig)
     policy: tuple[PluginConfig, ...] = ()
     export: tuple[PluginConfig, ...] = ()
+    #: None when the config has no `[admin]` section: no admin listener.
+    admin: AdminConfig | None = None
 
 
 _TWO_HOURS = Duration(2 * 3600)

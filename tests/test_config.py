@@ -159,3 +159,39 @@ def test_range_errors_reported_beside_type_errors() -> None:
         "server.tcp_idle_timeout: must be within 1..3600, got 0.0",
         "server.tcp_max_connections: must be within 1..1000000, got 0",
     ]
+
+
+def test_admin_listener_is_off_unless_configured() -> None:
+    """No `[admin]` section, no admin listener; an empty one listens on 127.0.0.1:8053."""
+    assert parse_config({}, Registry()).admin is None
+    admin = parse_config({"admin": {}}, Registry()).admin
+    assert admin is not None
+    assert admin.listen == HostPort("127.0.0.1", 8053)
+    assert admin.token_file == ""
+
+
+def test_admin_on_a_network_address_needs_a_token_file() -> None:
+    """Listening beyond loopback without a token is refused, in one line with its path."""
+    assert problems({"admin": {"listen": "0.0.0.0:8053"}}) == [
+        "admin.token_file: required when listen (0.0.0.0:8053) is not a loopback address"
+    ]
+    assert problems({"admin": {"listen": "[2001:db8::1]:8053"}}) == [
+        "admin.token_file: required when listen ([2001:db8::1]:8053) is not a loopback address"
+    ]
+    config = parse_config(
+        {"admin": {"listen": "0.0.0.0:8053", "token_file": "/etc/misp-dns/admin.token"}},
+        Registry(),
+    )
+    assert config.admin is not None and config.admin.token_file == "/etc/misp-dns/admin.token"
+    assert parse_config({"admin": {"listen": "[::1]:9000"}}, Registry()).admin is not None
+
+
+def test_admin_table_is_strict() -> None:
+    """Typos and wrong types in `[admin]` are named like everywhere else."""
+    assert problems({"admin": {"listen": "localhost:8053", "tokenfile": "x"}}) == [
+        'admin.listen: expected "IP:port" or "[IPv6]:port", got \'localhost:8053\'',
+        "admin.tokenfile: unknown key",
+    ]
+    assert problems({"admin": "127.0.0.1:8053"}) == [
+        "admin: expected a table, got '127.0.0.1:8053' (string)"
+    ]

@@ -14,6 +14,7 @@ import attrs
 import pytest
 from twisted.application.service import MultiService
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
 from misp_dns.build import build_policies
@@ -119,3 +120,19 @@ def test_bad_config_keeps_the_running_chain(tmp_path: Path) -> None:
     assert resolver.policy is before
     assert reloader.reloads == 0
     assert action(resolver, "a.example") is Action.ALLOW
+
+
+def test_changed_admin_section_says_it_takes_a_restart(tmp_path: Path) -> None:
+    """The admin listener is not rebuilt by a reload, and the log says so."""
+    path, reloader, _ = start(tmp_path, '"a.example"')
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        path.write_text(
+            ALLOW.format(names='"a.example"') + '\n[admin]\nlisten = "127.0.0.1:9053"\n'
+        )
+        reloader.reload()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    assert any("[admin] changed; that takes a restart" in line for line in warnings), warnings
