@@ -107,3 +107,17 @@ def test_zero_entries_disables_the_cache() -> None:
     cache = AnswerCache(0, Clock())
     cache.put(KEY, a_answer())
     assert cache.get(KEY) is None
+
+
+def test_evictions_are_counted_and_expiry_is_not() -> None:
+    """Entries pushed out for room count as evictions; those whose TTL ran out do not."""
+    clock = Clock()
+    cache = AnswerCache(2, clock)
+    keys = [(b"\x02n%d\x04test\x00" % i, dns.A, dns.IN, False, 0) for i in range(4)]
+    cache.put(keys[0], a_answer(30))
+    clock.advance(30)
+    assert cache.get(keys[0]) is None
+    for key in keys[1:]:
+        cache.put(key, a_answer())
+    assert cache.evictions == 1
+    assert cache.max_entries == 2

@@ -170,3 +170,33 @@ def test_empty_snapshot_matches_nothing() -> None:
     """Before any load, nothing is blocked."""
     assert DomainSet.empty().match("evil.example") is None
     assert len(DomainSet.build([BlockEntry("a.example", True)])) == 1
+
+
+@pytest.mark.allow_errors
+def test_refresh_outcome_is_kept_for_status_and_metrics() -> None:
+    """The last good refresh's time, the last cycle's duration and error, the failures since
+    start and the next refresh's time are there to read."""
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    source = MemoryIndicatorSource([raw("evil.example")], hold=True)
+    updater = make_updater(source, clock)
+    assert updater.last_success is None and updater.next_update_at is None
+    updater.startService()
+    clock.advance(3)
+    source.release()
+    assert updater.last_success == 1_700_000_003
+    assert updater.last_duration == 3
+    assert updater.next_update_at == 1_700_000_003 + 2 * HOUR
+    source.hold = False
+    source.error = RuntimeError("MISP answered 503")
+    updater.update_now()
+    assert updater.last_success == 1_700_000_003
+    assert updater.last_error == "MISP answered 503"
+    assert updater.failed_cycles == 1
+    assert updater.next_update_at == 1_700_000_003 + 30
+    source.error = None
+    clock.advance(30)
+    assert updater.last_success == 1_700_000_033
+    assert updater.last_error == "" and updater.failed_cycles == 1 and updater.failures == 0
+    updater.stopService()
+    assert updater.next_update_at is None

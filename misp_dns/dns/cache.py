@@ -67,12 +67,21 @@ def cache_lifetime(answer: Answer) -> int:
 
 
 class AnswerCache:
-    """A bounded LRU cache of answers, aged by an injected clock."""
+    """A bounded LRU cache of answers, aged by an injected clock.
+
+    `evictions` counts the entries pushed out to make room (expired ones are not counted).
+    """
 
     def __init__(self, max_entries: int, clock: IReactorTime) -> None:
         self._max_entries = max_entries
         self._clock = clock
         self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
+        self.evictions = 0
+
+    @property
+    def max_entries(self) -> int:
+        """How many entries the cache holds at most."""
+        return self._max_entries
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -123,3 +132,4 @@ class AnswerCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+            self.evictions += 1

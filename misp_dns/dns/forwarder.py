@@ -25,6 +25,7 @@ from twisted.names import dns
 
 from misp_dns.dns.wire import EDNS_UDP_SIZE, OPT, encode_opt, parse_message
 from misp_dns.event import Answer, Kind
+from misp_dns.histogram import UPSTREAM_BUCKETS, Histogram
 from misp_dns.values import HostPort, Upstream
 
 __all__ = ["Forwarder", "UpstreamFailed", "system_upstreams"]
@@ -236,7 +237,8 @@ class Forwarder:
     """Resolves questions through a list of upstream resolvers, failing over in order.
 
     `socket_factory(family, type)` makes the UDP sockets: `socket.socket`, or in-memory
-    ones in tests.
+    ones in tests. `latency` holds the time each answered question took (all attempts together);
+    `failures` counts the failed attempts per upstream ("IP:port"), for the metrics.
     """
 
     log = Logger()
@@ -256,6 +258,8 @@ class Forwarder:
         self._timeout = timeout
         self._socket_factory = socket_factory
         self._preferred = 0
+        self.latency = Histogram(UPSTREAM_BUCKETS)
+        self.failures: dict[str, int] = {str(upstream): 0 for upstream in self._upstreams}
 
     def resolve(
         self,
@@ -280,7 +284,9 @@ class Forwarder:
         # Earlier attempts keep listening until the end: a slow reply still counts.
         sent: list[_UDPExchange] = []
         try:
-            return await self._attempts(question, started, deadline, sent, problems)
+            answer = await self._attempts(question, started, deadline, sent, problems)
+            self.latency.observe(self._reactor.seconds() - started)
+            return answer
         finally:
             for exchange in sent:
                 exchange.close()
@@ -310,6 +316,7 @@ class Forwarder:
                 except error.ConnectionRefusedError:
                     refused += 1
                     problems.append(f"{upstream} refused")
+                    self._count_failure(upstream)
                     continue
                 except (
                     UpstreamFailed,
@@ -318,6 +325,7 @@ class Forwarder:
                     defer.TimeoutError,
                 ) as exc:
                     problems.append(f"{upstream} {exc.__class__.__name__}")
+                    self._count_failure(upstream)
                     continue
                 self._preferred = index
                 return self._answer(reply, self._reactor.seconds() - started, complete)
@@ -325,6 +333,10 @@ class Forwarder:
                 # Nothing listens at any upstream: waiting would not change that.
                 raise UpstreamFailed(f"every upstream refused: {problems}")
             attempt_timeout *= 2
+
+    def _count_failure(self, upstream: HostPort) -> None:
+        key = str(upstream)
+        self.failures[key] = self.failures.get(key, 0) + 1
 
     async def _exchange(
         self,

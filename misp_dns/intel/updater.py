@@ -45,7 +45,13 @@ def _add_page(
 
 
 class IndicatorUpdater(Service):
-    """Fetches indicators on a schedule and serves the latest good `DomainSet`."""
+    """Fetches indicators on a schedule and serves the latest good `DomainSet`.
+
+    What the status and metrics read: `failures` (in a row, 0 after a success),
+    `failed_cycles` (since start), `last_success` (the clock's time when the last good cycle
+    ended, None before one), `last_duration` (seconds the last cycle took, good or not),
+    `last_error` (why the last cycle failed, "" after a success) and `next_update_at`.
+    """
 
     log = Logger()
 
@@ -72,6 +78,11 @@ class IndicatorUpdater(Service):
         self.snapshot = DomainSet.empty()
         self.failures = 0
         self.cycles = 0
+        self.failed_cycles = 0
+        self.last_success: float | None = None
+        self.last_duration: float | None = None
+        self.last_error = ""
+        self._cycle_started = 0.0
         self._running: defer.Deferred[None] | None = None
         self._next: IDelayedCall | None = None
         self._waiting: list[defer.Deferred[None]] = []
@@ -133,7 +144,8 @@ class IndicatorUpdater(Service):
         if self._next is not None and self._next.active():
             self._next.cancel()
         self._next = None
-        building = defer.Deferred.fromCoroutine(self._fetch_and_build(self.clock.seconds()))
+        self._cycle_started = self.clock.seconds()
+        building = defer.Deferred.fromCoroutine(self._fetch_and_build(self._cycle_started))
         building.addCallback(self._install)
         building.addCallbacks(self._succeeded, self._failed)
         cycle: defer.Deferred[None] = building.addBoth(self._cycle_over)
@@ -180,12 +192,26 @@ class IndicatorUpdater(Service):
                 reason=failure.getErrorMessage(),
             )
 
+    @property
+    def next_update_at(self) -> float | None:
+        """When the next cycle is due by the clock, or None (one is running, or stopped)."""
+        if self._next is None or not self._next.active():
+            return None
+        return float(self._next.getTime())
+
     def _succeeded(self, _: None) -> None:
+        now = self.clock.seconds()
         self.failures = 0
+        self.last_success = now
+        self.last_duration = now - self._cycle_started
+        self.last_error = ""
         self._schedule(self.interval)
 
     def _failed(self, failure: Failure) -> None:
         self.failures += 1
+        self.failed_cycles += 1
+        self.last_duration = self.clock.seconds() - self._cycle_started
+        self.last_error = failure.getErrorMessage()
         delay = backoff_delay(self.failures, self.retry_after, self.interval)
         self.log.warn(
             "{label}: update failed: {reason}; still blocking the {count} indicators of the"
