@@ -121,3 +121,16 @@ def test_evictions_are_counted_and_expiry_is_not() -> None:
         cache.put(key, a_answer())
     assert cache.evictions == 1
     assert cache.max_entries == 2
+
+
+def test_hits_and_misses_are_counted() -> None:
+    """A live entry found is a hit; an absent or expired one is a miss."""
+    clock = Clock()
+    cache = AnswerCache(10, clock)
+    cache.put(KEY, a_answer(30))
+    assert cache.lookup(KEY) is not None
+    assert cache.get(KEY) is not None
+    clock.advance(30)
+    assert cache.get(KEY) is None
+    assert cache.lookup(KEY) is None
+    assert (cache.hits, cache.misses) == (2, 2)

@@ -69,6 +69,7 @@ def cache_lifetime(answer: Answer) -> int:
 class AnswerCache:
     """A bounded LRU cache of answers, aged by an injected clock.
 
+    `hits` and `misses` count lookups that found a live entry and those that did not;
     `evictions` counts the entries pushed out to make room (expired ones are not counted).
     """
 
@@ -77,6 +78,8 @@ class AnswerCache:
         self._clock = clock
         self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
         self.evictions = 0
+        self.hits = 0
+        self.misses = 0
 
     @property
     def max_entries(self) -> int:
@@ -90,11 +93,14 @@ class AnswerCache:
         """The cached answer as stored and its age in seconds, or None (absent, expired)."""
         entry = self._entries.get(key)
         if entry is None:
+            self.misses += 1
             return None
         now = self._clock.seconds()
         if now >= entry.expires_at:
             del self._entries[key]
+            self.misses += 1
             return None
+        self.hits += 1
         self._entries.move_to_end(key)
         return entry.answer, int(now - entry.stored_at)
 
