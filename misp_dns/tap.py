@@ -22,6 +22,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from misp_dns import __version__
+from misp_dns.admin.api import ServerParts
+from misp_dns.admin.web import AdminService, read_token
 from misp_dns.allocator import configure_malloc
 from misp_dns.build import build_exporter, build_policies
 from misp_dns.config import load_config
@@ -68,6 +70,7 @@ class Options(usage.Options):
             exporter = None
             if config.export:
                 exporter = build_exporter(config.export, registry, reactor, server=config.server)
+            admin_token = read_token(config.admin) if config.admin is not None else None
         except ConfigError as problem:
             for line in problem.problems:
                 print(f"misp-dns: {line}", file=sys.stderr)
@@ -77,6 +80,7 @@ class Options(usage.Options):
         self["registry"] = registry
         self["policies"] = policies
         self["exporter"] = exporter
+        self["admin_token"] = admin_token
         if self["check-config"]:
             print(f"misp-dns: {self['config']}: configuration is valid")
             sys.exit(0)
@@ -114,23 +118,34 @@ def build_service(
     config_path: str | None = None,
     registry: Registry | None = None,
     upstreams: Sequence[Upstream] | None = None,
+    admin_token: bytes | None = None,
 ) -> service.MultiService:
-    """The service tree for `config`: exporter, policy services, then the listeners.
+    """The service tree for `config`: exporter, policy services, admin, then the listeners.
 
     Services stop in the reverse order: the listeners first (no new queries), then the
-    policies, then the exporter, which writes out what is still queued. With `config_path`,
-    SIGHUP reloads the `[[policy]]` tables from it (see `misp_dns.reload`). Raises
-    ConfigError when no upstream is configured or found.
+    admin listener and the policies, then the exporter, which writes out what is still
+    queued. With `config_path`, SIGHUP reloads the `[[policy]]` tables from it (see
+    `misp_dns.reload`). With `[admin]`, the admin listener (named "admin") serves metrics,
+    health and the API; `admin_token` is its token, read from `token_file` when not given.
+    Raises ConfigError when no upstream is configured or found, or the token file is bad.
     """
     upstreams = list(upstreams) if upstreams is not None else upstreams_of(config.server)
     resolver = _resolver(config, policies, upstreams, reactor)
     responder = _responder(config.server, resolver, reactor)
+    tcp_factory = _tcp_factory(config.server, responder, reactor)
     top = _ServerService(_summary(config.server, upstreams))
     if exporter is not None:
         exporter.setServiceParent(top)
         responder.observers.append(exporter.observe)
     policy_services = _policy_services(policies)
     policy_services.setServiceParent(top)
+    if config.admin is not None:
+        if admin_token is None:
+            admin_token = read_token(config.admin)
+        parts = ServerParts(resolver, responder, tcp_factory, exporter, reactor, reactor.seconds())
+        admin = AdminService(config.admin, admin_token, parts, reactor)
+        responder.observers.append(admin.queries.observe)
+        admin.setServiceParent(top)
     if config_path is not None:
         reloader = PolicyReloader(
             config_path,
@@ -142,7 +157,7 @@ def build_service(
             reactor,
         )
         _OnHangup(reactor, reloader.reload).setServiceParent(top)
-    for listener in _listeners(config.server, responder, reactor):
+    for listener in _listeners(config.server, responder, tcp_factory, reactor):
         listener.setServiceParent(top)
     return top
 
@@ -193,11 +208,15 @@ def _policy_services(policies: Sequence[IPolicy]) -> service.MultiService:
     return services
 
 
-def _listeners(server: ServerConfig, responder: Responder, reactor: Any) -> list[service.IService]:
+def _tcp_factory(server: ServerConfig, responder: Responder, reactor: Any) -> DNSStreamFactory:
+    """The factory every TCP listener shares (it counts and caps the open connections)."""
+    return DNSStreamFactory(responder, server.tcp_idle_timeout, server.tcp_max_connections, reactor)
+
+
+def _listeners(
+    server: ServerConfig, responder: Responder, tcp_factory: DNSStreamFactory, reactor: Any
+) -> list[service.IService]:
     """A UDP and a TCP listener for each `server.listen` address."""
-    tcp_factory = DNSStreamFactory(
-        responder, server.tcp_idle_timeout, server.tcp_max_connections, reactor
-    )
     # A backlog as deep as the connections allowed, so a burst of them is not made to wait
     # for the kernel's handshake retries (Twisted's default is 50).
     backlog = min(max(server.tcp_max_connections, 50), 4096)
@@ -245,4 +264,5 @@ def makeService(options: Options) -> service.IService:
         config_path=options["config"],
         registry=options["registry"],
         upstreams=options["upstreams"],
+        admin_token=options["admin_token"],
     )

@@ -1,0 +1,269 @@
+"""The Prometheus metrics: counted as plain numbers while serving, read at scrape time.
+
+Nothing on the answer path touches prometheus_client. `QueryCounter.observe`, one of the
+responder's observers, adds one to a dict entry per answered query (and one more per
+blocked one); everything else is already counted by the part that does the work (the
+responder, the cache, the forwarder, the updaters, the exporter). `ServerCollector` is a
+custom collector that reads those numbers when /metrics is scraped, in a registry of its own
+(never prometheus_client's global one), so two servers in one process do not mix.
+
+Every name starts with `misp_dns_`. `response_type` is the query log's (`Blocked`, `Cached`,
+`Recursive`, ...); a query type misp-dns has no name for is labelled `other`.
+
+| metric | type | labels |
+|---|---|---|
+| `queries_total` | counter | `protocol` (udp, tcp), `qtype` (A, ..., other), `response_type` |
+| `blocked_total` | counter | `source` (the report's source), `trigger` (`qname`) |
+| `cache_hits_total`, `cache_misses_total`, `cache_evictions_total` | counter | |
+| `cache_entries` | gauge | |
+| `upstream_seconds` | histogram | |
+| `upstream_failures_total` | counter | `upstream` (failed attempts, per upstream) |
+| `upstream_unanswered_total` | counter | (questions no upstream answered: SERVFAIL) |
+| `indicators` | gauge | `policy` (`policy[1]`), `source` |
+| `refresh_last_success_timestamp` | gauge | `policy`, `source` (absent before a good refresh) |
+| `refresh_duration_seconds` | gauge | `policy`, `source` (the last refresh, good or not) |
+| `refresh_failures_total` | counter | `policy`, `source` |
+| `export_dropped_total` | counter | `sink` (`export[0] (jsonl)`) |
+| `export_queue_dropped_total`, `exported_total` | counter | |
+| `export_queued` | gauge | |
+| `rate_limited_total`, `dropped_packets_total`, `format_errors_total` | counter | |
+| `policy_failures_total` | counter | (queries a raising policy answered SERVFAIL) |
+| `tcp_connections` | gauge | |
+| `tcp_rejected_total` | counter | (connections closed at `tcp_max_connections`) |
+| `info` | gauge (1) | `version` |
+
+prometheus_client's own process collector adds `process_*` (memory, CPU, open files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import CollectorRegistry
+
+from misp_dns import __version__
+from misp_dns.admin.api import ServerParts, policy_label, trigger_of
+from misp_dns.admin.qtypes import qtype_label
+from misp_dns.event import Kind, QueryEvent
+from misp_dns.policy.misp import MispBlockingPolicy
+
+__all__ = ["QueryCounter", "ServerCollector", "make_registry"]
+
+PREFIX = "misp_dns_"
+
+
+class QueryCounter:
+    """Counts answered queries by protocol, type and response type, and blocks by source.
+
+    `observe` runs on the answer path for every query, so it only adds to dicts keyed by
+    what the event already holds (the type as its two wire bytes); names are looked up at
+    scrape time.
+    """
+
+    def __init__(self) -> None:
+        #: (transport, question type as 2 bytes, Kind) -> answered queries
+        self.queries: dict[tuple[str, bytes, Kind], int] = {}
+        #: (source, trigger) -> blocked queries
+        self.blocked: dict[tuple[str, str], int] = {}
+
+    def observe(self, event: QueryEvent) -> None:
+        """Count one answered query (a responder observer)."""
+        answer = event.answer
+        kind = answer.kind
+        key = (event.transport, event.question[-4:-2], kind)
+        queries = self.queries
+        queries[key] = queries.get(key, 0) + 1
+        if kind is Kind.BLOCKED and answer.decision is not None:
+            blocked = self.blocked
+            cause = (answer.decision.source, trigger_of(answer.decision))
+            blocked[cause] = blocked.get(cause, 0) + 1
+
+    def by_label(self) -> dict[tuple[str, str, str], int]:
+        """The query counts by (protocol, qtype label, response type)."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for (transport, qtype, kind), count in list(self.queries.items()):
+            label = (transport, qtype_label(int.from_bytes(qtype, "big")), kind.value)
+            counts[label] = counts.get(label, 0) + count
+        return counts
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(PREFIX + name, documentation, value=value)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, documentation, value=value)
+
+
+class ServerCollector:
+    """A prometheus_client collector reading the server's own counters at scrape time."""
+
+    def __init__(self, parts: ServerParts, queries: QueryCounter) -> None:
+        self.parts = parts
+        self.queries = queries
+
+    def describe(self) -> list[Metric]:
+        """Nothing: the registry must not collect at registration to learn the names."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Every `misp_dns_*` family, from the counters as they are now."""
+        yield from self._queries()
+        yield from self._cache()
+        yield from self._upstream()
+        yield from self._policies()
+        yield from self._export()
+        yield from self._serving()
+        info = GaugeMetricFamily(PREFIX + "info", "misp-dns running", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+    def _queries(self) -> Iterator[Metric]:
+        queries = CounterMetricFamily(
+            PREFIX + "queries",
+            "Answered queries by protocol, query type and response type (as in the query log)",
+            labels=["protocol", "qtype", "response_type"],
+        )
+        for labels, count in sorted(self.queries.by_label().items()):
+            queries.add_metric(list(labels), count)
+        yield queries
+        blocked = CounterMetricFamily(
+            PREFIX + "blocked",
+            "Queries answered with a blocked answer, by source and trigger",
+            labels=["source", "trigger"],
+        )
+        for (source, trigger), count in sorted(list(self.queries.blocked.items())):
+            blocked.add_metric([source, trigger], count)
+        yield blocked
+
+    def _cache(self) -> Iterator[Metric]:
+        cache = self.parts.resolver.cache
+        yield _counter("cache_hits", "Answers found in the answer cache", cache.hits)
+        yield _counter("cache_misses", "Lookups the answer cache could not answer", cache.misses)
+        yield _counter("cache_evictions", "Entries pushed out to make room", cache.evictions)
+        yield _gauge("cache_entries", "Answers held in the answer cache", len(cache))
+
+    def _upstream(self) -> Iterator[Metric]:
+        resolver = self.parts.resolver
+        forwarder: Any = resolver.forwarder
+        latency = forwarder.latency
+        yield HistogramMetricFamily(
+            PREFIX + "upstream_seconds",
+            "Time to an upstream's answer, every attempt included",
+            buckets=[(_bound(bound), count) for bound, count in latency.cumulative()],
+            sum_value=latency.total,
+        )
+        failures = CounterMetricFamily(
+            PREFIX + "upstream_failures",
+            "Attempts an upstream failed (timed out, refused, unusable reply)",
+            labels=["upstream"],
+        )
+        for upstream, count in sorted(forwarder.failures.items()):
+            failures.add_metric([upstream], count)
+        yield failures
+        yield _counter(
+            "upstream_unanswered",
+            "Questions no upstream answered in time (answered SERVFAIL)",
+            resolver.upstream_failures,
+        )
+
+    def _policies(self) -> Iterator[Metric]:
+        labels = ["policy", "source"]
+        indicators = GaugeMetricFamily(
+            PREFIX + "indicators", "Indicators in the served snapshot", labels=labels
+        )
+        last = GaugeMetricFamily(
+            PREFIX + "refresh_last_success_timestamp",
+            "When the indicators were last refreshed without error (seconds since the epoch)",
+            labels=labels,
+        )
+        duration = GaugeMetricFamily(
+            PREFIX + "refresh_duration_seconds",
+            "How long the last refresh took, good or not",
+            labels=labels,
+        )
+        failures = CounterMetricFamily(
+            PREFIX + "refresh_failures", "Refreshes that failed since start", labels=labels
+        )
+        for index, policy in enumerate(self.parts.policies):
+            if not isinstance(policy, MispBlockingPolicy):
+                continue
+            values = [policy_label(index), policy.source]
+            updater = policy.updater
+            indicators.add_metric(values, len(updater.snapshot))
+            if updater.last_success is not None:
+                last.add_metric(values, updater.last_success)
+            if updater.last_duration is not None:
+                duration.add_metric(values, updater.last_duration)
+            failures.add_metric(values, updater.failed_cycles)
+        yield from (indicators, last, duration, failures)
+        yield _counter(
+            "policy_failures",
+            "Queries answered SERVFAIL because a policy raised",
+            self.parts.resolver.policy.failures,
+        )
+
+    def _export(self) -> Iterator[Metric]:
+        exporter = self.parts.exporter
+        dropped = CounterMetricFamily(
+            PREFIX + "export_dropped",
+            "Query records a sink lost (backlog full, destination down, write failed)",
+            labels=["sink"],
+        )
+        for slot in exporter.slots if exporter is not None else ():
+            dropped.add_metric([slot.name], slot.dropped)
+        yield dropped
+        yield _counter(
+            "export_queue_dropped",
+            "Query records dropped for every sink because the export queue was full",
+            exporter.dropped if exporter is not None else 0,
+        )
+        yield _counter(
+            "exported",
+            "Query records handed to the sinks",
+            exporter.exported if exporter is not None else 0,
+        )
+        yield _gauge(
+            "export_queued",
+            "Query records waiting in the export queue",
+            len(exporter) if exporter is not None else 0,
+        )
+
+    def _serving(self) -> Iterator[Metric]:
+        counters = self.parts.responder.counters
+        tcp = self.parts.tcp
+        yield _counter(
+            "rate_limited",
+            "UDP queries over the rate limit (dropped or slipped)",
+            counters.rate_limited,
+        )
+        yield _counter(
+            "dropped_packets", "Packets not answered (responses, too short)", counters.dropped
+        )
+        yield _counter("format_errors", "Queries answered FORMERR", counters.format_errors)
+        yield _gauge("tcp_connections", "Open TCP connections", tcp.open_connections)
+        yield _counter(
+            "tcp_rejected",
+            "TCP connections closed at once because tcp_max_connections were open",
+            tcp.rejected_connections,
+        )
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def make_registry(parts: ServerParts, queries: QueryCounter) -> CollectorRegistry:
+    """A registry of its own holding the server's collector and the process collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(parts, queries))
+    ProcessCollector(registry=registry)
+    return registry
