@@ -144,7 +144,7 @@ def build_service(
             admin_token = read_token(config.admin)
         parts = ServerParts(resolver, responder, tcp_factory, exporter, reactor, reactor.seconds())
         admin = AdminService(config.admin, admin_token, parts, reactor)
-        responder.observers.append(admin.queries.observe)
+        responder.tally = admin.queries.count
         admin.setServiceParent(top)
     if config_path is not None:
         reloader = PolicyReloader(

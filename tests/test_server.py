@@ -99,6 +99,35 @@ def test_failing_observer_does_not_cost_the_answer() -> None:
     assert dns.message.from_wire(wire).rcode() == dns.rcode.NOERROR
 
 
+def test_tally_sees_every_answered_query_without_observers() -> None:
+    """The tally gets the transport, the question as sent and the answer, on UDP and TCP."""
+    responder = make_responder()
+    tallied: list[tuple[str, bytes, Answer]] = []
+    responder.tally = lambda transport, question, answer: tallied.append(
+        (transport, question, answer)
+    )
+    responder.respond(query("WWW.example.com"), "127.0.0.1", "udp")
+    responder.respond(query(), "127.0.0.1", "tcp")
+    assert [(t, q[:4]) for t, q, _ in tallied] == [("udp", b"\x03WWW"), ("tcp", b"\x03www")]
+    assert all(answer.rcode == tdns.OK for _, _, answer in tallied)
+    assert not responder.observers
+
+
+@pytest.mark.allow_errors
+def test_failing_tally_does_not_cost_the_answer(logged_errors: list[dict[str, Any]]) -> None:
+    """A tally that raises is logged; the client still gets its answer."""
+    responder = make_responder()
+
+    def broken(transport: str, question: bytes, answer: Answer) -> None:
+        raise RuntimeError("counter exploded")
+
+    responder.tally = broken
+    wire = responder.respond(query(), "127.0.0.1", "udp")
+    assert isinstance(wire, bytes)
+    assert dns.message.from_wire(wire).rcode() == dns.rcode.NOERROR
+    assert len(logged_errors) == 1
+
+
 def test_responses_and_unreadable_packets_get_no_answer() -> None:
     """QR=1 packets and packets shorter than a header are dropped and counted."""
     responder = make_responder()

@@ -1,9 +1,10 @@
 """The Prometheus metrics: counted as plain numbers while serving, read at scrape time.
 
-Nothing on the answer path touches prometheus_client. `QueryCounter.observe`, one of the
-responder's observers, adds one to a dict entry per answered query (and one more per
-blocked one); everything else is already counted by the part that does the work (the
-responder, the cache, the forwarder, the updaters, the exporter). `ServerCollector` is a
+Nothing on the answer path touches prometheus_client. `QueryCounter.count`, the
+responder's `tally`, adds one to a dict entry per answered query (and one more per blocked
+one), without a query event being built for it; everything else is already counted by the
+part that does the work (the responder, the cache, the forwarder, the updaters, the
+exporter). `ServerCollector` is a
 custom collector that reads those numbers when /metrics is scraped, in a registry of its own
 (never prometheus_client's global one), so two servers in one process do not mix.
 
@@ -52,7 +53,8 @@ from prometheus_client.registry import CollectorRegistry
 from misp_dns import __version__
 from misp_dns.admin.api import ServerParts, policy_label, trigger_of
 from misp_dns.admin.qtypes import qtype_label
-from misp_dns.event import Kind, QueryEvent
+from misp_dns.event import Answer, Kind
+from misp_dns.interfaces import Decision
 from misp_dns.policy.misp import MispBlockingPolicy
 
 __all__ = ["QueryCounter", "ServerCollector", "make_registry"]
@@ -61,38 +63,64 @@ PREFIX = "misp_dns_"
 
 
 class QueryCounter:
-    """Counts answered queries by protocol, type and response type, and blocks by source.
+    """Counts answered queries by protocol, type and response type, and blocks by cause.
 
-    `observe` runs on the answer path for every query, so it only adds to dicts keyed by
-    what the event already holds (the type as its two wire bytes); names are looked up at
-    scrape time.
+    `count` is the responder's `tally`: it runs on the answer path for every query, so it
+    only adds one to a dict entry keyed by values whose hash is already known or cheap (the
+    transport, the type as its two wire bytes, the response type's text), and, for a
+    blocked answer, one to an entry keyed by the decision's id. The names of the types and
+    the decisions' sources and triggers are worked out at scrape time, on the reactor
+    thread too, so nothing changes while they are read.
     """
 
     def __init__(self) -> None:
-        #: (transport, question type as 2 bytes, Kind) -> answered queries
-        self.queries: dict[tuple[str, bytes, Kind], int] = {}
-        #: (source, trigger) -> blocked queries
-        self.blocked: dict[tuple[str, str], int] = {}
+        #: (transport, question type as 2 bytes, response type) -> answered queries
+        self.queries: dict[tuple[str, bytes, str], int] = {}
+        #: (source, trigger) -> blocked queries, up to the last `blocked_by_cause()`
+        self._blocked: dict[tuple[str, str], int] = {}
+        # Blocks since then, by id of the decision; the decisions are kept so that the ids
+        # stay theirs. Hashing a decision would run attrs' __hash__ in Python.
+        self._recent: dict[int, int] = {}
+        self._decisions: dict[int, Decision] = {}
 
-    def observe(self, event: QueryEvent) -> None:
-        """Count one answered query (a responder observer)."""
-        answer = event.answer
+    def count(self, transport: str, question: bytes, answer: Answer) -> None:
+        """Count one answered query (the responder's `tally`)."""
         kind = answer.kind
-        key = (event.transport, event.question[-4:-2], kind)
+        key = (transport, question[-4:-2], kind._value_)
         queries = self.queries
         queries[key] = queries.get(key, 0) + 1
-        if kind is Kind.BLOCKED and answer.decision is not None:
-            blocked = self.blocked
-            cause = (answer.decision.source, trigger_of(answer.decision))
-            blocked[cause] = blocked.get(cause, 0) + 1
+        if kind is _BLOCKED:
+            decision = answer.decision
+            ident = id(decision)
+            recent = self._recent
+            seen = recent.get(ident)
+            if seen is None:
+                self._decisions[ident] = decision  # type: ignore[assignment]
+                recent[ident] = 1
+            else:
+                recent[ident] = seen + 1
 
     def by_label(self) -> dict[tuple[str, str, str], int]:
         """The query counts by (protocol, qtype label, response type)."""
         counts: dict[tuple[str, str, str], int] = {}
-        for (transport, qtype, kind), count in list(self.queries.items()):
-            label = (transport, qtype_label(int.from_bytes(qtype, "big")), kind.value)
+        for (transport, qtype, kind), count in self.queries.items():
+            label = (transport, qtype_label(int.from_bytes(qtype, "big")), kind)
             counts[label] = counts.get(label, 0) + count
         return counts
+
+    def blocked_by_cause(self) -> dict[tuple[str, str], int]:
+        """The blocked queries by (source, trigger) since start."""
+        blocked = self._blocked
+        for ident, count in self._recent.items():
+            decision = self._decisions[ident]
+            cause = (decision.source, trigger_of(decision))
+            blocked[cause] = blocked.get(cause, 0) + count
+        self._recent.clear()
+        self._decisions.clear()
+        return dict(blocked)
+
+
+_BLOCKED = Kind.BLOCKED
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
@@ -140,7 +168,7 @@ class ServerCollector:
             "Queries answered with a blocked answer, by source and trigger",
             labels=["source", "trigger"],
         )
-        for (source, trigger), count in sorted(list(self.queries.blocked.items())):
+        for (source, trigger), count in sorted(self.queries.blocked_by_cause().items()):
             blocked.add_metric([source, trigger], count)
         yield blocked
 

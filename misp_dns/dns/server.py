@@ -3,6 +3,8 @@
 `Responder.respond` turns a received packet into the bytes to send back (or None to stay
 silent): wire checks, the client ACL, the resolver chain, encoding with truncation, and a
 `QueryEvent` for every answered query handed to the observers (the exporter). The
+`tally`, when set (the admin listener's query counter), is called for every answered query
+with the transport, the question and the answer, without building an event. The
 listeners only move bytes; TCP adds framing, pipelining (answers go out in whatever
 order they are ready), an idle timeout and a cap on open connections.
 """
@@ -37,7 +39,10 @@ from misp_dns.dns.wire import (
 )
 from misp_dns.event import Answer, Kind, PacketBody, QueryEvent
 
-__all__ = ["DNSStreamFactory", "Responder"]
+__all__ = ["DNSStreamFactory", "Responder", "Tally"]
+
+#: Called for every answered query with (transport, question in wire format, answer).
+Tally = Callable[[str, bytes, Answer], None]
 
 # Queries one TCP connection may have in flight before we stop reading from it.
 MAX_PIPELINED = 64
@@ -81,6 +86,7 @@ class Responder:
         self.limiter = limiter
         self.observers = observers if observers is not None else []
         self.counters = Counters()
+        self.tally: Tally | None = None
 
     def respond(
         self, data: bytes, client: str, transport: str
@@ -142,6 +148,12 @@ class Responder:
             return None  # the full path truncates
         self.counters.queries += 1
         self.counters.fast += 1
+        tally = self.tally
+        if tally is not None:
+            try:
+                tally("udp", query.question, answer)
+            except Exception:
+                self.log.failure("query tally failed")
         if self.observers:
             self._tell(
                 QueryEvent(
@@ -168,6 +180,12 @@ class Responder:
             wire = encode_response(request, answer.rcode)
         if answer.kind is Kind.SERVER_FAILURE:
             self.counters.server_failures += 1
+        tally = self.tally
+        if tally is not None:
+            try:
+                tally(transport, request.question_wire, answer)
+            except Exception:
+                self.log.failure("query tally failed")
         if self.observers:
             self._tell(
                 QueryEvent(
