@@ -3,8 +3,8 @@
 `/metrics` is rendered on the reactor thread with prometheus_client's own encoder (the
 format the scraper's Accept header asks for). prometheus_client's Twisted resource is not
 used: it binds the global reactor and collects in a thread-pool thread, where the collector
-would read counters while the reactor thread changes them; a scrape of a few hundred series
-takes about a millisecond here, less than a thread hand-off is worth.
+would read counters while the reactor thread changes them; a scrape of a small server's
+hundred lines takes 0.3 ms here, little to hold the reactor for.
 
 With a token, every request but /healthz and /readyz must carry `Authorization: Bearer
 <token>`; the token is compared in constant time (`hmac.compare_digest`) and appears in no
