@@ -100,9 +100,9 @@ def in_process(export: str, queries: int = 40_000, rounds: int = 5) -> dict[str,
     from misp_dns.dns.server import Responder
     from misp_dns.event import Answer
     from misp_dns.export.exporter import ExporterService, SinkSlot
-    from misp_dns.export.memory import MemorySink
     from misp_dns.interfaces import Action, Decision
     from misp_dns.policy.chain import PolicyChain
+    from misp_dns.testing import MemorySink
     from misp_dns.values import HostPort
 
     decision = Decision(Action.BLOCK, "misp-feed", indicator=BLOCKED_DOMAIN, report="r")

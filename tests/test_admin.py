@@ -30,14 +30,13 @@ from zope.interface import implementer
 from misp_dns.admin.web import AdminService, read_token
 from misp_dns.event import Answer
 from misp_dns.export.exporter import ExporterService, SinkSlot
-from misp_dns.export.memory import MemorySink
 from misp_dns.intel.updater import IndicatorUpdater
 from misp_dns.interfaces import BlockingOptions, IPolicy, PolicyQuery, RawIndicator
 from misp_dns.policy.allowlist import AllowlistOptions, AllowlistPolicy
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.policy.misp import MispBlockingPolicy
 from misp_dns.tap import build_service
-from misp_dns.testing import MemoryIndicatorSource
+from misp_dns.testing import MemoryIndicatorSource, MemorySink
 from misp_dns.values import AdminConfig, Config, ConfigError, HostPort, ServerConfig, Upstream
 
 NOW = 1_700_000_000.0

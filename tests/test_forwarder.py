@@ -368,6 +368,51 @@ def test_the_upstream_that_answered_is_asked_first_next_time() -> None:
     assert rig.sockets.made[-1].peer == ("192.0.2.2", 5353)
 
 
+# What the forwarder counts for the metrics.
+
+
+def test_an_answered_question_is_timed_into_the_latency_histogram() -> None:
+    """A question answered after 20 ms counts once, under the 25 ms bucket, with its time."""
+    rig = Rig()
+    asked = rig.ask()
+    rig.advance(0.02)
+    rig.reply()
+    result_of(asked)
+    buckets = dict(rig.forwarder.latency.cumulative())
+    assert rig.forwarder.latency.count == 1
+    assert (buckets[0.01], buckets[0.025]) == (0, 1)
+    assert rig.forwarder.latency.total == pytest.approx(0.02)
+
+
+def test_failed_attempts_are_counted_per_upstream() -> None:
+    """An upstream that stays silent past its attempt counts a failure, one that refuses
+    counts one too; the upstream that answers counts none, and the answer is timed."""
+    rig = Rig(UP1, UP2)
+    asked = rig.ask()
+    rig.advance(1)
+    rig.reply(1)
+    result_of(asked)
+    assert rig.forwarder.failures == {str(UP1): 1, str(UP2): 0}
+    again = rig.ask("next.example.com")
+    rig.sockets.made[-1].deliver_error(OSError(errno.ECONNREFUSED, "Connection refused"))
+    pump(rig.reactor, rig.sockets)
+    rig.reply()
+    result_of(again)
+    assert rig.forwarder.failures == {str(UP1): 1, str(UP2): 1}
+    assert rig.forwarder.latency.count == 2
+
+
+def test_a_question_no_upstream_answers_is_not_timed() -> None:
+    """A question that fails at the deadline adds failures, not a latency."""
+    rig = Rig()
+    asked = rig.ask()
+    for _ in range(10):
+        rig.advance(0.5)
+    failure_of(asked, UpstreamFailed)
+    assert rig.forwarder.latency.count == 0
+    assert rig.forwarder.failures[str(UP1)] == 3
+
+
 # Errors from the network.
 
 
