@@ -11,7 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from misp_dns.export.exporter import DEFAULT_MAX_QUEUE, ExporterService, SinkSlot
+from misp_dns.export.exporter import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_BYTES,
+    ExporterService,
+    SinkSlot,
+)
 from misp_dns.interfaces import BuildContext, IPolicy, ISink
 from misp_dns.registry import Registry
 from misp_dns.values import Config, ConfigError, PluginConfig, ServerConfig
@@ -59,16 +64,19 @@ def build_exporter(
     *,
     server: ServerConfig | None = None,
     max_queue: int | None = None,
+    max_queue_bytes: int | None = None,
 ) -> ExporterService:
     """The exporter for the `[[export]]` tables, each built by its registered type.
 
     Raises `ConfigError` ("export[1]: ...") when a sink cannot be built from its options.
-    The queue holds `max_queue` events; by default the largest `max_queue` of the sinks.
+    The queue holds `max_queue` events in `max_queue_bytes`; by default the largest
+    `max_queue` and `max_queue_bytes` of the sinks.
     """
     context = context_for(server or ServerConfig(), reactor)
     slots: list[SinkSlot] = []
     problems: list[str] = []
     bounds = []
+    byte_bounds = []
     for index, table in enumerate(tables):
         plugin = registry.exporters.get(table.type)
         if plugin is None:
@@ -85,8 +93,11 @@ def build_exporter(
         include = getattr(table.options, "include", "all")
         slots.append(SinkSlot(f"export[{index}] ({table.type})", sink, include == "blocked"))
         bounds.append(int(getattr(table.options, "max_queue", DEFAULT_MAX_QUEUE)))
+        byte_bounds.append(int(getattr(table.options, "max_queue_bytes", DEFAULT_MAX_QUEUE_BYTES)))
     if problems:
         raise ConfigError(problems)
     if max_queue is None:
         max_queue = max(bounds, default=DEFAULT_MAX_QUEUE)
-    return ExporterService(slots, reactor, max_queue=max_queue)
+    if max_queue_bytes is None:
+        max_queue_bytes = max(byte_bounds, default=DEFAULT_MAX_QUEUE_BYTES)
+    return ExporterService(slots, reactor, max_queue=max_queue, max_queue_bytes=max_queue_bytes)

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 from typing import Any
 
 import dns.message
 import pytest
 from conftest import no_result, result_of
-from integration.export_events import blocked_event, misp_decision, recursive_event, refused_event
+from integration.export_events import (
+    blocked_event,
+    event_for,
+    misp_decision,
+    recursive_event,
+    refused_event,
+    request,
+)
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
+from twisted.names import dns as tdns
 from zope.interface.verify import verifyObject
 
 from misp_dns.build import build_exporter
@@ -22,10 +32,16 @@ from misp_dns.dns.cache import AnswerCache
 from misp_dns.dns.forwarder import Forwarder
 from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.server import Responder
+from misp_dns.event import Answer, Kind
 from misp_dns.export.exporter import ExporterService, SinkSlot
 from misp_dns.export.http import HttpSink
 from misp_dns.export.jsonl import JsonlSink
-from misp_dns.export.syslog import SyslogSink
+from misp_dns.export.syslog import (
+    StreamSender,
+    SyslogFormatter,
+    SyslogSink,
+    _StreamFactory,
+)
 from misp_dns.interfaces import Decision, ISink, PolicyQuery
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.registry import default_registry
@@ -79,6 +95,110 @@ def test_full_queue_drops_the_newest_and_counts_them() -> None:
         "q2.example",
     ]
     assert exporter.dropped == 2
+
+
+def _upstream_txt(name: str, size: int) -> Any:
+    """A query answered by the upstream with one TXT record of `size` bytes."""
+    data = b"x" * size
+    strings = [data[i : i + 255] for i in range(0, size, 255)]
+    record = tdns.RRHeader(name.encode(), tdns.TXT, tdns.IN, 300, tdns.Record_TXT(*strings))
+    answer = Answer(tdns.OK, answers=(record,), kind=Kind.RECURSIVE, rtt=0.01)
+    return event_for(request(name, "TXT"), answer, response_size=size + 60)
+
+
+def test_the_queue_is_bounded_in_bytes_too() -> None:
+    """Large upstream answers (50 KB each) fill the queue by their size, long before its
+    count: it holds what fits max_queue_bytes, drops the newest, and its reckoning of what it
+    holds goes back to zero once they are exported."""
+    sink = MemorySink()
+    exporter, clock, _ = make_exporter(sink, max_queue=1000, max_queue_bytes=1 << 20)
+    for index in range(100):
+        exporter.observe(_upstream_txt(f"q{index}.example", 50_000))
+    assert exporter.queued_bytes <= 1 << 20
+    assert 0 < len(exporter) < 30 and exporter.dropped == 100 - len(exporter)
+    kept = len(exporter)
+    clock.advance(0.05)
+    assert [r["question"]["questionName"] for r in sink.records] == [
+        f"q{index}.example" for index in range(kept)
+    ]
+    assert exporter.queued_bytes == 0
+    exporter.observe(_upstream_txt("after.example", 50_000))
+    assert len(exporter) == 1
+
+
+def test_cached_answers_weigh_little_in_the_queue() -> None:
+    """A cached answer's records belong to the cache: a burst of a thousand cached answers
+    of a 50 KB record is queued whole, though their records would not fit 1 MiB."""
+    cache = AnswerCache(10, Clock())
+    event = _upstream_txt("big.example", 50_000)
+    key = (event.question[:-4].lower(), tdns.TXT, tdns.IN, False, 0)
+    cache.put(key, event.answer)
+    found = cache.lookup(key)
+    assert found is not None and found[0].packet is not None
+    cached = event_for(request("big.example", "TXT"), found[0], response_size=50_060)
+    exporter, _clock, _ = make_exporter(MemorySink(), max_queue_bytes=1 << 20)
+    for _ in range(1000):
+        exporter.observe(cached)
+    assert len(exporter) == 1000 and exporter.dropped == 0
+
+
+def test_a_down_syslog_receiver_and_a_huge_answer_hold_bounded_memory() -> None:
+    """The attack that took a server from 56 to 544 MB: a TCP syslog receiver that is down
+    and queries for a 51 KB TXT answer of binary data (here four records of 12.75 KB, about
+    180 kB of JSON in all). Each record is cut to its first answer (46 kB), the backlog
+    holds at most max_queue_bytes of them (4 MiB here, 36 MB before), the newest beyond are
+    dropped and counted, and what it held arrives as valid records once the receiver is
+    back."""
+    data = bytes(range(256)) * 50
+    strings = [data[i : i + 255] for i in range(0, 12_750, 255)]
+    txt = tuple(
+        tdns.RRHeader(b"big.example", tdns.TXT, tdns.IN, 300, tdns.Record_TXT(*strings))
+        for _ in range(4)
+    )
+    cache = AnswerCache(10, Clock())
+    req = request("big.example", "TXT")
+    key = (req.question_wire[:-4].lower(), tdns.TXT, tdns.IN, False, 0)
+    cache.put(key, Answer(tdns.OK, answers=txt))
+    found = cache.lookup(key)
+    assert found is not None
+    attempts: list[defer.Deferred[Any]] = []
+
+    def connect(factory: Any) -> defer.Deferred[Any]:
+        attempts.append(defer.Deferred())
+        attempts[-1].addErrback(lambda _failure: None)
+        return attempts[-1]
+
+    clock = Clock()
+    sender = StreamSender(connect, clock, description="tcp:down", max_queue_bytes=4 << 20)
+    sender.log = Logger(observer=lambda event: None)
+    sink = SyslogSink(SyslogFormatter(hostname="h", pid=1), sender)
+    exporter = ExporterService([SinkSlot("syslog", sink)], clock)
+    exporter.startService()
+    for index in range(200):
+        exporter.observe(event_for(req, found[0], client=f"10.0.0.{index}"))
+        clock.advance(0.05)
+    assert sender.held_bytes <= 4 << 20
+    assert sink.dropped > 100 and len(sender) + sink.dropped == 200
+    assert exporter.slots[0].dropped == sink.dropped
+    transport = StringTransport()
+    protocol = _StreamFactory(sender).buildProtocol(None)
+    protocol.makeConnection(transport)
+    delivered = [json.loads(frame.split(b" - ", 1)[1]) for frame in _frames(transport.value())]
+    assert len(delivered) == 200 - sink.dropped
+    assert all(len(record["answers"]) == 1 for record in delivered)
+    assert all(record["answersTruncated"] is True for record in delivered)
+    assert [record["clientIp"] for record in delivered][:3] == ["10.0.0.0", "10.0.0.1", "10.0.0.2"]
+    exporter.stopService()
+
+
+def _frames(data: bytes) -> list[bytes]:
+    """The messages of an octet-counted stream (RFC 6587)."""
+    out = []
+    while data:
+        length, _, rest = data.partition(b" ")
+        out.append(rest[: int(length)])
+        data = rest[int(length) :]
+    return out
 
 
 def test_drops_are_logged_at_most_once_per_ten_seconds() -> None:
@@ -286,7 +406,12 @@ def test_build_exporter_builds_every_configured_sink(tmp_path: Path) -> None:
         {"type": "jsonl", "path": str(tmp_path / "q.jsonl")},
         {"type": "syslog", "address": "127.0.0.1:5514", "include": "blocked"},
         {"type": "syslog", "address": "127.0.0.1:5514", "protocol": "tcp", "max_queue": 7},
-        {"type": "http", "url": "http://127.0.0.1:9/ingest", "max_queue": 500_000},
+        {
+            "type": "http",
+            "url": "http://127.0.0.1:9/ingest",
+            "max_queue": 500_000,
+            "max_queue_bytes": 100 << 20,
+        },
     )
     exporter = build_exporter(tables, default_registry(), Clock())
     kinds = [type(slot.sink) for slot in exporter.slots]
@@ -294,6 +419,9 @@ def test_build_exporter_builds_every_configured_sink(tmp_path: Path) -> None:
     assert [slot.blocked_only for slot in exporter.slots] == [False, True, False, False]
     assert [slot.name for slot in exporter.slots][1] == "export[1] (syslog)"
     assert exporter.max_queue == 500_000
+    assert exporter.max_queue_bytes == 100 << 20
+    assert exporter.slots[3].sink.max_queue_bytes == 100 << 20  # type: ignore[attr-defined]
+    assert exporter.slots[2].sink.sender.max_queue_bytes == 64 << 20  # type: ignore[attr-defined]
     for slot in exporter.slots:
         assert verifyObject(ISink, slot.sink)
 
@@ -327,6 +455,10 @@ def test_build_exporter_reports_build_problems_with_their_table(tmp_path: Path) 
         (
             {"type": "jsonl", "max_queue": 0},
             "export[0].max_queue: must be within 1..10000000, got 0",
+        ),
+        (
+            {"type": "jsonl", "max_queue_bytes": 4096},
+            "export[0].max_queue_bytes: must be within 1048576..17179869184, got 4096",
         ),
         ({"type": "http"}, "export[0].url: required key is missing"),
         ({"type": "kafka"}, "export[0].type: no export type 'kafka' is installed"),

@@ -6,6 +6,7 @@ import json
 from collections import deque
 from typing import Any
 
+import attrs
 import pytest
 from conftest import no_result, result_of
 from integration.export_events import blocked_event, recursive_event
@@ -13,6 +14,7 @@ from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.names import dns as tdns
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
@@ -220,6 +222,47 @@ def test_memory_is_bounded_while_the_collector_is_down() -> None:
     clock.advance(2)
     stub.flush()
     assert sorted(collector.accepted()) == sorted(f"n{i}.x" for i in range(5))
+
+
+def big_records(count: int, size: int) -> list[Any]:
+    """`count` records of about `size` bytes each (a TXT answer of `size` bytes)."""
+    encoder = RecordEncoder()
+    out = []
+    for index in range(count):
+        name = f"big{index}.x"
+        data = b"x" * size
+        strings = [data[i : i + 255] for i in range(0, size, 255)]
+        txt = tdns.RRHeader(name.encode(), tdns.TXT, tdns.IN, 300, tdns.Record_TXT(*strings))
+        event = recursive_event(name)
+        out.append(
+            encoder.encode(attrs.evolve(event, answer=attrs.evolve(event.answer, answers=(txt,))))
+        )
+    return out
+
+
+def test_held_bytes_are_bounded_while_the_collector_is_down() -> None:
+    """Large records fill the sink by their size long before its count: while requests
+    fail, at most max_queue_bytes of lines are held, the newest beyond are dropped and
+    counted, and once the collector is back the held records arrive, each once."""
+    collector = Collector()
+    collector.statuses.extend([503] * 100)
+    sink, clock, stub, _ = make_sink(
+        collector, max_queue=100_000, max_queue_bytes=1 << 20, batch_size=5
+    )
+    written = big_records(100, 40_000)
+    for record in written:
+        sink.write([record])
+        clock.advance(0.5)
+        stub.flush()
+    assert sink.held_bytes <= 1 << 20
+    assert 0 < len(sink) < 30 and sink.dropped == 100 - len(sink)
+    held = len(sink)
+    collector.statuses.clear()
+    for _ in range(10):
+        clock.advance(60)
+        stub.flush()
+    assert collector.accepted() == [f"big{index}.x" for index in range(held)]
+    assert sink.held_bytes == 0 and len(sink) == 0
 
 
 def test_stop_sends_what_is_held() -> None:

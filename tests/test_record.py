@@ -36,6 +36,7 @@ from twisted.names import dns as tdns
 from misp_dns.dns.cache import AnswerCache
 from misp_dns.event import Answer, Kind, QueryEvent
 from misp_dns.export.record import (
+    MAX_RECORD_BYTES,
     RecordEncoder,
     class_name,
     ede_name,
@@ -673,3 +674,88 @@ def test_wazuh_decoder_recognizes_jsonl_lines() -> None:
     pattern = r"\d".join(re.escape(part) for part in prematch[1:].split(r"\d"))
     for event in _all_kinds():
         assert re.match(pattern, RecordEncoder().encode(event).line)
+
+
+def _txt_event(*sizes: int, seconds: float = 1764151830.567, client: str = "127.0.0.1") -> Any:
+    """A recursive TXT answer (in monitor mode) of one record per size, each `size` bytes of
+    binary data (most bytes show as \\DDD, so the record is about four times the data)."""
+    data = bytes(range(256)) * 256
+    records = tuple(
+        tdns.RRHeader(
+            b"big.example",
+            tdns.TXT,
+            tdns.IN,
+            300,
+            tdns.Record_TXT(*[data[i : i + 255] for i in range(0, size, 255)]),
+        )
+        for size in sizes
+    )
+    decision = misp_decision("big.example", enforced=False)
+    answer = Answer(tdns.OK, records, kind=Kind.RECURSIVE, rtt=0.01, decision=decision)
+    return event_for(request("big.example", "TXT"), answer, timestamp=seconds, client=client)
+
+
+def test_a_record_over_the_cap_keeps_its_first_answers_and_says_it_was_cut() -> None:
+    """A huge answer (here six TXT records of 16 KB of binary data, 340 kB of JSON, the shape
+    an attacker serves to fill the sinks' queues) gives a record of at most MAX_RECORD_BYTES:
+    still one valid JSON line with every key and value of the whole record, its `answers` the
+    first answers that fit, each whole, and `"answersTruncated": true` right after them."""
+    event = _txt_event(*[16_000] * 6)
+    whole = json.loads(RecordEncoder(max_record_bytes=1 << 30).encode(event).line)
+    line = RecordEncoder().encode(event).line
+    assert len(line.encode()) <= MAX_RECORD_BYTES < 64 * 1024
+    record = json.loads(line)
+    assert list(record) == [*_RECORD_KEYS[:7], "answersTruncated", *_RECORD_KEYS[7:]]
+    assert record["answersTruncated"] is True
+    kept = record.pop("answers")
+    assert 0 < len(kept) < 6 and kept == whole.pop("answers")[: len(kept)]
+    del record["answersTruncated"]
+    assert record == whole
+
+
+def test_records_up_to_the_cap_are_left_byte_for_byte_as_they_were() -> None:
+    """A record exactly at the cap is written unchanged, with no new key; one byte over, its
+    answers are cut."""
+    event = _txt_event(3_000, 3_000, 3_000)
+    line = RecordEncoder(max_record_bytes=1 << 30).encode(event).line
+    size = len(line.encode())
+    assert RecordEncoder(max_record_bytes=size).encode(event).line == line
+    cut = json.loads(RecordEncoder(max_record_bytes=size - 1).encode(event).line)
+    assert cut["answersTruncated"] is True and len(cut["answers"]) == 2
+    assert "answersTruncated" not in RecordEncoder().encode(_txt_event(3_000)).line
+
+
+def test_one_answer_larger_than_the_cap_leaves_an_empty_list_marked_cut() -> None:
+    """An answer that alone is over the cap is left out whole, never cut in the middle."""
+    record = json.loads(RecordEncoder().encode(_txt_event(60_000)).line)
+    assert record["answers"] == [] and record["answersTruncated"] is True
+    assert record["question"]["questionName"] == "big.example"
+
+
+@given(
+    sizes=st.lists(st.integers(0, 4_000), min_size=1, max_size=8),
+    cap=st.integers(200, 40_000),
+    clients=st.lists(st.sampled_from(["10.0.0.1", "192.168.100.200", "2001:db8::1"]), min_size=1),
+)
+def test_cut_records_keep_the_longest_prefix_of_answers_that_fits(
+    sizes: list[int], cap: int, clients: list[str]
+) -> None:
+    """Whatever the answers and the cap, and for the same answer served to clients whose
+    records differ in length: a record fits the cap (unless even no answer would), keeps the
+    longest prefix of the answers that fits, and is marked exactly when it was cut."""
+    encoder = RecordEncoder(max_record_bytes=cap)
+    whole_encoder = RecordEncoder(max_record_bytes=1 << 30)
+    base = _txt_event(*sizes)
+    for client in clients:
+        event = attrs.evolve(base, client=client)
+        whole = json.loads(whole_encoder.encode(event).line)
+        line = encoder.encode(event).line
+        record = json.loads(line)
+        if "answersTruncated" not in record:
+            assert record == whole and len(line.encode()) <= cap
+            continue
+        kept = record["answers"]
+        assert kept == whole["answers"][: len(kept)] and len(kept) < len(whole["answers"])
+        assert len(line.encode()) <= cap or kept == []
+        longer = dict(record, answers=whole["answers"][: len(kept) + 1])
+        assert len(json.dumps(longer, separators=(",", ":")).encode()) > cap

@@ -7,9 +7,11 @@ import json
 import re
 import socket
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 from conftest import result_of
@@ -20,6 +22,7 @@ from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.names import dns as tdns
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -321,6 +324,53 @@ def test_backlog_is_bounded_newest_dropped() -> None:
     sender.send([b"1", b"2"])
     sender.send([b"3", b"4", b"5"])
     assert sender.dropped == 2 and len(sender) == 3
+
+
+def test_backlog_is_bounded_in_bytes_too() -> None:
+    """While the receiver is down, large messages fill the backlog by the memory they map
+    long before its count: the newest beyond max_queue_bytes are dropped and counted, and
+    the held ones are delivered whole, in order, once the receiver is back."""
+    clock = Clock()
+    connector = FakeConnector()
+    sender = StreamSender(
+        connector, clock, description="tcp:test", max_queue=100_000, max_queue_bytes=1 << 20
+    )
+    sender.log = type(sender.log)(observer=lambda event: None)
+    sender.start()
+    connector.fail()
+    messages = [b"%03d" % index + b"x" * 40_000 for index in range(100)]
+    sender.send(messages)
+    assert sender.held_bytes <= 1 << 20
+    assert 0 < len(sender) < 30 and sender.dropped == 100 - len(sender)
+    held = len(sender)
+    clock.advance(0.5)
+    _, transport = connector.succeed()
+    assert frames(transport.value()) == messages[:held]
+    assert sender.held_bytes <= 64 * 1024
+
+
+def test_records_a_full_backlog_drops_are_not_formatted_all_at_once() -> None:
+    """A batch of a thousand 56 kB records reaching a full backlog is formatted one message
+    at a time as the sender takes it, never as 56 MB of messages on their way to be
+    dropped."""
+    txt = tdns.RRHeader(b"big.x", tdns.TXT, tdns.IN, 300, tdns.Record_TXT(*[b"x" * 250] * 220))
+    event = recursive_event("big.x")
+    big = RecordEncoder().encode(
+        attrs.evolve(event, answer=attrs.evolve(event.answer, answers=(txt,)))
+    )
+    assert len(big.line) > 55_000
+    sender, connector, _ = stream(max_queue=1)
+    connector.fail()
+    sink = SyslogSink(SyslogFormatter(hostname="h", pid=1), sender)
+    batch = [big] * 1000
+    tracemalloc.start()
+    try:
+        sink.write(batch)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sender.dropped == 999
+    assert peak < 1 << 20
 
 
 def test_reconnects_with_growing_delay() -> None:

@@ -2,9 +2,10 @@
 
 The responder calls `ExporterService.observe(event)` for every answered query, on the
 reactor thread; it appends the event to a bounded queue and returns at once (when the queue
-holds `max_queue` events the newest are dropped and counted). A moment later, off the
-answer path, the exporter builds the records (with its own `record.RecordEncoder`, once
-per query, shared by every sink) and hands them to each sink in batches, filtered by the
+holds `max_queue` events, or events reckoned by `event_size` at `max_queue_bytes`, the
+newest are dropped and counted). A moment later, off the answer path, the exporter builds
+the records (with its own `record.RecordEncoder`, once per query, shared by every sink, each
+at most `record.MAX_RECORD_BYTES`) and hands them to each sink in batches, filtered by the
 sink's `include`. Sinks own their own bounded backlog and count what they drop; the
 exporter logs one line per sink that dropped records, within a second of the first drop
 and then at most once every 10 s (likewise for the queue). Stopping the service exports
@@ -30,12 +31,24 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from misp_dns.event import QueryEvent
+from misp_dns.export.options import DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_BYTES
 from misp_dns.export.record import QueryRecord, RecordEncoder, is_blocking
 from misp_dns.interfaces import ISink
 
-__all__ = ["DEFAULT_MAX_QUEUE", "ExporterService", "SinkSlot"]
+__all__ = [
+    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_MAX_QUEUE_BYTES",
+    "ExporterService",
+    "SinkSlot",
+    "event_size",
+]
 
-DEFAULT_MAX_QUEUE = 100_000
+#: What an event is reckoned to hold besides its answer's records: itself, its answer, the
+#: question and the client (about 750 bytes were measured for a one-record answer).
+EVENT_BYTES = 512
+#: What one parsed record is reckoned to hold besides its wire bytes: Twisted's RRHeader,
+#: Name and payload objects (40 A records took 17 kB against 673 bytes on the wire).
+RECORD_BYTES = 400
 #: How long events wait in the queue so that they are exported in batches.
 FLUSH_DELAY = 0.05
 #: At most this many events are exported per reactor turn.
@@ -44,6 +57,20 @@ CHUNK_SIZE = 1000
 REPORT_INTERVAL = 10.0
 #: How often the drop counters are looked at (seconds).
 CHECK_INTERVAL = 1.0
+
+
+def event_size(event: QueryEvent) -> int:
+    """The memory `event` is reckoned to hold while it waits in the queue.
+
+    An answer carried with its packet (cached or blocked) shares its records with the cache
+    or the policy, so only the event itself counts; an answer read from the upstream for
+    this query alone counts its response's wire size and its records too.
+    """
+    answer = event.answer
+    if answer.packet is not None:
+        return EVENT_BYTES
+    records = len(answer.answers) + len(answer.authority) + len(answer.additional)
+    return EVENT_BYTES + event.response_size + RECORD_BYTES * records
 
 
 @attrs.define(eq=False)
@@ -76,6 +103,7 @@ class ExporterService(service.Service):
         clock: IReactorTime,
         *,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         flush_delay: float = FLUSH_DELAY,
         chunk_size: int = CHUNK_SIZE,
         report_interval: float = REPORT_INTERVAL,
@@ -83,6 +111,7 @@ class ExporterService(service.Service):
         self.slots = list(slots)
         self.clock = clock
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
         self.flush_delay = flush_delay
         self.chunk_size = chunk_size
         self.report_interval = report_interval
@@ -91,6 +120,8 @@ class ExporterService(service.Service):
         #: Events turned into records and handed to the sinks.
         self.exported = 0
         self._queue: deque[QueryEvent] = deque()
+        #: What the queued events are reckoned to hold (`event_size`).
+        self.queued_bytes = 0
         self._encoder = RecordEncoder()
         self._filtering = any(slot.blocked_only for slot in self.slots)
         self._drain_call: IDelayedCall | None = None
@@ -108,10 +139,14 @@ class ExporterService(service.Service):
         """Queue one answered query for export; never blocks, never raises."""
         if not self.slots:
             return
-        if len(self._queue) >= self.max_queue:
+        # Written out for cached and blocked answers, the most common: this runs per query.
+        size = EVENT_BYTES if event.answer.packet is not None else event_size(event)
+        queued = self.queued_bytes + size
+        if queued > self.max_queue_bytes or len(self._queue) >= self.max_queue:
             self.dropped += 1
             return
         self._queue.append(event)
+        self.queued_bytes = queued
         if self._drain_call is None and self.running:
             self._drain_call = self.clock.callLater(self.flush_delay, self._drain)
 
@@ -163,6 +198,7 @@ class ExporterService(service.Service):
     def _export_chunk(self) -> None:
         queue = self._queue
         events = [queue.popleft() for _ in range(min(self.chunk_size, len(queue)))]
+        self.queued_bytes -= sum(map(event_size, events))
         encode = self._encoder.encode
         records: list[QueryRecord] = []
         blocked: list[QueryRecord] = []
@@ -217,9 +253,11 @@ class ExporterService(service.Service):
             self._reported_queue_drops = self.dropped
             self._queue_logged_at = now
             self.log.warn(
-                "export queue full (max_queue = {max_queue}): {count} query records"
-                " dropped for every sink ({total} since start)",
+                "export queue full (max_queue = {max_queue}, max_queue_bytes ="
+                " {max_queue_bytes}): {count} query records dropped for every sink"
+                " ({total} since start)",
                 max_queue=self.max_queue,
+                max_queue_bytes=self.max_queue_bytes,
                 count=new,
                 total=self.dropped,
             )

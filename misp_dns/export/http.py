@@ -11,6 +11,8 @@
     include = "all"                                    # or "blocked"
     max_queue = 100000                                 # records held while the collector
                                                        # is down; the newest beyond are dropped
+    max_queue_bytes = 67108864                         # ... as are those beyond this many
+                                                       # bytes of JSON lines held (64 MiB)
 
 Each request is `POST url` with `Content-Type: application/x-ndjson` and a body of one JSON
 record per line. One request is in flight at a time. A 2xx is success; a connection error,
@@ -39,7 +41,7 @@ from zope.interface import implementer
 
 from misp_dns import __version__
 from misp_dns.backoff import backoff_delay
-from misp_dns.export.options import SinkOptions
+from misp_dns.export.options import DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_BYTES, SinkOptions
 from misp_dns.export.record import QueryRecord
 from misp_dns.interfaces import BuildContext, ISink, PluginType
 from misp_dns.values import FieldError, between
@@ -103,7 +105,8 @@ class HttpSink:
         batch_size: int = 1000,
         batch_interval: float = 2.0,
         timeout: float = 10.0,
-        max_queue: int = 100_000,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         initial_delay: float = 1.0,
         max_delay: float = 60.0,
     ) -> None:
@@ -119,6 +122,7 @@ class HttpSink:
         self.batch_interval = batch_interval
         self.timeout = timeout
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
         self.initial_delay = initial_delay
         self.max_delay = max_delay
         #: Records lost: no room left, or a batch the collector refused for good.
@@ -129,6 +133,9 @@ class HttpSink:
         self.retries = 0
         self._pending: deque[str] = deque()
         self._batch: list[str] | None = None
+        #: Bytes of the lines held (waiting and in the batch), a newline each.
+        self.held_bytes = 0
+        self._batch_bytes = 0
         self._in_flight: defer.Deferred[Any] | None = None
         self._failures = 0
         self._timer: IDelayedCall | None = None
@@ -158,6 +165,7 @@ class HttpSink:
             batch_interval=options.batch_interval,
             timeout=options.timeout,
             max_queue=options.max_queue,
+            max_queue_bytes=options.max_queue_bytes,
         )
 
     def start(self) -> None:
@@ -167,12 +175,19 @@ class HttpSink:
 
     def write(self, records: Sequence[QueryRecord]) -> None:
         """Hold the records for the next batch; drop (and count) what does not fit."""
-        room = self.max_queue - len(self)
-        if room < len(records):
-            self.dropped += len(records) - max(room, 0)
-            records = records[: max(room, 0)]
-        self._pending.extend(record.line for record in records)
-        if len(self._pending) >= self.batch_size and self._idle():
+        pending = self._pending
+        held = len(self)
+        for record in records:
+            line = record.line
+            # A line is counted by its characters: the same as its bytes, bar non-ASCII text.
+            size = len(line) + 1
+            if held >= self.max_queue or self.held_bytes + size > self.max_queue_bytes:
+                self.dropped += 1
+                continue
+            pending.append(line)
+            held += 1
+            self.held_bytes += size
+        if len(pending) >= self.batch_size and self._idle():
             self._send()
 
     def _idle(self) -> bool:
@@ -187,6 +202,7 @@ class HttpSink:
         if self._batch is None:
             count = min(self.batch_size, len(self._pending))
             self._batch = [self._pending.popleft() for _ in range(count)]
+            self._batch_bytes = sum(map(len, self._batch)) + count
         body = ("\n".join(self._batch) + "\n").encode("utf-8", "backslashreplace")
         request = defer.maybeDeferred(self.http.post, self.url, data=body, headers=self.headers)
         # Set before the callbacks: an answer that is already there clears it at once.
@@ -205,7 +221,10 @@ class HttpSink:
 
     def _done(self, status: int) -> None:
         self._in_flight = None
-        batch, self._batch = self._batch or [], None
+        if status >= 500 or status in RETRIED_STATUSES:
+            self._retry_later(f"HTTP status {status}")
+            return
+        batch = self._release_batch()
         if 200 <= status < 300:
             self.sent += len(batch)
             self._failures = 0
@@ -214,10 +233,6 @@ class HttpSink:
                 self.log.info("http {url}: sending again", url=self.url)
             if len(self._pending) >= self.batch_size and self._running:
                 self.clock.callLater(0, self._send_if_idle)
-            return
-        if status >= 500 or status in RETRIED_STATUSES:
-            self._batch = batch
-            self._retry_later(f"HTTP status {status}")
             return
         self.dropped += len(batch)
         self.log.warn(
@@ -228,6 +243,13 @@ class HttpSink:
             count=len(batch),
         )
 
+    def _release_batch(self) -> list[str]:
+        """The batch just sent (or refused), no longer held."""
+        batch, self._batch = self._batch or [], None
+        self.held_bytes -= self._batch_bytes
+        self._batch_bytes = 0
+        return batch
+
     def _failed(self, failure: Failure) -> None:
         self._in_flight = None
         self._retry_later(failure.getErrorMessage() or repr(failure.value))
@@ -237,10 +259,12 @@ class HttpSink:
         if not self._failing:
             self._failing = True
             self.log.warn(
-                "http {url}: {reason}; retrying with backoff, holding up to {max_queue} records",
+                "http {url}: {reason}; retrying with backoff, holding up to {max_queue}"
+                " records in {max_queue_bytes} bytes",
                 url=self.url,
                 reason=reason,
                 max_queue=self.max_queue,
+                max_queue_bytes=self.max_queue_bytes,
             )
         if not self._running:
             return
@@ -287,6 +311,7 @@ class HttpSink:
             self.dropped += leftover
             self._pending.clear()
             self._batch = None
+            self.held_bytes = self._batch_bytes = 0
 
 
 STOP_BUDGET = 5.0

@@ -25,6 +25,9 @@ working, plus our own `policy`:
 - `policy`: present when a policy decided about the query: `source`, `domain` (the matched
   indicator), the MISP provenance fields that are known, and `"enforced": false` when the
   policy is in monitor mode.
+- `answersTruncated`: `true`, right after `answers`, when the line would have been over
+  `MAX_RECORD_BYTES` (60 KiB of UTF-8): `answers` then holds only the first answers that fit,
+  each whole. Below that size a record never has the key and is not changed at all.
 
 One `RecordEncoder` writes the records: the exporter makes one and owns it. It builds each
 record straight as its JSON line, reusing the JSON of the parts that repeat from query to
@@ -36,6 +39,7 @@ serialization.
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import socket
 import struct
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EDE_NAMES",
+    "MAX_RECORD_BYTES",
     "QueryRecord",
     "RecordEncoder",
     "class_name",
@@ -504,6 +509,15 @@ _KIND_VALUES: Mapping[Kind, str] = {kind: kind.value for kind in Kind}
 MEMO_SIZE = 8192
 #: Characters of answers JSON a `RecordEncoder` keeps: one answer can be tens of kB.
 ANSWER_MEMO_CHARS = 4 << 20
+#: The most a record's line may take, in UTF-8 bytes, before its answers are cut. An answer
+#: of 64 KB of binary TXT data is about 230 kB of JSON: thousands of those waiting for a
+#: receiver that is down filled hundreds of megabytes. 60 KiB keeps every record that is not
+#: made of huge answers whole, and leaves room for a syslog header (a few hundred bytes)
+#: within one UDP datagram (65,507 bytes).
+MAX_RECORD_BYTES = 60 * 1024
+_TRUNCATED_MARK = ',"answersTruncated":true'
+# A character takes at most 6 bytes as the sinks write it (a lone surrogate, backslashed).
+_MAX_BYTES_PER_CHAR = 6
 
 
 class RecordEncoder:
@@ -521,10 +535,19 @@ class RecordEncoder:
     """
 
     def __init__(
-        self, *, memo_size: int = MEMO_SIZE, answer_memo_chars: int = ANSWER_MEMO_CHARS
+        self,
+        *,
+        memo_size: int = MEMO_SIZE,
+        answer_memo_chars: int = ANSWER_MEMO_CHARS,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         self.memo_size = memo_size
         self.answer_memo_chars = answer_memo_chars
+        self.max_record_bytes = max_record_bytes
+        # Lines of at most this many characters cannot be over the cap: not measured.
+        self._unmeasured_chars = max_record_bytes // _MAX_BYTES_PER_CHAR
+        # The answers text cut last, its answers' texts and the size of each prefix.
+        self._cut: tuple[str, list[str], list[int]] | None = None
         self._stamp_ms = -1
         self._stamp_text = ""
         self._questions: dict[bytes, str] = {}
@@ -566,7 +589,34 @@ class RecordEncoder:
             f'"question":{question},"responseCode":{rcode},"responseType":"{kind_value}",'
             f'"answers":{answers},"edns":{ede}{rtt}{policy}}}'
         )
+        if len(line) > self._unmeasured_chars and answers != "[]":
+            line = self._capped(line, answers, f',"edns":{ede}{rtt}{policy}}}')
         return QueryRecord(line, kind_value, timestamp)
+
+    def _capped(self, line: str, answers: str, tail: str) -> str:
+        """`line` with as many of its first answers as fit `max_record_bytes`, marked
+        `answersTruncated`; `line` itself when it fits."""
+        size = _utf8_size(line)
+        if size <= self.max_record_bytes:
+            return line
+        head = line[: len(line) - len(tail) - len(answers)]
+        budget = self.max_record_bytes - (size - _utf8_size(answers)) - len(_TRUNCATED_MARK)
+        parts, prefix_sizes = self._answer_parts(answers)
+        kept = max(bisect.bisect_right(prefix_sizes, budget) - 1, 0)
+        return f"{head}[{','.join(parts[:kept])}]{_TRUNCATED_MARK}{tail}"
+
+    def _answer_parts(self, answers: str) -> tuple[list[str], list[int]]:
+        """The JSON of each answer in `answers`, and the size of `[` the first k `]` for each
+        k; the last answers cut are kept, as a large cached answer is served again and again."""
+        cut = self._cut
+        if cut is not None and cut[0] is answers:
+            return cut[1], cut[2]
+        parts = [_dumps(item) for item in json.loads(answers)]
+        prefix_sizes = [2]
+        for index, part in enumerate(parts):
+            prefix_sizes.append(prefix_sizes[-1] + _utf8_size(part) + (1 if index else 0))
+        self._cut = (answers, parts, prefix_sizes)
+        return parts, prefix_sizes
 
     def _remember(self, memo: dict[Any, str], key: Any, text: str) -> str:
         if len(memo) >= self.memo_size:
@@ -649,6 +699,11 @@ def is_blocking(event: QueryEvent) -> bool:
     return event.answer.kind is Kind.BLOCKED or (
         decision is not None and decision.action is Action.BLOCK
     )
+
+
+def _utf8_size(text: str) -> int:
+    """Bytes `text` takes as the sinks write it."""
+    return len(text.encode("utf-8", "backslashreplace"))
 
 
 def encode_records(records: Sequence[QueryRecord]) -> bytes:

@@ -48,6 +48,7 @@ class FrameSpool:
         self.segment_size = segment_size
         self._segments: deque[_Segment] = deque()
         self._frames = 0
+        self._mapped = 0
 
     def __len__(self) -> int:
         """How many frames are held."""
@@ -56,18 +57,25 @@ class FrameSpool:
     @property
     def mapped(self) -> int:
         """Bytes of memory mapped for the frames (whole segments, filled or not)."""
-        return sum(len(segment.memory) for segment in self._segments)
+        return self._mapped
+
+    def cost(self, message: bytes) -> int:
+        """Bytes of memory that appending `message` would map: 0 when the segment being
+        filled has room for it, else the size of the segment it would get."""
+        size = _framed_size(message)
+        segment = self._segments[-1] if self._segments else None
+        if segment is not None and segment.room() >= size:
+            return 0
+        return max(self.segment_size, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
 
     def append(self, message: bytes) -> None:
         """Hold `message`, framed as `LEN SP MSG`."""
-        header = b"%d " % len(message)
-        size = len(header) + len(message)
-        segment = self._segments[-1] if self._segments else None
-        if segment is None or segment.room() < size:
-            capacity = max(self.segment_size, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
-            segment = _Segment(capacity)
-            self._segments.append(segment)
-        segment.put(header)
+        capacity = self.cost(message)
+        if capacity:
+            self._segments.append(_Segment(capacity))
+            self._mapped += capacity
+        segment = self._segments[-1]
+        segment.put(b"%d " % len(message))
         segment.put(message)
         segment.frames += 1
         self._frames += 1
@@ -84,7 +92,7 @@ class FrameSpool:
             segment.used = segment.frames = 0
         else:
             self._segments.popleft()
-            segment.memory.close()
+            self._unmap(segment)
         return data, frames
 
     def take_all(self) -> tuple[bytes, int]:
@@ -98,6 +106,14 @@ class FrameSpool:
         """Forget every frame and unmap every segment; how many frames there were."""
         frames = self._frames
         while self._segments:
-            self._segments.popleft().memory.close()
+            self._unmap(self._segments.popleft())
         self._frames = 0
         return frames
+
+    def _unmap(self, segment: _Segment) -> None:
+        self._mapped -= len(segment.memory)
+        segment.memory.close()
+
+
+def _framed_size(message: bytes) -> int:
+    return len(b"%d " % len(message)) + len(message)

@@ -12,6 +12,7 @@
     server_name = ""            # tls: the name the certificate must carry; empty = the host
     include = "all"             # or "blocked"
     max_queue = 100000          # tcp/tls: records held while the receiver is down or slow
+    max_queue_bytes = 67108864  # tcp/tls: ... and the memory they may take (64 MiB)
 
 RFC 5424 messages read `<182>1 2025-11-26T10:10:30.567Z host misp-dns 4242 Blocked - {json}`:
 APP-NAME `misp-dns`, PROCID the process id, MSGID the record's `responseType`, no
@@ -22,11 +23,11 @@ Transports: `udp` (one datagram per message), `tcp` (RFC 6587 octet counting: `L
 `tls` (the same over TLS, RFC 5425; the certificate is checked against `ca_file` or the
 system's CAs and against `server_name`), `unix` (a datagram socket such as `/dev/log`).
 Nothing here ever waits for the receiver: a datagram that cannot leave at once is dropped;
-a stream keeps up to `max_queue` records while it is disconnected, connecting or pushed
-back, and drops the newest beyond that. Streams reconnect with a growing delay (0.5 s
-doubling to 30 s). Every loss is counted in `dropped` and reported by the exporter. (Bytes
-already handed to a TCP connection when it breaks, at most about 64 KB, are lost uncounted:
-TCP cannot say what arrived.)
+a stream keeps up to `max_queue` records, in at most `max_queue_bytes` of memory, while it
+is disconnected, connecting or pushed back, and drops the newest beyond that. Streams
+reconnect with a growing delay (0.5 s doubling to 30 s). Every loss is counted in `dropped`
+and reported by the exporter. (Bytes already handed to a TCP connection when it breaks, at
+most about 64 KB, are lost uncounted: TCP cannot say what arrived.)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -49,7 +50,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from misp_dns.backoff import backoff_delay
-from misp_dns.export.options import SinkOptions, one_of
+from misp_dns.export.options import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_BYTES,
+    SinkOptions,
+    one_of,
+)
 from misp_dns.export.record import QueryRecord
 from misp_dns.export.spool import FrameSpool
 from misp_dns.interfaces import BuildContext, ISink, PluginType
@@ -259,11 +265,11 @@ class DatagramSender:
             reason=failure.getErrorMessage(),
         )
 
-    def send(self, messages: Sequence[bytes]) -> None:
+    def send(self, messages: Iterable[bytes]) -> None:
         """Send each message; any that cannot leave at once is dropped and counted."""
         sock = self._socket
         if sock is None:
-            self.dropped += len(messages)
+            self.dropped += sum(1 for _ in messages)
             return
         target = self._target
         send = sock.send if target is None else lambda data: sock.sendto(data, target)
@@ -335,9 +341,10 @@ class _StreamFactory(Factory):
 class StreamSender:
     """Sends octet-counted messages over one TCP or TLS connection, reconnecting as needed.
 
-    Messages wait in a backlog of at most `max_queue` while the connection is down or pushed
-    back; the newest beyond that are dropped and counted. The backlog is a `FrameSpool`, so
-    the memory an outage took goes back to the system once its records are delivered.
+    Messages wait in a backlog of at most `max_queue` messages and `max_queue_bytes` of
+    mapped memory while the connection is down or pushed back; the newest beyond either bound
+    are dropped and counted. The backlog is a `FrameSpool`, so the memory an outage took goes
+    back to the system once its records are delivered.
     """
 
     log = Logger()
@@ -348,7 +355,8 @@ class StreamSender:
         reactor: Any,
         *,
         description: str,
-        max_queue: int = 100_000,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         initial_delay: float = 0.5,
         max_delay: float = 30.0,
         stop_timeout: float = STOP_TIMEOUT,
@@ -357,6 +365,7 @@ class StreamSender:
         self.reactor = reactor
         self.description = description
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
         self.initial_delay = initial_delay
         self.max_delay = max_delay
         self.stop_timeout = stop_timeout
@@ -382,19 +391,26 @@ class StreamSender:
     def __len__(self) -> int:
         return len(self._backlog)
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of memory the backlog maps."""
+        return self._backlog.mapped
+
     def start(self) -> None:
         """Connect (in the background; messages wait in the backlog meanwhile)."""
         self._running = True
         self._connect()
 
-    def send(self, messages: Sequence[bytes]) -> None:
-        """Queue the messages, framed; write what the connection takes now."""
+    def send(self, messages: Iterable[bytes]) -> None:
+        """Queue the messages, framed, those the bounds leave room for; write what the
+        connection takes now. Messages are taken one at a time, so a generator that formats
+        them never has more than one dropped message in memory."""
         backlog = self._backlog
-        room = self.max_queue - len(backlog)
-        if room < len(messages):
-            self.dropped += len(messages) - max(room, 0)
-            messages = messages[: max(room, 0)]
+        max_queue, max_bytes = self.max_queue, self.max_queue_bytes
         for message in messages:
+            if len(backlog) >= max_queue or backlog.mapped + backlog.cost(message) > max_bytes:
+                self.dropped += 1
+                continue
             backlog.append(message)
         if self._protocol is not None and not self._paused:
             self._pump()
@@ -426,11 +442,13 @@ class StreamSender:
             return
         self._failing = True
         self.log.warn(
-            "syslog {to}: {what}{reason}; retrying, holding up to {max_queue} records",
+            "syslog {to}: {what}{reason}; retrying, holding up to {max_queue} records"
+            " in {max_queue_bytes} bytes",
             to=self.description,
             what=what,
             reason=f": {failure.getErrorMessage()}" if failure is not None else "",
             max_queue=self.max_queue,
+            max_queue_bytes=self.max_queue_bytes,
         )
 
     def _schedule_retry(self) -> None:
@@ -538,7 +556,11 @@ class SyslogSink:
             return endpoint.connect(factory)
 
         sender = StreamSender(
-            connect, reactor, description=description, max_queue=options.max_queue
+            connect,
+            reactor,
+            description=description,
+            max_queue=options.max_queue,
+            max_queue_bytes=options.max_queue_bytes,
         )
         return cls(formatter, sender)
 
@@ -548,7 +570,7 @@ class SyslogSink:
 
     def write(self, records: Sequence[QueryRecord]) -> None:
         """Format and send the records; never waits, never raises for a receiver's trouble."""
-        self.sender.send([self.formatter(record) for record in records])
+        self.sender.send(map(self.formatter, records))
 
     def stop(self) -> Any:
         """Deliver what can be delivered in a few seconds, then close."""

@@ -59,13 +59,17 @@ def misp_decision(indicator: str = "stemtopx.com", *, enforced: bool = True) -> 
 
 
 def _event(req: Request, answer: Answer, **kwargs: Any) -> QueryEvent:
-    values: dict[str, Any] = {"timestamp": TIMESTAMP, "client": "127.0.0.1", "transport": "udp"}
+    values: dict[str, Any] = {
+        "timestamp": TIMESTAMP,
+        "client": "127.0.0.1",
+        "transport": "udp",
+        "response_size": 100,
+    }
     values.update(kwargs)
     return QueryEvent(
         question=req.question_wire,
         edns=req.edns is not None,
         answer=answer,
-        response_size=100,
         age=answer.age,
         **values,
     )

@@ -10,6 +10,8 @@ Config keys:
                in monitor mode); misp-dns does the filtering
     max_queue  records misp-dns may hold for its sinks before it drops the newest (default
                100000; the largest of the sinks' applies), as for the built-in sinks
+    max_queue_bytes  ... and the bytes they may take (default 64 MiB, at least 1 MiB; the
+               largest of the sinks' applies)
 
 Example:
     [[export]]
@@ -125,6 +127,7 @@ class CsvOptions:
     header: bool = True
     include: str = attrs.field(default="all", validator=_include)
     max_queue: int = attrs.field(default=100_000, validator=between(1, 10_000_000))
+    max_queue_bytes: int = attrs.field(default=64 << 20, validator=between(1 << 20, 1 << 34))
 
 
 def _value(record: Mapping[str, Any], field: str) -> Any:

@@ -152,14 +152,15 @@ def test_a_full_disk_drops_the_batch() -> None:
 
 def test_found_through_the_entry_point() -> None:
     """Installed beside misp-dns, `[[export]] type = "csv"` is a known sink type and takes
-    `include` and `max_queue` like the built-in sinks."""
+    `include`, `max_queue` and `max_queue_bytes` like the built-in sinks."""
     registry = default_registry()
     assert registry.exporters["csv"] is plugin
     table = {"type": "csv", "path": "/srv/q.csv", "fields": ["clientIp"], "include": "blocked"}
-    config = parse_config({"export": [table | {"max_queue": 50}]}, registry)
+    bounds = {"max_queue": 50, "max_queue_bytes": 2 << 20}
+    config = parse_config({"export": [table | bounds]}, registry)
     options = config.export[0].options
     assert options == CsvOptions(
-        path="/srv/q.csv", fields=("clientIp",), include="blocked", max_queue=50
+        path="/srv/q.csv", fields=("clientIp",), include="blocked", **bounds
     )
 
 
