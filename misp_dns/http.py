@@ -1,11 +1,12 @@
 """The HTTP client every part of misp-dns shares: TLS policy, a body cap, retries with backoff.
 
-`make_http_client` builds the treq client, validating TLS certificates unless
-`disable_tls_validation` says otherwise; the MISP REST client, the MISP feed reader and the
-`http` export sink all use it. `RetryingHttp` sends one request until it gets an answer worth
-returning: connection errors, timeouts, 408, 429 and 5xx are retried with `backoff_delay`'s
-exponential backoff and jitter (or the wait a 429/503 asks for), and a body larger than the
-cap fails instead of filling memory.
+`make_agent` builds a pooled `Agent`, validating TLS certificates unless
+`disable_tls_validation` says otherwise, and `make_http_client` the treq client over it; the
+MISP REST client and the MISP feed reader use the treq client, the `http` export sink the
+bare `Agent` (treq would ask for gzip and follow redirects). `RetryingHttp` sends one
+request until it gets an answer worth returning: connection errors, timeouts, 408, 429 and
+5xx are retried with `backoff_delay`'s exponential backoff and jitter (or the wait a 429/503
+asks for), and a body larger than the cap fails instead of filling memory.
 
 The errors it raises are `UnavailableError` and `ResponseError` unless the caller names its
 own classes (the MISP clients raise their `MispError` kinds, see `misp_dns.intel.errors`).
@@ -56,6 +57,7 @@ __all__ = [
     "RetryingHttp",
     "UnavailableError",
     "excerpt",
+    "make_agent",
     "make_http_client",
     "read_capped_body",
     "status_message",
@@ -442,23 +444,30 @@ class _UnverifiedPolicy:
 _tls_log = Logger(namespace="misp_dns.http")
 
 
-def make_http_client(
+def make_agent(
     reactor: Any, verify_tls: bool = True, *, pool: HTTPConnectionPool | None = None
-) -> Any:
-    """A treq `HTTPClient` over a pooled `Agent`; TLS certificates checked unless told not to.
+) -> Agent:
+    """A pooled `Agent`, TLS certificates checked unless told not to.
 
     With `verify_tls=False` any certificate is accepted, and a warning says so once, here.
+    An `Agent` follows no redirect and asks for no content coding: what it is sent is what
+    its caller reads.
     """
-    from treq.client import HTTPClient
-
     if pool is None:
         pool = HTTPConnectionPool(reactor, persistent=True)
     if verify_tls:
-        agent = Agent(reactor, pool=pool)
-    else:
-        _tls_log.warn(
-            "TLS certificate validation is disabled (disable_tls_validation = true): "
-            "anyone on the path can read the API key and feed false indicators"
-        )
-        agent = Agent(reactor, contextFactory=_UnverifiedPolicy(), pool=pool)
-    return HTTPClient(agent)
+        return Agent(reactor, pool=pool)
+    _tls_log.warn(
+        "TLS certificate validation is disabled (disable_tls_validation = true): "
+        "anyone on the path can read the API key and feed false indicators"
+    )
+    return Agent(reactor, contextFactory=_UnverifiedPolicy(), pool=pool)
+
+
+def make_http_client(
+    reactor: Any, verify_tls: bool = True, *, pool: HTTPConnectionPool | None = None
+) -> Any:
+    """A treq `HTTPClient` over `make_agent`'s pooled `Agent`."""
+    from treq.client import HTTPClient
+
+    return HTTPClient(make_agent(reactor, verify_tls, pool=pool))

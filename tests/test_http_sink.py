@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import tracemalloc
 from collections import deque
 from typing import Any
 
@@ -10,7 +12,7 @@ import attrs
 import pytest
 from conftest import no_result, result_of
 from integration.export_events import blocked_event, recursive_event
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -63,17 +65,17 @@ class Collector(Resource):
 
 
 class RefusingFirst:
-    """A treq-like client whose first `refusals` requests fail to connect."""
+    """An agent whose first `refusals` requests fail to connect."""
 
-    def __init__(self, inner: StubTreq, refusals: int) -> None:
+    def __init__(self, inner: RequestTraversalAgent, refusals: int) -> None:
         self.inner = inner
         self.refusals = refusals
 
-    def post(self, url: str, **kwargs: Any) -> defer.Deferred[Any]:
+    def request(self, *args: Any) -> defer.Deferred[Any]:
         if self.refusals:
             self.refusals -= 1
             return defer.fail(ConnectionRefusedError())
-        return self.inner.post(url, **kwargs)  # type: ignore[no-any-return]
+        return self.inner.request(*args)  # type: ignore[no-any-return]
 
 
 def records(*names: str) -> list[Any]:
@@ -81,10 +83,10 @@ def records(*names: str) -> list[Any]:
 
 
 def make_sink(
-    collector: Collector, client: Any = None, **kwargs: Any
-) -> tuple[HttpSink, Clock, StubTreq, list[dict[str, Any]]]:
+    collector: Any, client: Any = None, **kwargs: Any
+) -> tuple[HttpSink, Clock, RequestTraversalAgent, list[dict[str, Any]]]:
     clock = Clock()
-    stub = StubTreq(collector)
+    stub = RequestTraversalAgent(collector)
     sink = HttpSink(URL, client or stub, clock, **kwargs)
     logged: list[dict[str, Any]] = []
     sink.log = type(sink.log)(observer=logged.append)
@@ -94,7 +96,7 @@ def make_sink(
 
 def test_sink_is_an_isink() -> None:
     """The HTTP sink provides ISink."""
-    assert verifyObject(ISink, HttpSink(URL, StubTreq(Collector()), Clock()))
+    assert verifyObject(ISink, HttpSink(URL, RequestTraversalAgent(Collector()), Clock()))
 
 
 def test_records_are_posted_as_ndjson_every_interval_with_headers() -> None:
@@ -157,7 +159,7 @@ def test_server_errors_are_retried_with_backoff_without_loss_or_duplicates() -> 
 def test_connection_errors_are_retried() -> None:
     """A refused connection is retried like a 5xx; nothing is lost."""
     collector = Collector()
-    stub = StubTreq(collector)
+    stub = RequestTraversalAgent(collector)
     sink, clock, _, _ = make_sink(collector, client=RefusingFirst(stub, 2))
     sink.write(records("a.x"))
     clock.advance(2)
@@ -201,6 +203,110 @@ def test_client_errors_drop_the_batch_counted_and_logged() -> None:
     assert collector.accepted() == ["next.x"]
     assert sink.dropped == 1
     assert [e["status"] for e in logged if "status" in e] == [400]
+
+
+class Redirecting(Collector):
+    """A collector whose POSTs get `status` to another origin; a GET there (what following
+    the redirect would do) is recorded and answered 200, as a server someone else runs would."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        self.redirect_status = status
+        self.followed: list[tuple[str, dict[str, str]]] = []
+
+    def render_POST(self, request: Any) -> Any:
+        if self.statuses:
+            return super().render_POST(request)
+        self.requests.append(({}, request.content.read(), self.redirect_status))
+        request.setResponseCode(self.redirect_status)
+        request.setHeader(b"location", b"http://elsewhere.test/steal?token=abc")
+        return b""
+
+    def render_GET(self, request: Any) -> Any:
+        headers = {
+            name.decode().lower(): values[0].decode()
+            for name, values in request.requestHeaders.getAllRawHeaders()
+        }
+        self.followed.append((request.uri.decode(), headers))
+        return b"ok"
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirects_are_not_followed_and_the_batch_is_retried(status: int) -> None:
+    """A redirect to another origin is never followed, so the headers (a token) reach no
+    other server, and it is not success: the batch is kept and tried again with backoff,
+    one log line says where the redirect pointed (the origin only), and once the collector
+    answers 2xx the batch arrives there once."""
+    collector = Redirecting(status)
+    sink, clock, stub, logged = make_sink(collector, headers={"Authorization": "Bearer s3cret"})
+    sink.write(records("a.x", "b.x"))
+    clock.advance(2)
+    stub.flush()
+    clock.advance(1)
+    stub.flush()
+    assert collector.followed == []
+    assert [request[2] for request in collector.requests] == [status, status]
+    assert sink.sent == 0 and sink.dropped == 0 and len(sink) == 2
+    (warning,) = [e for e in logged if "retrying" in e["log_format"]]
+    assert "redirect to http://elsewhere.test," in warning["reason"]
+    assert "token" not in warning["reason"]
+    collector.statuses.append(200)
+    clock.advance(2)
+    stub.flush()
+    assert collector.accepted() == ["a.x", "b.x"] and sink.sent == 2
+
+
+def test_no_compressed_reply_is_asked_for_or_inflated() -> None:
+    """The sink asks for no content coding, and a collector that sends a gzip reply anyway
+    (10 kB inflating to 10 MB here; 1 MB took 2 GB) costs no more than its compressed bytes:
+    the reply is thrown away unread, and the 200 counts the batch as sent."""
+    bomb = gzip.compress(b"\0" * (10 << 20))
+
+    class Gzipping(Collector):
+        def render_POST(self, request: Any) -> Any:
+            super().render_POST(request)
+            request.setHeader(b"content-encoding", b"gzip")
+            return bomb
+
+    collector = Gzipping()
+    sink, clock, stub, _ = make_sink(collector)
+    sink.write(records("a.x"))
+    tracemalloc.start()
+    try:
+        clock.advance(2)
+        stub.flush()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    ((headers, _, _),) = collector.requests
+    assert headers["accept-encoding"] == "identity"
+    assert sink.sent == 1
+    assert peak < 2 << 20
+
+
+def test_a_reply_body_past_the_cap_closes_the_connection_and_is_not_waited_for() -> None:
+    """A collector that answers 200 and then streams a body without end: the sink reads at
+    most MAX_REPLY_BYTES of it, closes the connection, and counts the batch as sent, once;
+    nothing is sent again and nothing waits for the body to end."""
+    closed: list[Any] = []
+
+    class Streaming(Collector):
+        def render_POST(self, request: Any) -> Any:
+            super().render_POST(request)
+            request.notifyFinish().addBoth(closed.append)
+            request.write(b"x" * (2 << 20))
+            return NOT_DONE_YET
+
+    collector = Streaming()
+    sink, clock, stub, _ = make_sink(collector, timeout=5)
+    sink.write(records("a.x"))
+    clock.advance(2)
+    stub.flush()
+    assert len(closed) == 1 and closed[0] is not None  # lost, not finished by the server
+    assert sink.sent == 1 and len(sink) == 0
+    clock.advance(30)
+    stub.flush()
+    assert len(collector.requests) == 1 and sink.retries == 0
 
 
 def test_memory_is_bounded_while_the_collector_is_down() -> None:
@@ -310,7 +416,7 @@ def test_stop_waits_for_a_hanging_request_no_longer_than_the_timeout() -> None:
 def test_header_values_never_show_in_reprs() -> None:
     """Header values (tokens) are secrets: not in the options' or the sink's repr."""
     options = HttpOptions(url=URL, headers={"Authorization": "Bearer s3cret"})
-    sink = HttpSink(URL, StubTreq(Collector()), Clock(), headers=options.headers)
+    sink = HttpSink(URL, RequestTraversalAgent(Collector()), Clock(), headers=options.headers)
     assert "s3cret" not in repr(options) and "s3cret" not in repr(sink)
 
 
@@ -324,6 +430,10 @@ def test_header_values_never_show_in_reprs() -> None:
             "export[0].headers: the value of 'Authorization' holds characters",
         ),
         ({"url": URL, "headers": {"Content-Type": "text/plain"}}, "export[0].headers: 'Content-"),
+        (
+            {"url": URL, "headers": {"Accept-Encoding": "gzip"}},
+            "export[0].headers: 'Accept-Encoding' is set by misp-dns itself",
+        ),
         ({"url": URL, "batch_size": 0}, "export[0].batch_size: must be within 1..100000, got 0"),
         ({"url": URL, "headers": {"X": 1}}, "export[0].headers[X]: expected a string"),
     ],

@@ -14,13 +14,26 @@
     max_queue_bytes = 67108864                         # ... as are those beyond this many
                                                        # bytes of JSON lines held (64 MiB)
 
-Each request is `POST url` with `Content-Type: application/x-ndjson` and a body of one JSON
-record per line. One request is in flight at a time. A 2xx is success; a connection error,
-a timeout, a 5xx, a 408 or a 429 keeps the batch and tries it again after a growing delay
-(1 s doubling to 60 s); any other status drops the batch (counted, with one log line), as
-sending it again would not help. Stopping sends what is held, within `timeout`.
+Each request is `POST url` with `Content-Type: application/x-ndjson`, `Accept-Encoding:
+identity` and a body of one JSON record per line. One request is in flight at a time.
 
-HTTP goes through an injected treq-like client (`post`), `treq.testing.StubTreq` in tests.
+- Only a 2xx is success: the batch counts as sent.
+- A connection error, a timeout, a 408, a 429, a redirect (3xx), a 5xx or any status
+  outside 2xx and 4xx keeps the batch and tries it again after a growing delay (1 s doubling
+  to 60 s), with one log line until it works again. Redirects are never followed, so the
+  headers (often a token) reach no other server; a lasting redirect means `url` is wrong,
+  and the log line says where it points.
+- Any other 4xx drops the batch (counted, with one log line), as sending it again would
+  not help.
+- The reply body is read only so that the connection can serve the next request, at most
+  `MAX_REPLY_BYTES` of it (the connection is closed beyond), and discarded unread; it is
+  never decompressed.
+
+Stopping sends what is held, within `timeout`.
+
+HTTP goes through an injected `IAgent` (`misp_dns.http.make_agent`; in tests
+`treq.testing.RequestTraversalAgent` over a `twisted.web` resource). treq's client is not
+used: it would ask for gzip and follow redirects.
 """
 
 from __future__ import annotations
@@ -33,23 +46,30 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+import hyperlink
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from misp_dns import __version__
 from misp_dns.backoff import backoff_delay
 from misp_dns.export.options import DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_BYTES, SinkOptions
 from misp_dns.export.record import QueryRecord
+from misp_dns.http import make_agent, read_capped_body
 from misp_dns.interfaces import BuildContext, ISink, PluginType
 from misp_dns.values import FieldError, between
 
 __all__ = ["HttpOptions", "HttpSink", "plugin"]
 
 CONTENT_TYPE = "application/x-ndjson"
+#: Client errors that say "later" rather than "never".
 RETRIED_STATUSES = frozenset({408, 429})
+#: The most of a reply body that is read (and thrown away) before the connection is closed.
+MAX_REPLY_BYTES = 64 * 1024
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
@@ -73,7 +93,13 @@ def _valid_headers(_instance: object, attribute: attrs.Attribute[Any], value: An
             raise FieldError(
                 attribute.name, f"the value of {name!r} holds characters a header cannot carry"
             )
-        if name.lower() in ("content-type", "content-length", "host", "transfer-encoding"):
+        if name.lower() in (
+            "content-type",
+            "content-length",
+            "host",
+            "transfer-encoding",
+            "accept-encoding",
+        ):
             raise FieldError(attribute.name, f"{name!r} is set by misp-dns itself")
 
 
@@ -89,6 +115,47 @@ class HttpOptions(SinkOptions):
     disable_tls_validation: bool = False
 
 
+@implementer(IBodyProducer)
+class _Body:
+    """A request body already in memory, written in one piece."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: IConsumer) -> defer.Deferred[None]:
+        consumer.write(self._data)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        """Everything was written at once: nothing to pause."""
+
+    def resumeProducing(self) -> None:
+        """Everything was written at once: nothing to resume."""
+
+    def stopProducing(self) -> None:
+        """Everything was written at once: nothing to stop."""
+
+
+def _request_target(url: str) -> bytes:
+    """`url` as the bytes an `Agent` takes: a host in IDNA, a path percent-encoded."""
+    if url.isascii():
+        return url.encode("ascii")
+    return hyperlink.URL.from_text(url).to_uri().to_text().encode("ascii")
+
+
+def _origin(location: str) -> str:
+    """`scheme://host[:port]` of a redirect's target, for a log line (no path, no user)."""
+    try:
+        parts = urlsplit(location)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "an unreadable location"
+    if not parts.scheme or not parts.hostname:
+        return "a relative location"
+    return f"{parts.scheme}://{parts.hostname}{port}"
+
+
 @implementer(ISink)
 class HttpSink:
     """Batches records and POSTs them as NDJSON, retrying with backoff, memory bounded."""
@@ -98,7 +165,7 @@ class HttpSink:
     def __init__(
         self,
         url: str,
-        http: Any,
+        agent: Any,
         clock: Any,
         *,
         headers: Mapping[str, str] | None = None,
@@ -111,11 +178,16 @@ class HttpSink:
         max_delay: float = 60.0,
     ) -> None:
         self.url = url
-        self.http = http
+        self.agent = agent
         self.clock = clock
+        self._target = _request_target(url)
+        # A plain dict: `Headers` would show the values (a token) in its repr. Each request
+        # gets a `Headers` of its own.
         self.headers = {
             "Content-Type": [CONTENT_TYPE],
             "User-Agent": [f"misp-dns/{__version__}"],
+            # Reply bodies are thrown away: a compressed one would be no use.
+            "Accept-Encoding": ["identity"],
             **{name: [value] for name, value in (headers or {}).items()},
         }
         self.batch_size = batch_size
@@ -152,13 +224,11 @@ class HttpSink:
 
     @classmethod
     def from_config(cls, options: HttpOptions, context: BuildContext) -> HttpSink:
-        """The sink for one `[[export]] type = "http"` table, over a pooled treq client."""
-        from misp_dns.http import make_http_client
-
-        http = make_http_client(context.reactor, verify_tls=not options.disable_tls_validation)
+        """The sink for one `[[export]] type = "http"` table, over a pooled `Agent`."""
+        agent = make_agent(context.reactor, verify_tls=not options.disable_tls_validation)
         return cls(
             options.url,
-            http,
+            agent,
             context.reactor,
             headers=options.headers,
             batch_size=options.batch_size,
@@ -204,7 +274,9 @@ class HttpSink:
             self._batch = [self._pending.popleft() for _ in range(count)]
             self._batch_bytes = sum(map(len, self._batch)) + count
         body = ("\n".join(self._batch) + "\n").encode("utf-8", "backslashreplace")
-        request = defer.maybeDeferred(self.http.post, self.url, data=body, headers=self.headers)
+        request = defer.maybeDeferred(
+            self.agent.request, b"POST", self._target, Headers(self.headers), _Body(body)
+        )
         # Set before the callbacks: an answer that is already there clears it at once.
         self._in_flight = request
         request.addTimeout(self.timeout, self.clock)
@@ -212,16 +284,24 @@ class HttpSink:
         request.addCallbacks(self._done, self._failed)
         return request
 
-    @defer.inlineCallbacks
-    def _answered(self, response: Any) -> Any:
-        # Read the body so the connection can serve the next request.
-        with contextlib.suppress(Exception):
-            yield response.content()
-        return response.code
+    def _answered(self, response: IResponse) -> defer.Deferred[IResponse]:
+        """`response` once its body was read (at most `MAX_REPLY_BYTES`) and thrown away, so
+        the connection can serve the next request; only the status matters."""
+        reading = read_capped_body(response, MAX_REPLY_BYTES, f"http {self.url}: the reply")
+        reading.addErrback(lambda _failure: None)
+        return reading.addCallback(lambda _body: response)
 
-    def _done(self, status: int) -> None:
+    def _done(self, response: IResponse) -> None:
         self._in_flight = None
-        if status >= 500 or status in RETRIED_STATUSES:
+        status = response.code
+        if 300 <= status < 400:
+            location = (response.headers.getRawHeaders("location") or [""])[-1]
+            self._retry_later(
+                f"HTTP status {status}, a redirect to {_origin(location)}, which is not"
+                " followed (is url right?)"
+            )
+            return
+        if not 200 <= status < 500 or status in RETRIED_STATUSES:
             self._retry_later(f"HTTP status {status}")
             return
         batch = self._release_batch()
