@@ -49,6 +49,7 @@ __all__ = [
     "UnboundProcess",
     "base_server_lines",
     "integration_config",
+    "stub_resolver_config",
     "write_config",
 ]
 
@@ -147,6 +148,38 @@ def integration_config(directory: Path, port: int) -> Path:
     conf = directory / "unbound.conf"
     conf.write_text(_render(server, clauses))
     return conf
+
+
+def stub_resolver_config(
+    directory: Path, port: int, stubs: Sequence[str], upstream: Address, trust_anchor: Path
+) -> Path:
+    """Write the configuration of a validating resolver that asks `upstream` (an
+    authoritative server on loopback) for the zones `stubs`, with `trust_anchor` (a DNSKEY
+    file) as its only anchor; return the conf.
+
+    The root is a stub to the same server, which refuses it, so a name outside `stubs`
+    never sends a packet past loopback (a name delegated away inside them would: do not
+    ask for one). Extended DNS Errors are on.
+    """
+    host, upstream_port = upstream
+    server = [
+        line
+        for line in base_server_lines(directory, port)
+        if not line.startswith(("do-not-query-localhost", "module-config"))
+    ]
+    server += [
+        "do-not-query-localhost: no",
+        'module-config: "validator iterator"',
+        f'trust-anchor-file: "{trust_anchor}"',
+        "ede: yes",
+        "val-log-level: 2",
+    ]
+    server += [f'local-zone: "{zone}" transparent' for zone in stubs]
+    clauses = [
+        f'stub-zone:\n    name: "{zone}"\n    stub-addr: {host}@{upstream_port}\n'
+        for zone in (*stubs, ".")
+    ]
+    return write_config(directory, server, clauses)
 
 
 def write_config(directory: Path, server: Sequence[str], clauses: Sequence[str] = ()) -> Path:
