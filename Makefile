@@ -8,7 +8,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= etc/misp-dns.toml
 # Debian packages the integration tests and benchmarks drive: command -> package.
-DEBIAN_TOOLS := unbound:unbound dig:dnsutils dnsperf:dnsperf rsyslogd:rsyslog logrotate:logrotate
+DEBIAN_TOOLS := unbound:unbound dig:dnsutils dnsperf:dnsperf rsyslogd:rsyslog logrotate:logrotate \
+	nsd:nsd ldns-keygen:ldnsutils ldns-signzone:ldnsutils
 
 .PHONY: run test lint typecheck unit integration check-config tools bench clean
 

@@ -64,6 +64,9 @@ _PACKAGES = {
     "dnsperf": "dnsperf",
     "rsyslogd": "rsyslog",
     "logrotate": "logrotate",
+    "nsd": "nsd",
+    "ldns-keygen": "ldnsutils",
+    "ldns-signzone": "ldnsutils",
 }
 
 
