@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port, require_tool
 
+from .daemon import DnsDaemon
 from .fake_upstream import ScriptedUpstream
 from .server import MispDnsProcess
 from .server_group import NOWHERE, ServerGroup
@@ -49,7 +50,7 @@ def pytest_runtest_makereport(
     report = yield
     if report.failed:
         for name, value in getattr(item, "funcargs", {}).items():
-            if isinstance(value, MispDnsProcess | UnboundProcess):
+            if isinstance(value, MispDnsProcess | DnsDaemon):
                 report.sections.append((f"log of {name} ({value.log_path})", value.log_text()))
     return report
 

@@ -15,17 +15,14 @@ kind a forwarder has to relay:
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import dns.message
 import dns.rdatatype
 
-from .net import stop_process
-from .wire import Address, make_query, udp_exchange
+from .daemon import DnsDaemon
+from .wire import Address
 
 __all__ = [
     "BIG_TXT",
@@ -189,64 +186,15 @@ def write_config(directory: Path, server: Sequence[str], clauses: Sequence[str] 
     return conf
 
 
-class UnboundProcess:
-    """`unbound -d -c conf` as a child process, started and stopped by the caller."""
+class UnboundProcess(DnsDaemon):
+    """`unbound -d -c conf` as a child process, ready once it answers the A query of
+    `probe` (see `DnsDaemon`)."""
+
+    name = "unbound"
 
     def __init__(self, binary: str, conf: Path, address: Address, probe: str = WWW) -> None:
-        self.binary = binary
-        self.conf = conf
-        self.address = address
-        self.probe = probe
-        self.log_path = conf.with_suffix(".log")
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(binary, conf, address, probe)
 
-    @property
-    def pid(self) -> int:
-        """The process id (for CPU pinning)."""
-        assert self._process is not None
-        return self._process.pid
-
-    def start(self, timeout: float = 15.0) -> None:
-        """Start Unbound and return once it answers a query for `probe`."""
-        with open(self.log_path, "wb") as log:
-            self._process = subprocess.Popen(
-                [self.binary, "-d", "-c", str(self.conf)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        try:
-            self._wait(timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait(self, timeout: float) -> None:
-        assert self._process is not None
-        deadline = time.monotonic() + timeout
-        query = make_query(self.probe, "A").to_wire()
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"unbound exited {self._process.returncode}:\n{self.log_text()}")
-            reply = udp_exchange(query, self.address, timeout=0.2)
-            if reply is None:
-                time.sleep(0.02)
-                continue
-            response = dns.message.from_wire(reply)
-            if response.rcode() == 0 and any(r.rdtype == dns.rdatatype.A for r in response.answer):
-                return
-        raise RuntimeError(f"unbound did not answer within {timeout} s:\n{self.log_text()}")
-
-    def stop(self) -> None:
-        """Stop Unbound: SIGTERM, then SIGKILL after five seconds."""
-        process, self._process = self._process, None
-        stop_process(process)
-
-    def log_text(self, limit: int = 20000) -> str:
-        """The end of what Unbound logged."""
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(max(0, os.path.getsize(self.log_path) - limit))
-                return log.read().decode(errors="replace")
-        except OSError:
-            return ""
+    def ready(self, response: dns.message.Message) -> bool:
+        """NOERROR with an A record."""
+        return response.rcode() == 0 and any(r.rdtype == dns.rdatatype.A for r in response.answer)
