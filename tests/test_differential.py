@@ -2,7 +2,7 @@
 
 The end-to-end test compares misp-dns with NSD and Unbound; these tests pin that its
 comparison catches what it must (AA from a forwarder, a TTL that grew, glue missing over
-TCP, compressed RDATA names) and lets through only what its table allows.
+TCP, compressed RDATA names) and lets through only what its list of allowed differences allows.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _ours(ttl: int, *, additional: tuple[str, ...] = ()) -> dns.message.Message:
     return _response(query, lines, additional=additional)
 
 
-def test_what_the_table_allows_is_no_difference() -> None:
+def test_what_the_rules_allow_is_no_difference() -> None:
     """RA without AA, a TTL counted down, another record order: no difference."""
     exchange = _exchange(Variant(), _ours(3590), _nsd_answer(3600))
     assert differences(exchange, NSD) == []

@@ -149,7 +149,7 @@ class Exchange:
 
 @attrs.frozen
 class Rules:
-    """What may differ from a given reference (see the table in test_differential_e2e).
+    """What may differ from a given reference (see the list in test_differential_e2e).
 
     `authoritative`: the reference is an authoritative server (AA and RA are its own, not a
     resolver's). `age` is how many seconds misp-dns's cache may have held an answer (and,
@@ -162,7 +162,7 @@ class Rules:
 
 def differences(exchange: Exchange, rules: Rules) -> list[str]:
     """Every difference between misp-dns's answer and the reference's that `rules` and the
-    table do not allow, as readable lines; empty when the answers agree."""
+    list do not allow, as readable lines; empty when the answers agree."""
     found = _wire(exchange)
     ours = exchange.ours
     if isinstance(ours, str):

@@ -406,7 +406,7 @@ def test_answers_as_nsd(
     began: float,
 ) -> None:
     """misp-dns relays NSD's answer to each shape of record as NSD gives it, over UDP and
-    TCP, with EDNS and DO or without, beyond the allowed differences of the table."""
+    TCP, with EDNS and DO or without, beyond the differences the module docstring allows."""
     rules = Rules(authoritative=True, age=time.monotonic() - began + 1)
     _compare(case, variant, in_front_of_nsd, nsd.address, full_answer, rules)
 
@@ -428,7 +428,7 @@ def test_answers_as_unbound(
 ) -> None:
     """misp-dns in front of a validating Unbound answers as Unbound does: AD with DO,
     SERVFAIL for bogus data unless CD, error answers with Unbound's flags, beyond the
-    allowed differences of the table."""
+    differences the module docstring allows."""
     rules = Rules(authoritative=False, age=time.monotonic() - began + 1)
     _compare(case, variant, in_front_of_resolver, resolver.address, full_answer, rules)
 
