@@ -51,9 +51,12 @@ Over TCP nothing may be left out. Read on misp-dns's raw bytes as well: an answe
 larger than the query allowed (512 bytes without EDNS, 1232 with), and names inside RDATA
 are compressed only in the types of RFC 1035 (RFC 3597 section 4).
 
-What main gets wrong is in `KNOWN`, each marked `xfail(strict=True)`: issue 13 items 1 to 5
-are being fixed on other branches, so these marks fail once the fixes land and must then be
-removed; a label holding a dot inside an answer's names is a defect this test found.
+What main gets wrong is in `KNOWN`, each marked `xfail(strict=True)` so that the mark fails
+once the fix lands and must then be removed: a label holding a dot inside the names of an
+answer is a defect this test found. (Issue 13 items 1 to 5, which it also caught, are fixed:
+a compressed DNAME target, FORMERR for a dot inside a question's label, RA on NOTIMP and
+FORMERR, TC when only a positive answer's NS records did not fit, and TCP answers missing
+what the upstream left out of a UDP answer.)
 """
 
 from __future__ import annotations
@@ -237,10 +240,6 @@ ERROR_CASES = [
 BADVERS_CASES = [Case(f"www.{D}", "A", "BADVERS", "EDNS version 1", edns_version=1)]
 
 
-def _issue(item: int) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"issue 13 item {item}, fixed on another branch")
-
-
 _DOTTED_NAMES = pytest.mark.xfail(
     strict=True,
     reason="found by this test: a name inside an answer whose label holds a dot "
@@ -249,26 +248,6 @@ _DOTTED_NAMES = pytest.mark.xfail(
 
 #: What main gets wrong: (test, case id, variant id or "*" for all) -> its mark.
 KNOWN: dict[tuple[str, str, str], pytest.MarkDecorator] = {
-    # Item 1: the DNAME target is compressed; dnspython rejects the whole answer.
-    ("nsd", "host.dname.diff.test/A", "*"): _issue(1),
-    ("nsd", "nx.dname.diff.test/A", "*"): _issue(1),
-    ("nsd", "dname.diff.test/DNAME", "*"): _issue(1),
-    ("nsd", "host.dname.signed.test/A", "*"): _issue(1),
-    ("unbound", "host.dname.signed.test/A", "*"): _issue(1),
-    # Item 2: a question whose label holds a dot gets FORMERR.
-    ("nsd", "a\\.b.diff.test/A", "*"): _issue(2),
-    ("nsd", "a\\.b.diff.test/TXT", "*"): _issue(2),
-    ("unbound", "a\\.b.diff.test/A", "*"): _issue(2),
-    # Item 3: NOTIMP and FORMERR with RA set; FORMERR without the questions and the OPT.
-    ("unbound", "www.diff.test/A-opcode-STATUS", "*"): _issue(3),
-    ("unbound", "www.diff.test/A-opcode-IQUERY", "*"): _issue(3),
-    ("unbound", "www.diff.test/A-2-questions", "*"): _issue(3),
-    # Item 4: TC when only the NS records of a positive answer did not fit in 512 bytes.
-    ("nsd", "fits512.wide.test/TXT", "udp"): _issue(4),
-    # Item 5: over TCP, what NSD left out of its 1232-byte UDP answer is missing.
-    ("nsd", "fits512.wide.test/TXT", "tcp-edns"): _issue(5),
-    ("nsd", "fits1232.wide.test/A", "tcp-edns"): _issue(5),
-    # Found by this test.
     ("nsd", "to-dotted.diff.test/A", "*"): _DOTTED_NAMES,
     ("unbound", "to-dotted.diff.test/A", "*"): _DOTTED_NAMES,
 }
