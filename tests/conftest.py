@@ -9,6 +9,9 @@
 - `require_package("misp-dns-example-policy")` does the same for an optional Python package
   (one that `make test` installs but a bare checkout may lack).
 - `free_port()` gives a loopback port free for both UDP and TCP.
+- `SHARED_DATA` is the real data beside the repository (`../shared/data`); the environment
+  variable `MISP_DNS_SHARED_DATA` points elsewhere, for a checkout that does not sit beside it
+  (a git worktree).
 - `result_of(d)` / `failure_of(d, *kinds)` / `no_result(d)` are trial's own
   `successResultOf`/`failureResultOf`/`assertNoResult`, as plain functions: the result of a
   Deferred that has fired, the exception of one that failed, or a check that it has not fired.
@@ -21,6 +24,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
@@ -31,6 +35,7 @@ from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 __all__ = [
+    "SHARED_DATA",
     "failure_of",
     "free_port",
     "no_result",
@@ -42,6 +47,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+SHARED_DATA = Path(
+    os.environ.get("MISP_DNS_SHARED_DATA")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
 
 settings.register_profile(
     "ci",

@@ -13,16 +13,17 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from conftest import failure_of, result_of, unless_present
+from conftest import SHARED_DATA, failure_of, result_of, unless_present
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from zope.interface.verify import verifyObject
 
 from misp_dns.intel.blocking import thread_runner
 from misp_dns.intel.errors import MispError, MispUnavailableError
 from misp_dns.intel.feed import MispFeedError, MispFeedSource
 from misp_dns.intel.misp_options import MispFeedOptions
+from misp_dns.intel.warninglist import WarninglistFilter, load_warninglist
 from misp_dns.interfaces import IIndicatorSource
 from misp_dns.testing import FakeFeed, Fault
 from misp_dns.values import Duration
@@ -33,6 +34,9 @@ URL = "https://feeds.test/misp/infoblox"
 BEACON = "dad88707-beb8-4a14-94e2-5ffecf5a5f85"  # c2_beacon_20230414_iocs, 6 domains
 DECOY = "6c1c6c4f-5cde-474f-bb69-8e5b8b041f81"  # 7 domains, 5 ip-dst, 5 sha256
 MISSING = "3493a2df-8c62-451b-99bf-312292104994"
+WARNINGLISTS = SHARED_DATA / "warninglists"
+TRANCO = "Top 10K most-used sites from Tranco"
+DYNAMIC_DNS = "List of known dynamic DNS domains"
 
 
 @pytest.fixture
@@ -244,6 +248,68 @@ def test_every_layout_of_an_event_gives_what_a_whole_decode_gives(
         found[encoding] = (indicators, stats.attributes, stats.malformed)
     assert len(found["utf-8"][0]) == 22
     assert found["utf-8"] == found["utf-16"]
+
+
+def _add_well_known_names(directory: Path) -> None:
+    """Put two Tranco names and a dynamic DNS name among BEACON's domains."""
+
+    def add(event: dict[str, Any]) -> None:
+        template = event["Attribute"][0]
+        for index, value in enumerate(["google.com", "mail.google.com", "c2.ddns.net"]):
+            event["Attribute"].append(dict(template, value=value, uuid=f"u{index}"))
+
+    bump(directory, BEACON, add)
+
+
+@unless_present(WARNINGLISTS, "the real MISP warninglists in ../shared/data")
+def test_indicators_on_warninglists_are_dropped_and_counted_by_list(feed_dir: Path) -> None:
+    """With the real dynamic DNS and Tranco lists, their names leave the feed's indicators
+    (the real feed itself lists cbox4.ignorelist.com, a dynamic DNS name, in two events), every
+    fetch counts them under the first list holding them, unchanged events too, and logs one
+    line naming each list with its count."""
+    _add_well_known_names(feed_dir)
+    lists = tuple(
+        load_warninglist(WARNINGLISTS / f"{n}.json") for n in ("dynamic-dns", "tranco10k")
+    )
+    source = MispFeedSource(str(feed_dir), warninglists=WarninglistFilter(lists))
+    with capturedLogs() as events:
+        found = [i.value for i in result_of(source.fetch())]
+    assert len(found) == 25 - 5
+    assert not set(found) & {"google.com", "mail.google.com", "c2.ddns.net", "cbox4.ignorelist.com"}
+    counts = {DYNAMIC_DNS: 3, TRANCO: 2}
+    assert source.last_stats.warninglisted == counts
+    [line] = [e for e in events if "warninglist" in e["log_format"]]
+    assert line["warninglisted"] == counts
+    text = f"5 indicators dropped for being on a warninglist ({DYNAMIC_DNS}: 3, {TRANCO}: 2)"
+    assert text in formatEvent(line)
+    result_of(source.fetch())
+    assert source.last_stats.events_unchanged == 3
+    assert source.last_stats.warninglisted == counts
+
+
+@unless_present(WARNINGLISTS, "the real MISP warninglists in ../shared/data")
+def test_from_options_reads_the_warninglists(feed_dir: Path) -> None:
+    """`warninglists = [paths]` in a misp-feed table drops what the lists hold."""
+    _add_well_known_names(feed_dir)
+    tranco = str(WARNINGLISTS / "tranco10k.json")
+    source = MispFeedSource.from_options(
+        MispFeedOptions(url=str(feed_dir), warninglists=(tranco,)), Clock()
+    )
+    found = {i.value for i in result_of(source.fetch())}
+    assert not found & {"google.com", "mail.google.com"}
+    assert "cbox4.ignorelist.com" in found
+    assert source.last_stats.warninglisted == {TRANCO: 3}
+
+
+def test_without_warninglists_nothing_is_dropped_or_logged_for_them(feed_dir: Path) -> None:
+    """No warninglists: the well-known names stay, and no warninglist line is logged."""
+    _add_well_known_names(feed_dir)
+    source = MispFeedSource(str(feed_dir))
+    with capturedLogs() as events:
+        found = {i.value for i in result_of(source.fetch())}
+    assert {"google.com", "c2.ddns.net", "cbox4.ignorelist.com"} <= found
+    assert source.last_stats.warninglisted == {}
+    assert not [e for e in events if "warninglist" in e["log_format"]]
 
 
 def test_from_options_for_a_directory(feed_dir: Path) -> None:

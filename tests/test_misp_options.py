@@ -170,3 +170,41 @@ def test_key_file_readable_by_others_gives_a_warning(tmp_path: Path) -> None:
     (warning,) = [e for e in events if e.get("log_level") == LogLevel.warn]
     text = str(warning["log_format"]).format(**warning)
     assert str(path) in text and "chmod 600" in text and KEY not in text
+
+
+def test_feed_takes_a_list_of_warninglist_paths() -> None:
+    """`warninglists` is an array of file paths (empty by default); an empty path or a string
+    instead of an array is a problem named by its TOML path."""
+    table = {"type": "misp-feed", "url": "feed"}
+    assert options_of(table).warninglists == ()
+    assert options_of({**table, "warninglists": ["a.json", "b.json"]}).warninglists == (
+        "a.json",
+        "b.json",
+    )
+    assert any(
+        line.startswith("policy[0].warninglists: entry 1 is an empty path")
+        for line in problems({**table, "warninglists": ["a.json", " "]})
+    )
+    assert any(
+        line.startswith("policy[0].warninglists")
+        for line in problems({**table, "warninglists": "a.json"})
+    )
+
+
+def test_an_unreadable_warninglist_fails_building_the_policy(tmp_path: Path) -> None:
+    """Building a misp-feed policy (at start, SIGHUP or --check-config) reads its lists: a
+    missing one is a ConfigError line naming the table, the key and the file."""
+    from twisted.internet.task import Clock
+
+    from misp_dns.build import build_policy, context_for
+    from misp_dns.registry import default_registry
+    from misp_dns.values import PluginConfig, ServerConfig
+
+    gone = tmp_path / "gone.json"
+    table = PluginConfig("misp-feed", MispFeedOptions(url="feed", warninglists=(str(gone),)))
+    context = context_for(ServerConfig(state_dir=str(tmp_path)), Clock())
+    with pytest.raises(ConfigError) as caught:
+        build_policy(0, table, default_registry(), context)
+    assert caught.value.problems == [
+        f"policy[0]: warninglists[0]: {gone}: cannot read: No such file or directory"
+    ]

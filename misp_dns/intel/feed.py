@@ -11,6 +11,9 @@ previous version (if any) kept, and the rest goes on; only a missing or malforme
 fails the fetch. Event UUIDs must look like UUIDs, so a hostile manifest cannot reach files
 outside the feed.
 
+With `warninglists` (MISP warninglists, see `misp_dns.intel.warninglist`), an indicator on any
+of them is dropped as its event is read, and each fetch logs how many each list dropped.
+
     source = MispFeedSource("etc/sample-feed", run_blocking=thread_runner(reactor))
     source = MispFeedSource("https://feeds.example/misp", http=treq, clock=reactor)
 """
@@ -41,6 +44,7 @@ from misp_dns.intel.blocking import run_inline, thread_runner
 from misp_dns.intel.errors import MispError, MispResponseError, MispUnavailableError
 from misp_dns.intel.json_stream import object_members
 from misp_dns.intel.misp_client import AttributeCounts, parse_attributes
+from misp_dns.intel.warninglist import WarninglistFilter
 from misp_dns.interfaces import IIndicatorSource, RawIndicator
 
 if TYPE_CHECKING:
@@ -72,7 +76,8 @@ class FeedStats(AttributeCounts):
 
     `events` were listed in the manifest; `events_read` were (re)read this time,
     `events_unchanged` reused from the last fetch; `events_missing` had no file;
-    `events_failed` could not be read or parsed; `manifest_skipped` entries were malformed.
+    `events_failed` could not be read or parsed; `manifest_skipped` entries were malformed;
+    `warninglisted` counts the indicators dropped for being on a warninglist, by list name.
     """
 
     events: int = 0
@@ -81,6 +86,7 @@ class FeedStats(AttributeCounts):
     events_missing: int = 0
     events_failed: int = 0
     manifest_skipped: int = 0
+    warninglisted: dict[str, int] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -88,6 +94,7 @@ class _Event:
     timestamp: int | None
     indicators: tuple[RawIndicator, ...]
     counts: AttributeCounts
+    warninglisted: Mapping[str, int] = attrs.field(factory=dict)
 
 
 def _timestamp(value: object) -> int | None:
@@ -119,15 +126,29 @@ def _parse_manifest(data: bytes, where: str) -> tuple[dict[str, int | None], int
 _CONTEXT_KEYS = ("id", "uuid", "info")
 
 
-def _parse_event(data: bytes, event_uuid: str, timestamp: int | None) -> _Event:
-    """One event file into its indicators (pure; safe to run in a thread).
+def _parse_event(
+    data: bytes,
+    event_uuid: str,
+    timestamp: int | None,
+    warninglists: WarninglistFilter | None = None,
+) -> _Event:
+    """One event file into its indicators, less those on `warninglists` (pure; safe to run
+    in a thread).
 
     Read one attribute at a time when the event is laid out as MISP writes it (`id`, `uuid`
     and `info` before the attributes); otherwise, or for a broken file, decoded whole.
     """
-    streamed = _streamed_event(data, event_uuid, timestamp)
-    if streamed is not None:
-        return streamed
+    event = _streamed_event(data, event_uuid, timestamp) or _whole_event(
+        data, event_uuid, timestamp
+    )
+    if warninglists is None:
+        return event
+    kept, dropped = warninglists.split(event.indicators)
+    return _Event(event.timestamp, tuple(kept), event.counts, dropped)
+
+
+def _whole_event(data: bytes, event_uuid: str, timestamp: int | None) -> _Event:
+    """An event file decoded whole, whatever its layout (`_BadEvent` if it is no event)."""
     try:
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError):
@@ -198,7 +219,8 @@ class MispFeedSource:
     `manifest.json`. For URLs, `http` (treq's API) and `clock` are required; requests get a
     timeout, a body cap and three attempts with backoff, redirects are followed (no
     credentials are sent). `run_blocking` runs file reading and JSON parsing (default: on
-    the calling thread; pass `thread_runner(reactor)` for big feeds).
+    the calling thread; pass `thread_runner(reactor)` for big feeds). `warninglists` drops
+    the indicators on any of its lists (see `misp_dns.intel.warninglist`).
     """
 
     url: str
@@ -213,6 +235,7 @@ class MispFeedSource:
     backoff: float = 1.0
     max_retry_delay: float = 60.0
     concurrency: int = 4
+    warninglists: WarninglistFilter | None = attrs.field(default=None, repr=False)
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
     last_stats: FeedStats = attrs.field(factory=FeedStats, repr=False)
     _events: dict[str, _Event] = attrs.field(factory=dict, repr=False, alias="_events")
@@ -233,6 +256,9 @@ class MispFeedSource:
         file reading and parsing run in the reactor's thread pool when it has one.
         """
         kwargs: dict[str, Any] = {"clock": reactor, "timeout": options.request_timeout}
+        lists = options.read_warninglists()
+        if lists:
+            kwargs["warninglists"] = WarninglistFilter(lists)
         if IReactorThreads.providedBy(reactor):
             kwargs["run_blocking"] = thread_runner(reactor)
         if options.url.lower().startswith(("http://", "https://")):
@@ -296,6 +322,8 @@ class MispFeedSource:
             stats.other_types += event.counts.other_types
             for field, count in event.counts.malformed.items():
                 stats.malformed[field] = stats.malformed.get(field, 0) + count
+            for name, count in event.warninglisted.items():
+                stats.warninglisted[name] = stats.warninglisted.get(name, 0) + count
         self.last_stats = stats
         self.log.info(
             "MISP feed {url}: {indicators} indicators from {events} events "
@@ -311,7 +339,21 @@ class MispFeedSource:
             other=stats.other_types,
             skipped=stats.skipped,
         )
+        if self.warninglists is not None:
+            self._log_warninglisted(self.warninglists, stats)
         return indicators
+
+    def _log_warninglisted(self, warninglists: WarninglistFilter, stats: FeedStats) -> None:
+        by_list = dict.fromkeys((w.name for w in warninglists.lists), 0)
+        by_list.update(stats.warninglisted)
+        stats.warninglisted = by_list
+        self.log.info(
+            "MISP feed {url}: {dropped} indicators dropped for being on a warninglist ({lists})",
+            url=self.url,
+            dropped=sum(by_list.values()),
+            lists=", ".join(f"{name}: {count}" for name, count in by_list.items()),
+            warninglisted=by_list,
+        )
 
     async def _event(
         self, http: RetryingHttp | None, event_uuid: str, timestamp: int | None, stats: FeedStats
@@ -325,7 +367,7 @@ class MispFeedSource:
         try:
             data = await self._read(http, name)
             event: _Event = await self.run_blocking(
-                lambda: _parse_event(data, event_uuid, timestamp)
+                lambda: _parse_event(data, event_uuid, timestamp, self.warninglists)
             )
         except _Missing:
             stats.events_missing += 1

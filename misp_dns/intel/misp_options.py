@@ -17,10 +17,13 @@
     [[policy]]
     type = "misp-feed"
     url = "etc/sample-feed"                   # a directory or http(s) URL with manifest.json
+    warninglists = []                         # MISP warninglist files; indicators on them
+                                              # are dropped as the feed is read
     # plus every key above but server_url, api_key, api_key_file and pagination_limit
 
-`__init__` checks values only; the key file is read by `MispOptions.read_api_key()` when the
-policy is built, so `--check-config` reports a missing or unreadable file too.
+`__init__` checks values only; the key file is read by `MispOptions.read_api_key()` and the
+warninglists by `MispFeedOptions.read_warninglists()` when the policy is built, so
+`--check-config` reports a missing or unreadable file too.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from urllib.parse import urlsplit
 import attrs
 from twisted.logger import Logger
 
+from misp_dns.intel.warninglist import Warninglist, WarninglistError, load_warninglist
 from misp_dns.values import BlockingOptions, ConfigError, FieldError, between
 
 __all__ = ["BlockingOptions", "MispFeedOptions", "MispOptions"]
@@ -55,6 +59,12 @@ _EXAMPLE = "https://misp.example.com"
 def _not_empty(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value.strip():
         raise FieldError(attribute.name, "must not be empty")
+
+
+def _paths(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for index, path in enumerate(value):
+        if not path.strip():
+            raise FieldError(attribute.name, f"entry {index} is an empty path")
 
 
 @attrs.frozen(kw_only=True)
@@ -110,3 +120,32 @@ class MispFeedOptions(BlockingOptions):
     """`[[policy]] type = "misp-feed"`: indicators from a MISP feed (a directory or URL)."""
 
     url: str = attrs.field(validator=_not_empty)
+    warninglists: tuple[str, ...] = attrs.field(default=(), validator=_paths)
+
+    def read_warninglists(self) -> tuple[Warninglist, ...]:
+        """The `warninglists` files, read and ready to match.
+
+        Raises `ConfigError` with one line per file that cannot be used. Logs, per list, the
+        entries left out (networks or patterns that are not valid).
+        """
+        lists: list[Warninglist] = []
+        problems: list[str] = []
+        for index, path in enumerate(self.warninglists):
+            try:
+                found = load_warninglist(path)
+            except WarninglistError as exc:
+                problems.append(f"warninglists[{index}]: {exc}")
+                continue
+            if found.skipped:
+                _log.warn(
+                    "warninglist {path} ({name}): {skipped} of its entries are not valid for"
+                    " its type {type!r} and are left out",
+                    path=path,
+                    name=found.name,
+                    skipped=found.skipped,
+                    type=found.type,
+                )
+            lists.append(found)
+        if problems:
+            raise ConfigError(problems)
+        return tuple(lists)
