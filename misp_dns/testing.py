@@ -40,6 +40,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from misp_dns.intel.warninglist import Warninglist
 from misp_dns.interfaces import (
     Decision,
     IIndicatorSource,
@@ -146,6 +147,15 @@ class _Stored:
     event_uuid: str
     tags: list[dict[str, Any]]
     attribute: dict[str, Any]
+    decayed: bool | None = None
+
+
+@attrs.frozen
+class _EventMeta:
+    """What MISP knows of an event but does not put in a restSearch attribute's `Event`."""
+
+    published: bool
+    threat_level_id: str
 
 
 def _serve_faulted(request: Request, fault: Fault, hanging: list[Request]) -> bytes | int:
@@ -190,6 +200,42 @@ def _truthy(value: object) -> bool | None:
     return str(value).strip().lower() in ("1", "true")
 
 
+def _tag_terms(value: object) -> tuple[list[str], list[str], list[str]]:
+    """MISP's `tags` filter as its (OR, NOT, AND) lists: an object with those keys, or a list
+    (or a `&&`-joined string) whose `!`-prefixed entries are negated."""
+    if isinstance(value, str):
+        value = value.split("&&")
+    if isinstance(value, Mapping):
+        return tuple(  # type: ignore[return-value]
+            [str(tag) for tag in _as_list(value.get(key))] for key in ("OR", "NOT", "AND")
+        )
+    wanted: list[str] = []
+    negated: list[str] = []
+    for tag in _as_list(value):
+        text = str(tag)
+        if text.startswith("!"):
+            negated.append(text[1:])
+        else:
+            wanted.append(text)
+    return wanted, negated, []
+
+
+def _as_list(value: object) -> list[object]:
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _like(pattern: str) -> re.Pattern[str]:
+    """SQL LIKE, as MISP matches tag names: `%` any text, `_` one character, any case."""
+    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+    return re.compile(regex, re.IGNORECASE | re.DOTALL)
+
+
+def _carries(names: list[str], pattern: re.Pattern[str]) -> bool:
+    return any(pattern.fullmatch(name) for name in names)
+
+
 _RELATIVE = re.compile(r"^(\d+)([dhms])$")
 _UNIT = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
@@ -201,12 +247,22 @@ class FakeMisp(Resource):
     - An empty body answers 400; the filters may be wrapped as `{"request": {...}}`.
     - Filters: `type` (string or list), `to_ids`, `deleted` (default: not deleted; `[0, 1]`
       both), `timestamp` (`15d`/`12h`/`30m` relative to `now()`, or epoch; anything else
-      matches nothing), `includeEventTags`.
+      matches nothing), `includeEventTags`, `published` (the event's flag), `threat_level_id`
+      (one or a list, "1".."4"), and `tags`: `{"OR": [...], "NOT": [...], "AND": [...]}` or a
+      list with `!`-negated entries; a tag is carried when the attribute or its event has it,
+      and names match as SQL LIKE (`%`, `_`, any case), as MISP looks tags up.
     - `limit` + `page` (offset = limit * (page - 1)); the order is stable only with
       `"order": "Attribute.id asc"` (or `desc`), otherwise it changes from request to request.
       A page past the end is 200 with an empty list.
-    - Values in `after_limit_filter` are removed after the limit, as MISP's warninglist
-      filtering does, so a short page is not the end.
+    - After the limit, as MISP does, so that a short page is not the end: `enforceWarninglist`
+      removes the attributes on any of `warninglists` (the fake's enabled lists);
+      `excludeDecayed` removes those whose every decay score is decayed (`add_attribute(...,
+      decayed=True)`); values in `after_limit_filter` are removed too.
+    - `includeDecayScore` (implied by `excludeDecayed`, whatever its value, as in MISP) gives
+      each attribute a `decay_score` list (empty when no model scored it) and its event's tags.
+    - Filters named in `ignored_filters` are ignored, as an older or misconfigured MISP would.
+    - The embedded `Event` holds what MISP puts there (`id`, `uuid`, `info`, orgs,
+      `publish_timestamp`), not the published flag or the threat level.
     - `script(...)` queues `Fault`s (None = answer normally) for the next requests.
     - `requests` records every request; `hanging` holds the requests left unanswered.
     """
@@ -220,10 +276,13 @@ class FakeMisp(Resource):
         self.requests: list[RecordedRequest] = []
         self.hanging: list[Request] = []
         self.after_limit_filter: set[str] = set()
+        self.warninglists: list[Warninglist] = []
+        self.ignored_filters: set[str] = set()
         self._faults: deque[Fault | None] = deque()
         self._stored: list[_Stored] = []
         self._events: dict[str, dict[str, Any]] = {}
         self._event_tags: dict[str, list[dict[str, Any]]] = {}
+        self._event_meta: dict[str, _EventMeta] = {}
 
     # -- loading --------------------------------------------------------------------------
 
@@ -234,6 +293,8 @@ class FakeMisp(Resource):
         uuid: str | None = None,
         tags: Iterable[str] = ("tlp:white",),
         publish_timestamp: int | None = None,
+        published: bool = True,
+        threat_level_id: int | str = 4,
     ) -> dict[str, Any]:
         """Add an event (the small form restSearch embeds) and return it."""
         event_uuid = uuid or str(uuid_module.uuid4())
@@ -247,7 +308,10 @@ class FakeMisp(Resource):
             "publish_timestamp": str(publish_timestamp or int(self.now())),
         }
         self._events[event_uuid] = event
-        self._event_tags[event_uuid] = [_tag(name, i + 1) for i, name in enumerate(tags)]
+        self._event_tags[event_uuid] = [
+            _tag(name, i + 1, inherited=True) for i, name in enumerate(tags)
+        ]
+        self._event_meta[event_uuid] = _EventMeta(published, str(threat_level_id))
         return event
 
     def add_attribute(
@@ -264,8 +328,13 @@ class FakeMisp(Resource):
         uuid: str | None = None,
         category: str = "Network activity",
         tags: Iterable[str] = (),
+        decayed: bool | None = None,
     ) -> dict[str, Any]:
-        """Add one attribute (to `event`, or to a default event) and return its JSON form."""
+        """Add one attribute (to `event`, or to a default event) and return its JSON form.
+
+        `decayed` is what MISP's decaying models say of it: None (no model scores it), True
+        (every model finds it decayed) or False.
+        """
         if event is None:
             event = self._default_event()
         ident = len(self._stored) + 1
@@ -290,7 +359,7 @@ class FakeMisp(Resource):
             "value": value,
         }
         own_tags = [_tag(name, 100 + i) for i, name in enumerate(tags)]
-        self._stored.append(_Stored(ident, stamp, event["uuid"], own_tags, attribute))
+        self._stored.append(_Stored(ident, stamp, event["uuid"], own_tags, attribute, decayed))
         return attribute
 
     def add_values(self, values: Iterable[str], type: str = "domain", **options: Any) -> int:
@@ -320,6 +389,8 @@ class FakeMisp(Resource):
                 uuid=raw.get("uuid", event_uuid),
                 tags=[tag["name"] for tag in raw.get("Tag", [])],
                 publish_timestamp=int(raw.get("publish_timestamp") or raw.get("timestamp") or 0),
+                published=bool(raw.get("published", True)),
+                threat_level_id=raw.get("threat_level_id") or 4,
             )
             attributes = list(raw.get("Attribute", []))
             for obj in raw.get("Object", []):
@@ -402,6 +473,7 @@ class FakeMisp(Resource):
         return _json_reply(request, 200, {"response": {"Attribute": page}})
 
     def _search(self, filters: Mapping[str, Any], serial: int) -> list[dict[str, Any]]:
+        filters = {k: v for k, v in filters.items() if k not in self.ignored_filters}
         found = self._filtered(filters)
         order = str(filters.get("order") or "").strip().lower()
         if order in ("attribute.id asc", "attribute.id"):
@@ -414,9 +486,22 @@ class FakeMisp(Resource):
         if limit:
             page = max(1, _int_or_none(filters.get("page")) or 1)
             found = found[limit * (page - 1) : limit * page]
-        found = [s for s in found if s.attribute["value"] not in self.after_limit_filter]
-        with_event_tags = bool(_truthy(filters.get("includeEventTags")))
-        return [self._render_attribute(stored, with_event_tags) for stored in found]
+        found = [s for s in found if not self._removed_after_limit(s, filters)]
+        scored = bool(_truthy(filters.get("includeDecayScore"))) or "excludeDecayed" in filters
+        with_event_tags = scored or bool(_truthy(filters.get("includeEventTags")))
+        return [self._render_attribute(stored, with_event_tags, scored) for stored in found]
+
+    def _removed_after_limit(self, stored: _Stored, filters: Mapping[str, Any]) -> bool:
+        """What MISP drops after its SQL limit: warninglisted and decayed attributes."""
+        attribute = stored.attribute
+        if attribute["value"] in self.after_limit_filter:
+            return True
+        if _truthy(filters.get("enforceWarninglist")) and any(
+            warninglist.match(attribute["type"], attribute["value"]) is not None
+            for warninglist in self.warninglists
+        ):
+            return True
+        return bool(_truthy(filters.get("excludeDecayed"))) and stored.decayed is True
 
     def _filtered(self, filters: Mapping[str, Any]) -> list[_Stored]:
         found = self._stored
@@ -434,7 +519,28 @@ class FakeMisp(Resource):
         if "timestamp" in filters:
             since = self._since(filters["timestamp"])
             found = [] if since is None else [s for s in found if s.timestamp >= since]
+        published = _truthy(filters.get("published"))
+        if published is not None:
+            found = [s for s in found if self._event_meta[s.event_uuid].published == published]
+        levels = {str(level) for level in _as_list(filters.get("threat_level_id"))}
+        if levels:
+            found = [s for s in found if self._event_meta[s.event_uuid].threat_level_id in levels]
+        if filters.get("tags"):
+            found = self._tagged(found, filters["tags"])
         return list(found)
+
+    def _tagged(self, found: list[_Stored], value: object) -> list[_Stored]:
+        wanted, negated, required = ([_like(tag) for tag in terms] for terms in _tag_terms(value))
+        kept = []
+        for stored in found:
+            names = [t["name"] for t in (*self._event_tags[stored.event_uuid], *stored.tags)]
+            if wanted and not any(_carries(names, tag) for tag in wanted):
+                continue
+            if any(_carries(names, tag) for tag in negated):
+                continue
+            if all(_carries(names, tag) for tag in required):
+                kept.append(stored)
+        return kept
 
     def _since(self, value: object) -> int | None:
         """A MISP time filter as an epoch; None when MISP would match nothing."""
@@ -450,7 +556,9 @@ class FakeMisp(Resource):
             return None
         return int(self.now()) - int(match.group(1)) * _UNIT[match.group(2)]
 
-    def _render_attribute(self, stored: _Stored, with_event_tags: bool) -> dict[str, Any]:
+    def _render_attribute(
+        self, stored: _Stored, with_event_tags: bool, scored: bool = False
+    ) -> dict[str, Any]:
         out = dict(stored.attribute)
         out["Event"] = dict(self._events[stored.event_uuid])
         tags = list(stored.tags)
@@ -458,11 +566,22 @@ class FakeMisp(Resource):
             tags = [*self._event_tags[stored.event_uuid], *tags]
         if tags:
             out["Tag"] = [dict(tag) for tag in tags]
+        if scored:
+            out["decay_score"] = _decay_score(stored.decayed)
         return out
 
 
-def _tag(name: str, ident: int) -> dict[str, Any]:
-    return {
+def _decay_score(decayed: bool | None) -> list[dict[str, Any]]:
+    """MISP's `decay_score` list: one score per model that applies, none when none does."""
+    if decayed is None:
+        return []
+    model = {"id": "1", "name": "NIDS Simple Decaying Model"}
+    score = 0.0 if decayed else 87.5
+    return [{"score": score, "base_score": 100.0, "decayed": decayed, "DecayingModel": model}]
+
+
+def _tag(name: str, ident: int, inherited: bool = False) -> dict[str, Any]:
+    tag: dict[str, Any] = {
         "id": str(ident),
         "name": name,
         "colour": "#ffffff",
@@ -470,6 +589,9 @@ def _tag(name: str, ident: int) -> dict[str, Any]:
         "is_galaxy": False,
         "local": False,
     }
+    if inherited:  # an event's tag on one of its attributes (includeEventTags)
+        tag["inherited"] = True
+    return tag
 
 
 def _error_json(name: str, message: str) -> dict[str, str]:

@@ -1,10 +1,10 @@
 """The fakes in misp_dns.testing behave like what they imitate (so tests using them mean it).
 
 FakeMisp is checked against MISP 2.5.1's documented restSearch behaviour (auth, empty body,
-filters, paging, shapes), served both in memory and for real on loopback; FakeMisp and
-MispFeedSource agree on the real feed data; the fakes of the three seams
-(MemoryIndicatorSource, MemorySink, ScriptedPolicy) provide their interfaces and keep their
-promises.
+filters, MISP's own filters: tags, published, threat level, warninglists and decay, paging,
+shapes), served both in memory and for real on loopback; FakeMisp and MispFeedSource agree on
+the real feed data; the fakes of the three seams (MemoryIndicatorSource, MemorySink,
+ScriptedPolicy) provide their interfaces and keep their promises.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from conftest import failure_of, result_of
+from conftest import SHARED_DATA, failure_of, result_of, unless_present
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
@@ -24,6 +24,7 @@ from misp_dns.http import make_http_client
 from misp_dns.intel.errors import MispUnavailableError
 from misp_dns.intel.feed import MispFeedSource
 from misp_dns.intel.misp_client import MispClient
+from misp_dns.intel.warninglist import load_warninglist
 from misp_dns.interfaces import (
     Action,
     Decision,
@@ -46,6 +47,7 @@ KEY = "fake-key-0123456789"
 SEARCH = "https://misp.test/attributes/restSearch"
 SMALL = Path(__file__).resolve().parent / "fixtures" / "misp-feed-small"
 NOW = 1_700_000_000
+WARNINGLISTS = SHARED_DATA / "warninglists"
 
 
 def ask(fake: FakeMisp, body: Any, key: str | None = KEY) -> tuple[int, Any]:
@@ -154,6 +156,120 @@ def test_after_limit_filter_makes_short_pages(fake: FakeMisp) -> None:
         "d.example",
         "192.0.2.1",
     ]
+
+
+# -- MISP's own filters: tags, published, threat level, warninglists, decay ---------------------
+
+
+@pytest.fixture
+def events() -> FakeMisp:
+    """Two events: a published high-threat tlp:red one and an unpublished low-threat tlp:white
+    one, with attribute tags on some of their attributes."""
+    misp = FakeMisp(KEY, now=lambda: NOW)
+    red = misp.add_event(
+        "red", tags=["tlp:red", 'misp-galaxy:threat-actor="APT 99"'], threat_level_id=1
+    )
+    white = misp.add_event("white", tags=["tlp:white"], published=False, threat_level_id="3")
+    misp.add_attribute("red-plain.example", event=red)
+    misp.add_attribute("red-fp.example", event=red, tags=["false-positive"])
+    misp.add_attribute("white-plain.example", event=white)
+    misp.add_attribute("white-c2.example", event=white, tags=["Kill-Chain:C2"])
+    return misp
+
+
+def found(fake: FakeMisp, **filters: Any) -> list[str]:
+    """The values restSearch gives for `filters`, in id order."""
+    return [a["value"] for a in attributes(fake, {**filters, "order": "Attribute.id asc"})]
+
+
+def test_tags_select_on_event_or_attribute_tags(events: FakeMisp) -> None:
+    """`tags` keeps an attribute when it or its event carries one of the tags; names match as
+    SQL LIKE (any case, `%` wildcard); a tag nobody carries matches nothing."""
+    assert found(events, tags=["tlp:red"]) == ["red-plain.example", "red-fp.example"]
+    assert found(events, tags=["kill-chain:c2"]) == ["white-c2.example"]
+    assert found(events, tags={"OR": ["TLP:RED", "kill-chain:c2"]}) == [
+        "red-plain.example",
+        "red-fp.example",
+        "white-c2.example",
+    ]
+    assert found(events, tags=["misp-galaxy:threat-actor=%"]) == [
+        "red-plain.example",
+        "red-fp.example",
+    ]
+    assert found(events, tags=["tlp:amber"]) == []
+
+
+def test_negated_tags_exclude_on_event_or_attribute_tags(events: FakeMisp) -> None:
+    """A `NOT` tag (or `!tag` in a list) drops the attribute when it or its event carries it."""
+    every = ["red-plain.example", "red-fp.example", "white-plain.example", "white-c2.example"]
+    assert found(events) == every
+    assert found(events, tags={"NOT": ["false-positive"]}) == [
+        "red-plain.example",
+        "white-plain.example",
+        "white-c2.example",
+    ]
+    assert found(events, tags=["!tlp:white"]) == ["red-plain.example", "red-fp.example"]
+    assert found(events, tags={"OR": ["tlp:red"], "NOT": ["false-positive"]}) == [
+        "red-plain.example"
+    ]
+    assert found(events, tags={"AND": ["tlp:white", "kill-chain:c2"]}) == ["white-c2.example"]
+
+
+def test_published_and_threat_level_select_on_the_event(events: FakeMisp) -> None:
+    """`published` and `threat_level_id` (one or a list, strings or numbers) filter by the
+    event's flag and level; the embedded Event carries neither, as in MISP's answer."""
+    assert found(events, published=True) == ["red-plain.example", "red-fp.example"]
+    assert found(events, published=0) == ["white-plain.example", "white-c2.example"]
+    assert found(events, threat_level_id=["1", "2"]) == ["red-plain.example", "red-fp.example"]
+    assert found(events, threat_level_id=3) == ["white-plain.example", "white-c2.example"]
+    [first] = attributes(events, {"limit": 1, "order": "Attribute.id asc"})
+    assert not {"published", "threat_level_id"} & set(first["Event"])
+
+
+@unless_present(WARNINGLISTS, "the real MISP warninglists in ../shared/data")
+def test_enforced_warninglists_shorten_pages_without_shifting_the_next() -> None:
+    """With `enforceWarninglist`, attributes on an enabled list (here the real Tranco list) are
+    removed after the limit: pages come back short, the next page starts where it would have,
+    and without the flag nothing is removed."""
+    misp = FakeMisp(KEY, now=lambda: NOW)
+    misp.warninglists = [load_warninglist(WARNINGLISTS / "tranco10k.json")]
+    misp.add_values(["evil-1.example", "google.com", "mail.google.com", "evil-2.example"])
+    paged = {"order": "Attribute.id asc", "limit": 2}
+    enforced = {**paged, "enforceWarninglist": True}
+    assert [a["value"] for a in attributes(misp, {**enforced, "page": 1})] == ["evil-1.example"]
+    assert [a["value"] for a in attributes(misp, {**enforced, "page": 2})] == ["evil-2.example"]
+    assert attributes(misp, {**enforced, "page": 3}) == []
+    assert len(attributes(misp, {**paged, "page": 1, "enforceWarninglist": False})) == 2
+
+
+def test_exclude_decayed_shortens_pages_and_scores_come_with_event_tags() -> None:
+    """`excludeDecayed` removes, after the limit, attributes every model finds decayed; asking
+    for it at all (even false) attaches `decay_score` and the event's tags, as MISP does."""
+    misp = FakeMisp(KEY, now=lambda: NOW)
+    event = misp.add_event("scored", tags=["tlp:green"])
+    misp.add_attribute("old.example", event=event, decayed=True)
+    misp.add_attribute("fresh.example", event=event, decayed=False)
+    misp.add_attribute("unscored.example", event=event)
+    paged = {"order": "Attribute.id asc", "limit": 2, "page": 1}
+    assert [a["value"] for a in attributes(misp, {**paged, "excludeDecayed": True})] == [
+        "fresh.example"
+    ]
+    assert [a["value"] for a in attributes(misp, {**paged, "excludeDecayed": True, "page": 2})] == [
+        "unscored.example"
+    ]
+    kept = attributes(misp, {**paged, "excludeDecayed": False})
+    assert [a["value"] for a in kept] == ["old.example", "fresh.example"]
+    assert [s["decayed"] for s in kept[0]["decay_score"]] == [True]
+    assert {"score", "base_score", "decayed", "DecayingModel"} <= set(kept[1]["decay_score"][0])
+    assert [t["name"] for t in kept[0]["Tag"]] == ["tlp:green"]
+    assert attributes(misp, {**paged, "page": 2, "includeDecayScore": True})[0]["decay_score"] == []
+    assert "decay_score" not in attributes(misp, paged)[0]
+
+
+def test_ignored_filters_stand_for_a_misp_that_does_not_know_them(events: FakeMisp) -> None:
+    """Filters in `ignored_filters` change nothing, as on a MISP that ignores them."""
+    events.ignored_filters = {"tags", "published"}
+    assert len(found(events, tags=["tlp:red"], published=True)) == 4
 
 
 def test_scripted_faults_apply_in_order_and_requests_are_recorded(fake: FakeMisp) -> None:
