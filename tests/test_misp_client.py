@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from conftest import failure_of, result_of, unless_present
+from conftest import SHARED_DATA, failure_of, result_of, unless_present
 from hypothesis import given
 from hypothesis import strategies as st
 from integration.certificates import self_signed
@@ -41,6 +41,7 @@ from misp_dns.intel.misp_client import (
     parse_attributes,
 )
 from misp_dns.intel.misp_options import MispOptions
+from misp_dns.intel.warninglist import load_warninglist
 from misp_dns.interfaces import IIndicatorSource, RawIndicator
 from misp_dns.testing import FakeMisp, Fault
 from misp_dns.values import ConfigError, Duration
@@ -48,6 +49,7 @@ from misp_dns.values import ConfigError, Duration
 KEY = "K3yK3yK3yK3yK3yK3yK3yK3yK3yK3yK3yK3yK3yK"
 URL = "https://misp.test"
 FEED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "misp-feed-infoblox"
+WARNINGLISTS = SHARED_DATA / "warninglists"
 
 
 def client_for(
@@ -72,7 +74,8 @@ def values(indicators: list[RawIndicator]) -> list[str]:
 
 
 def test_request_is_the_documented_restsearch_post() -> None:
-    """MISP gets POST /attributes/restSearch with the raw key, JSON headers and every filter."""
+    """MISP gets POST /attributes/restSearch with the raw key, JSON headers and every filter,
+    by default enforcing its warninglists and asking for published events only."""
     fake = fake_with(1)
     client = client_for(fake, pagination_limit=250, max_ioc_age=15 * 86400)
     result_of(client.fetch())
@@ -90,6 +93,8 @@ def test_request_is_the_documented_restsearch_post() -> None:
         "deleted": False,
         "timestamp": "15d",
         "includeEventTags": True,
+        "enforceWarninglist": True,
+        "published": True,
         "order": "Attribute.id asc",
         "limit": 250,
         "page": 1,
@@ -123,12 +128,14 @@ def test_misp_timespan_never_shortens_the_window(seconds: int) -> None:
 
 
 def test_pages_until_an_empty_page() -> None:
-    """25 attributes at 10 a page take pages 1..3 and a 4th, empty, page; order is kept."""
+    """25 attributes at 10 a page take pages 1..3 and a 4th, empty, page, asked once more
+    without MISP's warninglists to be sure it is the end; order is kept."""
     fake = fake_with(25)
     client = client_for(fake, pagination_limit=10)
     found = result_of(client.fetch())
     assert values(found) == [f"d{i}.example" for i in range(25)]
-    assert [r.json()["page"] for r in fake.requests] == [1, 2, 3, 4]
+    assert [r.json()["page"] for r in fake.requests] == [1, 2, 3, 4, 4]
+    assert [r.json()["enforceWarninglist"] for r in fake.requests] == [True] * 4 + [False]
     assert client.last_stats.pages == 3
 
 
@@ -139,7 +146,7 @@ def test_a_short_page_is_not_the_end() -> None:
     found = result_of(client_for(fake, pagination_limit=10).fetch())
     assert len(found) == 27
     assert "d29.example" in values(found)
-    assert len(fake.requests) == 4
+    assert len(fake.requests) == 5
 
 
 def test_old_empty_answer_shape_ends_the_paging() -> None:
@@ -157,6 +164,220 @@ def test_a_server_that_ignores_page_is_caught() -> None:
     fake.script(Fault.json(page), Fault.json(page))
     error = failure_of(client_for(fake, pagination_limit=1).fetch(), MispResponseError)
     assert "ignores 'page'" in str(error)
+
+
+# -- MISP's own filters ----------------------------------------------------------------------
+
+
+def filtered_client(fake: FakeMisp, **filters: Any) -> MispClient:
+    """A client of `fake` whose policy has these filter keys (the others at their default)."""
+    options = MispOptions(server_url=URL, api_key=KEY, max_ioc_age=Duration(1e9), **filters)
+    return MispClient.from_options(options, StubTreq(fake), Clock(), random=lambda: 0.5)
+
+
+def events_fake() -> FakeMisp:
+    """A published high-threat tlp:red event and an unpublished low-threat tlp:white one;
+    one attribute of each is tagged on its own."""
+    fake = FakeMisp(KEY, now=lambda: 1_700_000_000)
+    red = fake.add_event("red", tags=["tlp:red"], threat_level_id=1)
+    white = fake.add_event("white", tags=["tlp:white"], published=False, threat_level_id=3)
+    fake.add_attribute("red.example", event=red)
+    fake.add_attribute("red-fp.example", event=red, tags=["false-positive"])
+    fake.add_attribute("white.example", event=white)
+    fake.add_attribute("white-c2.example", event=white, tags=["kill-chain:c2"])
+    return fake
+
+
+def test_every_filter_key_goes_into_the_request() -> None:
+    """tags/exclude_tags become MISP's {"OR", "NOT"} tag filter, threat_levels its
+    threat_level_id, exclude_decayed excludeDecayed (with the scores asked for), and turning
+    enforce_warninglists and published_only off says so or leaves the filter out."""
+    fake = fake_with(1)
+    client = filtered_client(
+        fake,
+        tags=("tlp:red", "tlp:amber%"),
+        exclude_tags=("false-positive",),
+        enforce_warninglists=False,
+        published_only=False,
+        threat_levels=(2, 1),
+        exclude_decayed=True,
+    )
+    result_of(client.fetch())
+    body = fake.requests[0].json()
+    assert body["tags"] == {"OR": ["tlp:red", "tlp:amber%"], "NOT": ["false-positive"]}
+    assert body["enforceWarninglist"] is False
+    assert "published" not in body
+    assert body["threat_level_id"] == ["1", "2"]
+    assert (body["excludeDecayed"], body["includeDecayScore"]) == (True, True)
+
+
+def test_defaults_leave_out_tags_threat_levels_and_decay() -> None:
+    """With the defaults no tag, threat level or decay filter is sent (MISP scores decay
+    whenever excludeDecayed is present, even false)."""
+    fake = fake_with(1)
+    result_of(filtered_client(fake).fetch())
+    body = fake.requests[0].json()
+    assert not {"tags", "threat_level_id", "excludeDecayed", "includeDecayScore"} & set(body)
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({}, ["red.example", "red-fp.example"]),
+        (
+            {"published_only": False},
+            ["red.example", "red-fp.example", "white.example", "white-c2.example"],
+        ),
+        ({"published_only": False, "threat_levels": (3, 4)}, ["white.example", "white-c2.example"]),
+        (
+            {"published_only": False, "tags": ("tlp:white", "TLP:RED")},
+            ["red.example", "red-fp.example", "white.example", "white-c2.example"],
+        ),
+        ({"published_only": False, "tags": ("kill-chain:%",)}, ["white-c2.example"]),
+        ({"exclude_tags": ("false-positive",)}, ["red.example"]),
+        (
+            {"published_only": False, "exclude_tags": ("tlp:red",)},
+            ["white.example", "white-c2.example"],
+        ),
+    ],
+)
+def test_filters_select_the_indicators(filters: dict[str, Any], expected: list[str]) -> None:
+    """Each filter key keeps what its description says: published events only by default,
+    threat levels, tags on the attribute or its event (any case, % wildcard), excluded tags."""
+    client = filtered_client(events_fake(), **filters)
+    assert sorted(values(result_of(client.fetch()))) == sorted(expected)
+    assert client.last_stats.filtered == {}
+
+
+def test_a_misp_that_ignores_the_tag_filters_does_not_widen_blocking() -> None:
+    """When MISP ignores `tags`, the attributes it sends anyway are checked against the tags
+    here: they are left out, counted by reason, and a warning says MISP did not filter."""
+    fake = events_fake()
+    fake.ignored_filters = {"tags"}
+    client = filtered_client(
+        fake,
+        published_only=False,
+        tags=("tlp:%",),
+        exclude_tags=("false-positive", "kill-chain:c2"),
+    )
+    with capturedLogs() as events:
+        found = values(result_of(client.fetch()))
+    assert sorted(found) == ["red.example", "white.example"]
+    assert client.last_stats.filtered == {"excluded-tag": 2}
+    warnings = [e for e in events if "should have left out" in e["log_format"]]
+    assert len(warnings) == 1 and warnings[0]["filtered"] == 2
+
+    wanted = filtered_client(fake, published_only=False, tags=("tlp:red",))
+    assert sorted(values(result_of(wanted.fetch()))) == ["red-fp.example", "red.example"]
+    assert wanted.last_stats.filtered == {"no-wanted-tag": 2}
+
+
+def test_tags_on_the_embedded_event_count_too() -> None:
+    """An attribute whose `Event` carries its own `Tag` list (as with includeContext) is
+    judged on those tags as well as its own; an unreadable tag list is never blocked."""
+    attributes = [
+        {
+            "id": "1",
+            "type": "domain",
+            "value": "a.example",
+            "Event": {"Tag": [{"name": "tlp:red"}]},
+        },
+        {"id": "2", "type": "domain", "value": "b.example", "Tag": [{"name": "tlp:red"}]},
+        {
+            "id": "3",
+            "type": "domain",
+            "value": "c.example",
+            "Event": {"Tag": [{"name": "tlp:white"}]},
+        },
+        {"id": "4", "type": "domain", "value": "d.example", "Tag": "tlp:red"},
+    ]
+    fake = fake_with(0)
+    fake.script(Fault.json({"response": {"Attribute": attributes}}))
+    client = filtered_client(fake, tags=("tlp:red",), enforce_warninglists=False)
+    assert values(result_of(client.fetch())) == ["a.example", "b.example"]
+    assert client.last_stats.filtered == {"no-wanted-tag": 1, "unreadable-tags": 1}
+
+
+def test_published_flag_and_threat_level_are_checked_when_the_event_holds_them() -> None:
+    """MISP's answer does not usually carry them, but when the `Event` does, an unpublished
+    event or another threat level is left out here too."""
+    attributes = [
+        {"id": "1", "type": "domain", "value": "draft.example", "Event": {"published": False}},
+        {"id": "2", "type": "domain", "value": "low.example", "Event": {"threat_level_id": "3"}},
+        {
+            "id": "3",
+            "type": "domain",
+            "value": "high.example",
+            "Event": {"published": "1", "threat_level_id": 1},
+        },
+        {"id": "4", "type": "domain", "value": "unknown.example", "Event": {"id": "9"}},
+    ]
+    fake = fake_with(0)
+    fake.script(Fault.json({"response": {"Attribute": attributes}}))
+    client = filtered_client(fake, threat_levels=(1, 2), enforce_warninglists=False)
+    assert values(result_of(client.fetch())) == ["high.example", "unknown.example"]
+    assert client.last_stats.filtered == {"unpublished": 1, "threat-level": 1}
+
+
+def test_decayed_attributes_are_left_out_even_when_misp_keeps_them() -> None:
+    """exclude_decayed: when MISP sends the scores but ignores excludeDecayed, an attribute
+    every model finds decayed is still left out here; one no model scores is kept."""
+    fake = FakeMisp(KEY, now=lambda: 1_700_000_000)
+    fake.add_attribute("old.example", decayed=True)
+    fake.add_attribute("fresh.example", decayed=False)
+    fake.add_attribute("unscored.example")
+    fake.ignored_filters = {"excludeDecayed"}
+    client = filtered_client(fake, exclude_decayed=True)
+    assert values(result_of(client.fetch())) == ["fresh.example", "unscored.example"]
+    assert client.last_stats.filtered == {"decayed": 1}
+
+
+def test_paging_goes_on_past_pages_emptied_by_exclude_decayed() -> None:
+    """MISP drops decayed attributes after its limit: pages come back short, or empty when
+    every attribute on them decayed. Neither ends the fetch; only a page that is empty also
+    without MISP's after-limit filters does."""
+    fake = FakeMisp(KEY, now=lambda: 1_700_000_000)
+    for value in ["o1", "o2", "fresh-1", "o3", "o4", "o5", "o6", "fresh-2", "o7"]:
+        fake.add_attribute(f"{value}.example", decayed=not value.startswith("fresh"))
+    client = filtered_client(fake, exclude_decayed=True, pagination_limit=2)
+    assert values(result_of(client.fetch())) == ["fresh-1.example", "fresh-2.example"]
+    asked = [(r.json()["page"], "excludeDecayed" in r.json()) for r in fake.requests]
+    assert asked == [
+        (1, True),
+        (1, False),
+        (2, True),
+        (3, True),
+        (3, False),
+        (4, True),
+        (5, True),
+        (5, False),
+        (6, True),
+        (6, False),
+    ]
+    assert (client.last_stats.pages, client.last_stats.emptied_pages) == (2, 3)
+    assert client.last_stats.filtered == {}
+
+
+@unless_present(WARNINGLISTS, "the real MISP warninglists in ../shared/data")
+def test_paging_goes_on_past_pages_emptied_by_warninglists() -> None:
+    """A page holding only names on MISP's enabled warninglists (the real Tranco list here)
+    comes back empty; the fetch goes on to the malicious names after it."""
+    fake = FakeMisp(KEY, now=lambda: 1_700_000_000)
+    fake.warninglists = [load_warninglist(WARNINGLISTS / "tranco10k.json")]
+    fake.add_values(
+        ["google.com", "youtube.com", "evil-1.example", "mail.google.com", "evil-2.example"]
+    )
+    client = filtered_client(fake, pagination_limit=2)
+    assert values(result_of(client.fetch())) == ["evil-1.example", "evil-2.example"]
+    assert client.last_stats.emptied_pages == 1
+
+
+def test_without_after_limit_filters_an_empty_page_is_the_end() -> None:
+    """With enforce_warninglists and exclude_decayed off, nothing is asked again."""
+    fake = fake_with(3)
+    client = filtered_client(fake, enforce_warninglists=False, pagination_limit=2)
+    assert len(result_of(client.fetch())) == 3
+    assert [r.json()["page"] for r in fake.requests] == [1, 2, 3]
 
 
 # -- parsing -----------------------------------------------------------------------------
@@ -447,7 +668,7 @@ def test_server_errors_are_retried_with_exponential_backoff() -> None:
     assert len(fake.requests) == 2
     clock.advance(0.01)
     assert len(values(result_of(fetched))) == 3
-    assert (client.last_stats.retries, client.last_stats.requests) == (2, 4)
+    assert (client.last_stats.retries, client.last_stats.requests) == (2, 5)
 
 
 def test_only_the_failed_page_is_retried() -> None:
@@ -458,7 +679,7 @@ def test_only_the_failed_page_is_retried() -> None:
     fetched = client_for(fake, clock, pagination_limit=2).fetch()
     clock.advance(1)
     assert len(result_of(fetched)) == 4
-    assert [r.json()["page"] for r in fake.requests] == [1, 2, 2, 3]
+    assert [r.json()["page"] for r in fake.requests] == [1, 2, 2, 3, 3]
 
 
 def test_three_failed_attempts_fail_the_fetch() -> None:

@@ -52,6 +52,11 @@ def test_misp_defaults_are_the_documented_ones() -> None:
     assert options.pagination_limit == 5000
     assert options.add_extended_dns_error is True
     assert options.request_timeout == 60
+    assert (options.tags, options.exclude_tags) == ((), ())
+    assert options.enforce_warninglists is True
+    assert options.published_only is True
+    assert options.threat_levels == (1, 2, 3, 4)
+    assert options.exclude_decayed is False
 
 
 def test_every_documented_key_is_accepted() -> None:
@@ -70,8 +75,18 @@ def test_every_documented_key_is_accepted() -> None:
             "pagination_limit": 100_000,
             "add_extended_dns_error": False,
             "request_timeout": "5m",
+            "tags": ["tlp:red", "misp-galaxy:threat-actor=%"],
+            "exclude_tags": ["false-positive"],
+            "enforce_warninglists": False,
+            "published_only": False,
+            "threat_levels": [1, 2],
+            "exclude_decayed": True,
         }
     )
+    assert options.tags == ("tlp:red", "misp-galaxy:threat-actor=%")
+    assert options.exclude_tags == ("false-positive",)
+    assert (options.enforce_warninglists, options.published_only) == (False, False)
+    assert (options.threat_levels, options.exclude_decayed) == ((1, 2), True)
     assert (options.update_interval, options.max_ioc_age) == (1800, 7 * 86400)
     assert options.request_timeout == 300
     assert options.pagination_limit == 100_000
@@ -89,6 +104,19 @@ def test_every_documented_key_is_accepted() -> None:
         ({"server_url": "https://u:p@misp.test"}, "policy[0].server_url: must not hold"),
         ({"api_key_file": "/k"}, "policy[0].api_key: give exactly one of api_key and api_key_file"),
         ({"pagnation_limit": 10}, "policy[0].pagnation_limit: unknown key"),
+        ({"threat_levels": [1, 5]}, "policy[0].threat_levels: 5 is not a MISP threat level"),
+        ({"threat_levels": []}, "policy[0].threat_levels: must name at least one level"),
+        ({"threat_levels": ["high"]}, "policy[0].threat_levels"),
+        ({"tags": ["tlp:red", " "]}, "policy[0].tags: holds an empty tag name"),
+        ({"tags": ["42"]}, "policy[0].tags: '42': MISP reads a number as a tag id"),
+        ({"exclude_tags": ["!tlp:red"]}, "policy[0].exclude_tags: '!tlp:red': write the tags"),
+        ({"tags": "tlp:red"}, "policy[0].tags"),
+        (
+            {"tags": ["tlp:red"], "exclude_tags": ["TLP:RED"]},
+            "policy[0].exclude_tags: 'TLP:RED' is in tags too",
+        ),
+        ({"published_only": "yes"}, "policy[0].published_only: expected true or false"),
+        ({"warninglists": ["a.json"]}, "policy[0].warninglists: unknown key"),
     ],
 )
 def test_bad_values_name_their_toml_path(extra: dict[str, Any], expected: str) -> None:
@@ -143,11 +171,15 @@ def test_unusable_key_files_are_clear_errors(
 
 
 def test_feed_table_takes_url_and_the_blocking_options() -> None:
-    """misp-feed needs url, shares the blocking keys, and has no server/key/paging keys."""
+    """misp-feed needs url, shares the blocking keys, and has no server, key, paging or
+    restSearch filter keys."""
     options = options_of({"type": "misp-feed", "url": "etc/sample-feed", "max_ioc_age": "30d"})
     assert options == MispFeedOptions(url="etc/sample-feed", max_ioc_age=30 * 86400)
     assert problems({"type": "misp-feed", "url": "x", "api_key": KEY}) == [
         "policy[0].api_key: unknown key"
+    ]
+    assert problems({"type": "misp-feed", "url": "x", "tags": ["tlp:red"]}) == [
+        "policy[0].tags: unknown key"
     ]
     assert any("url" in line for line in problems({"type": "misp-feed"}))
 

@@ -323,7 +323,7 @@ async def test_fake_misp_served_for_real_on_loopback() -> None:
         url = f"http://127.0.0.1:{port.getHost().port}"
         client = MispClient(url, KEY, http, reactor, pagination_limit=3)
         assert len(await client.fetch()) == 7
-        assert len(misp.requests) == 4
+        assert len(misp.requests) == 5  # pages 1..4, and 4 again without the warninglists
 
         misp.script(Fault.hanging())
         impatient = MispClient(url, KEY, http, reactor, timeout=0.2, attempts=1)

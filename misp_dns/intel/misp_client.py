@@ -2,8 +2,13 @@
 
 `MispClient.fetch()` asks `POST {server_url}/attributes/restSearch` for the `domain`,
 `hostname` and `domain|ip` attributes marked `to_ids`, not deleted, and changed within
-`max_ioc_age`, page by page in `Attribute.id` order until MISP answers an empty page (MISP
-filters warninglists after its SQL limit, so a short page does not prove the end).
+`max_ioc_age`, page by page in `Attribute.id` order until MISP answers an empty page. MISP
+leaves out warninglisted and decayed attributes after its SQL limit, so a short page does not
+prove the end, and neither does an empty one while those filters are on: then the same page is
+asked for again without them, and the fetch goes on when that one holds attributes (which are
+only counted, never used). The policy's `MispFilters` (tags, warninglists, published events,
+threat levels, decay) go into each request, and each attribute MISP sends is checked against
+them again: one that a MISP ignoring a filter sent anyway is left out and counted, not blocked.
 
 Each page gets up to three attempts, with exponential backoff and jitter, on connection
 errors, timeouts, 5xx and 429 (whose `Retry-After` / `X-Rate-Limit-Reset` is honoured, capped).
@@ -55,6 +60,7 @@ from misp_dns.intel.errors import (
 )
 from misp_dns.intel.indicator import BLOCKING_TYPES
 from misp_dns.intel.json_stream import array_elements
+from misp_dns.intel.misp_filters import MispFilters
 from misp_dns.interfaces import IIndicatorSource, RawIndicator
 
 if TYPE_CHECKING:
@@ -83,13 +89,15 @@ class AttributeCounts:
 
     `attributes` were received; `indicators` became `RawIndicator`s; `other_types` were
     well formed but of a type misp-dns does not block on (`ip-dst`, `url`, ...); `malformed`
-    counts the skipped ones by the field that was wrong.
+    counts the skipped ones by the field that was wrong; `filtered` counts, by reason (see
+    `misp_filters.REJECTIONS`), those left out because they break the policy's filters.
     """
 
     attributes: int = 0
     indicators: int = 0
     other_types: int = 0
     malformed: dict[str, int] = attrs.field(factory=dict)
+    filtered: dict[str, int] = attrs.field(factory=dict)
 
     def add(self, other: AttributeCounts) -> None:
         """Count `other`'s attributes too."""
@@ -98,6 +106,8 @@ class AttributeCounts:
         self.other_types += other.other_types
         for field, count in other.malformed.items():
             self.malformed[field] = self.malformed.get(field, 0) + count
+        for reason, count in other.filtered.items():
+            self.filtered[reason] = self.filtered.get(reason, 0) + count
 
     @property
     def skipped(self) -> int:
@@ -107,11 +117,16 @@ class AttributeCounts:
 
 @attrs.define
 class FetchStats(AttributeCounts):
-    """`AttributeCounts` plus the HTTP side of one MISP REST fetch."""
+    """`AttributeCounts` plus the HTTP side of one MISP REST fetch.
+
+    `emptied_pages` counts the pages that came back empty because MISP's warninglist or
+    decay filtering (applied after its SQL limit) left out every attribute on them.
+    """
 
     pages: int = 0
     requests: int = 0
     retries: int = 0
+    emptied_pages: int = 0
 
 
 def misp_timespan(seconds: float) -> str:
@@ -232,18 +247,31 @@ def _parse_one(item: object, event: Mapping[str, Any] | None) -> RawIndicator | 
     )
 
 
+Check = Callable[[Mapping[str, Any]], "str | None"]
+
+
 def parse_attributes(
-    items: Iterable[object], counts: AttributeCounts, event: Mapping[str, Any] | None = None
+    items: Iterable[object],
+    counts: AttributeCounts,
+    event: Mapping[str, Any] | None = None,
+    check: Check | None = None,
 ) -> list[RawIndicator]:
     """Turn MISP attribute objects into `RawIndicator`s of the blocking types.
 
     `event` ({"id", "uuid", "info"}) stands in for attributes that carry no `Event` of their
-    own, as in a feed's event file. Never raises for a bad attribute: it is counted in
-    `counts.malformed` under the field that was wrong, and skipped.
+    own, as in a feed's event file. `check` (such as `MispFilters.rejection`) says why an
+    attribute is to be left out, or None; those it rejects are counted in `counts.filtered`
+    by reason. Never raises for a bad attribute: it is counted in `counts.malformed` under
+    the field that was wrong, and skipped.
     """
     found: list[RawIndicator] = []
     for item in items:
         counts.attributes += 1
+        if check is not None and isinstance(item, Mapping):
+            reason = check(item)
+            if reason is not None:
+                counts.filtered[reason] = counts.filtered.get(reason, 0) + 1
+                continue
         try:
             indicator = _parse_one(item, event)
         except _Malformed as exc:
@@ -300,7 +328,7 @@ class _Page:
 _ATTRIBUTES_PATH = ("response", "Attribute")
 
 
-def _streamed_page(body: bytes) -> _Page | None:
+def _streamed_page(body: bytes, check: Check | None = None) -> _Page | None:
     """A 200 answer's page read one attribute at a time (see `json_stream`), or None when
     it is not the usual `{"response": {"Attribute": [...]}}` in UTF-8."""
     ids: list[object] = []
@@ -312,7 +340,7 @@ def _streamed_page(body: bytes) -> _Page | None:
 
     counts = AttributeCounts()
     try:
-        indicators = parse_attributes(attributes(body.decode("utf-8")), counts)
+        indicators = parse_attributes(attributes(body.decode("utf-8")), counts, check=check)
     except (ValueError, RecursionError):
         return None
     return _Page(len(ids), tuple(ids), indicators, counts)
@@ -324,8 +352,9 @@ class MispClient:
     """Fetches the blocking indicators from MISP's `/attributes/restSearch`, page by page.
 
     `fetch()` fires with every `RawIndicator` of types domain, hostname and domain|ip that
-    MISP returned; `last_stats` then holds the counts of that fetch. A failed fetch fails the
-    Deferred with a `MispError` and leaves `last_stats` of the previous good one.
+    MISP returned and `filters` admit; `last_stats` then holds the counts of that fetch. A
+    failed fetch fails the Deferred with a `MispError` and leaves `last_stats` of the previous
+    good one.
     """
 
     server_url: str = attrs.field(converter=lambda url: str(url).rstrip("/"))
@@ -340,6 +369,7 @@ class MispClient:
     backoff: float = 1.0
     max_retry_delay: float = 60.0
     max_pages: int = 100_000
+    filters: MispFilters = attrs.field(factory=MispFilters)
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
     run_blocking: RunBlocking = attrs.field(default=run_inline, repr=False)
     last_stats: FetchStats = attrs.field(factory=FetchStats, repr=False)
@@ -364,6 +394,7 @@ class MispClient:
             pagination_limit=options.pagination_limit,
             max_ioc_age=options.max_ioc_age,
             timeout=options.request_timeout,
+            filters=options.filters(),
             **overrides,
         )
 
@@ -381,6 +412,7 @@ class MispClient:
             "deleted": False,
             "timestamp": misp_timespan(self.max_ioc_age),
             "includeEventTags": True,
+            **self.filters.search_terms(),
             "order": "Attribute.id asc",
             "limit": self.pagination_limit,
             "page": page,
@@ -419,21 +451,11 @@ class MispClient:
         for page in range(1, self.max_pages + 1):
             result = await self._page(http, page, stats)
             if not result.size:
+                if await self._emptied_by_filters(http, page, stats):
+                    stats.emptied_pages += 1
+                    continue
                 self.last_stats = stats
-                self.log.info(
-                    "MISP {url}: {indicators} indicators from {attributes} attributes in "
-                    "{pages} pages ({other} of other types, {skipped} malformed: {reasons}); "
-                    "{requests} requests, {retries} retries",
-                    url=self.server_url,
-                    indicators=stats.indicators,
-                    attributes=stats.attributes,
-                    pages=stats.pages,
-                    other=stats.other_types,
-                    skipped=stats.skipped,
-                    reasons=stats.malformed or "none",
-                    requests=stats.requests,
-                    retries=stats.retries,
-                )
+                self._log_fetched(stats)
                 return
             if result.ids == previous_ids and any(i is not None for i in result.ids):
                 raise MispResponseError(
@@ -448,27 +470,80 @@ class MispClient:
                 await consumed
         raise MispResponseError(f"{self.url}: still not at an empty page after {self.max_pages}")
 
+    def _log_fetched(self, stats: FetchStats) -> None:
+        self.log.info(
+            "MISP {url}: {indicators} indicators from {attributes} attributes in "
+            "{pages} pages ({other} of other types, {skipped} malformed: {reasons}; "
+            "{filtered} left out by the policy's filters: {why}); "
+            "{requests} requests, {retries} retries, {emptied} pages emptied by MISP's filters",
+            url=self.server_url,
+            indicators=stats.indicators,
+            attributes=stats.attributes,
+            pages=stats.pages,
+            other=stats.other_types,
+            skipped=stats.skipped,
+            reasons=stats.malformed or "none",
+            filtered=sum(stats.filtered.values()),
+            why=stats.filtered or "none",
+            requests=stats.requests,
+            retries=stats.retries,
+            emptied=stats.emptied_pages,
+        )
+        if stats.filtered:
+            self.log.warn(
+                "MISP {url} sent {filtered} attributes that its filters should have left out"
+                " ({why}); they are not blocked. Does this MISP know the filters"
+                " (tags, published, threat_level_id, excludeDecayed)?",
+                url=self.server_url,
+                filtered=sum(stats.filtered.values()),
+                why=stats.filtered,
+            )
+
     async def _page(self, http: RetryingHttp, page: int, stats: FetchStats) -> _Page:
         what = f"MISP {self.url} page {page}"
-        body = json.dumps(self.query(page)).encode("utf-8")
-        result = await http.request(
-            "POST", self.url, what, headers=self._headers(), body=body, stats=stats
-        )
+        result = await self._post(http, what, self.query(page), stats)
         # Decoding and parsing are one step off the reactor thread, so the page's many
         # short-lived objects are gone before the reactor runs again (see `thread_runner`).
         parsed: _Page = await self.run_blocking(lambda: self._parse_page(result, what))
         return parsed
 
+    async def _emptied_by_filters(self, http: RetryingHttp, page: int, stats: FetchStats) -> bool:
+        """Whether an empty `page` only looks like the end: MISP's after-limit filters left
+        out every attribute on it, and the same page without them is not empty.
+
+        Nothing of the unfiltered page is used; it is only counted.
+        """
+        filters = self.filters
+        if not (filters.enforce_warninglists or filters.exclude_decayed):
+            return False
+        what = f"MISP {self.url} page {page} without warninglists and decay"
+        unfiltered = self.query(page)
+        for key in ("excludeDecayed", "includeDecayScore"):
+            unfiltered.pop(key, None)
+        unfiltered["enforceWarninglist"] = False
+        result = await self._post(http, what, unfiltered, stats)
+        size: int = await self.run_blocking(lambda: len(self._attributes_of(result, what)))
+        return size > 0
+
+    async def _post(
+        self, http: RetryingHttp, what: str, filters: dict[str, Any], stats: FetchStats
+    ) -> HttpResult:
+        body = json.dumps(filters).encode("utf-8")
+        return await http.request(
+            "POST", self.url, what, headers=self._headers(), body=body, stats=stats
+        )
+
     def _parse_page(self, result: HttpResult, what: str) -> _Page:
+        check = self.filters.rejection
         if result.status == 200:
-            streamed = _streamed_page(result.body)
+            streamed = _streamed_page(result.body, check)
             if streamed is not None:
                 return streamed
         # An error status, another shape or broken JSON: decoded whole, for its message.
         attributes = self._attributes_of(result, what)
         ids = tuple(a.get("id") if isinstance(a, Mapping) else None for a in attributes)
         counts = AttributeCounts()
-        indicators = parse_attributes(attributes, counts)
+        indicators = parse_attributes(attributes, counts, check=check)
         return _Page(len(attributes), ids, indicators, counts)
 
     def _headers(self) -> dict[str, str]:

@@ -13,13 +13,21 @@
     pagination_limit = 5000                   # attributes per page, 1..100000
     add_extended_dns_error = true             # EDE 15 (Blocked) when the query had EDNS
     request_timeout = "60s"                   # one HTTP answer must be complete within it
+    # which attributes MISP is asked for (`misp` only; see misp_dns.intel.misp_filters):
+    tags = []                                 # only those it or its event has one of
+    exclude_tags = []                         # none it or its event has
+    enforce_warninglists = true               # MISP leaves out what its warninglists hold
+    published_only = true                     # only attributes of published events
+    threat_levels = [1, 2, 3, 4]              # 1 high, 2 medium, 3 low, 4 undefined
+    exclude_decayed = false                   # MISP leaves out what its decaying models
+                                              # find decayed
 
     [[policy]]
     type = "misp-feed"
     url = "etc/sample-feed"                   # a directory or http(s) URL with manifest.json
     warninglists = []                         # MISP warninglist files; indicators on them
                                               # are dropped as the feed is read
-    # plus every key above but server_url, api_key, api_key_file and pagination_limit
+    # plus the blocking keys above (enable_blocking ... request_timeout)
 
 `__init__` checks values only; the key file is read by `MispOptions.read_api_key()` and the
 warninglists by `MispFeedOptions.read_warninglists()` when the policy is built, so
@@ -35,6 +43,7 @@ from urllib.parse import urlsplit
 import attrs
 from twisted.logger import Logger
 
+from misp_dns.intel.misp_filters import THREAT_LEVELS, MispFilters
 from misp_dns.intel.warninglist import Warninglist, WarninglistError, load_warninglist
 from misp_dns.values import BlockingOptions, ConfigError, FieldError, between
 
@@ -61,6 +70,33 @@ def _not_empty(_instance: object, attribute: attrs.Attribute[Any], value: str) -
         raise FieldError(attribute.name, "must not be empty")
 
 
+def _tags(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for tag in value:
+        if not tag.strip():
+            raise FieldError(attribute.name, "holds an empty tag name")
+        if tag.strip().isdigit():
+            raise FieldError(
+                attribute.name, f"{tag!r}: MISP reads a number as a tag id, give the tag's name"
+            )
+        if tag.startswith("!"):
+            raise FieldError(
+                attribute.name, f"{tag!r}: write the tags to leave out in exclude_tags, without !"
+            )
+
+
+def _threat_levels(
+    _instance: object, attribute: attrs.Attribute[Any], value: tuple[int, ...]
+) -> None:
+    if not value:
+        raise FieldError(attribute.name, "must name at least one level (1, 2, 3 or 4)")
+    for level in value:
+        if level not in THREAT_LEVELS:
+            raise FieldError(
+                attribute.name,
+                f"{level!r} is not a MISP threat level: 1 high, 2 medium, 3 low, 4 undefined",
+            )
+
+
 def _paths(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     for index, path in enumerate(value):
         if not path.strip():
@@ -75,6 +111,12 @@ class MispOptions(BlockingOptions):
     api_key: str = attrs.field(default="", repr=False)
     api_key_file: str = ""
     pagination_limit: int = attrs.field(default=5000, validator=between(1, 100_000))
+    tags: tuple[str, ...] = attrs.field(default=(), validator=_tags)
+    exclude_tags: tuple[str, ...] = attrs.field(default=(), validator=_tags)
+    enforce_warninglists: bool = True
+    published_only: bool = True
+    threat_levels: tuple[int, ...] = attrs.field(default=THREAT_LEVELS, validator=_threat_levels)
+    exclude_decayed: bool = False
 
     def __attrs_post_init__(self) -> None:
         if bool(self.api_key.strip()) == bool(self.api_key_file.strip()):
@@ -82,6 +124,21 @@ class MispOptions(BlockingOptions):
                 "api_key" if self.api_key.strip() else "api_key_file",
                 "give exactly one of api_key and api_key_file",
             )
+        wanted = {tag.strip().casefold() for tag in self.tags}
+        for tag in self.exclude_tags:
+            if tag.strip().casefold() in wanted:
+                raise FieldError("exclude_tags", f"{tag!r} is in tags too")
+
+    def filters(self) -> MispFilters:
+        """What MISP is asked to leave out, and checked again on what it sends."""
+        return MispFilters(
+            tags=self.tags,
+            exclude_tags=self.exclude_tags,
+            enforce_warninglists=self.enforce_warninglists,
+            published_only=self.published_only,
+            threat_levels=self.threat_levels,
+            exclude_decayed=self.exclude_decayed,
+        )
 
     def read_api_key(self) -> str:
         """The API key, read from `api_key_file` if given (whitespace stripped).
