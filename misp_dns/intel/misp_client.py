@@ -475,7 +475,7 @@ class MispClient:
             "MISP {url}: {indicators} indicators from {attributes} attributes in "
             "{pages} pages ({other} of other types, {skipped} malformed: {reasons}; "
             "{filtered} left out by the policy's filters: {why}); "
-            "{requests} requests, {retries} retries, {emptied} pages emptied by MISP's filters",
+            "{requests} requests, {retries} retries; pages MISP's filters emptied: {emptied}",
             url=self.server_url,
             indicators=stats.indicators,
             attributes=stats.attributes,

@@ -6,11 +6,16 @@ also its program (see `helper_process`). It serves `misp_dns.testing.FakeMisp` (
 
     cd tests && python -m integration.misp_stand_in --port-file F [--port N] [--api-key K]
         [--feed DIR] [--attributes FILE] [--feed-http DIR] [--tls-pem FILE]
+        [--warninglist FILE ...]
 
 `--feed` loads a MISP feed directory (the real data), `--attributes` a JSON list of
-`FakeMisp.add_attribute` keyword arguments, `--feed-http` also serves a feed directory under
-`/feed/` (`FakeFeed`). Once listening it writes its port to the port file. Its behaviour is
-switched through a control endpoint, so a test can script faults between two fetches:
+`FakeMisp.add_attribute` keyword arguments (an `"event"` among them is an object of
+`FakeMisp.add_event` keyword arguments: the attributes naming equal ones share one event),
+`--feed-http` also serves a feed directory under `/feed/` (`FakeFeed`), and each
+`--warninglist` is a MISP warninglist file the stand-in's MISP has enabled (what
+`enforceWarninglist` leaves out). Once listening it writes its port to the port file. Its
+behaviour is switched through a control endpoint, so a test can script faults between two
+fetches:
 
 - `POST /_stand_in/control` with a JSON object, applied at once and in this order:
   `"script"`: faults for the next MISP requests (`null` = answer normally, or
@@ -18,6 +23,7 @@ switched through a control endpoint, so a test can script faults between two fet
   `"add"`: attributes to add (`add_attribute` keyword arguments);
   `"echo_key"`: when true, a refused key is echoed in the 403 message (a careless proxy);
   `"hide_after_limit"`: values dropped after the page limit, as MISP's warninglists do;
+  `"ignore_filters"`: restSearch filters to ignore from now on, as an older MISP would;
   `"feed_files"`: `{name: text}` replacing files of the `--feed-http` feed.
 - `GET /_stand_in/requests`: every MISP and feed request so far: time, path, status, page.
 
@@ -99,7 +105,19 @@ def _fault(spec: Mapping[str, Any] | None) -> Any:
     raise ValueError(f"unknown fault {kind!r}")
 
 
-def _make_root(misp: Any, feed: Any) -> Any:
+def _add_attribute(misp: Any, spec: Mapping[str, Any], events: dict[str, Any]) -> None:
+    """`misp.add_attribute(**spec)`, its `"event"` (add_event arguments) made once."""
+    spec = dict(spec)
+    event_spec = spec.pop("event", None)
+    if event_spec is not None:
+        key = json.dumps(event_spec, sort_keys=True)
+        if key not in events:
+            events[key] = misp.add_event(**event_spec)
+        spec["event"] = events[key]
+    misp.add_attribute(**spec)
+
+
+def _make_root(misp: Any, feed: Any, events: dict[str, Any]) -> Any:
     """The site's single resource: control endpoints, the feed, and the fake MISP."""
     from twisted.web.resource import Resource
     from twisted.web.server import NOT_DONE_YET
@@ -149,11 +167,13 @@ def _make_root(misp: Any, feed: Any) -> Any:
             command = json.loads(request.content.read() or b"{}")
             misp.script(*(_fault(spec) for spec in command.get("script", [])))
             for spec in command.get("add", []):
-                misp.add_attribute(**spec)
+                _add_attribute(misp, spec, events)
             if "echo_key" in command:
                 self.echo_key = bool(command["echo_key"])
             if "hide_after_limit" in command:
                 misp.after_limit_filter = set(command["hide_after_limit"])
+            if "ignore_filters" in command:
+                misp.ignored_filters = set(command["ignore_filters"])
             for name, text in command.get("feed_files", {}).items():
                 feed.files[name] = text.encode()
             return self._reply(request, 200, {"attributes": len(misp.attributes)})
@@ -177,23 +197,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--attributes")
     parser.add_argument("--feed-http")
     parser.add_argument("--tls-pem", help="serve HTTPS with this key and certificate (PEM)")
+    parser.add_argument("--warninglist", action="append", default=[])
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.web.server import Site
 
+    from misp_dns.intel.warninglist import load_warninglist
     from misp_dns.testing import FakeFeed, FakeMisp
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
     misp = FakeMisp(args.api_key)
+    misp.warninglists = [load_warninglist(path) for path in args.warninglist]
+    events: dict[str, Any] = {}
     if args.feed:
         misp.load_feed(args.feed)
     if args.attributes:
         for spec in json.loads(Path(args.attributes).read_text()):
-            misp.add_attribute(**spec)
+            _add_attribute(misp, spec, events)
     feed = FakeFeed.from_directory(args.feed_http) if args.feed_http else None
-    site = Site(_make_root(misp, feed))
+    site = Site(_make_root(misp, feed, events))
     site.noisy = False
     if args.tls_pem:
         from twisted.internet import ssl
@@ -227,12 +251,14 @@ class MispStandIn(HelperProcess):
         attributes: Sequence[Mapping[str, Any]] = (),
         feed_http: Path | None = None,
         tls_pem: Path | None = None,
+        warninglists: Sequence[Path] = (),
     ) -> None:
         super().__init__(workdir, "stand-in.log")
         self.api_key = api_key
         self.feed = feed
         self.feed_http = feed_http
         self.tls_pem = tls_pem
+        self.warninglists = list(warninglists)
         self.attributes_path = workdir / "stand-in-attributes.json"
         self.attributes_path.write_text(json.dumps(list(attributes)))
         self.port = 0
@@ -260,6 +286,8 @@ class MispStandIn(HelperProcess):
         ):
             if path is not None:
                 arguments += [option, str(path)]
+        for path in self.warninglists:
+            arguments += ["--warninglist", str(path)]
         self.port = int(self._launch("misp_stand_in", arguments, timeout))
 
     def requests(self) -> list[dict[str, Any]]:
