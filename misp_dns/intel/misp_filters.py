@@ -85,8 +85,29 @@ def _tag_names(item: Mapping[str, Any]) -> list[str] | None:
     return names
 
 
-def _carries(names: list[str], patterns: tuple[re.Pattern[str], ...]) -> bool:
-    return any(pattern.fullmatch(name) for pattern in patterns for name in names)
+@attrs.frozen
+class _TagPatterns:
+    """Tag name patterns: those without wildcards compared as lower-case text (the usual case,
+    and several times faster than a pattern), the others as LIKE patterns."""
+
+    exact: frozenset[str]
+    wildcards: tuple[re.Pattern[str], ...]
+
+    @classmethod
+    def of(cls, tags: tuple[str, ...]) -> _TagPatterns:
+        exact = frozenset(tag.lower() for tag in tags if "%" not in tag and "_" not in tag)
+        wildcards = tuple(like(tag) for tag in tags if "%" in tag or "_" in tag)
+        return cls(exact, wildcards)
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.wildcards)
+
+    def carried(self, names: list[str]) -> bool:
+        """Whether one of `names` matches one of the patterns."""
+        exact = self.exact
+        if exact and any(name.lower() in exact for name in names):
+            return True
+        return any(pattern.fullmatch(name) for pattern in self.wildcards for name in names)
 
 
 def _is_true(value: object) -> bool:
@@ -112,13 +133,13 @@ class MispFilters:
     published_only: bool = True
     threat_levels: tuple[int, ...] = THREAT_LEVELS
     exclude_decayed: bool = False
-    _wanted: tuple[re.Pattern[str], ...] = attrs.field(init=False, repr=False, eq=False)
-    _excluded: tuple[re.Pattern[str], ...] = attrs.field(init=False, repr=False, eq=False)
+    _wanted: _TagPatterns = attrs.field(init=False, repr=False, eq=False)
+    _excluded: _TagPatterns = attrs.field(init=False, repr=False, eq=False)
     _levels: frozenset[str] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_wanted", tuple(like(tag) for tag in self.tags))
-        object.__setattr__(self, "_excluded", tuple(like(tag) for tag in self.exclude_tags))
+        object.__setattr__(self, "_wanted", _TagPatterns.of(self.tags))
+        object.__setattr__(self, "_excluded", _TagPatterns.of(self.exclude_tags))
         levels = frozenset(str(level) for level in self.threat_levels)
         every = levels >= {str(level) for level in THREAT_LEVELS}
         object.__setattr__(self, "_levels", frozenset() if every else levels)
@@ -150,9 +171,9 @@ class MispFilters:
             names = _tag_names(item)
             if names is None:
                 return UNREADABLE_TAGS
-            if self._wanted and not _carries(names, self._wanted):
+            if self._wanted and not self._wanted.carried(names):
                 return NO_WANTED_TAG
-            if _carries(names, self._excluded):
+            if self._excluded.carried(names):
                 return EXCLUDED_TAG
         event = item.get("Event")
         if isinstance(event, Mapping):

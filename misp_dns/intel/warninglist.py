@@ -89,12 +89,23 @@ class Warninglist:
         """
         if not self.applies_to(attribute_type):
             return None
-        halves = value.split("|", 1) if "|" in attribute_type else (value,)
-        for half in halves:
-            found = self._matcher(_comparable(half))
+        return self.match_comparable(comparable(attribute_type, value))
+
+    def match_comparable(self, values: tuple[str, ...]) -> str | None:
+        """The entry one of `values` (from `comparable`) is on, or None; types unchecked."""
+        for value in values:
+            found = self._matcher(value)
             if found is not None:
                 return found
         return None
+
+
+def comparable(attribute_type: str, value: str) -> tuple[str, ...]:
+    """The forms of an attribute's value that lists are matched against: one per half of a
+    composite type (`domain|ip`), each as `_comparable` writes it."""
+    if "|" in attribute_type:
+        return tuple(_comparable(half) for half in value.split("|", 1))
+    return (_comparable(value),)
 
 
 def _comparable(value: str) -> str:
@@ -301,8 +312,13 @@ class WarninglistFilter:
 
     def first_match(self, indicator: RawIndicator) -> Warninglist | None:
         """The first list (in order) the indicator is on, or None."""
+        values: tuple[str, ...] | None = None  # normalised once, for every list
         for warninglist in self.lists:
-            if warninglist.match(indicator.type, indicator.value) is not None:
+            if not warninglist.applies_to(indicator.type):
+                continue
+            if values is None:
+                values = comparable(indicator.type, indicator.value)
+            if warninglist.match_comparable(values) is not None:
                 return warninglist
         return None
 
