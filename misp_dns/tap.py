@@ -29,6 +29,7 @@ from misp_dns.build import build_exporter, build_policies
 from misp_dns.config import load_config
 from misp_dns.dns.acl import ClientACL
 from misp_dns.dns.cache import AnswerCache
+from misp_dns.dns.descriptors import DescriptorShortage
 from misp_dns.dns.forwarder import Forwarder, system_upstreams
 from misp_dns.dns.ratelimit import RateLimiter
 from misp_dns.dns.resolver import ChainResolver
@@ -130,9 +131,10 @@ def build_service(
     Raises ConfigError when no upstream is configured or found, or the token file is bad.
     """
     upstreams = list(upstreams) if upstreams is not None else upstreams_of(config.server)
-    resolver = _resolver(config, policies, upstreams, reactor)
+    shortage = DescriptorShortage()
+    resolver = _resolver(config, policies, upstreams, reactor, shortage)
     responder = _responder(config.server, resolver, reactor)
-    tcp_factory = _tcp_factory(config.server, responder, reactor)
+    tcp_factory = _tcp_factory(config.server, responder, reactor, shortage)
     top = _ServerService(_summary(config.server, upstreams))
     if exporter is not None:
         exporter.setServiceParent(top)
@@ -163,7 +165,11 @@ def build_service(
 
 
 def _resolver(
-    config: Config, policies: Sequence[IPolicy], upstreams: list[Upstream], reactor: Any
+    config: Config,
+    policies: Sequence[IPolicy],
+    upstreams: list[Upstream],
+    reactor: Any,
+    shortage: DescriptorShortage,
 ) -> ChainResolver:
     """The policy chain, then the answer cache, then the upstream forwarder."""
     server = config.server
@@ -171,7 +177,7 @@ def _resolver(
     return ChainResolver(
         PolicyChain(list(policies), now=reactor.seconds),
         AnswerCache(config.cache.max_entries, reactor),
-        Forwarder(upstreams, reactor, timeout=server.upstream_timeout),
+        Forwarder(upstreams, reactor, timeout=server.upstream_timeout, shortage=shortage),
         server_name.rstrip("."),
     )
 
@@ -208,9 +214,20 @@ def _policy_services(policies: Sequence[IPolicy]) -> service.MultiService:
     return services
 
 
-def _tcp_factory(server: ServerConfig, responder: Responder, reactor: Any) -> DNSStreamFactory:
+def _tcp_factory(
+    server: ServerConfig, responder: Responder, reactor: Any, shortage: DescriptorShortage
+) -> DNSStreamFactory:
     """The factory every TCP listener shares (it counts and caps the open connections)."""
-    return DNSStreamFactory(responder, server.tcp_idle_timeout, server.tcp_max_connections, reactor)
+    return DNSStreamFactory(
+        responder,
+        server.tcp_idle_timeout,
+        server.tcp_max_connections,
+        reactor,
+        max_per_client=server.tcp_max_connections_per_client,
+        ipv4_prefix=server.rate_limit_ipv4_prefix,
+        ipv6_prefix=server.rate_limit_ipv6_prefix,
+        shortage=shortage,
+    )
 
 
 def _listeners(
