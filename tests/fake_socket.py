@@ -38,6 +38,8 @@ class FakeDatagramSocket:
         self.options: dict[tuple[int, int], int] = {}
         self.blocking = True
         self.bound: Address | None = None
+        #: The backlog `listen` was called with (a listening stream socket), else None.
+        self.backlog: int | None = None
         self.peer: Address | None = None
         self.sent: list[tuple[bytes, Address | None]] = []
         self.closed = False
@@ -77,6 +79,10 @@ class FakeDatagramSocket:
         self._maybe_fail("bind")
         host, port = address[0], address[1]
         self.bound = (host, port or 53053, *address[2:])
+
+    def listen(self, backlog: int) -> None:
+        self._maybe_fail("listen")
+        self.backlog = backlog
 
     def getsockname(self) -> Address:
         assert self.bound is not None

@@ -501,7 +501,7 @@ def no_descriptors(rig: Rig) -> None:
 def test_no_descriptor_left_fails_the_query_at_once_and_is_logged_once() -> None:
     """Out of file descriptors (EMFILE), a query fails at once with UpstreamFailed (the
     client gets SERVFAIL, no traceback): each is counted, one warning says it started and,
-    once a socket can be made again, one line says it is over."""
+    once a socket can be made again a minute later, one line says it is over."""
     rig = Rig(UP1, UP2)
     no_descriptors(rig)
     with capturedLogs() as events:
@@ -510,6 +510,7 @@ def test_no_descriptor_left_fails_the_query_at_once_and_is_logged_once() -> None
         failure_of(second, UpstreamFailed)
         assert rig.forwarder.shortage.failures == {"socket": 2}
         rig.sockets.cannot_make.clear()
+        rig.advance(60)
         third = rig.ask("third.example.com")
         rig.reply()
         result_of(third)

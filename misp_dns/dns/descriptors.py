@@ -4,6 +4,8 @@ Every TCP connection and every question in flight to an upstream holds a descrip
 the process has used them all, `socket()` and `accept()` fail with EMFILE (ENFILE when the
 whole system has): that is load, not a bug, so it is counted and logged once when it
 starts, and once when it is over, never with a traceback per query (`DescriptorShortage`).
+Twisted's TCP port keeps one descriptor in reserve to accept and close connections it has
+no descriptor for; the listeners count those too.
 
 `tcp_connection_cap` keeps the TCP listeners from taking the descriptors the upstream
 sockets need: client connections get at most half of what is left after a reserve for the
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import errno
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 __all__ = ["DESCRIPTOR_ERRORS", "RESERVED_DESCRIPTORS", "DescriptorShortage", "tcp_connection_cap"]
@@ -40,25 +43,31 @@ class DescriptorShortage:
     """Counts operations that failed for want of a descriptor, and logs each episode once.
 
     `happened(what)` counts a failure (`what` is the operation, "socket" or "accept") and
-    logs a warning if it starts an episode; `over()`, called where a descriptor was just
-    obtained, ends the episode with one line saying how many operations failed in it.
+    logs a warning if it starts an episode. `over()`, called where a descriptor was just
+    obtained, ends the episode with one line, once `QUIET` seconds have passed without a
+    failure: near the limit, descriptors come and go many times a second, and that is
+    still one episode.
     """
 
     log = Logger()
+    QUIET = 60.0
 
-    def __init__(self) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
         self.failures: dict[str, int] = {}
         self._episode = 0
+        self._last = 0.0
 
     @property
     def ongoing(self) -> bool:
-        """True from a failure until the next descriptor obtained."""
+        """True from a failure until the episode is over."""
         return self._episode > 0
 
     def happened(self, what: str) -> None:
         """Count one `what` that failed with EMFILE or ENFILE."""
         self.failures[what] = self.failures.get(what, 0) + 1
         self._episode += 1
+        self._last = self.clock.seconds()
         if self._episode == 1:
             self.log.warn(
                 "out of file descriptors: {what}() failed; queries get SERVFAIL and new TCP"
@@ -69,8 +78,8 @@ class DescriptorShortage:
             )
 
     def over(self) -> None:
-        """A descriptor was obtained: end the episode, if one is going on."""
-        if self._episode:
+        """A descriptor was obtained: end the episode if it has been quiet long enough."""
+        if self._episode and self.clock.seconds() - self._last >= self.QUIET:
             failed, self._episode = self._episode, 0
             self.log.info(
                 "file descriptors available again after {failed} operations failed without one",

@@ -282,7 +282,7 @@ class Forwarder:
         self._reactor = reactor
         self._timeout = timeout
         self._socket_factory = socket_factory
-        self.shortage = shortage if shortage is not None else DescriptorShortage()
+        self.shortage = shortage if shortage is not None else DescriptorShortage(reactor)
         self._preferred = 0
         self.latency = Histogram(UPSTREAM_BUCKETS)
         self.failures: dict[str, int] = {str(upstream): 0 for upstream in self._upstreams}
