@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 
 from twisted.internet.task import Clock
@@ -38,9 +39,10 @@ def test_an_episode_is_logged_once_however_often_descriptors_come_and_go() -> No
 def test_tcp_connections_get_half_of_the_descriptors_beyond_a_reserve() -> None:
     """With the common default soft limit of 1024, the 1000 connections configured by
     default would leave no descriptor for the upstream queries: 480 are allowed. A
-    generous limit leaves the configured number; a tiny one still allows one."""
+    generous limit (or none) leaves the configured number; a tiny one still allows one."""
     assert tcp_connection_cap(1000, 1024) == 480
     assert tcp_connection_cap(1000, 65536) == 1000
+    assert tcp_connection_cap(1000, resource.RLIM_INFINITY) == 1000
     assert tcp_connection_cap(1000, 64) == 1
 
 

@@ -34,8 +34,11 @@ def tcp_connection_cap(configured: int, open_files_limit: int) -> int:
 
     Half of the descriptors beyond the reserve, so that as many remain for the sockets of
     the questions those connections (and the UDP clients) send upstream; never more than
-    `configured`, never fewer than one.
+    `configured`, never fewer than one. A negative limit (`resource.RLIM_INFINITY`) is
+    no limit.
     """
+    if open_files_limit < 0:
+        return configured
     return max(1, min(configured, (open_files_limit - RESERVED_DESCRIPTORS) // 2))
 
 
