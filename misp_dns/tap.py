@@ -12,12 +12,13 @@ tree it builds and the data path through it.
 from __future__ import annotations
 
 import gc
+import resource
 import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.application import internet, service
+from twisted.application import service
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -29,7 +30,9 @@ from misp_dns.build import build_exporter, build_policies
 from misp_dns.config import load_config
 from misp_dns.dns.acl import ClientACL
 from misp_dns.dns.cache import AnswerCache
+from misp_dns.dns.descriptors import DescriptorShortage, tcp_connection_cap
 from misp_dns.dns.forwarder import Forwarder, system_upstreams
+from misp_dns.dns.listen import TCPListener, dual_stack
 from misp_dns.dns.ratelimit import RateLimiter
 from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.server import DNSStreamFactory, Responder
@@ -42,7 +45,7 @@ from misp_dns.registry import Registry, default_registry
 from misp_dns.reload import PolicyReloader, RunningPolicy
 from misp_dns.values import Config, ConfigError, ServerConfig, Upstream
 
-__all__ = ["Options", "build_service", "makeService", "upstreams_of"]
+__all__ = ["Options", "build_service", "makeService", "raise_open_files_limit", "upstreams_of"]
 
 log = Logger()
 
@@ -119,6 +122,7 @@ def build_service(
     registry: Registry | None = None,
     upstreams: Sequence[Upstream] | None = None,
     admin_token: bytes | None = None,
+    open_files_limit: int | None = None,
 ) -> service.MultiService:
     """The service tree for `config`: exporter, policy services, admin, then the listeners.
 
@@ -127,12 +131,17 @@ def build_service(
     queued. With `config_path`, SIGHUP reloads the `[[policy]]` tables from it (see
     `misp_dns.reload`). With `[admin]`, the admin listener (named "admin") serves metrics,
     health and the API; `admin_token` is its token, read from `token_file` when not given.
-    Raises ConfigError when no upstream is configured or found, or the token file is bad.
+    The TCP connections allowed are sized to `open_files_limit` (default: the process's
+    soft limit). Raises ConfigError when no upstream is configured or found, or the token
+    file is bad.
     """
+    if open_files_limit is None:
+        open_files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     upstreams = list(upstreams) if upstreams is not None else upstreams_of(config.server)
-    resolver = _resolver(config, policies, upstreams, reactor)
+    shortage = DescriptorShortage(reactor)
+    resolver = _resolver(config, policies, upstreams, reactor, shortage)
     responder = _responder(config.server, resolver, reactor)
-    tcp_factory = _tcp_factory(config.server, responder, reactor)
+    tcp_factory = _tcp_factory(config.server, responder, reactor, shortage, open_files_limit)
     top = _ServerService(_summary(config.server, upstreams))
     if exporter is not None:
         exporter.setServiceParent(top)
@@ -157,13 +166,17 @@ def build_service(
             reactor,
         )
         _OnHangup(reactor, reloader.reload).setServiceParent(top)
-    for listener in _listeners(config.server, responder, tcp_factory, reactor):
+    for listener in _listeners(config.server, responder, tcp_factory, reactor, shortage):
         listener.setServiceParent(top)
     return top
 
 
 def _resolver(
-    config: Config, policies: Sequence[IPolicy], upstreams: list[Upstream], reactor: Any
+    config: Config,
+    policies: Sequence[IPolicy],
+    upstreams: list[Upstream],
+    reactor: Any,
+    shortage: DescriptorShortage,
 ) -> ChainResolver:
     """The policy chain, then the answer cache, then the upstream forwarder."""
     server = config.server
@@ -171,7 +184,7 @@ def _resolver(
     return ChainResolver(
         PolicyChain(list(policies), now=reactor.seconds),
         AnswerCache(config.cache.max_entries, reactor),
-        Forwarder(upstreams, reactor, timeout=server.upstream_timeout),
+        Forwarder(upstreams, reactor, timeout=server.upstream_timeout, shortage=shortage),
         server_name.rstrip("."),
     )
 
@@ -208,25 +221,82 @@ def _policy_services(policies: Sequence[IPolicy]) -> service.MultiService:
     return services
 
 
-def _tcp_factory(server: ServerConfig, responder: Responder, reactor: Any) -> DNSStreamFactory:
+def _tcp_factory(
+    server: ServerConfig,
+    responder: Responder,
+    reactor: Any,
+    shortage: DescriptorShortage,
+    open_files_limit: int,
+) -> DNSStreamFactory:
     """The factory every TCP listener shares (it counts and caps the open connections)."""
-    return DNSStreamFactory(responder, server.tcp_idle_timeout, server.tcp_max_connections, reactor)
+    max_connections = tcp_connection_cap(server.tcp_max_connections, open_files_limit)
+    if max_connections < server.tcp_max_connections:
+        log.warn(
+            "at most {allowed} TCP connections, not server.tcp_max_connections = {configured}:"
+            " the open files limit is {limit} (raise it: LimitNOFILE= under systemd)",
+            allowed=max_connections,
+            configured=server.tcp_max_connections,
+            limit=open_files_limit,
+        )
+    return DNSStreamFactory(
+        responder,
+        server.tcp_idle_timeout,
+        max_connections,
+        reactor,
+        max_per_client=server.tcp_max_connections_per_client,
+        ipv4_prefix=server.rate_limit_ipv4_prefix,
+        ipv6_prefix=server.rate_limit_ipv6_prefix,
+        shortage=shortage,
+    )
 
 
 def _listeners(
-    server: ServerConfig, responder: Responder, tcp_factory: DNSStreamFactory, reactor: Any
+    server: ServerConfig,
+    responder: Responder,
+    tcp_factory: DNSStreamFactory,
+    reactor: Any,
+    shortage: DescriptorShortage,
 ) -> list[service.IService]:
     """A UDP and a TCP listener for each `server.listen` address."""
     # A backlog as deep as the connections allowed, so a burst of them is not made to wait
     # for the kernel's handshake retries (Twisted's default is 50).
-    backlog = min(max(server.tcp_max_connections, 50), 4096)
+    backlog = min(max(tcp_factory.max_connections, 50), 4096)
     listeners: list[service.IService] = []
     for address in server.listen:
-        listeners.append(UDPListener(reactor, address, responder))
+        dual = dual_stack(address, server.listen)
+        listeners.append(UDPListener(reactor, address, responder, dual=dual))
         listeners.append(
-            internet.TCPServer(address.port, tcp_factory, backlog=backlog, interface=address.host)
+            TCPListener(
+                reactor, address, tcp_factory, backlog=backlog, dual=dual, shortage=shortage
+            )
         )
     return listeners
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files to the hard limit if allowed; return the soft
+    limit now in force, and log it.
+
+    Every TCP connection and every question in flight upstream holds a descriptor; the
+    common default soft limit, 1024, is reached long before the CPU is busy.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError) as problem:
+            log.warn(
+                "open files limit {soft}: cannot raise it to {wanted}: {problem}",
+                soft=soft,
+                wanted=wanted,
+                problem=problem,
+            )
+            return soft
+        log.info("open files limit raised from {soft} to {wanted}", soft=soft, wanted=wanted)
+        return wanted
+    log.info("open files limit {soft}", soft=soft)
+    return soft
 
 
 class _OnHangup(service.Service):
@@ -255,6 +325,7 @@ def makeService(options: Options) -> service.IService:
     # Before any thread starts, so that the thread pool's workers share the main arena
     # (see misp_dns.allocator for why memory would creep otherwise).
     configure_malloc()
+    open_files_limit = raise_open_files_limit()
 
     return build_service(
         options["parsed"],
@@ -265,4 +336,5 @@ def makeService(options: Options) -> service.IService:
         registry=options["registry"],
         upstreams=options["upstreams"],
         admin_token=options["admin_token"],
+        open_files_limit=open_files_limit,
     )

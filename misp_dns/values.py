@@ -176,7 +176,9 @@ class ServerConfig:
     """`[server]`: where to listen, where to forward, who may ask, and where state lives.
 
     `rate_limit` is UDP responses per second per client network (0 turns it off); see
-    `misp_dns.dns.ratelimit`.
+    `misp_dns.dns.ratelimit`. A client network is a /`rate_limit_ipv4_prefix` (IPv6:
+    /`rate_limit_ipv6_prefix`); `tcp_max_connections_per_client` caps the TCP connections
+    one such network may hold open.
     """
 
     listen: tuple[HostPort, ...] = (HostPort("127.0.0.1", 5300),)
@@ -186,6 +188,10 @@ class ServerConfig:
     state_dir: str = "/var/lib/misp-dns"
     tcp_idle_timeout: float = attrs.field(default=30.0, validator=between(1, 3600))
     tcp_max_connections: int = attrs.field(default=1000, validator=between(1, 1_000_000))
+    # A stub opens one connection per truncated answer and closes it after the answer, so
+    # a whole office network seldom holds more than a few dozen at once; 100 keeps one
+    # network (one attacker) from holding more than a tenth of the default total.
+    tcp_max_connections_per_client: int = attrs.field(default=100, validator=between(1, 1_000_000))
     upstream_timeout: float = attrs.field(default=5.0, validator=between(0.5, 60))
     rate_limit: int = attrs.field(default=1000, validator=between(0, 10_000_000))
     rate_limit_slip: int = attrs.field(default=2, validator=between(0, 10))

@@ -6,7 +6,8 @@ it remembers every socket it made. A `FakeDatagramSocket` behaves like a non-blo
 `deliver`s is read back in order; reading with nothing waiting raises `BlockingIOError`; an
 error queued with `deliver_error` is raised by the read that reaches it (how Linux reports an
 ICMP error); `connect` to an unreachable host fails with ENETUNREACH; `fileno()` is -1 once
-closed. Nothing touches the network.
+closed. The factory itself can fail as `socket()` does, per address family (EMFILE when no
+descriptor is left, EAFNOSUPPORT on a host without IPv6). Nothing touches the network.
 
 `pump(reactor, sockets)` plays the reactor's part: it calls `doRead` on every reader of a
 `MemoryReactor` whose fake socket has something waiting, until none has.
@@ -37,6 +38,8 @@ class FakeDatagramSocket:
         self.options: dict[tuple[int, int], int] = {}
         self.blocking = True
         self.bound: Address | None = None
+        #: The backlog `listen` was called with (a listening stream socket), else None.
+        self.backlog: int | None = None
         self.peer: Address | None = None
         self.sent: list[tuple[bytes, Address | None]] = []
         self.closed = False
@@ -76,6 +79,10 @@ class FakeDatagramSocket:
         self._maybe_fail("bind")
         host, port = address[0], address[1]
         self.bound = (host, port or 53053, *address[2:])
+
+    def listen(self, backlog: int) -> None:
+        self._maybe_fail("listen")
+        self.backlog = backlog
 
     def getsockname(self) -> Address:
         assert self.bound is not None
@@ -132,19 +139,25 @@ class FakeSockets:
 
     `errors` (operation name -> OSError) is given to every socket it makes, so a test can
     make `bind` or `connect` fail before the code under test creates the socket; a host in
-    `unreachable` cannot be connected to; past `limit` sockets it raises RuntimeError, so a
-    test of code that would loop making sockets ends.
+    `unreachable` cannot be connected to; an address family in `cannot_make` gets its
+    OSError instead of a socket; past `limit` sockets it raises RuntimeError, so a test of
+    code that would loop making sockets ends.
     """
 
     def __init__(self) -> None:
         self.made: list[FakeDatagramSocket] = []
         self.errors: dict[str, OSError] = {}
         self.unreachable: set[str] = set()
+        #: Address family -> the OSError `socket()` raises for it.
+        self.cannot_make: dict[int, OSError] = {}
         self.limit = 1000
 
     def __call__(self, family: int, kind: int) -> FakeDatagramSocket:
         if len(self.made) >= self.limit:
             raise RuntimeError(f"more than {self.limit} sockets made")
+        failure = self.cannot_make.get(family)
+        if failure is not None:
+            raise failure
         made = FakeDatagramSocket(family, kind, self.errors, self.unreachable)
         self.made.append(made)
         return made

@@ -21,7 +21,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
 from twisted.internet import defer
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.names import dns as tdns
 from twisted.trial.unittest import SynchronousTestCase
@@ -234,6 +235,28 @@ def test_indicators_refresh_and_export_metrics() -> None:
     assert families["misp_dns_queries"] == "counter"
     assert metrics[sample("misp_dns_upstream_seconds_count")] == 0
     assert metrics[sample("misp_dns_info", version=__import__("misp_dns").__version__)] == 1
+
+
+def test_tcp_connections_closed_per_client_and_descriptor_shortages_are_exposed() -> None:
+    """Connections closed at tcp_max_connections_per_client are counted, and so are the
+    socket() and accept() calls that found no descriptor (one count for the whole server,
+    shared by the forwarder and the TCP listeners)."""
+    server = make_server()
+    parts = server.admin.api.parts
+    for host in range(101):
+        address = IPv4Address("TCP", f"192.0.2.{host}", 40000)
+        protocol = parts.tcp.buildProtocol(address)
+        if protocol is not None:
+            protocol.makeConnection(StringTransport(peerAddress=address))
+    assert parts.resolver.forwarder.shortage is parts.tcp.shortage
+    parts.tcp.shortage.happened("socket")
+    parts.tcp.shortage.happened("socket")
+    parts.tcp.shortage.happened("accept")
+    metrics = server.metrics()
+    assert metrics[sample("misp_dns_tcp_rejected_per_client_total")] == 1
+    assert metrics[sample("misp_dns_tcp_connections")] == 100
+    assert metrics[sample("misp_dns_descriptor_shortages_total", operation="socket")] == 2
+    assert metrics[sample("misp_dns_descriptor_shortages_total", operation="accept")] == 1
 
 
 def test_each_server_has_its_own_registry() -> None:

@@ -31,6 +31,7 @@ def test_empty_file_gives_safe_defaults() -> None:
     assert all(net.is_private or net.is_loopback for net in config.server.allow_clients)
     assert config.cache.max_entries == 100_000
     assert config.server.tcp_idle_timeout == 30
+    assert config.server.tcp_max_connections_per_client == 100
 
 
 def test_shipped_config_is_valid() -> None:
@@ -152,12 +153,20 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
 def test_range_errors_reported_beside_type_errors() -> None:
     """Every problem of a table shows at once, not one more after each fix."""
     found = problems(
-        {"server": {"listen": ["127.0.0.1"], "tcp_idle_timeout": 0, "tcp_max_connections": 0}}
+        {
+            "server": {
+                "listen": ["127.0.0.1"],
+                "tcp_idle_timeout": 0,
+                "tcp_max_connections": 0,
+                "tcp_max_connections_per_client": 0,
+            }
+        }
     )
     assert sorted(found) == [
         'server.listen[0]: expected "IP:port" or "[IPv6]:port", got \'127.0.0.1\'',
         "server.tcp_idle_timeout: must be within 1..3600, got 0.0",
         "server.tcp_max_connections: must be within 1..1000000, got 0",
+        "server.tcp_max_connections_per_client: must be within 1..1000000, got 0",
     ]
 
 

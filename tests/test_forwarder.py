@@ -26,8 +26,9 @@ from conftest import failure_of, no_result, result_of
 from fake_socket import FakeDatagramSocket, FakeSockets, pump
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectBindError, ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, capturedLogs
 from twisted.names import dns as tdns
 from twisted.python.failure import Failure
 
@@ -468,11 +469,6 @@ def test_an_unreachable_upstream_is_skipped() -> None:
     result_of(asked)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: when every upstream fails synchronously (e.g. ENETUNREACH, no route), "
-    "Forwarder._attempts loops without ever yielding to the reactor",
-)
 def test_no_route_to_any_upstream_fails_without_spinning() -> None:
     """With no route to any upstream the query should fail, not retry in a tight loop that
     never gives the reactor back (which would stop the whole server)."""
@@ -481,6 +477,60 @@ def test_no_route_to_any_upstream_fails_without_spinning() -> None:
     rig.sockets.limit = 100  # the fake raises RuntimeError past this many sockets
     asked = rig.ask()
     failure_of(asked, UpstreamFailed)
+
+
+def test_an_ipv6_upstream_on_a_host_without_ipv6_is_skipped() -> None:
+    """When no IPv6 socket can be made (EAFNOSUPPORT, IPv6 disabled), an IPv6 upstream is
+    skipped like an unreachable one and the next upstream answers."""
+    rig = Rig(HostPort("2001:db8::53", 53), UP1)
+    rig.sockets.cannot_make[socket.AF_INET6] = OSError(
+        errno.EAFNOSUPPORT, "Address family not supported by protocol"
+    )
+    asked = rig.ask()
+    assert rig.peers() == [("192.0.2.1", 53)]
+    rig.reply()
+    assert addresses(result_of(asked)) == ["192.0.2.7"]
+
+
+def no_descriptors(rig: Rig) -> None:
+    """Make every socket() of the rig fail as it does when the process has no descriptor."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        rig.sockets.cannot_make[family] = OSError(errno.EMFILE, "Too many open files")
+
+
+def test_no_descriptor_left_fails_the_query_at_once_and_is_logged_once() -> None:
+    """Out of file descriptors (EMFILE), a query fails at once with UpstreamFailed (the
+    client gets SERVFAIL, no traceback): each is counted, one warning says it started and,
+    once a socket can be made again a minute later, one line says it is over."""
+    rig = Rig(UP1, UP2)
+    no_descriptors(rig)
+    with capturedLogs() as events:
+        first, second = rig.ask(), rig.ask("other.example.com")
+        failure_of(first, UpstreamFailed)
+        failure_of(second, UpstreamFailed)
+        assert rig.forwarder.shortage.failures == {"socket": 2}
+        rig.sockets.cannot_make.clear()
+        rig.advance(60)
+        third = rig.ask("third.example.com")
+        rig.reply()
+        result_of(third)
+    assert [e["log_level"] for e in events] == [LogLevel.warn, LogLevel.info]
+    assert "out of file descriptors" in events[0]["log_format"]
+    assert rig.nothing_left()
+
+
+def test_no_descriptor_for_the_tcp_fallback_fails_the_query_at_once() -> None:
+    """A TCP connection that cannot get a socket (Twisted's ConnectBindError with EMFILE)
+    fails the query at once instead of trying the next upstream; it is counted."""
+    rig = Rig(UP1, UP2)
+    asked = rig.ask()
+    rig.reply(truncated=True, address=None)
+    _host, _port, factory, _timeout, _bind = rig.reactor.tcpClients[0]
+    emfile = ConnectBindError(errno.EMFILE, "Too many open files")
+    factory.clientConnectionFailed(rig.reactor.connectors[0], Failure(emfile))
+    failure_of(asked, UpstreamFailed)
+    assert rig.peers() == [("192.0.2.1", 53)]
+    assert rig.forwarder.shortage.failures == {"socket": 1}
 
 
 # Old servers and truncation.
@@ -497,11 +547,6 @@ def test_formerr_to_edns_is_asked_again_without_edns() -> None:
     assert retry.edns == -1 and str(retry.question[0].name) == "www.example.com."
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: Forwarder._udp races the retry against every earlier exchange, and the "
-    "earlier one already holds the FORMERR reply, so that reply wins at once",
-)
 def test_the_reply_without_edns_is_the_answer() -> None:
     """After the FORMERR, the old server's reply to the query without EDNS is the answer."""
     rig = Rig()
@@ -597,11 +642,20 @@ def test_a_tcp_connection_closed_before_the_reply_fails_that_upstream() -> None:
     assert rig.peers()[-1] == ("192.0.2.2", 5353)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the first upstream's truncated UDP reply stays in the race, so the next "
-    "upstream's UDP attempt is won by it at once and goes to TCP; its UDP reply is ignored",
-)
+def test_when_every_upstream_failed_at_once_the_query_fails_without_asking_again() -> None:
+    """A single upstream whose UDP reply is truncated and whose TCP connection closes
+    before replying: asking again would fail the same way, as fast as the network goes,
+    until the deadline; the query fails at once instead."""
+    rig = Rig()
+    asked = rig.ask()
+    rig.reply(truncated=True, address=None)
+    protocol, _transport = tcp_connection(rig)
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert "every upstream failed at once" in str(failure_of(asked, UpstreamFailed))
+    assert len(rig.sockets.made) == 1 and len(rig.reactor.tcpClients) == 1
+    assert rig.nothing_left()
+
+
 def test_after_tcp_fails_the_next_upstreams_udp_reply_is_the_answer() -> None:
     """When the TCP fallback to the first upstream fails, the second upstream's UDP reply
     answers the query."""

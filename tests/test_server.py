@@ -1,4 +1,5 @@
-"""The responder and the TCP protocol: ACL, observers, framing, pipelining, idle and cap."""
+"""The responder and the TCP protocol: ACL, observers, framing, pipelining, idle and caps,
+and a client that does not read its answers."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import dns.message
 import dns.rcode
 import pytest
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.names import dns as tdns
 
 from misp_dns.dns.acl import ClientACL
-from misp_dns.dns.server import DNSStreamFactory, Responder
+from misp_dns.dns.server import MAX_PIPELINED, DNSStreamFactory, Responder
 from misp_dns.dns.wire import Request
 from misp_dns.event import Answer, QueryEvent
 
@@ -137,10 +138,16 @@ def test_responses_and_unreadable_packets_get_no_answer() -> None:
     assert responder.counters.dropped == 2
 
 
-def connect(factory: DNSStreamFactory) -> tuple[Any, StringTransport]:
-    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+def connect(
+    factory: DNSStreamFactory, host: str = "127.0.0.1", transport: StringTransport | None = None
+) -> tuple[Any, StringTransport]:
+    """A connection from `host` as the TCP port makes it: the factory builds the protocol,
+    then the protocol is connected to its transport."""
+    kind = IPv6Address if ":" in host else IPv4Address
+    protocol = factory.buildProtocol(kind("TCP", host, 40000))
     assert protocol is not None
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = transport if transport is not None else StringTransport()
+    transport.peerAddr = kind("TCP", host, 40000)
     protocol.makeConnection(transport)
     return protocol, transport
 
@@ -217,3 +224,102 @@ def test_tcp_dripping_client_is_closed_by_the_idle_timeout() -> None:
             break
     assert transport.disconnecting
     assert transport.value() == b""
+
+
+def test_tcp_connections_per_client_network_are_capped() -> None:
+    """Beyond tcp_max_connections_per_client from one client network (a /24 here, IPv4
+    clients of a dual-stack socket included), its new connections are closed while other
+    networks still connect; a connection closing makes room again."""
+    factory = DNSStreamFactory(make_responder(), 30, 100, Clock(), max_per_client=2)
+    first, _ = connect(factory, "192.0.2.1")
+    connect(factory, "::ffff:192.0.2.200")
+    assert factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 1)) is None
+    assert factory.buildProtocol(IPv6Address("TCP", "::ffff:192.0.2.9", 1)) is None
+    assert factory.rejected_per_client == 2
+    connect(factory, "198.51.100.1")
+    connect(factory, "2001:db8::1")
+    first.connectionLost(None)
+    assert factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 1)) is not None
+
+
+def test_an_ipv4_client_of_a_dual_stack_socket_is_logged_as_ipv4() -> None:
+    """A client that reached an IPv6 wildcard socket over IPv4 (`::ffff:127.0.0.1`) is
+    127.0.0.1 to the ACL, the policies and the query log."""
+    responder = make_responder()
+    events: list[QueryEvent] = []
+    responder.observers.append(events.append)
+    factory = DNSStreamFactory(responder, 30, 10, Clock())
+    protocol, _ = connect(factory, "::ffff:127.0.0.1")
+    protocol.dataReceived(framed(query()))
+    assert [e.client for e in events] == ["127.0.0.1"]
+
+
+class BigAnswers(ScriptedResolver):
+    """Answers every question, at once, with about 1.7 KB of TXT."""
+
+    def resolve(self, request: Request, client: str, transport: str) -> Any:
+        name = request.question.name.name
+        text = tdns.Record_TXT(*[b"x" * 200] * 8, ttl=60)
+        return Answer(tdns.OK, answers=(tdns.RRHeader(name, tdns.TXT, tdns.IN, 60, text),))
+
+
+class SlowReaderTransport(StringTransport):
+    """A transport whose client reads nothing until the test says so.
+
+    Like Twisted's TCP transport, it asks its registered producer to pause once more than
+    `BUFFER_SIZE` bytes wait to go out, and to resume once they have been sent (`drain`).
+    """
+
+    BUFFER_SIZE = 65536
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.value()) > self.BUFFER_SIZE and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def drain(self) -> bytes:
+        """The client reads everything waiting; the producer is told to resume."""
+        sent = self.value()
+        self.clear()
+        if self.producer is not None:
+            self.producer.resumeProducing()
+        return sent
+
+
+def test_a_client_that_does_not_read_cannot_make_the_server_hold_its_answers() -> None:
+    """160 KB of pipelined queries for a 1.7 KB answer, from a client that reads nothing:
+    the server holds about one transport buffer of answers (not the 10 MB they add up to)
+    and stops reading from the client; as the client reads, every query is answered."""
+    factory = DNSStreamFactory(make_responder(BigAnswers()), 30, 10, Clock())
+    transport = SlowReaderTransport()
+    protocol, _ = connect(factory, transport=transport)
+    assert transport.producer is protocol and transport.streaming
+    queries = [framed(query(f"q{i}.test")) for i in range(6000)]
+    protocol.dataReceived(b"".join(queries))
+    assert sum(map(len, queries)) > 160_000
+    waiting = len(transport.value())
+    assert waiting <= SlowReaderTransport.BUFFER_SIZE + 2000
+    assert transport.producerState == "paused", "the server still reads from the client"
+    answered = frames(transport.drain())
+    while transport.value():
+        answered += frames(transport.drain())
+    assert len(answered) == 6000
+    assert transport.producerState == "producing"
+
+
+def test_tcp_queries_in_flight_are_capped_per_connection() -> None:
+    """A connection gets at most MAX_PIPELINED queries in flight: the ones sent beyond it
+    wait, unread, and are taken as answers go out."""
+    resolver = ScriptedResolver(deferred=True)
+    factory = DNSStreamFactory(make_responder(resolver), 30, 10, Clock())
+    protocol, transport = connect(factory)
+    protocol.dataReceived(b"".join(framed(query(f"q{i}.test")) for i in range(100)))
+    assert len(resolver.pending) == MAX_PIPELINED
+    assert transport.producerState == "paused"
+    resolver.pending[b"q0.test"].callback(None)
+    assert len(resolver.pending) == MAX_PIPELINED + 1
+    while waiting := [d for d in resolver.pending.values() if not d.called]:
+        for deferred in waiting:
+            deferred.callback(None)
+    assert len(frames(transport.value())) == 100
+    assert transport.producerState == "producing"

@@ -71,12 +71,14 @@ class ScriptedResponder:
 class Rig:
     """A started listener on fake sockets, and what it sent."""
 
-    def __init__(self, responder: Any = None, address: HostPort = ADDRESS) -> None:
+    def __init__(
+        self, responder: Any = None, address: HostPort = ADDRESS, dual: bool = False
+    ) -> None:
         self.reactor = MemoryReactorClock()
         self.sockets = FakeSockets()
         self.responder = responder if responder is not None else ScriptedResponder()
         self.listener = UDPListener(
-            self.reactor, address, self.responder, socket_factory=self.sockets
+            self.reactor, address, self.responder, dual=dual, socket_factory=self.sockets
         )
 
     def start(self) -> UDPListener:
@@ -119,6 +121,18 @@ def test_an_ipv6_address_gets_a_v6_only_socket() -> None:
     assert rig.socket.family == socket.AF_INET6
     assert rig.socket.options[(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)] == 1
     assert listener.port == 53053  # what the fake socket "chose"
+
+
+def test_a_dual_stack_socket_takes_ipv4_clients_known_by_their_ipv4_address() -> None:
+    """A dual-stack IPv6 wildcard socket clears IPV6_V6ONLY (whatever the system default);
+    an IPv4 client reaching it as ::ffff:127.0.0.1 is 127.0.0.1 to the responder, and its
+    answer goes back to the address it came from."""
+    rig = Rig(address=HostPort("::", 5300), dual=True)
+    rig.start()
+    assert rig.socket.options[(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)] == 0
+    rig.receive(b"query", source=("::ffff:127.0.0.1", 40001, 0, 0))
+    assert rig.responder.calls == [(b"query", "127.0.0.1", "udp")]
+    assert rig.sent() == [(b"answer:query", ("::ffff:127.0.0.1", 40001, 0, 0))]
 
 
 def test_an_address_in_use_fails_start_and_leaves_nothing_open() -> None:

@@ -31,6 +31,8 @@ Every name starts with `misp_dns_`. `response_type` is the query log's (`Blocked
 | `policy_failures_total` | counter | (queries a raising policy answered SERVFAIL) |
 | `tcp_connections` | gauge | |
 | `tcp_rejected_total` | counter | (connections closed at `tcp_max_connections`) |
+| `tcp_rejected_per_client_total` | counter | (closed at `tcp_max_connections_per_client`) |
+| `descriptor_shortages_total` | counter | `operation` (`socket`, `accept`: no descriptor left) |
 | `info` | gauge (1) | `version` |
 
 prometheus_client's own process collector adds `process_*` (memory, CPU, open files).
@@ -283,6 +285,21 @@ class ServerCollector:
             "TCP connections closed at once because tcp_max_connections were open",
             tcp.rejected_connections,
         )
+        yield _counter(
+            "tcp_rejected_per_client",
+            "TCP connections closed at once because their client network had"
+            " tcp_max_connections_per_client open",
+            tcp.rejected_per_client,
+        )
+        shortages = CounterMetricFamily(
+            PREFIX + "descriptor_shortages",
+            "Operations that failed for want of a file descriptor (EMFILE, ENFILE)",
+            labels=["operation"],
+        )
+        failures = tcp.shortage.failures if tcp.shortage is not None else {}
+        for operation, count in sorted(failures.items()):
+            shortages.add_metric([operation], count)
+        yield shortages
 
 
 def _bound(bound: float) -> str:

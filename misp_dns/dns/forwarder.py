@@ -6,6 +6,13 @@ the same question, retries over TCP on TC, asks over TCP at once for a client th
 over TCP (a UDP reply may lack records that did not fit), and gives up after one bounded
 total time (`timeout`, about 5 s) instead of a minute of retries. The upstream's RCODE is
 kept as it is: NXDOMAIN with its SOA, SERVFAIL and REFUSED all reach the client unchanged.
+
+A reply that has been acted on (a FORMERR that led to a query without EDNS, a truncated
+reply that led to TCP) leaves the race: only a later reply can answer the question. When
+every upstream failed at once in one round (refused, no route, the TCP connection closed)
+the query fails instead of asking again at network speed until the deadline. When no
+socket can be made for want of file descriptors the query fails at once as well, counted
+in `shortage` (see `misp_dns.dns.descriptors`).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import secrets
 import socket
 import struct
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import attrs
@@ -23,6 +31,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.names import dns
 
+from misp_dns.dns.descriptors import DESCRIPTOR_ERRORS, DescriptorShortage
 from misp_dns.dns.wire import EDNS_UDP_SIZE, OPT, encode_opt, parse_message
 from misp_dns.event import Answer, Kind
 from misp_dns.histogram import UPSTREAM_BUCKETS, Histogram
@@ -38,6 +47,14 @@ SocketFactory = Callable[[int, int], Any]
 
 class UpstreamFailed(Exception):
     """No upstream gave a usable answer within the time allowed."""
+
+
+class _NoDescriptor(UpstreamFailed):
+    """No socket could be made: the process has no file descriptor left (EMFILE)."""
+
+
+class _CannotSend(Exception):
+    """The query could not be sent to this upstream at all (no route, no IPv6 here)."""
 
 
 def system_upstreams(path: str = "/etc/resolv.conf") -> list[Upstream]:
@@ -118,6 +135,8 @@ class _UDPExchange:
         self.accept = accept
         self.reply: dns.Message | None = None
         self.failure: Exception | None = None
+        #: True once the reply was acted on: it answered, or led to a retry or to TCP.
+        self.taken = False
         self._waiting: list[defer.Deferred[dns.Message]] = []
         self.socket: socket.socket = socket_factory(upstream.family, socket.SOCK_DGRAM)
         self.socket.setblocking(False)
@@ -129,7 +148,7 @@ class _UDPExchange:
             self.socket.send(packet)
         except OSError as exc:
             self.close()
-            raise error.ConnectError(string=f"{self.upstream}: {exc.strerror}") from None
+            raise _CannotSend(f"{self.upstream}: {exc.strerror}") from None
         self.reactor.addReader(self)
 
     def fileno(self) -> int:
@@ -153,6 +172,7 @@ class _UDPExchange:
             reply = self.accept(data)
             if reply is not None and self.reply is None and self.failure is None:
                 self.reply = reply
+                self.close()
                 waiting, self._waiting = self._waiting, []
                 for deferred in waiting:
                     deferred.callback(reply)
@@ -171,6 +191,7 @@ class _UDPExchange:
     def _fail(self, reason: Exception) -> None:
         if self.reply is None and self.failure is None:
             self.failure = reason
+            self.close()
             waiting, self._waiting = self._waiting, []
             for deferred in waiting:
                 deferred.errback(reason)
@@ -178,7 +199,8 @@ class _UDPExchange:
     def connectionLost(self, reason: Any) -> None:
         # The reactor saw an error on the socket, usually an ICMP "port unreachable":
         # reading once more turns it into the error it is.
-        self.doRead()
+        if self.socket.fileno() >= 0:
+            self.doRead()
         self._fail(error.ConnectionLost(str(self.upstream)))
 
     def close(self) -> None:
@@ -239,6 +261,8 @@ class Forwarder:
     `socket_factory(family, type)` makes the UDP sockets: `socket.socket`, or in-memory
     ones in tests. `latency` holds the time each answered question took (all attempts together);
     `failures` counts the failed attempts per upstream ("IP:port"), for the metrics.
+    `shortage` counts the sockets that could not be made for want of a file descriptor
+    (the server shares one with its TCP listeners).
     """
 
     log = Logger()
@@ -250,6 +274,7 @@ class Forwarder:
         timeout: float = 5.0,
         *,
         socket_factory: SocketFactory = socket.socket,
+        shortage: DescriptorShortage | None = None,
     ) -> None:
         if not upstreams:
             raise ValueError("no upstream resolvers")
@@ -257,6 +282,7 @@ class Forwarder:
         self._reactor = reactor
         self._timeout = timeout
         self._socket_factory = socket_factory
+        self.shortage = shortage if shortage is not None else DescriptorShortage(reactor)
         self._preferred = 0
         self.latency = Histogram(UPSTREAM_BUCKETS)
         self.failures: dict[str, int] = {str(upstream): 0 for upstream in self._upstreams}
@@ -303,6 +329,9 @@ class Forwarder:
         count = len(self._upstreams)
         while True:
             refused = 0
+            # Upstreams that failed without waiting out their time: asking them again at
+            # once would fail the same way, as fast as the network goes.
+            at_once = 0
             for offset in range(count):
                 index = (self._preferred + offset) % count
                 upstream = self._upstreams[index]
@@ -313,17 +342,25 @@ class Forwarder:
                     reply, complete = await self._exchange(
                         upstream, question, min(attempt_timeout, remaining), deadline, sent
                     )
+                except _NoDescriptor:
+                    raise
                 except error.ConnectionRefusedError:
                     refused += 1
+                    at_once += 1
                     problems.append(f"{upstream} refused")
                     self._count_failure(upstream)
                     continue
-                except (
-                    UpstreamFailed,
-                    error.ConnectError,
-                    error.ConnectionLost,
-                    defer.TimeoutError,
-                ) as exc:
+                except (defer.TimeoutError, error.TimeoutError) as exc:
+                    problems.append(f"{upstream} {exc.__class__.__name__}")
+                    self._count_failure(upstream)
+                    continue
+                except _CannotSend as exc:
+                    at_once += 1
+                    problems.append(f"cannot send to {exc}")
+                    self._count_failure(upstream)
+                    continue
+                except (UpstreamFailed, error.ConnectError, error.ConnectionLost) as exc:
+                    at_once += 1
                     problems.append(f"{upstream} {exc.__class__.__name__}")
                     self._count_failure(upstream)
                     continue
@@ -332,6 +369,8 @@ class Forwarder:
             if refused == count:
                 # Nothing listens at any upstream: waiting would not change that.
                 raise UpstreamFailed(f"every upstream refused: {problems}")
+            if at_once == count:
+                raise UpstreamFailed(f"every upstream failed at once: {problems}")
             attempt_timeout *= 2
 
     def _count_failure(self, upstream: HostPort) -> None:
@@ -373,18 +412,23 @@ class Forwarder:
         the sockets stay open (the caller closes them) so a late reply is still taken.
         """
         ident = secrets.randbits(16)
-        exchange = _UDPExchange(
-            self._reactor,
-            upstream,
-            lambda data: question.reply_matches(ident, data),
-            self._socket_factory,
-        )
+        try:
+            exchange = _UDPExchange(
+                self._reactor,
+                upstream,
+                lambda data: question.reply_matches(ident, data),
+                self._socket_factory,
+            )
+        except OSError as exc:
+            raise self._no_socket(upstream, exc) from None
+        self.shortage.over()
         exchange.send(question.packet(ident, edns))
         sent.append(exchange)
         race: defer.Deferred[dns.Message] = defer.Deferred()
 
-        def won(reply: dns.Message) -> None:
+        def won(by: _UDPExchange, reply: dns.Message) -> None:
             if not race.called:
+                by.taken = True
                 race.callback(reply)
 
         def lost(failure: Any) -> None:
@@ -393,11 +437,18 @@ class Forwarder:
 
         for earlier in sent:
             if earlier is exchange:
-                earlier.wait().addCallbacks(won, lost)
-            elif earlier.failure is None:
-                earlier.wait().addCallbacks(won, lambda _: None)
+                earlier.wait().addCallbacks(partial(won, earlier), lost)
+            elif earlier.failure is None and not earlier.taken:
+                earlier.wait().addCallbacks(partial(won, earlier), lambda _: None)
         race.addTimeout(timeout, self._reactor)
         return await race
+
+    def _no_socket(self, upstream: HostPort, exc: OSError) -> Exception:
+        """What a failed `socket()` means: no descriptor left, or no such family here."""
+        if exc.errno in DESCRIPTOR_ERRORS:
+            self.shortage.happened("socket")
+            return _NoDescriptor(f"no socket for {upstream}: {exc.strerror}")
+        return _CannotSend(f"{upstream}: {exc.strerror}")
 
     async def _tcp(self, upstream: HostPort, question: _Question, timeout: float) -> dns.Message:
         ident = secrets.randbits(16)
@@ -407,7 +458,15 @@ class Forwarder:
         endpoint_class = TCP6ClientEndpoint if ":" in upstream.host else TCP4ClientEndpoint
         endpoint = endpoint_class(self._reactor, upstream.host, upstream.port, timeout=timeout)
         started = self._reactor.seconds()
-        await endpoint.connect(_OneShotFactory(exchange))
+        try:
+            await endpoint.connect(_OneShotFactory(exchange))
+        except error.ConnectBindError as exc:
+            # Twisted reports a socket() that failed as a ConnectBindError with its errno.
+            if exc.osError in DESCRIPTOR_ERRORS:
+                self.shortage.happened("socket")
+                raise _NoDescriptor(f"no socket for {upstream}: {exc}") from None
+            raise
+        self.shortage.over()
         remaining = max(0.1, timeout - (self._reactor.seconds() - started))
         exchange.result.addTimeout(remaining, self._reactor)
         try:

@@ -6,7 +6,13 @@ silent): wire checks, the client ACL, the resolver chain, encoding with truncati
 `tally`, when set (the admin listener's query counter), is called for every answered query
 with the transport, the question and the answer, without building an event. The
 listeners only move bytes; TCP adds framing, pipelining (answers go out in whatever
-order they are ready), an idle timeout and a cap on open connections.
+order they are ready), an idle timeout and a cap on open connections, in all and per
+client network.
+
+A TCP client that sends queries and does not read the answers cannot make the server hold
+them: the protocol is the producer of its transport's output, so when the transport has
+more than its buffer size (64 KB) waiting to go out, the protocol stops reading from the
+client and leaves the queries it already has unanswered until the client has read.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
 
-from misp_dns.dns.acl import ClientACL
+from misp_dns.dns.acl import ClientACL, client_network, plain_address
 from misp_dns.dns.cache import CHECKING_DISABLED
+from misp_dns.dns.descriptors import DescriptorShortage
 from misp_dns.dns.packet import assemble, opt_record, read_plain_query
 from misp_dns.dns.ratelimit import RateLimiter, Verdict
 from misp_dns.dns.resolver import ChainResolver
@@ -243,33 +251,65 @@ def _slipped(data: bytes) -> bytes | None:
     return assemble(query.ident, query.flags, query.question, empty, 0, opt, truncated=True)
 
 
+@implementer(IPushProducer)
 class DNSStreamProtocol(Protocol, TimeoutMixin):
-    """DNS over TCP: length-prefixed messages, pipelined, closed when idle."""
+    """DNS over TCP: length-prefixed messages, pipelined, closed when idle.
+
+    Queries are taken from what the client sent only while fewer than `MAX_PIPELINED` are
+    in flight and the transport is not backed up (it calls `pauseProducing` when the
+    client does not read its answers fast enough, `resumeProducing` when it has); in
+    between, the protocol does not read from the client either.
+    """
 
     factory: DNSStreamFactory
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._in_flight = 0
-        self._paused = False
+        self._backed_up = False
+        self._reading = True
         self._client = ""
+        #: The client network it counts against (set by the factory).
+        self.network: str | None = None
 
     def connectionMade(self) -> None:
         self.callLater = self.factory.clock.callLater  # type: ignore[method-assign,assignment]
-        self.factory.open_connections += 1
-        self._client = self.transport.getPeer().host  # type: ignore[union-attr]
+        self.factory.opened(self)
+        self._client = plain_address(self.transport.getPeer().host)  # type: ignore[union-attr]
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self.setTimeout(self.factory.idle_timeout)
 
     def connectionLost(self, reason: Any = None) -> None:
-        self.factory.open_connections -= 1
+        self.factory.closed(self)
+        self._backed_up = True
         self.setTimeout(None)
 
     def timeoutConnection(self) -> None:
         self.transport.abortConnection()  # type: ignore[union-attr]
 
+    # IPushProducer: the transport says whether it can take more answers.
+
+    def pauseProducing(self) -> None:
+        self._backed_up = True
+        self._read_or_not()
+
+    def resumeProducing(self) -> None:
+        self._backed_up = False
+        self._take_queries()
+
+    def stopProducing(self) -> None:
+        self._backed_up = True
+
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
-        while len(self._buffer) >= 2:
+        self._take_queries()
+
+    def _may_take(self) -> bool:
+        return not self._backed_up and self._in_flight < MAX_PIPELINED
+
+    def _take_queries(self) -> None:
+        """Answer the whole queries received, as long as the protocol may take them."""
+        while self._may_take() and len(self._buffer) >= 2:
             (length,) = struct.unpack_from("!H", self._buffer)
             if len(self._buffer) < 2 + length:
                 break
@@ -279,25 +319,33 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
             # cannot hold a connection (and a place under the cap) for ever.
             self.resetTimeout()
             self._handle(message)
+        self._read_or_not()
+
+    def _read_or_not(self) -> None:
+        """Read from the client while queries may be taken; stop reading meanwhile."""
+        if self.transport is None or not self.connected:
+            return
+        may_take = self._may_take()
+        if may_take and not self._reading:
+            self._reading = True
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        elif not may_take and self._reading:
+            self._reading = False
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def _handle(self, message: bytes) -> None:
         result = self.factory.responder.respond(message, self._client, "tcp")
         if isinstance(result, defer.Deferred):
             self._in_flight += 1
-            if self._in_flight >= MAX_PIPELINED and not self._paused:
-                self._paused = True
-                self.transport.pauseProducing()  # type: ignore[union-attr]
             result.addCallback(self._answered)
         elif result is not None:
             self._send(result)
 
     def _answered(self, wire: bytes | None) -> None:
         self._in_flight -= 1
-        if self._paused and self._in_flight < MAX_PIPELINED // 2:
-            self._paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
         if wire is not None:
             self._send(wire)
+        self._take_queries()
 
     def _send(self, wire: bytes) -> None:
         if self.transport is not None and self.connected:
@@ -306,7 +354,10 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
 
 
 class DNSStreamFactory(ServerFactory):
-    """Builds TCP connections up to `max_connections`; beyond that, new ones are closed."""
+    """Builds TCP connections up to `max_connections` in all and `max_per_client` from one
+    client network (a /`ipv4_prefix`, or a /`ipv6_prefix` for IPv6); beyond either, new
+    connections are closed at once. Every connection it builds ends a descriptor
+    `shortage` if one is going on."""
 
     protocol = DNSStreamProtocol  # type: ignore[assignment]
     noisy = False
@@ -318,13 +369,24 @@ class DNSStreamFactory(ServerFactory):
         idle_timeout: float,
         max_connections: int,
         clock: IReactorTime,
+        *,
+        max_per_client: int | None = None,
+        ipv4_prefix: int = 24,
+        ipv6_prefix: int = 56,
+        shortage: DescriptorShortage | None = None,
     ) -> None:
         self.responder = responder
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.max_per_client = max_per_client if max_per_client is not None else max_connections
+        self.ipv4_prefix = ipv4_prefix
+        self.ipv6_prefix = ipv6_prefix
+        self.shortage = shortage
         self.open_connections = 0
         self.rejected_connections = 0
+        self.rejected_per_client = 0
+        self._per_network: dict[str, int] = {}
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
         if self.open_connections >= self.max_connections:
@@ -338,4 +400,45 @@ class DNSStreamFactory(ServerFactory):
                     rejected=self.rejected_connections,
                 )
             return None
-        return super().buildProtocol(addr)  # type: ignore[return-value]
+        network = self._network_of(addr.host)
+        held = self._per_network.get(network, 0)
+        if held >= self.max_per_client:
+            self.rejected_per_client += 1
+            if self.rejected_per_client % 1000 == 1:
+                self.log.warn(
+                    "TCP connection from {client} closed: {count} open from {network}, the"
+                    " limit (server.tcp_max_connections_per_client); {rejected} closed so far",
+                    client=plain_address(addr.host),
+                    count=held,
+                    network=network,
+                    rejected=self.rejected_per_client,
+                )
+            return None
+        protocol = super().buildProtocol(addr)
+        assert isinstance(protocol, DNSStreamProtocol)
+        protocol.network = network
+        if self.shortage is not None:
+            self.shortage.over()
+        return protocol
+
+    def opened(self, protocol: DNSStreamProtocol) -> None:
+        """Count a connection made (its protocol's `connectionMade`)."""
+        self.open_connections += 1
+        network = protocol.network
+        if network is not None:
+            self._per_network[network] = self._per_network.get(network, 0) + 1
+
+    def closed(self, protocol: DNSStreamProtocol) -> None:
+        """Count a connection lost (its protocol's `connectionLost`)."""
+        self.open_connections -= 1
+        network = protocol.network
+        if network is not None:
+            left = self._per_network[network] - 1
+            if left:
+                self._per_network[network] = left
+            else:
+                del self._per_network[network]
+
+    def _network_of(self, host: str) -> str:
+        network = client_network(host, self.ipv4_prefix, self.ipv6_prefix)
+        return host if network is None else str(network)

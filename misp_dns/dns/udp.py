@@ -5,6 +5,8 @@ per datagram; at tens of thousands of queries a second that bookkeeping costs mo
 answering. This listener registers its socket with the reactor (`IReactorFDSet.addReader`),
 reads every datagram waiting when the reactor says it is readable, and sends each answer
 with one `sendto`. Answers that come later (forwarded queries) are sent when they are ready.
+An IPv6 socket takes IPv4 clients too only when `dual` says so (see `misp_dns.dns.listen`);
+such a client is known by its IPv4 address.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from misp_dns.dns.acl import plain_address
+from misp_dns.dns.listen import set_v6only
 from misp_dns.values import HostPort
 
 __all__ = ["UDPListener"]
@@ -33,7 +37,7 @@ class UDPListener(Service):
     """Answers DNS queries arriving over UDP at one address, through a `Responder`.
 
     `socket_factory(family, type)` makes the socket: `socket.socket`, or an in-memory one
-    in tests.
+    in tests. With `dual`, an IPv6 wildcard socket takes IPv4 clients too.
     """
 
     log = Logger()
@@ -44,11 +48,13 @@ class UDPListener(Service):
         address: HostPort,
         responder: Any,
         *,
+        dual: bool = False,
         socket_factory: Callable[[int, int], Any] = socket.socket,
     ) -> None:
         self.reactor = reactor
         self.address = address
         self.responder = responder
+        self.dual = dual
         self.socket_factory = socket_factory
         self.socket: socket.socket | None = None
         self.send_errors = 0
@@ -64,8 +70,7 @@ class UDPListener(Service):
         family = self.address.family
         sock: socket.socket = self.socket_factory(family, socket.SOCK_DGRAM)
         try:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            set_v6only(sock, self.address, self.dual)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
             sock.bind((self.address.host, self.address.port))
         except OSError as exc:
@@ -95,6 +100,7 @@ class UDPListener(Service):
     def doRead(self) -> None:
         sock = self.socket
         respond = self.responder.respond
+        dual = self.dual
         for _ in range(_BATCH):
             if sock is None:
                 return
@@ -108,10 +114,11 @@ class UDPListener(Service):
                     continue
                 self.log.failure("reading from {address} failed", address=str(self.address))
                 return
+            client = plain_address(addr[0]) if dual else addr[0]
             try:
-                result = respond(data, addr[0], "udp")
+                result = respond(data, client, "udp")
             except Exception:
-                self.log.failure("answering {client} failed", client=addr[0])
+                self.log.failure("answering {client} failed", client=client)
                 continue
             if result is None:
                 continue

@@ -39,6 +39,7 @@ __all__ = [
     "no_abuse_server_errors",
     "rrl_server",
     "silent_first_server",
+    "unread_server",
 ]
 
 #: The flood server closes idle TCP connections after this many seconds.
@@ -93,6 +94,12 @@ idle_server = _servers.fixture(
     upstreams=["unbound"],
     tcp_idle_timeout=IDLE_TIMEOUT,
     tcp_max_connections=IDLE_CAP,
+    tcp_max_connections_per_client=IDLE_CAP,
+)
+unread_server = _servers.fixture(
+    "unread_server",
+    "misp-dns forwarding to Unbound, for a TCP client that never reads its answers.",
+    upstreams=["unbound"],
 )
 rrl_server = _servers.fixture(
     "rrl_server",

@@ -1,5 +1,6 @@
-"""Abuse of the running server: a thousand idle TCP connections, half-sent frames, a UDP
-burst from one client (response rate limiting), and ANY queries (RFC 8482).
+"""Abuse of the running server: a thousand idle TCP connections, half-sent frames, a TCP
+client that never reads its answers, a UDP burst from one client (response rate limiting),
+and ANY queries (RFC 8482).
 
 test_tcp_e2e.py shows the idle timeout and the connection cap on a handful of connections;
 here they hold at the scale an attacker would use, while the server keeps answering.
@@ -31,11 +32,12 @@ from .abuse_servers import (  # noqa: F401 (fixtures)
     idle_server,
     no_abuse_server_errors,
     rrl_server,
+    unread_server,
 )
 from .fake_upstream import ScriptedUpstream
 from .net import wait_until
 from .server import MispDnsProcess
-from .unbound import WWW, WWW_A
+from .unbound import BIG_TXT, WWW, WWW_A
 from .wire import (
     ask_tcp,
     ask_udp,
@@ -190,6 +192,50 @@ def test_half_sent_frames_are_closed_after_the_idle_timeout(idle_server: MispDns
         for sock in held:
             sock.close()
     _answers_www(idle_server, 0x6202)
+
+
+#: Pipelined queries the client that never reads sends: about 800 KB, asking for 35 MB.
+UNREAD_QUERIES = 20_000
+#: How much the server may grow meanwhile (kB): a transport buffer, not the answers.
+UNREAD_GROWTH_KB = 8_192
+
+
+def _send_what_is_taken(sock: socket.socket, data: bytes, patience: float) -> None:
+    """Send `data` until all is sent or nothing more is taken for `patience` seconds."""
+    sock.setblocking(False)
+    sent = 0
+    stalled_since = time.monotonic()
+    while sent < len(data) and time.monotonic() - stalled_since < patience:
+        try:
+            sent += sock.send(data[sent : sent + 65536])
+            stalled_since = time.monotonic()
+        except BlockingIOError:
+            time.sleep(0.02)
+
+
+def test_a_client_that_never_reads_cannot_make_the_server_buffer_its_answers(
+    unread_server: MispDnsProcess,
+) -> None:
+    """A client pipelines 800 KB of queries for a 1.7 KB TXT and never reads: the server
+    stops reading from it once a transport buffer of answers waits, instead of holding the
+    35 MB of answers in memory, and keeps answering everyone else."""
+    answer = ask_tcp(make_query(BIG_TXT, "TXT", edns=0, qid=0x6301), unread_server.address)
+    assert answer.answer, "the big TXT answer is cached, complete, before the test"
+    base = ProcessStatus.of(unread_server.pid).rss_kb
+    queries = b"".join(
+        tcp_frame(make_query(BIG_TXT, "TXT", edns=0, qid=i % 65536).to_wire())
+        for i in range(UNREAD_QUERIES)
+    )
+    with tcp_connect(unread_server.address) as greedy:
+        _send_what_is_taken(greedy, queries, patience=2.0)
+        _answers_www(unread_server, 0x6302)
+        peak = base
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            peak = max(peak, ProcessStatus.of(unread_server.pid).rss_kb)
+            time.sleep(0.1)
+    assert peak - base < UNREAD_GROWTH_KB, f"the server grew by {peak - base} kB"
+    _answers_www(unread_server, 0x6303)
 
 
 def _burst(
