@@ -4,6 +4,9 @@ Each table is built by the `PluginType` its `type` names in the `Registry`, with
 `BuildContext`; whatever only building can find (a missing file, a plugin that builds the
 wrong kind of object) is raised as `ConfigError`, each line prefixed with the table's path.
 Both start-up (`misp_dns.tap`) and SIGHUP reloads (`misp_dns.reload`) build through here.
+
+`security_warnings` collects what works but exposes a secret: an options class that has a
+`security_warnings(config_path)` method (as the `misp` table's has) is asked for its lines.
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ from misp_dns.interfaces import BuildContext, IPolicy, ISink
 from misp_dns.registry import Registry
 from misp_dns.values import Config, ConfigError, PluginConfig, ServerConfig
 
-__all__ = ["build_exporter", "build_policies", "build_policy", "context_for"]
+__all__ = [
+    "build_exporter",
+    "build_policies",
+    "build_policy",
+    "context_for",
+    "security_warnings",
+]
 
 
 def context_for(server: ServerConfig, reactor: Any) -> BuildContext:
@@ -101,3 +110,17 @@ def build_exporter(
     if max_queue_bytes is None:
         max_queue_bytes = max(byte_bounds, default=DEFAULT_MAX_QUEUE_BYTES)
     return ExporterService(slots, reactor, max_queue=max_queue, max_queue_bytes=max_queue_bytes)
+
+
+def security_warnings(config: Config, config_path: str | None) -> list[str]:
+    """What `--check-config` and the start-up log warn about, prefixed with the table's path.
+
+    Each `[[policy]]` table whose options have a `security_warnings(config_path)` method
+    is asked; `config_path` is the file the config was read from.
+    """
+    lines: list[str] = []
+    for index, table in enumerate(config.policy):
+        check = getattr(table.options, "security_warnings", None)
+        if callable(check):
+            lines.extend(f"policy[{index}].{line}" for line in check(config_path))
+    return lines

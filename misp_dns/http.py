@@ -229,26 +229,33 @@ def _describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# How much of a server's text is redacted and then shortened for a message. `redact` is
+# expected to remove any 8 characters of a secret in a row (misp_dns.redact), so cutting
+# first leaves at most 7 of them at the cut, and keeps the work bounded for a huge body.
+_REDACTED_SPAN = 8192
+
+
 def status_message(result: HttpResult, redact: Callable[[str], str] = str) -> str:
     """MISP's `message` (or `name`) from an error body, else a short excerpt of it.
 
-    `redact` cleans the whole text before it is shortened, so a secret the server echoes
-    cannot survive as a cut-off prefix.
+    `redact` cleans the text before it is shortened, so a secret the server echoes cannot
+    survive as a cut-off prefix.
     """
     try:
         payload = json.loads(result.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         payload = None
     if isinstance(payload, Mapping):
         for key in ("message", "name", "errors"):
             if isinstance(payload.get(key), str) and payload[key]:
-                return redact(str(payload[key]))[:300]
+                return redact(str(payload[key])[:_REDACTED_SPAN])[:300]
     return excerpt(result.body, redact)
 
 
 def excerpt(body: bytes, redact: Callable[[str], str] = str) -> str:
     """The start of a body for an error message, white space folded, secrets removed first."""
-    text = redact(body.decode("utf-8", "replace"))[:120].strip()
+    text = body[: _REDACTED_SPAN * 4].decode("utf-8", "replace")[:_REDACTED_SPAN]
+    text = redact(text)[:120].strip()
     text = " ".join(text.split())
     return repr(text) if text else "(empty body)"
 

@@ -25,7 +25,7 @@ from misp_dns import __version__
 from misp_dns.admin.api import ServerParts
 from misp_dns.admin.web import AdminService, read_token
 from misp_dns.allocator import configure_malloc
-from misp_dns.build import build_exporter, build_policies
+from misp_dns.build import build_exporter, build_policies, security_warnings
 from misp_dns.config import load_config
 from misp_dns.dns.acl import ClientACL
 from misp_dns.dns.cache import AnswerCache
@@ -81,9 +81,15 @@ class Options(usage.Options):
         self["policies"] = policies
         self["exporter"] = exporter
         self["admin_token"] = admin_token
+        warnings = security_warnings(config, self["config"])
         if self["check-config"]:
+            for line in warnings:
+                print(f"misp-dns: warning: {line}", file=sys.stderr)
             print(f"misp-dns: {self['config']}: configuration is valid")
             sys.exit(0)
+        for line in warnings:
+            # Logged before twistd starts logging: kept and written out once it does.
+            log.warn("{warning}", warning=line)
 
 
 class _ServerService(service.MultiService):

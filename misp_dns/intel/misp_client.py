@@ -62,6 +62,7 @@ from misp_dns.intel.indicator import BLOCKING_TYPES
 from misp_dns.intel.json_stream import array_elements
 from misp_dns.intel.misp_filters import MispFilters
 from misp_dns.interfaces import IIndicatorSource, RawIndicator
+from misp_dns.redact import Redactor
 
 if TYPE_CHECKING:
     from misp_dns.intel.misp_options import MispOptions
@@ -373,7 +374,12 @@ class MispClient:
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
     run_blocking: RunBlocking = attrs.field(default=run_inline, repr=False)
     last_stats: FetchStats = attrs.field(factory=FetchStats, repr=False)
+    _redactor: Redactor = attrs.field(init=False, repr=False)
     log: ClassVar[Logger] = Logger()
+
+    @_redactor.default
+    def _redactor_for_the_key(self) -> Redactor:
+        return Redactor(self.api_key, "<api key>")
 
     @classmethod
     def from_options(
@@ -579,5 +585,5 @@ class MispClient:
         raise MispResponseError(self._redact(message))
 
     def _redact(self, text: str) -> str:
-        """Whatever the server echoes, the key is never repeated."""
-        return text.replace(self.api_key, "<api key>") if self.api_key else text
+        """Whatever the server echoes, no 8 characters of the key come out (see `Redactor`)."""
+        return self._redactor(text)

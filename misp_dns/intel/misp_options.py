@@ -32,10 +32,14 @@
 `__init__` checks values only; the key file is read by `MispOptions.read_api_key()` and the
 warninglists by `MispFeedOptions.read_warninglists()` when the policy is built, so
 `--check-config` reports a missing or unreadable file too.
+`security_warnings()` names what works but exposes the key: a key file or a config holding
+the key inline that other users can read, and an `http://` server URL; `--check-config`
+prints these and the server logs them at start.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,9 +51,19 @@ from misp_dns.intel.misp_filters import THREAT_LEVELS, MispFilters
 from misp_dns.intel.warninglist import Warninglist, WarninglistError, load_warninglist
 from misp_dns.values import BlockingOptions, ConfigError, FieldError, between
 
-__all__ = ["BlockingOptions", "MispFeedOptions", "MispOptions"]
+__all__ = ["BlockingOptions", "MispFeedOptions", "MispOptions", "readable_by_others"]
 
 _log = Logger()
+
+
+def readable_by_others(path: str | os.PathLike[str]) -> int | None:
+    """The permission bits of `path` when its group or everyone may read it, else None
+    (also when it cannot be looked at)."""
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except OSError:
+        return None
+    return mode if mode & 0o044 else None
 
 
 def _http_url(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -153,12 +167,6 @@ class MispOptions(BlockingOptions):
             where = f"api_key_file {str(path)!r}"
             try:
                 key = path.read_text(encoding="utf-8").strip()
-                if path.stat().st_mode & 0o077:
-                    _log.warn(
-                        "{where} can be read by other users than its owner; the MISP API key"
-                        " in it should not (chmod 600)",
-                        where=where,
-                    )
             except OSError as exc:
                 raise ConfigError([f"{where}: cannot read: {exc.strerror or exc}"]) from None
             except UnicodeDecodeError:
@@ -170,6 +178,34 @@ class MispOptions(BlockingOptions):
                 [f"{where}: the API key holds spaces or characters an HTTP header cannot carry"]
             )
         return key
+
+    def security_warnings(self, config_path: str | None) -> list[str]:
+        """What works but exposes the key, one line each, starting with the key it is about.
+
+        `config_path` is the file this table was read from, if any.
+        """
+        found = []
+        if urlsplit(self.server_url).scheme == "http":
+            found.append(
+                "server_url: http:// sends the API key and the indicators unencrypted; use https://"
+            )
+        if self.api_key.strip():
+            mode = None if config_path is None else readable_by_others(config_path)
+            if mode is not None:
+                found.append(
+                    f"api_key: the MISP API key is written in {config_path!r}, which other"
+                    f" users can read (mode {mode:04o}); chmod 600 it, or move the key to an"
+                    " api_key_file of mode 600"
+                )
+        else:
+            path = Path(self.api_key_file).expanduser()
+            mode = readable_by_others(path)
+            if mode is not None:
+                found.append(
+                    f"api_key_file {str(path)!r} can be read by other users than its owner"
+                    f" (mode {mode:04o}); the MISP API key in it should not (chmod 600)"
+                )
+        return found
 
 
 @attrs.frozen(kw_only=True)
