@@ -7,11 +7,17 @@ Both start-up (`misp_dns.tap`) and SIGHUP reloads (`misp_dns.reload`) build thro
 
 `security_warnings` collects what works but exposes a secret: an options class that has a
 `security_warnings(config_path)` method (as the `misp` table's has) is asked for its lines.
+`deployment_problems` collects what is valid but cannot work on this machine, as the user
+running it: a table's own `deployment_problems()` (a missing feed directory) and a state
+directory that cannot be written.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from misp_dns.export.exporter import (
@@ -29,6 +35,7 @@ __all__ = [
     "build_policies",
     "build_policy",
     "context_for",
+    "deployment_problems",
     "security_warnings",
 ]
 
@@ -124,3 +131,46 @@ def security_warnings(config: Config, config_path: str | None) -> list[str]:
         if callable(check):
             lines.extend(f"policy[{index}].{line}" for line in check(config_path))
     return lines
+
+
+def deployment_problems(config: Config, policies: Sequence[IPolicy]) -> list[str]:
+    """What would keep a valid config from working here, one line per problem with its path.
+
+    Each `[[policy]]` table whose options have a `deployment_problems()` method is asked; the
+    state directory is checked when a policy runs a service (those keep their snapshots
+    there), as the user running this.
+    """
+    lines: list[str] = []
+    for index, table in enumerate(config.policy):
+        check = getattr(table.options, "deployment_problems", None)
+        if callable(check):
+            lines.extend(f"policy[{index}].{line}" for line in check())
+    if any(policy.service is not None for policy in policies):
+        problem = _state_dir_problem(Path(config.server.state_dir).expanduser())
+        if problem is not None:
+            lines.append(f"server.state_dir: {problem}")
+    return lines
+
+
+def _state_dir_problem(state_dir: Path) -> str | None:
+    """Why `state_dir` cannot be written (or created), or None."""
+    existing = state_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{str(state_dir)!r} cannot be created: {str(existing)!r} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        created = "written" if existing == state_dir else "created"
+        return (
+            f"{str(state_dir)!r} cannot be {created} by user {_user()}"
+            f" ({str(existing)!r} is not writable); indicator snapshots could not be saved"
+        )
+    return None
+
+
+def _user() -> str:
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

@@ -11,13 +11,17 @@ tree it builds and the data path through it.
 
 from __future__ import annotations
 
+import errno
 import gc
+import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.application import internet, service
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -25,7 +29,12 @@ from misp_dns import __version__
 from misp_dns.admin.api import ServerParts
 from misp_dns.admin.web import AdminService, read_token
 from misp_dns.allocator import configure_malloc
-from misp_dns.build import build_exporter, build_policies, security_warnings
+from misp_dns.build import (
+    build_exporter,
+    build_policies,
+    deployment_problems,
+    security_warnings,
+)
 from misp_dns.config import load_config
 from misp_dns.dns.acl import ClientACL
 from misp_dns.dns.cache import AnswerCache
@@ -42,7 +51,14 @@ from misp_dns.registry import Registry, default_registry
 from misp_dns.reload import PolicyReloader, RunningPolicy
 from misp_dns.values import Config, ConfigError, ServerConfig, Upstream
 
-__all__ = ["Options", "build_service", "makeService", "upstreams_of"]
+__all__ = [
+    "ListenFailed",
+    "Options",
+    "build_service",
+    "cannot_listen_message",
+    "makeService",
+    "upstreams_of",
+]
 
 log = Logger()
 
@@ -71,6 +87,9 @@ class Options(usage.Options):
             if config.export:
                 exporter = build_exporter(config.export, registry, reactor, server=config.server)
             admin_token = read_token(config.admin) if config.admin is not None else None
+            unworkable = deployment_problems(config, policies)
+            if unworkable and self["check-config"]:
+                raise ConfigError(unworkable)
         except ConfigError as problem:
             for line in problem.problems:
                 print(f"misp-dns: {line}", file=sys.stderr)
@@ -87,24 +106,75 @@ class Options(usage.Options):
                 print(f"misp-dns: warning: {line}", file=sys.stderr)
             print(f"misp-dns: {self['config']}: configuration is valid")
             sys.exit(0)
-        for line in warnings:
-            # Logged before twistd starts logging: kept and written out once it does.
+        # Logged before twistd starts logging: kept and written out once it does.
+        for line in warnings + unworkable:
             log.warn("{warning}", warning=line)
 
 
-class _ServerService(service.MultiService):
-    """The whole server, with a start-up line saying where it listens and forwards to."""
+class ListenFailed(Exception):
+    """An address could not be listened on; the message is the one line saying why."""
 
-    def __init__(self, summary: str) -> None:
+
+class _ServerService(service.MultiService):
+    """The whole server, with a start-up line saying where it listens and forwards to.
+
+    An address it cannot listen on (taken, not local, a privileged port) ends twistd with
+    one line and a non-zero status, no traceback. twistd binds TCP in
+    `privilegedStartService` and starts the rest (UDP included) in `startService`, both
+    before its reactor runs, so the process can end from there: in the foreground with the
+    line logged and status 1; when daemonizing, by raising `ListenFailed`, which twistd
+    hands to the waiting parent (it prints the line and exits with 1; SystemExit there
+    would leave the parent waiting forever).
+    """
+
+    def __init__(self, summary: str, foreground: bool = True) -> None:
         super().__init__()
         self.summary = summary
+        self.foreground = foreground
+
+    def privilegedStartService(self) -> None:
+        with self._ending_when_cannot_listen():
+            super().privilegedStartService()
 
     def startService(self) -> None:
+        with self._ending_when_cannot_listen():
+            super().startService()
         log.info("{summary}", summary=self.summary)
-        super().startService()
         # Everything built at start lives as long as the server: keep it out of the cyclic
         # collector's full passes, which would otherwise stall answers for tens of ms.
         gc.freeze()
+
+    @contextmanager
+    def _ending_when_cannot_listen(self) -> Iterator[None]:
+        try:
+            yield
+        except CannotListenError as error:
+            problem = cannot_listen_message(error)
+            log.critical("{problem}", problem=problem)
+            if not self.foreground:
+                raise ListenFailed(problem) from None
+            raise SystemExit(1) from None
+
+
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "another program (another DNS server?) holds it; see ss -lntup",
+    errno.EACCES: "ports below 1024 need root or the capability CAP_NET_BIND_SERVICE",
+    errno.EADDRNOTAVAIL: "no interface of this host has that address",
+}
+
+
+def cannot_listen_message(error: CannotListenError) -> str:
+    """One line for a listener that could not bind: the address, the cause, what to do."""
+    host = error.interface or "*"
+    address = f"[{host}]:{error.port}" if ":" in host else f"{host}:{error.port}"
+    cause = error.socketError
+    number = getattr(cause, "errno", None)
+    if number is None and isinstance(getattr(cause, "args", None), tuple) and cause.args:
+        number = cause.args[0] if isinstance(cause.args[0], int) else None
+    reason = os.strerror(number) if isinstance(number, int) else str(cause)
+    hint = _LISTEN_HINTS.get(number) if isinstance(number, int) else None
+    line = f"cannot listen on {address}: {reason.lower()}"
+    return f"{line}; {hint}" if hint else line
 
 
 def upstreams_of(server: ServerConfig) -> list[Upstream]:
@@ -125,6 +195,7 @@ def build_service(
     registry: Registry | None = None,
     upstreams: Sequence[Upstream] | None = None,
     admin_token: bytes | None = None,
+    foreground: bool = True,
 ) -> service.MultiService:
     """The service tree for `config`: exporter, policy services, admin, then the listeners.
 
@@ -134,12 +205,14 @@ def build_service(
     `misp_dns.reload`). With `[admin]`, the admin listener (named "admin") serves metrics,
     health and the API; `admin_token` is its token, read from `token_file` when not given.
     Raises ConfigError when no upstream is configured or found, or the token file is bad.
+    `foreground` says whether twistd runs without daemonizing (how a listen failure ends
+    it, see `_ServerService`).
     """
     upstreams = list(upstreams) if upstreams is not None else upstreams_of(config.server)
     resolver = _resolver(config, policies, upstreams, reactor)
     responder = _responder(config.server, resolver, reactor)
     tcp_factory = _tcp_factory(config.server, responder, reactor)
-    top = _ServerService(_summary(config.server, upstreams))
+    top = _ServerService(_summary(config.server, upstreams), foreground)
     if exporter is not None:
         exporter.setServiceParent(top)
         responder.observers.append(exporter.observe)
@@ -271,4 +344,5 @@ def makeService(options: Options) -> service.IService:
         registry=options["registry"],
         upstreams=options["upstreams"],
         admin_token=options["admin_token"],
+        foreground=options.parent is None or bool(options.parent["nodaemon"]),
     )

@@ -34,7 +34,8 @@ warninglists by `MispFeedOptions.read_warninglists()` when the policy is built, 
 `--check-config` reports a missing or unreadable file too.
 `security_warnings()` names what works but exposes the key: a key file or a config holding
 the key inline that other users can read, and an `http://` server URL; `--check-config`
-prints these and the server logs them at start.
+prints these and the server logs them at start. `MispFeedOptions.deployment_problems()`
+names a feed directory that is missing or holds no manifest: `--check-config` fails on it.
 """
 
 from __future__ import annotations
@@ -242,3 +243,16 @@ class MispFeedOptions(BlockingOptions):
         if problems:
             raise ConfigError(problems)
         return tuple(lists)
+
+    def deployment_problems(self) -> list[str]:
+        """What makes a local feed unusable although its table is valid: no such directory,
+        or no manifest.json in it (one line each, starting with the key)."""
+        if self.url.lower().startswith(("http://", "https://")):
+            return []
+        directory = Path(self.url.removeprefix("file://")).expanduser()
+        if not directory.is_dir():
+            what = "not a directory" if directory.exists() else "no such directory"
+            return [f"url: {what}: {str(directory)!r}"]
+        if not (directory / "manifest.json").is_file():
+            return [f"url: no manifest.json in {str(directory)!r}; is it a MISP feed?"]
+        return []
