@@ -232,3 +232,22 @@ def test_an_unreadable_warninglist_fails_building_the_policy(tmp_path: Path) -> 
     assert caught.value.problems == [
         f"policy[0]: warninglists[0]: {gone}: cannot read: No such file or directory"
     ]
+
+
+def test_api_key_file_expands_the_credentials_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`api_key_file = "${CREDENTIALS_DIRECTORY}/misp.key"` reads the key systemd hands to
+    the service (LoadCredential=); without the variable, one line says it is not set."""
+    (tmp_path / "misp.key").write_text(KEY + "\n")
+    (tmp_path / "misp.key").chmod(0o600)
+    options = MispOptions(
+        server_url="https://misp.test", api_key_file="${CREDENTIALS_DIRECTORY}/misp.key"
+    )
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert options.read_api_key() == KEY
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(ConfigError) as raised:
+        options.read_api_key()
+    (line,) = raised.value.problems
+    assert "CREDENTIALS_DIRECTORY is not set" in line

@@ -3,7 +3,8 @@
     [[policy]]
     type = "misp"
     server_url = "https://misp.example.com"   # required
-    api_key_file = "/etc/misp-dns/misp.key"   # or api_key = "..."; one is required
+    api_key_file = "/etc/misp-dns/misp.key"   # or api_key = "..."; one is required;
+                                              # $VARIABLES and ~ are expanded
     enable_blocking = true                    # false: monitor mode, nothing is blocked
     disable_tls_validation = false            # true: any certificate (logs a warning)
     update_interval = "2h"                    # how often indicators are fetched
@@ -41,6 +42,7 @@ names a feed directory that is missing or holds no manifest: `--check-config` fa
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,6 +57,9 @@ from misp_dns.values import BlockingOptions, ConfigError, FieldError, between
 __all__ = ["BlockingOptions", "MispFeedOptions", "MispOptions", "readable_by_others"]
 
 _log = Logger()
+
+
+_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
 
 
 def readable_by_others(path: str | os.PathLike[str]) -> int | None:
@@ -164,8 +169,17 @@ class MispOptions(BlockingOptions):
             key = self.api_key.strip()
             where = "api_key"
         else:
-            path = Path(self.api_key_file).expanduser()
+            path = self.key_file_path()
             where = f"api_key_file {str(path)!r}"
+            unset = _VARIABLE.search(str(path)) if _VARIABLE.search(self.api_key_file) else None
+            if unset is not None:
+                raise ConfigError(
+                    [
+                        f"{where}: the environment variable {unset.group(1).strip('{}')} is not"
+                        " set (systemd sets CREDENTIALS_DIRECTORY for a unit with"
+                        " LoadCredential=)"
+                    ]
+                )
             try:
                 key = path.read_text(encoding="utf-8").strip()
             except OSError as exc:
@@ -179,6 +193,14 @@ class MispOptions(BlockingOptions):
                 [f"{where}: the API key holds spaces or characters an HTTP header cannot carry"]
             )
         return key
+
+    def key_file_path(self) -> Path:
+        """`api_key_file` with environment variables and `~` expanded.
+
+        `${CREDENTIALS_DIRECTORY}/misp.key` is the key systemd hands to the service with
+        `LoadCredential=misp.key:...` (see contrib/systemd/README.md).
+        """
+        return Path(os.path.expandvars(self.api_key_file.strip())).expanduser()
 
     def security_warnings(self, config_path: str | None) -> list[str]:
         """What works but exposes the key, one line each, starting with the key it is about.
@@ -199,7 +221,7 @@ class MispOptions(BlockingOptions):
                     " api_key_file of mode 600"
                 )
         else:
-            path = Path(self.api_key_file).expanduser()
+            path = self.key_file_path()
             mode = readable_by_others(path)
             if mode is not None:
                 found.append(
