@@ -9,7 +9,9 @@ Both start-up (`misp_dns.tap`) and SIGHUP reloads (`misp_dns.reload`) build thro
 `security_warnings(config_path)` method (as the `misp` table's has) is asked for its lines.
 `deployment_problems` collects what is valid but cannot work on this machine, as the user
 running it: a table's own `deployment_problems()` (a missing feed directory) and a state
-directory that cannot be written.
+directory that cannot be written. `describe_policies` and `describe_sinks` give the one
+line per policy and per sink that the start-up log (and a reload) shows; a policy with a
+`describe()` method says there what it does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pwd
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from misp_dns.export.exporter import (
     DEFAULT_MAX_QUEUE,
@@ -36,6 +39,8 @@ __all__ = [
     "build_policy",
     "context_for",
     "deployment_problems",
+    "describe_policies",
+    "describe_sinks",
     "security_warnings",
 ]
 
@@ -174,3 +179,50 @@ def _user() -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
+def describe_policies(tables: Sequence[PluginConfig], policies: Sequence[IPolicy]) -> list[str]:
+    """One line per policy of the chain, in its order: `policy[1] misp-feed ...: blocking; ...`.
+
+    A policy with a `describe()` method gives the rest of its line (starting with what it
+    is); any other is named by its type.
+    """
+    if not policies:
+        return ["no [[policy]]: nothing is blocked, every query is forwarded"]
+    lines = []
+    for index, (table, policy) in enumerate(zip(tables, policies, strict=True)):
+        describe = getattr(policy, "describe", None)
+        detail = describe() if callable(describe) else None
+        lines.append(f"policy[{index}] {detail if isinstance(detail, str) else table.type}")
+    return lines
+
+
+def describe_sinks(tables: Sequence[PluginConfig]) -> list[str]:
+    """One line per `[[export]]` sink: its type, where it writes, which queries it gets."""
+    if not tables:
+        return ["no [[export]]: queries are not logged"]
+    lines = []
+    for index, table in enumerate(tables):
+        options = table.options
+        where = _sink_target(options)
+        include = getattr(options, "include", "all")
+        queries = "blocked queries only" if include == "blocked" else "every query"
+        lines.append(f"export[{index}] {table.type}{f' to {where}' if where else ''}: {queries}")
+    return lines
+
+
+def _sink_target(options: object) -> str:
+    """Where a sink writes, from the usual option names; a URL without user or query."""
+    url = getattr(options, "url", None)
+    if isinstance(url, str):
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{host}{port}{parts.path}"
+    address = getattr(options, "address", None)
+    if isinstance(address, str):
+        protocol = getattr(options, "protocol", None)
+        return f"{address} ({protocol})" if isinstance(protocol, str) else address
+    path = getattr(options, "path", None)
+    return path if isinstance(path, str) else ""

@@ -56,6 +56,7 @@ __all__ = [
     "USER_AGENT",
     "FetchError",
     "HttpResult",
+    "QuietConnectionPool",
     "RequestCounts",
     "ResponseError",
     "RetryingHttp",
@@ -506,17 +507,32 @@ class _UnverifiedPolicy:
 _tls_log = Logger(namespace="misp_dns.http")
 
 
+class _QuietClientFactory(HTTPConnectionPool._factory):  # type: ignore[misc,valid-type]
+    """Twisted's factory for one HTTP connection, without its "Starting factory" and
+    "Stopping factory" log lines (two per request otherwise)."""
+
+    noisy = False
+
+
+class QuietConnectionPool(HTTPConnectionPool):
+    """An `HTTPConnectionPool` whose connections log nothing when they open and close."""
+
+    _factory = _QuietClientFactory
+
+
 def make_agent(
     reactor: Any, verify_tls: bool = True, *, pool: HTTPConnectionPool | None = None
 ) -> Agent:
     """A pooled `Agent`, TLS certificates checked unless told not to.
+
+    The default pool is a `QuietConnectionPool`, so requests do not log factory noise.
 
     With `verify_tls=False` any certificate is accepted, and a warning says so once, here.
     An `Agent` follows no redirect and asks for no content coding: what it is sent is what
     its caller reads.
     """
     if pool is None:
-        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool = QuietConnectionPool(reactor, persistent=True)
     if verify_tls:
         return Agent(reactor, pool=pool)
     _tls_log.warn(

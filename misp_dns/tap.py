@@ -33,6 +33,8 @@ from misp_dns.build import (
     build_exporter,
     build_policies,
     deployment_problems,
+    describe_policies,
+    describe_sinks,
     security_warnings,
 )
 from misp_dns.config import load_config
@@ -116,7 +118,8 @@ class ListenFailed(Exception):
 
 
 class _ServerService(service.MultiService):
-    """The whole server, with a start-up line saying where it listens and forwards to.
+    """The whole server, with start-up lines saying where it listens and forwards to, then
+    one line per policy of the chain and per sink.
 
     An address it cannot listen on (taken, not local, a privileged port) ends twistd with
     one line and a non-zero status, no traceback. twistd binds TCP in
@@ -127,10 +130,11 @@ class _ServerService(service.MultiService):
     would leave the parent waiting forever).
     """
 
-    def __init__(self, summary: str, foreground: bool = True) -> None:
+    def __init__(self, summary: str, foreground: bool = True, details: Sequence[str] = ()) -> None:
         super().__init__()
         self.summary = summary
         self.foreground = foreground
+        self.details = list(details)
 
     def privilegedStartService(self) -> None:
         with self._ending_when_cannot_listen():
@@ -140,6 +144,8 @@ class _ServerService(service.MultiService):
         with self._ending_when_cannot_listen():
             super().startService()
         log.info("{summary}", summary=self.summary)
+        for line in self.details:
+            log.info("{detail}", detail=line)
         # Everything built at start lives as long as the server: keep it out of the cyclic
         # collector's full passes, which would otherwise stall answers for tens of ms.
         gc.freeze()
@@ -212,7 +218,8 @@ def build_service(
     resolver = _resolver(config, policies, upstreams, reactor)
     responder = _responder(config.server, resolver, reactor)
     tcp_factory = _tcp_factory(config.server, responder, reactor)
-    top = _ServerService(_summary(config.server, upstreams), foreground)
+    details = describe_policies(config.policy, policies) + describe_sinks(config.export)
+    top = _ServerService(_summary(config.server, upstreams), foreground, details)
     if exporter is not None:
         exporter.setServiceParent(top)
         responder.observers.append(exporter.observe)

@@ -278,6 +278,16 @@ class MispFeedSource:
         return cls(options.url, **kwargs)
 
     @property
+    def fetch_summary(self) -> str:
+        """What the last fetch read, for the updater's one line per refresh."""
+        stats = self.last_stats
+        return (
+            f"{stats.events} events ({stats.events_read} read, {stats.events_unchanged}"
+            f" unchanged, {stats.events_missing} missing, {stats.events_failed} failed),"
+            f" {stats.other_types} attributes of other types, {stats.skipped} malformed"
+        )
+
+    @property
     def is_remote(self) -> bool:
         """Whether the feed is fetched over HTTP(S)."""
         return self.url.lower().startswith(("http://", "https://"))
@@ -334,20 +344,6 @@ class MispFeedSource:
             for name, count in event.warninglisted.items():
                 stats.warninglisted[name] = stats.warninglisted.get(name, 0) + count
         self.last_stats = stats
-        self.log.info(
-            "MISP feed {url}: {indicators} indicators from {events} events "
-            "({read} read, {unchanged} unchanged, {missing} missing, {failed} failed); "
-            "{other} attributes of other types, {skipped} malformed",
-            url=self.url,
-            indicators=stats.indicators,
-            events=stats.events,
-            read=stats.events_read,
-            unchanged=stats.events_unchanged,
-            missing=stats.events_missing,
-            failed=stats.events_failed,
-            other=stats.other_types,
-            skipped=stats.skipped,
-        )
         if self.warninglists is not None:
             self._log_warninglisted(self.warninglists, stats)
         return indicators

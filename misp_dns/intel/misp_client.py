@@ -405,6 +405,18 @@ class MispClient:
         )
 
     @property
+    def fetch_summary(self) -> str:
+        """What the last fetch did, for the updater's one line per refresh."""
+        stats = self.last_stats
+        return (
+            f"{stats.indicators} indicators from {stats.attributes} attributes in {stats.pages}"
+            f" pages ({stats.other_types} of other types, {stats.skipped} malformed:"
+            f" {stats.malformed or 'none'}; {sum(stats.filtered.values())} left out by the"
+            f" policy's filters: {stats.filtered or 'none'}); {stats.requests} requests,"
+            f" {stats.retries} retries; pages MISP's filters emptied: {stats.emptied_pages}"
+        )
+
+    @property
     def url(self) -> str:
         """The search endpoint."""
         return self.server_url + _SEARCH_PATH
@@ -461,7 +473,7 @@ class MispClient:
                     stats.emptied_pages += 1
                     continue
                 self.last_stats = stats
-                self._log_fetched(stats)
+                self._warn_if_filters_ignored(stats)
                 return
             if result.ids == previous_ids and any(i is not None for i in result.ids):
                 raise MispResponseError(
@@ -476,25 +488,7 @@ class MispClient:
                 await consumed
         raise MispResponseError(f"{self.url}: still not at an empty page after {self.max_pages}")
 
-    def _log_fetched(self, stats: FetchStats) -> None:
-        self.log.info(
-            "MISP {url}: {indicators} indicators from {attributes} attributes in "
-            "{pages} pages ({other} of other types, {skipped} malformed: {reasons}; "
-            "{filtered} left out by the policy's filters: {why}); "
-            "{requests} requests, {retries} retries; pages MISP's filters emptied: {emptied}",
-            url=self.server_url,
-            indicators=stats.indicators,
-            attributes=stats.attributes,
-            pages=stats.pages,
-            other=stats.other_types,
-            skipped=stats.skipped,
-            reasons=stats.malformed or "none",
-            filtered=sum(stats.filtered.values()),
-            why=stats.filtered or "none",
-            requests=stats.requests,
-            retries=stats.retries,
-            emptied=stats.emptied_pages,
-        )
+    def _warn_if_filters_ignored(self, stats: FetchStats) -> None:
         if stats.filtered:
             self.log.warn(
                 "MISP {url} sent {filtered} attributes that its filters should have left out"

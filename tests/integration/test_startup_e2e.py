@@ -1,12 +1,15 @@
-"""Starting misp-dns the way an operator does, and what it says when it cannot.
+"""Starting misp-dns the way an operator does: what it says when it starts, and when it cannot.
 
-A port already taken, a feed directory that is not there, a state directory the service
-cannot write: each is one clear line, with no traceback, and a non-zero exit status.
+At start, one line per policy of the chain and per sink, monitor mode named; after each
+refresh, one line per policy whose counts agree with what it serves. A port already taken,
+a feed directory that is not there, a state directory the service cannot write: each is one
+clear line, with no traceback, and a non-zero exit status.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -16,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from .net import free_port
-from .server import _environment, check_config, twistd_path
+from .misp_stand_in import watch
+from .net import free_port, wait_until
+from .server import MispDnsProcess, _environment, check_config, twistd_path
+from .unbound import UnboundProcess
 
 pytestmark = pytest.mark.integration
 
@@ -175,3 +180,78 @@ def test_check_config_fails_for_a_state_directory_it_cannot_write(shared_dir: Pa
     assert "Traceback" not in done.stdout
     naming = [line for line in done.stdout.splitlines() if "server.state_dir" in line]
     assert len(naming) == 1 and "cannot be written" in naming[0], done.stdout
+
+
+# -- what the log says at start -----------------------------------------------------------
+
+
+def _summary_config(tmp_path: Path, port: int, upstream: tuple[str, int]) -> Path:
+    for name in ("feed-a", "feed-b"):
+        shutil.copytree(REPO / "etc" / "sample-feed", tmp_path / name)
+    path = tmp_path / "misp-dns.toml"
+    path.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nupstreams = ["{upstream[0]}:{upstream[1]}"]\n'
+        f'state_dir = "{tmp_path / "state"}"\n\n'
+        '[[policy]]\ntype = "allowlist"\ndomains = ["example.com"]\n\n'
+        f'[[policy]]\ntype = "misp-feed"\nurl = "{tmp_path / "feed-a"}"\nmax_ioc_age = "3650d"\n\n'
+        f'[[policy]]\ntype = "misp-feed"\nurl = "{tmp_path / "feed-b"}"\nmax_ioc_age = "3650d"\n'
+        "enable_blocking = false\n\n"
+        f'[[export]]\ntype = "jsonl"\npath = "{tmp_path / "queries.jsonl"}"\n'
+    )
+    return path
+
+
+def _lines_with(log: str, text: str) -> list[str]:
+    return [line for line in log.splitlines() if text in line]
+
+
+def _run_until_refreshed(process: MispDnsProcess, feeds: list[Path], marker: str) -> str:
+    process.start()
+    watch(process)
+    try:
+        wait_until(
+            lambda: all(_lines_with(process.log_text(), f"{feed}: {marker}") for feed in feeds),
+            20,
+            0.1,
+            "a line per feed",
+        )
+    finally:
+        process.stop()
+    return process.log_text()
+
+
+def test_the_start_up_log_names_each_policy_and_sink_and_counts_agree(
+    tmp_path: Path, unbound: UnboundProcess
+) -> None:
+    """At start: one line per policy (its type, source, and blocking or monitor mode) and
+    per sink; after the first refresh, one line per feed saying how many distinct names it
+    blocks (or only matches, in monitor mode) next to the indicators they came from; after a
+    restart, the line for the snapshot gives the same count of names."""
+    port = free_port()
+    config = _summary_config(tmp_path, port, unbound.address)
+    feed_a, feed_b = tmp_path / "feed-a", tmp_path / "feed-b"
+    process = MispDnsProcess(config, [("127.0.0.1", port)], tmp_path)
+    log = _run_until_refreshed(process, [feed_a, feed_b], "")
+    started = {
+        "policy[0] allowlist": "1 name never blocked",
+        f"policy[1] misp-feed {feed_a}": "blocking",
+        f"policy[2] misp-feed {feed_b}": "monitor mode",
+        f"export[0] jsonl to {tmp_path / 'queries.jsonl'}": "every query",
+    }
+    for start, detail in started.items():
+        found = _lines_with(log, start)
+        assert len(found) == 1 and detail in found[0], log
+    assert "monitor mode" not in _lines_with(log, f"policy[1] misp-feed {feed_a}")[0]
+    refreshed_a = _lines_with(log, f"{feed_a}: blocking ")
+    refreshed_b = _lines_with(log, f"{feed_b}: matching (monitor mode, nothing blocked) ")
+    assert len(refreshed_a) == 1 and len(refreshed_b) == 1, log
+    names = re.search(r"(\d+) distinct names; indicators kept (\d+)", refreshed_a[0])
+    assert names is not None, refreshed_a[0]
+    count, kept = int(names.group(1)), int(names.group(2))
+    assert 0 < count <= kept
+    assert f"{count} distinct names" in refreshed_b[0]
+    assert _lines_with(log, "indicators loaded") == [] and _lines_with(log, "loaded ") == []
+
+    restarted = _run_until_refreshed(process, [feed_a], "blocking ")
+    from_disk = _lines_with(restarted, f"{feed_a}: blocking {count} distinct names from the")
+    assert len(from_disk) == 1, restarted
