@@ -14,12 +14,14 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import platform
 import socket
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import twisted
 from twisted.application import internet, service
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -74,6 +76,14 @@ class Options(usage.Options):
     optFlags = [
         ["check-config", None, "Validate the configuration, print what is wrong, and exit."],
     ]
+
+    def opt_version(self) -> None:
+        """Print the versions of misp-dns, Twisted and Python, and exit."""
+        print(
+            f"misp-dns {__version__} (Twisted {twisted.__version__},"
+            f" Python {platform.python_version()})"
+        )
+        sys.exit(0)
 
     def postOptions(self) -> None:
         from twisted.internet import reactor

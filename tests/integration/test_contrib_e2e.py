@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import require_tool
 
+from .net import free_port, wait_until
 from .server import _environment, twistd_path
 
 pytestmark = pytest.mark.integration
@@ -155,3 +158,79 @@ def test_the_unit_hands_over_the_key_file_the_readme_checks() -> None:
     assert f'api_key_file = "${{CREDENTIALS_DIRECTORY}}/{name}"' in config_text
     assert f"CREDENTIALS_DIRECTORY={os.path.dirname(source)}" in check
     assert os.path.basename(source) == name
+
+
+def _start_as_service_user(config: Path, env: dict[str, str], log: Path) -> str:
+    """Start twistd as the service's user until it listens; stop it; return its log."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            _as_service_user(
+                [twistd_path(), "-n", "--pidfile=", "misp-dns", "--config", str(config)]
+            ),
+            cwd=config.parent,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        wait_until(
+            lambda: "listening on" in log.read_text() or process.poll() is not None,
+            30,
+            0.1,
+            "misp-dns listening",
+        )
+    finally:
+        process.terminate()
+        process.wait(10)
+    return log.read_text()
+
+
+def test_after_an_upgrade_the_unit_refreshes_the_plugin_cache_as_root(shared_dir: Path) -> None:
+    """An upgrade leaves twistd's plugin cache older than the plugin file; the service's own
+    user cannot rewrite it and warns at every start. The unit's root step before the start
+    brings it up to date, so the service's user starts without the warning."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the unit refreshes as root, the service runs as another user")
+    unit = (SYSTEMD / "misp-dns.service").read_text()
+    refreshes = [
+        line.split("=", 1)[1]
+        for line in unit.splitlines()
+        if line.startswith("ExecStartPre=") and "misp_dns.plugincache" in line
+    ]
+    assert len(refreshes) == 1, "the unit does not refresh the plugin cache before starting"
+    prefixes = re.match(r"[-@:+!]*", refreshes[0]).group(0)  # type: ignore[union-attr]
+    assert "+" in prefixes and "-" in prefixes, "the refresh must run as root and never block"
+    refresh = refreshes[0][len(prefixes) :].replace("/opt/misp-dns/bin/python", sys.executable)
+
+    plugins = shared_dir / "site" / "twisted" / "plugins"
+    plugins.mkdir(parents=True)
+    plugin = plugins / "misp_dns_plugin.py"
+    shutil.copy(REPO / "twisted" / "plugins" / "misp_dns_plugin.py", plugin)
+    shutil.chown(shared_dir / "site", "root", "root")
+    env = _environment()
+    env["PYTHONPATH"] = f"{shared_dir / 'site'}:{REPO}"
+    installed = subprocess.run(
+        shlex.split(refresh), cwd=shared_dir, env=env, capture_output=True, text=True
+    )
+    assert installed.returncode == 0, installed.stderr
+    cache = plugins / "dropin.cache"
+    old = plugin.stat().st_mtime - 3600
+    os.utime(cache, (old, old))  # the upgrade: the plugin file is now newer than the cache
+
+    config = shared_dir / "misp-dns.toml"
+    config.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{free_port()}"]\nupstreams = ["127.0.0.1:53"]\n'
+    )
+    config.chmod(0o644)
+    warning = f"Unable to write to plugin cache {cache}"
+    before = _start_as_service_user(config, env, shared_dir / "before.log")
+    assert warning in before, before  # what the issue saw
+
+    refreshed = subprocess.run(
+        shlex.split(refresh), cwd=shared_dir, env=env, capture_output=True, text=True
+    )
+    assert refreshed.returncode == 0, refreshed.stderr
+    after = _start_as_service_user(config, env, shared_dir / "after.log")
+    assert "listening on" in after, after
+    assert "Unable to write to plugin cache" not in after, after
