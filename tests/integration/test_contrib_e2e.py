@@ -23,8 +23,6 @@ from conftest import require_tool
 from .net import free_port, wait_until
 from .server import _environment, twistd_path
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).resolve().parents[2]
 LOGROTATE = REPO / "contrib" / "logrotate" / "misp-dns"
 SYSTEMD = REPO / "contrib" / "systemd"

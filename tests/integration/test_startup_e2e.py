@@ -24,8 +24,6 @@ from .net import free_port, wait_until
 from .server import MispDnsProcess, _environment, check_config, twistd_path
 from .unbound import UnboundProcess
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -15,8 +15,6 @@ import pytest
 
 from .server import _environment, twistd_path
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).resolve().parents[2]
 
 
