@@ -185,15 +185,17 @@ def describe_policies(tables: Sequence[PluginConfig], policies: Sequence[IPolicy
     """One line per policy of the chain, in its order: `policy[1] misp-feed ...: blocking; ...`.
 
     A policy with a `describe()` method gives the rest of its line (starting with what it
-    is); any other is named by its type.
+    is); any other is named by its table's type (or its `name`, without a table).
     """
     if not policies:
         return ["no [[policy]]: nothing is blocked, every query is forwarded"]
     lines = []
-    for index, (table, policy) in enumerate(zip(tables, policies, strict=True)):
+    for index, policy in enumerate(policies):
         describe = getattr(policy, "describe", None)
         detail = describe() if callable(describe) else None
-        lines.append(f"policy[{index}] {detail if isinstance(detail, str) else table.type}")
+        if not isinstance(detail, str):
+            detail = tables[index].type if index < len(tables) else str(policy.name)
+        lines.append(f"policy[{index}] {detail}")
     return lines
 
 
