@@ -13,7 +13,9 @@ DEBIAN_TOOLS := unbound:unbound dig:dnsutils dnsperf:dnsperf rsyslogd:rsyslog lo
 
 .PHONY: run test lint typecheck unit integration check-config tools bench clean
 
+# var/ holds what etc/misp-dns.toml writes: the indicator snapshots and the query log.
 run: $(VENV)/.installed
+	mkdir -p var/lib/misp-dns var/log/misp-dns
 	$(BIN)/twistd -n --pidfile= misp-dns --config $(CONFIG)
 
 check-config: $(VENV)/.installed

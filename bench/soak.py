@@ -454,11 +454,13 @@ def main(argv: list[str] | None = None) -> int:
         r"export\[1\] \(syslog\): \d+ query records dropped \((\d+) since", log
     )
     refreshed_at = [
-        _log_time(line) for line in log_before_stop.splitlines() if "misp-connector: kept" in line
+        _log_time(line)
+        for line in log_before_stop.splitlines()
+        if "distinct names; indicators kept" in line
     ]
     refreshes = len(refreshed_at)
     period = (refreshed_at[-1] - refreshed_at[0]) / (refreshes - 1) if refreshes > 1 else 0.0
-    failed_refreshes = len(re.findall(r"misp-connector: update failed", log_before_stop))
+    failed_refreshes = log_before_stop.count(": update failed: ")
     rss_warm = rss_warm or rss_start
     # RSS swings by 10 MiB and more with each refresh and each syslog outage (its backlog),
     # so growth compares the medians of the minute after the warm-up and of the last

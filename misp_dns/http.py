@@ -6,7 +6,9 @@ MISP REST client and the MISP feed reader use the treq client, the `http` export
 bare `Agent` (treq would ask for gzip and follow redirects). `RetryingHttp` sends one
 request until it gets an answer worth returning: connection errors, timeouts, 408, 429 and
 5xx are retried with `backoff_delay`'s exponential backoff and jitter (or the wait a 429/503
-asks for), and a body larger than the cap fails instead of filling memory.
+asks for), and a body larger than the cap fails instead of filling memory. Redirects are not
+followed unless asked for, and then only while they stay on the origin (scheme, host and
+port) of the URL asked for.
 
 The errors it raises are `UnavailableError` and `ResponseError` unless the caller names its
 own classes (the MISP clients raise their `MispError` kinds, see `misp_dns.intel.errors`).
@@ -22,6 +24,7 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from typing import Protocol as TypingProtocol
+from urllib.parse import urljoin, urlsplit
 
 import attrs
 from twisted.internet import defer, error
@@ -49,9 +52,11 @@ from misp_dns.backoff import backoff_delay
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
+    "MAX_REDIRECTS",
     "USER_AGENT",
     "FetchError",
     "HttpResult",
+    "QuietConnectionPool",
     "RequestCounts",
     "ResponseError",
     "RetryingHttp",
@@ -67,6 +72,8 @@ USER_AGENT = f"misp-dns/{misp_dns.__version__}"
 DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 # An epoch in seconds is above this; a "seconds from now" value is below it.
 _EPOCH_THRESHOLD = 1_000_000_000
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
 
 
 class FetchError(Exception):
@@ -223,26 +230,33 @@ def _describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# How much of a server's text is redacted and then shortened for a message. `redact` is
+# expected to remove any 8 characters of a secret in a row (misp_dns.redact), so cutting
+# first leaves at most 7 of them at the cut, and keeps the work bounded for a huge body.
+_REDACTED_SPAN = 8192
+
+
 def status_message(result: HttpResult, redact: Callable[[str], str] = str) -> str:
     """MISP's `message` (or `name`) from an error body, else a short excerpt of it.
 
-    `redact` cleans the whole text before it is shortened, so a secret the server echoes
-    cannot survive as a cut-off prefix.
+    `redact` cleans the text before it is shortened, so a secret the server echoes cannot
+    survive as a cut-off prefix.
     """
     try:
         payload = json.loads(result.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         payload = None
     if isinstance(payload, Mapping):
         for key in ("message", "name", "errors"):
             if isinstance(payload.get(key), str) and payload[key]:
-                return redact(str(payload[key]))[:300]
+                return redact(str(payload[key])[:_REDACTED_SPAN])[:300]
     return excerpt(result.body, redact)
 
 
 def excerpt(body: bytes, redact: Callable[[str], str] = str) -> str:
     """The start of a body for an error message, white space folded, secrets removed first."""
-    text = redact(body.decode("utf-8", "replace"))[:120].strip()
+    text = body[: _REDACTED_SPAN * 4].decode("utf-8", "replace")[:_REDACTED_SPAN]
+    text = redact(text)[:120].strip()
     text = " ".join(text.split())
     return repr(text) if text else "(empty body)"
 
@@ -282,6 +296,10 @@ class RetryingHttp:
     whatever its status, unless every attempt failed, which raises `unavailable_error`
     (a body over `max_bytes` raises `response_error`). `redact` cleans server-supplied text
     before it reaches a log line or an error.
+
+    With `follow_redirects`, a redirect is followed (at most `MAX_REDIRECTS` hops, all within
+    one attempt's timeout) only while it stays on the origin of `url`; one that leaves it
+    raises `response_error` naming the other origin. Without it, a redirect is returned.
     """
 
     http: Any
@@ -386,12 +404,39 @@ class RetryingHttp:
         headers: Mapping[str, str] | None,
         body: bytes | None,
     ) -> HttpResult:
+        origin = _origin(url)
+        for _hop in range(MAX_REDIRECTS + 1):
+            result = await self._one_exchange(method, url, what, headers, body)
+            location = result.header("location")
+            if not (self.follow_redirects and result.status in _REDIRECT_STATUSES and location):
+                return result
+            target = urljoin(url, location.strip())
+            if _origin(target) != origin:
+                raise self.response_error(
+                    self.redact(
+                        f"{what}: HTTP {result.status} redirect to another origin "
+                        f"({_origin_text(target)}); not followed"
+                    )
+                )
+            if result.status == 303:
+                method, body = "GET", None
+            url = target
+        raise self.response_error(f"{what}: more than {MAX_REDIRECTS} redirects")
+
+    async def _one_exchange(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        headers: Mapping[str, str] | None,
+        body: bytes | None,
+    ) -> HttpResult:
         response: IResponse = await self.http.request(
             method,
             url,
             headers=dict(headers or {}),
             data=body,
-            allow_redirects=self.follow_redirects,
+            allow_redirects=False,
             unbuffered=True,
         )
         content = await read_capped_body(response, self.max_bytes, what, self.response_error)
@@ -400,6 +445,24 @@ class RetryingHttp:
             for name, values in response.headers.getAllRawHeaders()
         }
         return HttpResult(response.code, found, content)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of `url`, the port filled in for http and https."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # not a port: matches no origin
+    if port is None:
+        port = {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def _origin_text(url: str) -> str:
+    scheme, host, port = _origin(url)
+    return f"{scheme}://{host}:{port}" if port is not None else f"{scheme}://{host}"
 
 
 # -- TLS ----------------------------------------------------------------------------------
@@ -444,17 +507,32 @@ class _UnverifiedPolicy:
 _tls_log = Logger(namespace="misp_dns.http")
 
 
+class _QuietClientFactory(HTTPConnectionPool._factory):  # type: ignore[misc,valid-type]
+    """Twisted's factory for one HTTP connection, without its "Starting factory" and
+    "Stopping factory" log lines (two per request otherwise)."""
+
+    noisy = False
+
+
+class QuietConnectionPool(HTTPConnectionPool):
+    """An `HTTPConnectionPool` whose connections log nothing when they open and close."""
+
+    _factory = _QuietClientFactory
+
+
 def make_agent(
     reactor: Any, verify_tls: bool = True, *, pool: HTTPConnectionPool | None = None
 ) -> Agent:
     """A pooled `Agent`, TLS certificates checked unless told not to.
+
+    The default pool is a `QuietConnectionPool`, so requests do not log factory noise.
 
     With `verify_tls=False` any certificate is accepted, and a warning says so once, here.
     An `Agent` follows no redirect and asks for no content coding: what it is sent is what
     its caller reads.
     """
     if pool is None:
-        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool = QuietConnectionPool(reactor, persistent=True)
     if verify_tls:
         return Agent(reactor, pool=pool)
     _tls_log.warn(

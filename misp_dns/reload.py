@@ -21,7 +21,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from misp_dns.build import build_policy, context_for
+from misp_dns.build import build_policy, context_for, describe_policies
 from misp_dns.config import load_config
 from misp_dns.interfaces import IPolicy
 from misp_dns.policy.chain import PolicyChain
@@ -129,6 +129,8 @@ class PolicyReloader:
             added=len(added),
             retired=len(retired),
         )
+        for line in describe_policies(config.policy, policies):
+            self.log.info("{policy}", policy=line)
 
     def _build(self, config: Config) -> list[RunningPolicy]:
         """The new chain: running policies whose table is unchanged, new ones for the rest."""

@@ -11,14 +11,20 @@ tree it builds and the data path through it.
 
 from __future__ import annotations
 
+import errno
 import gc
+import os
+import platform
 import resource
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import twisted
 from twisted.application import service
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -26,7 +32,14 @@ from misp_dns import __version__
 from misp_dns.admin.api import ServerParts
 from misp_dns.admin.web import AdminService, read_token
 from misp_dns.allocator import configure_malloc
-from misp_dns.build import build_exporter, build_policies
+from misp_dns.build import (
+    build_exporter,
+    build_policies,
+    deployment_problems,
+    describe_policies,
+    describe_sinks,
+    security_warnings,
+)
 from misp_dns.config import load_config
 from misp_dns.dns.acl import ClientACL
 from misp_dns.dns.cache import AnswerCache
@@ -45,7 +58,15 @@ from misp_dns.registry import Registry, default_registry
 from misp_dns.reload import PolicyReloader, RunningPolicy
 from misp_dns.values import Config, ConfigError, ServerConfig, Upstream
 
-__all__ = ["Options", "build_service", "makeService", "raise_open_files_limit", "upstreams_of"]
+__all__ = [
+    "ListenFailed",
+    "Options",
+    "build_service",
+    "cannot_listen_message",
+    "makeService",
+    "raise_open_files_limit",
+    "upstreams_of",
+]
 
 log = Logger()
 
@@ -59,6 +80,14 @@ class Options(usage.Options):
     optFlags = [
         ["check-config", None, "Validate the configuration, print what is wrong, and exit."],
     ]
+
+    def opt_version(self) -> None:
+        """Print the versions of misp-dns, Twisted and Python, and exit."""
+        print(
+            f"misp-dns {__version__} (Twisted {twisted.__version__},"
+            f" Python {platform.python_version()})"
+        )
+        sys.exit(0)
 
     def postOptions(self) -> None:
         from twisted.internet import reactor
@@ -74,6 +103,9 @@ class Options(usage.Options):
             if config.export:
                 exporter = build_exporter(config.export, registry, reactor, server=config.server)
             admin_token = read_token(config.admin) if config.admin is not None else None
+            unworkable = deployment_problems(config, policies)
+            if unworkable and self["check-config"]:
+                raise ConfigError(unworkable)
         except ConfigError as problem:
             for line in problem.problems:
                 print(f"misp-dns: {line}", file=sys.stderr)
@@ -84,24 +116,85 @@ class Options(usage.Options):
         self["policies"] = policies
         self["exporter"] = exporter
         self["admin_token"] = admin_token
+        warnings = security_warnings(config, self["config"])
         if self["check-config"]:
+            for line in warnings:
+                print(f"misp-dns: warning: {line}", file=sys.stderr)
             print(f"misp-dns: {self['config']}: configuration is valid")
             sys.exit(0)
+        # Logged before twistd starts logging: kept and written out once it does.
+        for line in warnings + unworkable:
+            log.warn("{warning}", warning=line)
+
+
+class ListenFailed(Exception):
+    """An address could not be listened on; the message is the one line saying why."""
 
 
 class _ServerService(service.MultiService):
-    """The whole server, with a start-up line saying where it listens and forwards to."""
+    """The whole server, with start-up lines saying where it listens and forwards to, then
+    one line per policy of the chain and per sink.
 
-    def __init__(self, summary: str) -> None:
+    An address it cannot listen on (taken, not local, a privileged port) ends twistd with
+    one line and a non-zero status, no traceback. twistd binds TCP in
+    `privilegedStartService` and starts the rest (UDP included) in `startService`, both
+    before its reactor runs, so the process can end from there: in the foreground with the
+    line logged and status 1; when daemonizing, by raising `ListenFailed`, which twistd
+    hands to the waiting parent (it prints the line and exits with 1; SystemExit there
+    would leave the parent waiting forever).
+    """
+
+    def __init__(self, summary: str, foreground: bool = True, details: Sequence[str] = ()) -> None:
         super().__init__()
         self.summary = summary
+        self.foreground = foreground
+        self.details = list(details)
+
+    def privilegedStartService(self) -> None:
+        with self._ending_when_cannot_listen():
+            super().privilegedStartService()
 
     def startService(self) -> None:
+        with self._ending_when_cannot_listen():
+            super().startService()
         log.info("{summary}", summary=self.summary)
-        super().startService()
+        for line in self.details:
+            log.info("{detail}", detail=line)
         # Everything built at start lives as long as the server: keep it out of the cyclic
         # collector's full passes, which would otherwise stall answers for tens of ms.
         gc.freeze()
+
+    @contextmanager
+    def _ending_when_cannot_listen(self) -> Iterator[None]:
+        try:
+            yield
+        except CannotListenError as error:
+            problem = cannot_listen_message(error)
+            log.critical("{problem}", problem=problem)
+            if not self.foreground:
+                raise ListenFailed(problem) from None
+            raise SystemExit(1) from None
+
+
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "another program (another DNS server?) holds it; see ss -lntup",
+    errno.EACCES: "ports below 1024 need root or the capability CAP_NET_BIND_SERVICE",
+    errno.EADDRNOTAVAIL: "no interface of this host has that address",
+}
+
+
+def cannot_listen_message(error: CannotListenError) -> str:
+    """One line for a listener that could not bind: the address, the cause, what to do."""
+    host = error.interface or "*"
+    address = f"[{host}]:{error.port}" if ":" in host else f"{host}:{error.port}"
+    cause = error.socketError
+    number = getattr(cause, "errno", None)
+    if number is None and isinstance(getattr(cause, "args", None), tuple) and cause.args:
+        number = cause.args[0] if isinstance(cause.args[0], int) else None
+    reason = os.strerror(number) if isinstance(number, int) else str(cause)
+    hint = _LISTEN_HINTS.get(number) if isinstance(number, int) else None
+    line = f"cannot listen on {address}: {reason.lower()}"
+    return f"{line}; {hint}" if hint else line
 
 
 def upstreams_of(server: ServerConfig) -> list[Upstream]:
@@ -123,6 +216,7 @@ def build_service(
     upstreams: Sequence[Upstream] | None = None,
     admin_token: bytes | None = None,
     open_files_limit: int | None = None,
+    foreground: bool = True,
 ) -> service.MultiService:
     """The service tree for `config`: exporter, policy services, admin, then the listeners.
 
@@ -134,6 +228,8 @@ def build_service(
     The TCP connections allowed are sized to `open_files_limit` (default: the process's
     soft limit). Raises ConfigError when no upstream is configured or found, or the token
     file is bad.
+    `foreground` says whether twistd runs without daemonizing (how a listen failure ends
+    it, see `_ServerService`).
     """
     if open_files_limit is None:
         open_files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -142,7 +238,8 @@ def build_service(
     resolver = _resolver(config, policies, upstreams, reactor, shortage)
     responder = _responder(config.server, resolver, reactor)
     tcp_factory = _tcp_factory(config.server, responder, reactor, shortage, open_files_limit)
-    top = _ServerService(_summary(config.server, upstreams))
+    details = describe_policies(config.policy, policies) + describe_sinks(config.export)
+    top = _ServerService(_summary(config.server, upstreams), foreground, details)
     if exporter is not None:
         exporter.setServiceParent(top)
         responder.observers.append(exporter.observe)
@@ -337,4 +434,5 @@ def makeService(options: Options) -> service.IService:
         upstreams=options["upstreams"],
         admin_token=options["admin_token"],
         open_files_limit=open_files_limit,
+        foreground=options.parent is None or bool(options.parent["nodaemon"]),
     )

@@ -7,6 +7,7 @@ Infoblox feed plus a manifest entry whose file is missing, as in the real one.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -439,3 +440,104 @@ def test_url_body_cap_applies() -> None:
     found = result_of(source.fetch())
     assert DECOY not in by_event(found) and len(found) == 15
     assert source.last_stats.events_failed == 1
+
+
+# -- hostile feeds -----------------------------------------------------------------------
+
+
+def _nested(depth: int) -> str:
+    return '{"Event": {"uuid": "x", "Attribute": ' + "[" * depth + "]" * depth + "}}"
+
+
+def test_an_event_nested_too_deeply_is_skipped_and_counted(feed_dir: Path) -> None:
+    """An event file of arrays nested 200,000 deep is one failed event, logged with the
+    reason; the other events load and the fetch succeeds."""
+    (feed_dir / f"{DECOY}.json").write_text(_nested(200_000))
+    source = MispFeedSource(str(feed_dir))
+    with capturedLogs() as events:
+        found = result_of(source.fetch())
+    assert DECOY not in by_event(found) and len(found) == 15
+    assert source.last_stats.events_failed == 1
+    skipped = [e for e in events if "{uuid} skipped" in e.get("log_format", "")]
+    assert [e["uuid"] for e in skipped] == [DECOY]
+    assert "nested" in skipped[0]["reason"]
+
+
+def test_a_manifest_nested_too_deeply_fails_the_fetch_with_a_feed_error(feed_dir: Path) -> None:
+    """A manifest nested 200,000 deep fails the fetch as a feed error naming the manifest
+    (so the last good snapshot stays), not with a RecursionError."""
+    (feed_dir / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)
+    error = failure_of(MispFeedSource(str(feed_dir)).fetch(), MispFeedError)
+    assert "manifest.json" in str(error)
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+def test_an_event_that_is_a_device_or_a_pipe_is_skipped(feed_dir: Path, kind: str) -> None:
+    """`<uuid>.json -> /dev/zero` (size 0 by `stat`, endless when read) and a named pipe
+    no one writes to are failed events: the fetch ends, and the other events load."""
+    event = feed_dir / f"{DECOY}.json"
+    event.unlink()
+    if kind == "fifo":
+        os.mkfifo(event)
+    else:
+        event.symlink_to("/dev/zero")
+    source = MispFeedSource(str(feed_dir), max_response_bytes=4000)
+    found = result_of(source.fetch())
+    assert DECOY not in by_event(found) and len(found) == 15
+    assert source.last_stats.events_failed == 1
+
+
+def test_the_size_cap_counts_what_is_read_not_what_stat_says(feed_dir: Path) -> None:
+    """A file whose `stat` size is 0 but which holds more than the cap (a /proc file) is
+    refused for its size, not read whole."""
+    status = Path("/proc/self/status")
+    if not status.exists() or status.stat().st_size != 0:
+        pytest.skip("needs a /proc file whose stat size is 0")
+    (feed_dir / "manifest.json").write_text(json.dumps({DECOY: {"timestamp": 1}}))
+    event = feed_dir / f"{DECOY}.json"
+    event.unlink()
+    event.symlink_to(status)
+    source = MispFeedSource(str(feed_dir), max_response_bytes=200)
+    with capturedLogs() as events:
+        result_of(source.fetch())
+    skipped = [e for e in events if "{uuid} skipped" in e.get("log_format", "")]
+    assert [e["uuid"] for e in skipped] == [DECOY]
+    assert "200-byte cap" in skipped[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://elsewhere.test/misp/infoblox/manifest.json",
+        "http://feeds.test/misp/infoblox/manifest.json",
+        "https://feeds.test:8443/misp/infoblox/manifest.json",
+        "//elsewhere.test/manifest.json",
+    ],
+    ids=["other-host", "other-scheme", "other-port", "scheme-relative"],
+)
+def test_url_feed_redirects_to_another_origin_are_not_followed(target: str) -> None:
+    """A redirect off the feed's origin (scheme, host and port) is not followed: the fetch
+    fails naming the other origin, and no request goes there."""
+    fake = FakeFeed.from_directory(SMALL)
+    fake.script(Fault.redirect(target, 302))
+    error = failure_of(url_source(fake).fetch(), MispError)
+    assert "another origin" in str(error)
+    assert len(fake.requests) == 1
+
+
+def test_url_feed_follows_a_relative_redirect_on_its_origin() -> None:
+    """A relative redirect (`Location: ../moved/manifest.json`) stays on the origin and is
+    followed."""
+    fake = FakeFeed.from_directory(SMALL)
+    fake.script(Fault.redirect("../moved/manifest.json", 307))
+    assert len(result_of(url_source(fake).fetch())) == 22
+    assert fake.requests[1].path == "/misp/moved/manifest.json"
+
+
+def test_url_feed_stops_after_too_many_redirects() -> None:
+    """A redirect loop on the origin ends after a few hops with a feed error."""
+    fake = FakeFeed.from_directory(SMALL)
+    fake.script(*[Fault.redirect(f"{URL}/manifest.json", 302)] * 20)
+    error = failure_of(url_source(fake).fetch(), MispError)
+    assert "redirects" in str(error)
+    assert len(fake.requests) < 20

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.logger import LogLevel, globalLogPublisher
 
 from misp_dns.config import parse_config
 from misp_dns.intel.misp_options import MispFeedOptions, MispOptions
@@ -186,22 +185,15 @@ def test_feed_table_takes_url_and_the_blocking_options() -> None:
 
 def test_key_file_readable_by_others_gives_a_warning(tmp_path: Path) -> None:
     """A key file others can read is used, with a warning that names the file, not the key."""
-    events: list[dict[str, object]] = []
-    observe = events.append
-    globalLogPublisher.addObserver(observe)
-    try:
-        path = tmp_path / "key"
-        path.write_text(KEY)
-        path.chmod(0o600)
-        MispOptions(server_url="https://misp.test", api_key_file=str(path)).read_api_key()
-        assert not [e for e in events if e.get("log_level") == LogLevel.warn]
-        path.chmod(0o644)
-        MispOptions(server_url="https://misp.test", api_key_file=str(path)).read_api_key()
-    finally:
-        globalLogPublisher.removeObserver(observe)
-    (warning,) = [e for e in events if e.get("log_level") == LogLevel.warn]
-    text = str(warning["log_format"]).format(**warning)
-    assert str(path) in text and "chmod 600" in text and KEY not in text
+    path = tmp_path / "key"
+    path.write_text(KEY)
+    path.chmod(0o600)
+    options = MispOptions(server_url="https://misp.test", api_key_file=str(path))
+    assert options.security_warnings(None) == []
+    path.chmod(0o644)
+    assert options.read_api_key() == KEY
+    (warning,) = options.security_warnings(None)
+    assert str(path) in warning and "chmod 600" in warning and KEY not in warning
 
 
 def test_feed_takes_a_list_of_warninglist_paths() -> None:
@@ -240,3 +232,22 @@ def test_an_unreadable_warninglist_fails_building_the_policy(tmp_path: Path) -> 
     assert caught.value.problems == [
         f"policy[0]: warninglists[0]: {gone}: cannot read: No such file or directory"
     ]
+
+
+def test_api_key_file_expands_the_credentials_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`api_key_file = "${CREDENTIALS_DIRECTORY}/misp.key"` reads the key systemd hands to
+    the service (LoadCredential=); without the variable, one line says it is not set."""
+    (tmp_path / "misp.key").write_text(KEY + "\n")
+    (tmp_path / "misp.key").chmod(0o600)
+    options = MispOptions(
+        server_url="https://misp.test", api_key_file="${CREDENTIALS_DIRECTORY}/misp.key"
+    )
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert options.read_api_key() == KEY
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(ConfigError) as raised:
+        options.read_api_key()
+    (line,) = raised.value.problems
+    assert "CREDENTIALS_DIRECTORY is not set" in line

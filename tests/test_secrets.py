@@ -199,6 +199,47 @@ def test_a_key_echoed_anywhere_in_an_error_body_never_comes_out(
     assert found == set(), next(text for text in texts if leaks(text))
 
 
+def _all_percent_encoded(text: str) -> str:
+    return "".join(f"%{ord(char):02X}" for char in text)
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        KEY.upper(),
+        KEY.lower(),
+        f"Bearer{KEY}",
+        f"apikey={_all_percent_encoded(KEY)}",
+        f"key: {KEY[:20]}...",
+        '{"k": "' + "".join(f"\\u{ord(c):04x}" for c in KEY) + '"}',
+        json.dumps({"k": "".join(f"\\u{ord(c):04x}" for c in KEY)}),
+        "".join(f"&#{ord(c)};" for c in KEY[5:30]),
+    ],
+    ids=[
+        "upper",
+        "lower",
+        "prefixed",
+        "percent",
+        "half",
+        "json-escaped",
+        "json-escaped-twice",
+        "html-entities",
+    ],
+)
+@pytest.mark.parametrize("status", [403, 500])
+def test_an_altered_echo_of_the_key_never_comes_out(echo: str, status: int) -> None:
+    """MISP (or a proxy in front of it) echoing the key upper-cased, after a prefix with no
+    space, percent-encoded, cut in half or escaped: no error and no log line holds 8 of its
+    characters in a row, in any case or encoding."""
+    from test_redact import leaked
+
+    fake = FakeMisp(KEY)
+    fake.script(*[_echo(f"bad key {echo} given".encode(), status, True)] * 3)
+    texts = _fetch_collecting(fake, [1, 2, 4, 60, 60])
+    assert [text for text in texts if leaked(text)] == []
+    assert any("<api key>" in text for text in texts)
+
+
 @pytest.mark.parametrize(
     "fault",
     [

@@ -6,10 +6,12 @@ event UUID to `{"info", "timestamp", ...}`, next to one `<uuid>.json` per event 
 
 `MispFeedSource.fetch()` reads the manifest, then only the events whose manifest timestamp
 changed since the last fetch; unchanged events reuse their last parsed indicators. An event
-file that is missing, unreadable or malformed is logged and counted (`FeedStats`), its
-previous version (if any) kept, and the rest goes on; only a missing or malformed manifest
-fails the fetch. Event UUIDs must look like UUIDs, so a hostile manifest cannot reach files
-outside the feed.
+file that is missing, unreadable, too large or malformed (nested too deeply included) is
+logged and counted (`FeedStats`), its previous version (if any) kept, and the rest goes on;
+only a missing or malformed manifest fails the fetch. Event UUIDs must look like UUIDs, so a
+hostile manifest cannot reach files outside the feed; a file must be a regular file (not a
+device or a pipe), and the size cap counts the bytes read, whatever `stat` says. Over HTTP,
+redirects are followed only while they stay on the feed's origin.
 
 With `warninglists` (MISP warninglists, see `misp_dns.intel.warninglist`), an indicator on any
 of them is dropped as its event is read, and each fetch logs how many each list dropped.
@@ -21,8 +23,10 @@ of them is dropped as its event is read, and each fetch logs how many each list 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -111,6 +115,8 @@ def _parse_manifest(data: bytes, where: str) -> tuple[dict[str, int | None], int
         manifest = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise MispFeedError(f"{where}: not JSON") from None
+    except RecursionError:
+        raise MispFeedError(f"{where}: nested too deeply") from None
     if not isinstance(manifest, Mapping):
         raise MispFeedError(f"{where}: expected an object of event UUIDs")
     entries: dict[str, int | None] = {}
@@ -153,6 +159,8 @@ def _whole_event(data: bytes, event_uuid: str, timestamp: int | None) -> _Event:
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise _BadEvent("not JSON") from None
+    except RecursionError:
+        raise _BadEvent("nested too deeply") from None
     event = document.get("Event") if isinstance(document, Mapping) else None
     if not isinstance(event, Mapping):
         raise _BadEvent('expected {"Event": {...}}')
@@ -217,10 +225,11 @@ class MispFeedSource:
 
     `url` is a directory (or `file://` URL) or an `http(s)://` URL of the folder holding
     `manifest.json`. For URLs, `http` (treq's API) and `clock` are required; requests get a
-    timeout, a body cap and three attempts with backoff, redirects are followed (no
-    credentials are sent). `run_blocking` runs file reading and JSON parsing (default: on
-    the calling thread; pass `thread_runner(reactor)` for big feeds). `warninglists` drops
-    the indicators on any of its lists (see `misp_dns.intel.warninglist`).
+    timeout, a body cap and three attempts with backoff; redirects are followed while they
+    stay on the feed's origin (scheme, host, port), so a feed cannot send misp-dns to fetch
+    from elsewhere. `run_blocking` runs file reading and JSON parsing (default: on the calling
+    thread; pass `thread_runner(reactor)` for big feeds). `warninglists` drops the
+    indicators on any of its lists (see `misp_dns.intel.warninglist`).
     """
 
     url: str
@@ -267,6 +276,16 @@ class MispFeedSource:
             )
         kwargs.update(overrides)
         return cls(options.url, **kwargs)
+
+    @property
+    def fetch_summary(self) -> str:
+        """What the last fetch read, for the updater's one line per refresh."""
+        stats = self.last_stats
+        return (
+            f"{stats.events} events ({stats.events_read} read, {stats.events_unchanged}"
+            f" unchanged, {stats.events_missing} missing, {stats.events_failed} failed),"
+            f" {stats.other_types} attributes of other types, {stats.skipped} malformed"
+        )
 
     @property
     def is_remote(self) -> bool:
@@ -325,20 +344,6 @@ class MispFeedSource:
             for name, count in event.warninglisted.items():
                 stats.warninglisted[name] = stats.warninglisted.get(name, 0) + count
         self.last_stats = stats
-        self.log.info(
-            "MISP feed {url}: {indicators} indicators from {events} events "
-            "({read} read, {unchanged} unchanged, {missing} missing, {failed} failed); "
-            "{other} attributes of other types, {skipped} malformed",
-            url=self.url,
-            indicators=stats.indicators,
-            events=stats.events,
-            read=stats.events_read,
-            unchanged=stats.events_unchanged,
-            missing=stats.events_missing,
-            failed=stats.events_failed,
-            other=stats.other_types,
-            skipped=stats.skipped,
-        )
         if self.warninglists is not None:
             self._log_warninglisted(self.warninglists, stats)
         return indicators
@@ -427,15 +432,24 @@ class MispFeedSource:
         return result.body
 
     def _read_file(self, name: str) -> bytes:
+        """The file's bytes, at most the cap: counted as read, since `stat` may say 0 (a
+        /proc file) or the file may grow; a device or a pipe is refused unread."""
         path = self.directory / name
+        cap = self.max_response_bytes
         try:
-            size = path.stat().st_size
-            if size > self.max_response_bytes:
-                raise MispFeedError(
-                    f"{self._where(name)}: {size} bytes, over the {self.max_response_bytes} cap"
-                )
-            return path.read_bytes()
+            # O_NONBLOCK: opening a FIFO must not wait for a writer.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise _Missing(name) from None
         except OSError as exc:
             raise MispFeedError(f"{self._where(name)}: {exc.strerror or exc}") from None
+        with os.fdopen(fd, "rb") as file:
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise MispFeedError(f"{self._where(name)}: not a regular file")
+                data = file.read(cap + 1)
+            except OSError as exc:
+                raise MispFeedError(f"{self._where(name)}: {exc.strerror or exc}") from None
+        if len(data) > cap:
+            raise MispFeedError(f"{self._where(name)}: over the {cap}-byte cap")
+        return data

@@ -62,6 +62,7 @@ from misp_dns.intel.indicator import BLOCKING_TYPES
 from misp_dns.intel.json_stream import array_elements
 from misp_dns.intel.misp_filters import MispFilters
 from misp_dns.interfaces import IIndicatorSource, RawIndicator
+from misp_dns.redact import Redactor
 
 if TYPE_CHECKING:
     from misp_dns.intel.misp_options import MispOptions
@@ -373,7 +374,12 @@ class MispClient:
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
     run_blocking: RunBlocking = attrs.field(default=run_inline, repr=False)
     last_stats: FetchStats = attrs.field(factory=FetchStats, repr=False)
+    _redactor: Redactor = attrs.field(init=False, repr=False)
     log: ClassVar[Logger] = Logger()
+
+    @_redactor.default
+    def _redactor_for_the_key(self) -> Redactor:
+        return Redactor(self.api_key, "<api key>")
 
     @classmethod
     def from_options(
@@ -396,6 +402,18 @@ class MispClient:
             timeout=options.request_timeout,
             filters=options.filters(),
             **overrides,
+        )
+
+    @property
+    def fetch_summary(self) -> str:
+        """What the last fetch did, for the updater's one line per refresh."""
+        stats = self.last_stats
+        return (
+            f"{stats.indicators} indicators from {stats.attributes} attributes in {stats.pages}"
+            f" pages ({stats.other_types} of other types, {stats.skipped} malformed:"
+            f" {stats.malformed or 'none'}; {sum(stats.filtered.values())} left out by the"
+            f" policy's filters: {stats.filtered or 'none'}); {stats.requests} requests,"
+            f" {stats.retries} retries; pages MISP's filters emptied: {stats.emptied_pages}"
         )
 
     @property
@@ -455,7 +473,7 @@ class MispClient:
                     stats.emptied_pages += 1
                     continue
                 self.last_stats = stats
-                self._log_fetched(stats)
+                self._warn_if_filters_ignored(stats)
                 return
             if result.ids == previous_ids and any(i is not None for i in result.ids):
                 raise MispResponseError(
@@ -470,25 +488,7 @@ class MispClient:
                 await consumed
         raise MispResponseError(f"{self.url}: still not at an empty page after {self.max_pages}")
 
-    def _log_fetched(self, stats: FetchStats) -> None:
-        self.log.info(
-            "MISP {url}: {indicators} indicators from {attributes} attributes in "
-            "{pages} pages ({other} of other types, {skipped} malformed: {reasons}; "
-            "{filtered} left out by the policy's filters: {why}); "
-            "{requests} requests, {retries} retries; pages MISP's filters emptied: {emptied}",
-            url=self.server_url,
-            indicators=stats.indicators,
-            attributes=stats.attributes,
-            pages=stats.pages,
-            other=stats.other_types,
-            skipped=stats.skipped,
-            reasons=stats.malformed or "none",
-            filtered=sum(stats.filtered.values()),
-            why=stats.filtered or "none",
-            requests=stats.requests,
-            retries=stats.retries,
-            emptied=stats.emptied_pages,
-        )
+    def _warn_if_filters_ignored(self, stats: FetchStats) -> None:
         if stats.filtered:
             self.log.warn(
                 "MISP {url} sent {filtered} attributes that its filters should have left out"
@@ -579,5 +579,5 @@ class MispClient:
         raise MispResponseError(self._redact(message))
 
     def _redact(self, text: str) -> str:
-        """Whatever the server echoes, the key is never repeated."""
-        return text.replace(self.api_key, "<api key>") if self.api_key else text
+        """Whatever the server echoes, no 8 characters of the key come out (see `Redactor`)."""
+        return self._redactor(text)

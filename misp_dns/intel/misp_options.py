@@ -3,7 +3,8 @@
     [[policy]]
     type = "misp"
     server_url = "https://misp.example.com"   # required
-    api_key_file = "/etc/misp-dns/misp.key"   # or api_key = "..."; one is required
+    api_key_file = "/etc/misp-dns/misp.key"   # or api_key = "..."; one is required;
+                                              # $VARIABLES and ~ are expanded
     enable_blocking = true                    # false: monitor mode, nothing is blocked
     disable_tls_validation = false            # true: any certificate (logs a warning)
     update_interval = "2h"                    # how often indicators are fetched
@@ -32,10 +33,16 @@
 `__init__` checks values only; the key file is read by `MispOptions.read_api_key()` and the
 warninglists by `MispFeedOptions.read_warninglists()` when the policy is built, so
 `--check-config` reports a missing or unreadable file too.
+`security_warnings()` names what works but exposes the key: a key file or a config holding
+the key inline that other users can read, and an `http://` server URL; `--check-config`
+prints these and the server logs them at start. `MispFeedOptions.deployment_problems()`
+names a feed directory that is missing or holds no manifest: `--check-config` fails on it.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,9 +54,22 @@ from misp_dns.intel.misp_filters import THREAT_LEVELS, MispFilters
 from misp_dns.intel.warninglist import Warninglist, WarninglistError, load_warninglist
 from misp_dns.values import BlockingOptions, ConfigError, FieldError, between
 
-__all__ = ["BlockingOptions", "MispFeedOptions", "MispOptions"]
+__all__ = ["BlockingOptions", "MispFeedOptions", "MispOptions", "readable_by_others"]
 
 _log = Logger()
+
+
+_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+def readable_by_others(path: str | os.PathLike[str]) -> int | None:
+    """The permission bits of `path` when its group or everyone may read it, else None
+    (also when it cannot be looked at)."""
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except OSError:
+        return None
+    return mode if mode & 0o044 else None
 
 
 def _http_url(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -149,16 +169,19 @@ class MispOptions(BlockingOptions):
             key = self.api_key.strip()
             where = "api_key"
         else:
-            path = Path(self.api_key_file).expanduser()
+            path = self.key_file_path()
             where = f"api_key_file {str(path)!r}"
+            unset = _VARIABLE.search(str(path)) if _VARIABLE.search(self.api_key_file) else None
+            if unset is not None:
+                raise ConfigError(
+                    [
+                        f"{where}: the environment variable {unset.group(1).strip('{}')} is not"
+                        " set (systemd sets CREDENTIALS_DIRECTORY for a unit with"
+                        " LoadCredential=)"
+                    ]
+                )
             try:
                 key = path.read_text(encoding="utf-8").strip()
-                if path.stat().st_mode & 0o077:
-                    _log.warn(
-                        "{where} can be read by other users than its owner; the MISP API key"
-                        " in it should not (chmod 600)",
-                        where=where,
-                    )
             except OSError as exc:
                 raise ConfigError([f"{where}: cannot read: {exc.strerror or exc}"]) from None
             except UnicodeDecodeError:
@@ -170,6 +193,42 @@ class MispOptions(BlockingOptions):
                 [f"{where}: the API key holds spaces or characters an HTTP header cannot carry"]
             )
         return key
+
+    def key_file_path(self) -> Path:
+        """`api_key_file` with environment variables and `~` expanded.
+
+        `${CREDENTIALS_DIRECTORY}/misp.key` is the key systemd hands to the service with
+        `LoadCredential=misp.key:...` (see contrib/systemd/README.md).
+        """
+        return Path(os.path.expandvars(self.api_key_file.strip())).expanduser()
+
+    def security_warnings(self, config_path: str | None) -> list[str]:
+        """What works but exposes the key, one line each, starting with the key it is about.
+
+        `config_path` is the file this table was read from, if any.
+        """
+        found = []
+        if urlsplit(self.server_url).scheme == "http":
+            found.append(
+                "server_url: http:// sends the API key and the indicators unencrypted; use https://"
+            )
+        if self.api_key.strip():
+            mode = None if config_path is None else readable_by_others(config_path)
+            if mode is not None:
+                found.append(
+                    f"api_key: the MISP API key is written in {config_path!r}, which other"
+                    f" users can read (mode {mode:04o}); chmod 600 it, or move the key to an"
+                    " api_key_file of mode 600"
+                )
+        else:
+            path = self.key_file_path()
+            mode = readable_by_others(path)
+            if mode is not None:
+                found.append(
+                    f"api_key_file {str(path)!r} can be read by other users than its owner"
+                    f" (mode {mode:04o}); the MISP API key in it should not (chmod 600)"
+                )
+        return found
 
 
 @attrs.frozen(kw_only=True)
@@ -206,3 +265,16 @@ class MispFeedOptions(BlockingOptions):
         if problems:
             raise ConfigError(problems)
         return tuple(lists)
+
+    def deployment_problems(self) -> list[str]:
+        """What makes a local feed unusable although its table is valid: no such directory,
+        or no manifest.json in it (one line each, starting with the key)."""
+        if self.url.lower().startswith(("http://", "https://")):
+            return []
+        directory = Path(self.url.removeprefix("file://")).expanduser()
+        if not directory.is_dir():
+            what = "not a directory" if directory.exists() else "no such directory"
+            return [f"url: {what}: {str(directory)!r}"]
+        if not (directory / "manifest.json").is_file():
+            return [f"url: no manifest.json in {str(directory)!r}; is it a MISP feed?"]
+        return []

@@ -108,9 +108,7 @@ def load(path: str | os.PathLike[str]) -> DomainSet | None:
     except ValueError as error:
         _ignoring(path, f"corrupt content ({error})")
         return None
-    _log.info(
-        "loaded {count} indicators from snapshot {path}", count=len(domainset), path=str(path)
-    )
+    # No line here: the updater says what it serves from it, in its one line per snapshot.
     return domainset
 
 

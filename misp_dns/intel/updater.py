@@ -8,6 +8,12 @@ waits for a refresh. A changed snapshot is saved back to disk.
 
 A failed cycle keeps the last good snapshot and is retried sooner than `interval`: after
 `retry_after`, doubling per failure, never later than `interval`. Cycles never overlap.
+
+Each snapshot served (from disk, or after a refresh, changed or not) is logged on one line
+naming the updater's `label`, how many distinct names it blocks (or, with `enforcing`
+false, matches in monitor mode) and how many indicators it was built from: several
+indicators may name one domain, so the two counts differ. A source with a `fetch_summary`
+string (the MISP client's, the feed's) adds what its last fetch read to that line.
 The schedule is kept with `callLater` rather than `LoopingCall`, because the delay after a
 failure differs from the regular one.
 """
@@ -66,8 +72,10 @@ class IndicatorUpdater(Service):
         state_path: str | None,
         retry_after: float = 30.0,
         run_in_thread: RunInThread = deferToThread,
+        enforcing: bool = True,
     ) -> None:
         self.label = label
+        self.enforcing = enforcing
         self.source = source
         self.clock = clock
         self.interval = interval
@@ -125,8 +133,10 @@ class IndicatorUpdater(Service):
             if found is not None and len(self.snapshot) == 0:
                 self.snapshot = found
                 self.log.info(
-                    "{label}: {count} indicators loaded from {path}",
+                    "{label}: {serving} {count} distinct names from the snapshot {path},"
+                    " until the first refresh",
                     label=self.label,
+                    serving=self._serving(),
                     count=len(found),
                     path=self.state_path,
                 )
@@ -173,7 +183,15 @@ class IndicatorUpdater(Service):
 
     def _install(self, built: tuple[Tally, DomainSet]) -> defer.Deferred[None] | None:
         tally, domainset = built
-        self.log.info("{label}: {summary}", label=self.label, summary=tally.summary())
+        fetched = getattr(self.source, "fetch_summary", None)
+        self.log.info(
+            "{label}: {serving} {count} distinct names; indicators {summary}{fetched}",
+            label=self.label,
+            serving=self._serving(),
+            count=len(domainset),
+            summary=tally.summary(),
+            fetched=f"; fetched {fetched}" if isinstance(fetched, str) and fetched else "",
+        )
         if domainset.digest == self.snapshot.digest:
             return None
         self.snapshot = domainset
@@ -214,10 +232,11 @@ class IndicatorUpdater(Service):
         self.last_error = failure.getErrorMessage()
         delay = backoff_delay(self.failures, self.retry_after, self.interval)
         self.log.warn(
-            "{label}: update failed: {reason}; still blocking the {count} indicators of the"
-            " last good update; next try in {delay:.0f} s",
+            "{label}: update failed: {reason}; still {serving} the {count} distinct names of"
+            " the last good update; next try in {delay:.0f} s",
             label=self.label,
             reason=failure.getErrorMessage(),
+            serving=self._serving(),
             count=len(self.snapshot),
             delay=delay,
         )
@@ -231,6 +250,9 @@ class IndicatorUpdater(Service):
         trimming.addErrback(
             lambda failure: self.log.failure("{label}: trimming memory", failure, label=self.label)
         )
+
+    def _serving(self) -> str:
+        return "blocking" if self.enforcing else "matching (monitor mode, nothing blocked)"
 
     def _schedule(self, delay: float) -> None:
         if self.running:

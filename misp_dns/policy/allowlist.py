@@ -86,6 +86,11 @@ class AllowlistPolicy:
         """Fires at once: the names are loaded when the policy is built."""
         return defer.succeed(None)
 
+    def describe(self) -> str:
+        """One line for the start-up log."""
+        count = len(self.names)
+        return f"allowlist: {count} name{'' if count == 1 else 's'} never blocked, nor any below"
+
     def decide(self, query: PolicyQuery) -> Decision | None:
         """ALLOW when the name is listed or below a listed name; otherwise no opinion."""
         match = self.names.match(query.name)

@@ -85,6 +85,21 @@ class MispBlockingPolicy:
         """Fires once a snapshot is served (from disk or the source) or the first fetch failed."""
         return self.updater.whenReady()
 
+    def describe(self) -> str:
+        """One line for the start-up log: where the indicators come from, whether they are
+        blocked or only logged (monitor mode), and how often they are refreshed."""
+        options = self.options
+        mode = (
+            "blocking"
+            if options.enable_blocking
+            else "monitor mode (matches are logged, nothing is blocked)"
+        )
+        return (
+            f"{self.updater.label}: {mode}; refreshed every"
+            f" {_duration(options.update_interval)}, indicators up to"
+            f" {_duration(options.max_ioc_age)} old"
+        )
+
     def decide(self, query: PolicyQuery) -> Decision | None:
         """BLOCK (or, in monitor mode, a not enforced BLOCK) for a listed name, else None.
 
@@ -141,6 +156,14 @@ def snapshot_path(state_dir: str, kind: str, location: str) -> str:
     return os.path.join(state_dir, f"{kind}-{digest}.snapshot")
 
 
+def _duration(seconds: float) -> str:
+    """`seconds` as the config writes it: 90 s is "90s", 7200 s "2h"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def _policy(
     name: str,
     source: str,
@@ -148,14 +171,16 @@ def _policy(
     indicators: IIndicatorSource,
     context: BuildContext,
     location: str,
+    label: str,
 ) -> MispBlockingPolicy:
     updater = IndicatorUpdater(
-        source,
+        label,
         indicators,
         clock=context.reactor,
         interval=options.update_interval,
         max_age=options.max_ioc_age,
         state_path=snapshot_path(context.state_dir, name, location),
+        enforcing=options.enable_blocking,
     )
     return MispBlockingPolicy(name, source, options, updater)
 
@@ -163,12 +188,14 @@ def _policy(
 def _build_misp(options: MispOptions, context: BuildContext) -> MispBlockingPolicy:
     http = make_http_client(context.reactor, verify_tls=not options.disable_tls_validation)
     client = MispClient.from_options(options, http, context.reactor)
-    return _policy("misp", MISP_SOURCE, options, client, context, options.server_url)
+    location = options.server_url
+    return _policy("misp", MISP_SOURCE, options, client, context, location, f"misp {location}")
 
 
 def _build_feed(options: MispFeedOptions, context: BuildContext) -> MispBlockingPolicy:
     source = MispFeedSource.from_options(options, context.reactor)
-    return _policy("misp-feed", FEED_SOURCE, options, source, context, options.url)
+    label = f"misp-feed {options.url}"
+    return _policy("misp-feed", FEED_SOURCE, options, source, context, options.url, label)
 
 
 def source_policy_type(source: PluginType) -> PluginType:
@@ -185,7 +212,9 @@ def source_policy_type(source: PluginType) -> PluginType:
             raise ConfigError([f"type {source.name!r} did not build an IIndicatorSource"])
         # The snapshot file is named by a digest of the whole table, so two tables of the
         # same source type keep separate caches.
-        return _policy(source.name, source.name, options, indicators, context, repr(options))
+        return _policy(
+            source.name, source.name, options, indicators, context, repr(options), source.name
+        )
 
     return PluginType(source.name, source.options, build)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,76 @@ def test_good_config_exits_zero(tmp_path: Path) -> None:
     done = check_config(good, tmp_path)
     assert done.returncode == 0, done.stdout
     assert "Traceback" not in done.stdout
+
+
+# -- warnings about secrets ---------------------------------------------------------------
+
+KEY = "Kq4Wz8Xv2Nb6Mr0Tp3Ys7Lc1Hd5Gf9Ja2Ue6Io8"
+
+
+def _misp_config(tmp_path: Path, policy: str, mode: int = 0o600) -> Path:
+    """A config with one `misp` policy table (`policy` holds its keys but `type`)."""
+    path = tmp_path / "misp-dns.toml"
+    path.write_text(
+        f'[server]\nupstreams = ["127.0.0.1:53"]\nstate_dir = "{tmp_path / "state"}"\n\n'
+        f'[[policy]]\ntype = "misp"\n{policy}\n'
+    )
+    path.chmod(mode)
+    return path
+
+
+def _warnings(done: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in done.stdout.splitlines() if "warning" in line.lower()]
+
+
+def _key_file(tmp_path: Path, mode: int) -> Path:
+    key_file = tmp_path / "misp.key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(mode)
+    return key_file
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604])
+def test_a_key_file_others_can_read_is_a_warning(tmp_path: Path, mode: int) -> None:
+    """`--check-config` passes (status 0) but warns, on one line, that the key file can be
+    read by its group or by everyone, naming the file and `chmod 600`, never the key."""
+    key_file = _key_file(tmp_path, mode)
+    config = _misp_config(
+        tmp_path, f'server_url = "https://misp.test"\napi_key_file = "{key_file}"'
+    )
+    done = check_config(config, tmp_path)
+    assert done.returncode == 0, done.stdout
+    warnings = _warnings(done)
+    assert len(warnings) == 1, done.stdout
+    assert str(key_file) in warnings[0] and "chmod 600" in warnings[0]
+    assert "policy[0].api_key_file" in warnings[0]
+    assert KEY[:8] not in done.stdout
+
+
+def test_an_inline_key_in_a_config_others_can_read_is_a_warning(tmp_path: Path) -> None:
+    """An `api_key` written in a config file of mode 0644 gets one warning naming the file and
+    the key's TOML path; the same config with mode 0600 gets none."""
+    policy = f'server_url = "https://misp.test"\napi_key = "{KEY}"'
+    shared = check_config(_misp_config(tmp_path, policy, 0o644), tmp_path)
+    assert shared.returncode == 0, shared.stdout
+    warnings = _warnings(shared)
+    assert len(warnings) == 1, shared.stdout
+    assert "policy[0].api_key" in warnings[0] and "misp-dns.toml" in warnings[0]
+    assert KEY[:8] not in shared.stdout
+    private = check_config(_misp_config(tmp_path, policy, 0o600), tmp_path)
+    assert private.returncode == 0 and _warnings(private) == [], private.stdout
+
+
+def test_an_http_server_url_is_a_warning(tmp_path: Path) -> None:
+    """`server_url = "http://..."` sends the key unencrypted: one warning naming the key;
+    https gets none."""
+    key_file = _key_file(tmp_path, 0o600)
+    for scheme, expected in (("http", 1), ("https", 0)):
+        config = _misp_config(
+            tmp_path, f'server_url = "{scheme}://misp.test"\napi_key_file = "{key_file}"'
+        )
+        done = check_config(config, tmp_path)
+        assert done.returncode == 0, done.stdout
+        warnings = _warnings(done)
+        assert len(warnings) == expected, done.stdout
+        assert all("policy[0].server_url" in line and "https" in line for line in warnings)

@@ -320,7 +320,8 @@ def _make_run_config(workdir: Path, port: int, upstream: tuple[str, int]) -> Pat
 
 def test_make_run_config_blocks_claudfront_net(tmp_path: Path, unbound: UnboundProcess) -> None:
     """`make run`'s config (etc/misp-dns.toml, run from a checkout) blocks `claudfront.net`
-    from the sample feed: NXDOMAIN with the SOA of misp-dns.local, EDE 15 and a TXT report."""
+    from the sample feed: NXDOMAIN with the SOA of misp-dns.local, EDE 15 and a TXT report;
+    and every query lands in its query log, var/log/misp-dns/queries.jsonl."""
     shutil.copytree(SAMPLE_FEED, tmp_path / "etc" / "sample-feed")  # url = "etc/sample-feed"
     port = free_port()
     config = _make_run_config(tmp_path, port, unbound.address)
@@ -345,6 +346,11 @@ def test_make_run_config_blocks_claudfront_net(tmp_path: Path, unbound: UnboundP
         )
     finally:
         process.stop()
+    query_log = tmp_path / "var" / "log" / "misp-dns" / "queries.jsonl"
+    assert query_log.exists(), "the quick-start config writes no query log"
+    records = [json.loads(line) for line in query_log.read_text().splitlines()]
+    blocked = [r for r in records if r["question"]["questionName"] == "www.claudfront.net"]
+    assert [r["responseType"] for r in blocked] == ["Blocked"]
 
 
 def _problems(process: MispDnsProcess, name: str, qtype: str) -> list[str]:

@@ -302,7 +302,10 @@ def monitor_server(
     policy = _misp_policy(rules_misp, workdir, max_ioc_age="365d", enable_blocking=False)
     process = start_misp_dns(workdir, unbound.address, [policy], port=free_port())
     wait_until(
-        lambda: f"{SOURCE}: kept" in process.log_text(), 20, 0.1, "the monitor's first fetch"
+        lambda: "(monitor mode, nothing blocked)" in process.log_text(),
+        20,
+        0.1,
+        "the monitor's first fetch",
     )
     yield process
     process.stop()
