@@ -2,8 +2,10 @@
 
 A third-party package imports this module and nothing else from misp-dns:
 
-- the seams, as zope interfaces: `IPolicy` (decides about a query), `IIndicatorSource`
-  (fetches indicators for a blocking policy) and `ISink` (receives query records);
+- the seams, as zope interfaces: `IPolicy` (decides about a query), `IAnswerPolicy` (an
+  `IPolicy` that also judges the answer: its CNAME/DNAME chain and its addresses),
+  `IIndicatorSource` (fetches indicators for a blocking policy) and `ISink` (receives
+  query records);
 - the values they exchange: `PolicyQuery` and `Decision` (with `Action` and `Provenance`),
   `RawIndicator`;
 - how a plugin is found and built: a `PluginType` named in one of the entry-point groups
@@ -49,6 +51,9 @@ __all__ = [
     "POLICY_GROUP",
     "SINK_GROUP",
     "SOURCE_GROUP",
+    "TRIGGER_CNAME",
+    "TRIGGER_IP",
+    "TRIGGER_QNAME",
     "Action",
     "BlockingOptions",
     "BuildContext",
@@ -56,6 +61,7 @@ __all__ = [
     "Decision",
     "Duration",
     "FieldError",
+    "IAnswerPolicy",
     "IIndicatorSource",
     "IPolicy",
     "IServerReactor",
@@ -77,6 +83,13 @@ SINK_GROUP = "misp_dns.exporters"
 
 #: RFC 8914 INFO-CODE 15, "Blocked": the answer a blocking decision carries by default.
 EDE_BLOCKED = 15
+
+#: What a decision was made on (`Decision.trigger`, the query log's `policy.trigger`): the
+#: question's own name, a name the answer's CNAME/DNAME chain passes through, or an address
+#: in the answer's A/AAAA records.
+TRIGGER_QNAME = "qname"
+TRIGGER_CNAME = "cname"
+TRIGGER_IP = "ip"
 
 
 # --- The values policies work with ------------------------------------------------------
@@ -121,8 +134,10 @@ class Decision:
     """A policy's verdict on a query and what the answer and the query log need to say it.
 
     `enforced` is False in monitor mode: the query resolves normally and only the log shows
-    the decision. Decisions are compared and hashed as values, so a policy may hand back the
-    same decision object for many queries (the answer builders memoize on it).
+    the decision. `trigger` says what was matched (`TRIGGER_QNAME`, `TRIGGER_CNAME`,
+    `TRIGGER_IP`); `indicator` is then the listed name, or the listed address or range.
+    Decisions are compared and hashed as values, so a policy may hand back the same
+    decision object for many queries (the answer builders memoize on it).
     """
 
     action: Action
@@ -135,6 +150,7 @@ class Decision:
     add_ede: bool = True
     enforced: bool = True
     provenance: Provenance = attrs.field(factory=Provenance)
+    trigger: str = TRIGGER_QNAME
 
     @property
     def blocks(self) -> bool:
@@ -189,6 +205,36 @@ class IPolicy(Interface):
         A policy that loads indicators fires it after the first load (from its disk cache or
         its source); one that needs nothing fires it at once. A reload waits for it before
         the new chain takes over; `/readyz`-style checks read it too.
+        """
+
+
+class IAnswerPolicy(IPolicy):
+    """A policy that also judges answers: the names their CNAME/DNAME chain passes through
+    and the addresses of their A/AAAA records.
+
+    The chain asks it only about questions no policy had an opinion on (so an allowlisted
+    question name is never blocked by its answer), once per answer from the upstream, and
+    again about a cached answer only after `generation` grew: the verdict is kept with the
+    cached answer, so a cache hit costs nothing more. A blocking verdict gets the blocked
+    answer for the question, exactly as if the question's name were listed.
+    """
+
+    generation = Attribute(
+        "An integer that grows whenever `decide_answer` may answer differently (a new"
+        " indicator snapshot); equal values promise equal verdicts."
+    )
+
+    def decide_answer(query, names, addresses):
+        """Return a `Decision` (`trigger` cname or ip) or None for an answer to `query`.
+
+        `names` are the names the answer's CNAME/DNAME chain leads to after the question's
+        own, in chain order, written like `PolicyQuery.name`; a name the chain's policies
+        allow when asked about it alone (an allowlisted name) is left out. `addresses` are
+        the addresses of the answer's A and AAAA records as packed bytes (4 or 16;
+        `ipaddress.ip_address(packed)` reads one). `query.client` and `query.transport` are
+        empty: the verdict is kept with the cached answer and serves every client.
+
+        Synchronous and free of side effects, like `decide`.
         """
 
 

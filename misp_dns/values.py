@@ -271,6 +271,9 @@ class BlockingOptions:
     blocking_answer_ttl: int = attrs.field(default=30, validator=between(30, 86400))
     allow_txt_blocking_report: bool = True
     add_extended_dns_error: bool = True
+    # Off by default: one listed address of a CDN or shared host would block every name it
+    # serves, and an upgrade must not start blocking what it did not block before.
+    block_response_ips: bool = False
     # A slow MISP answering a big page needs more than a minute; a dead one should not
     # hold a refresh for longer than an hour per attempt.
     request_timeout: Duration = attrs.field(default=_ONE_MINUTE, validator=between(1, 3600))

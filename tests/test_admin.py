@@ -190,6 +190,27 @@ def test_queries_are_counted_by_protocol_type_and_response_type() -> None:
     assert metrics[sample("misp_dns_cache_entries")] == 1
 
 
+def test_a_block_through_the_answer_is_counted_under_its_trigger() -> None:
+    """A cached answer whose CNAME leads to a listed name is blocked and counted under
+    trigger `cname`, apart from the question's own blocks."""
+    server = make_server()
+    wire_name = b"\x07tracker\x07example\x03com\x00"
+    chain = tdns.RRHeader(
+        b"tracker.example.com", tdns.CNAME, tdns.IN, 300, tdns.Record_CNAME(b"c2.evil.example")
+    )
+    record = tdns.RRHeader(b"c2.evil.example", tdns.A, tdns.IN, 300, tdns.Record_A("192.0.2.9"))
+    server.admin.api.parts.resolver.cache.put(
+        (wire_name, tdns.A, tdns.IN, False, 0), Answer(tdns.OK, answers=(chain, record))
+    )
+    assert server.ask("tracker.example.com").rcode() == dns.rcode.NXDOMAIN
+    server.ask("evil.example")
+    metrics = server.metrics()
+    for trigger in ("cname", "qname"):
+        assert (
+            metrics[sample("misp_dns_blocked_total", source="misp-connector", trigger=trigger)] == 1
+        )
+
+
 def test_monitor_mode_is_not_counted_as_blocked() -> None:
     """A decision that is not enforced resolves the name: not a block in the metrics."""
     server = make_server(enforced=False)

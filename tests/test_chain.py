@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
-from misp_dns.interfaces import Action, Decision, PolicyQuery
+from misp_dns.interfaces import Action, Decision, IAnswerPolicy, PolicyQuery
 from misp_dns.policy.chain import POLICY_FAILED, PolicyChain
 
 SECRET = "Sk7Vq2Xz9Lm4Np8Rt3Wb6Hc1Jd5Gf0Ya4Ue8Io2P"
@@ -91,3 +93,129 @@ def test_each_failing_policy_gets_its_own_line() -> None:
         "policy[0] (one)",
         "policy[0] (two)",
     ]
+
+
+# -- judging answers ------------------------------------------------------------------------
+
+
+@implementer(IAnswerPolicy)
+class ListedNames:
+    """An answer policy listing some names and addresses, recording what it was asked."""
+
+    def __init__(self, name: str, names: set[str], addresses: frozenset[bytes] = frozenset()):
+        self.name = name
+        self.names = names
+        self.addresses = addresses
+        self.generation = 0
+        self.asked: list[tuple[tuple[str, ...], tuple[bytes, ...]]] = []
+        self.service = None
+
+    def whenReady(self) -> None:
+        return None
+
+    def decide(self, query: PolicyQuery) -> Decision | None:
+        if query.name in self.names:
+            return Decision(Action.BLOCK, self.name, query.name)
+        return None
+
+    def decide_answer(
+        self, query: PolicyQuery, names: tuple[str, ...], addresses: tuple[bytes, ...]
+    ) -> Decision | None:
+        self.asked.append((names, addresses))
+        for name in names:
+            if name in self.names:
+                return Decision(Action.BLOCK, self.name, name, trigger="cname")
+        for address in addresses:
+            if address in self.addresses:
+                return Decision(Action.BLOCK, self.name, address.hex(), trigger="ip")
+        return None
+
+
+class AllowNames:
+    """An allowlist-like policy (no answer judging of its own)."""
+
+    name = "allow"
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+
+    def decide(self, query: PolicyQuery) -> Decision | None:
+        if query.name in self.names:
+            return Decision(Action.ALLOW, "allow", query.name)
+        return None
+
+
+QUESTION = PolicyQuery("innocent.example", 1)
+
+
+def test_answer_policies_are_found_once_and_asked_in_order() -> None:
+    """Only policies providing IAnswerPolicy judge answers; the first verdict wins."""
+    first, second = ListedNames("first", {"b.test"}), ListedNames("second", {"a.test"})
+    chain = PolicyChain([Quiet(), first, BlockAll(), second])
+    assert chain.answer_policies == (first, second)
+    verdict = chain.decide_answer(QUESTION, ("a.test", "b.test"), ())
+    assert verdict is not None and (verdict.source, verdict.indicator) == ("first", "b.test")
+    assert second.asked == []
+    assert PolicyChain([Quiet(), BlockAll()]).decide_answer(QUESTION, ("a.test",), ()) is None
+
+
+def test_an_allowed_chain_name_is_no_trigger_but_the_names_around_it_are() -> None:
+    """A name the chain allows when asked alone (allowlisted) is taken out of the chain
+    before the answer policies see it; a listed name before or after it still blocks."""
+    misp = ListedNames("misp", {"cdn.allowed.example", "evil.test"})
+    chain = PolicyChain([AllowNames({"cdn.allowed.example"}), misp])
+    assert chain.decide_answer(QUESTION, ("cdn.allowed.example",), ()) is None
+    verdict = chain.decide_answer(QUESTION, ("evil.test", "cdn.allowed.example"), ())
+    assert verdict is not None and verdict.indicator == "evil.test"
+    assert misp.asked[-1] == (("evil.test",), ())
+
+
+def test_an_allowlist_after_the_blocking_policy_does_not_clear_a_chain_name() -> None:
+    """First decision wins for chain names as for questions: a blocking policy placed
+    before the allowlist blocks a name the allowlist lists."""
+    misp = ListedNames("misp", {"evil.test"})
+    chain = PolicyChain([misp, AllowNames({"evil.test"})])
+    assert chain.decide_answer(QUESTION, ("evil.test",), ()) is not None
+
+
+def test_addresses_are_judged_too() -> None:
+    """An answer with no chain but a listed address gets the policy's verdict."""
+    listed = bytes([203, 0, 113, 7])
+    chain = PolicyChain([ListedNames("misp", set(), {listed})])
+    verdict = chain.decide_answer(QUESTION, (), (bytes([192, 0, 2, 1]), listed))
+    assert verdict is not None and verdict.trigger == "ip"
+
+
+def test_the_generation_changes_when_any_answer_policy_grows_its_own() -> None:
+    """The chain's generation moves exactly when one of its answer policies' does."""
+    first, second = ListedNames("first", set()), ListedNames("second", set())
+    chain = PolicyChain([first, Quiet(), second])
+    before = chain.generation()
+    assert chain.generation() == before
+    second.generation += 1
+    moved = chain.generation()
+    assert moved != before
+    first.generation += 3
+    assert chain.generation() not in (before, moved)
+
+
+@pytest.mark.allow_errors
+def test_an_answer_policy_that_raises_fails_the_answer_with_one_log_line() -> None:
+    """A bug in `decide_answer` gives POLICY_FAILED (SERVFAIL) and the usual log line."""
+
+    class BrokenAnswers(ListedNames):
+        def decide_answer(self, *args: Any) -> Decision | None:
+            raise ValueError(SECRET)
+
+    chain = PolicyChain([Quiet(), BrokenAnswers("tld-block", set())])
+    with capturedLogs() as events:
+        assert chain.decide_answer(QUESTION, ("a.test",), ()) is POLICY_FAILED
+    (line,) = lines(events)
+    assert line.startswith("policy[1] (tld-block) raised ValueError in ")
+    assert SECRET[:10] not in line
+
+
+def test_the_answer_policy_double_keeps_to_the_interface() -> None:
+    """The test double above provides IAnswerPolicy, so these tests say what the chain
+    does with a real one."""
+    assert verifyObject(IAnswerPolicy, ListedNames("x", set()))

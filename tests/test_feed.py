@@ -319,6 +319,17 @@ def test_from_options_for_a_directory(feed_dir: Path) -> None:
     assert len(result_of(source.fetch())) == 22
 
 
+def test_a_feed_with_response_ips_hands_on_its_address_attributes(feed_dir: Path) -> None:
+    """With `block_response_ips = true` the five `ip-dst` attributes of the small feed come
+    with the domains; without it they stay among the other types."""
+    options = MispFeedOptions(url=str(feed_dir), block_response_ips=True)
+    source = MispFeedSource.from_options(options, Clock())
+    found = result_of(source.fetch())
+    assert len(found) == 27
+    assert sorted(i.type for i in found if i.type != "domain") == ["ip-dst"] * 5
+    assert source.last_stats.other_types == 5
+
+
 @unless_present(FEED, "the real MISP feed in ../shared/data")
 @pytest_twisted.ensureDeferred
 async def test_the_real_feed_in_threads() -> None:

@@ -101,6 +101,44 @@ def test_request_is_the_documented_restsearch_post() -> None:
     }
 
 
+def test_with_response_ips_the_address_types_are_asked_for_and_kept() -> None:
+    """`block_response_ips = true` asks MISP for the address types too and hands their
+    attributes on; without it they are neither asked for nor kept (as before)."""
+    fake = FakeMisp(KEY, now=lambda: 1_700_000_000)
+    fake.add_attribute("evil.example")
+    for kind, value in (
+        ("ip-dst", "203.0.113.0/24"),
+        ("ip-src", "2001:db8::1"),
+        ("ip-dst|port", "198.51.100.7|443"),
+        ("ip-src|port", "198.51.100.8|25"),
+        ("url", "http://evil.example/x"),
+    ):
+        fake.add_attribute(value, kind)
+    table = {"server_url": URL, "api_key": KEY, "block_response_ips": True}
+    client = MispClient.from_options(MispOptions(**table), StubTreq(fake), Clock())
+    found = result_of(client.fetch())
+    assert fake.requests[0].json()["type"] == [
+        "domain",
+        "hostname",
+        "domain|ip",
+        "ip-dst",
+        "ip-src",
+        "ip-dst|port",
+        "ip-src|port",
+    ]
+    assert [(i.type, i.value) for i in found] == [
+        ("domain", "evil.example"),
+        ("ip-dst", "203.0.113.0/24"),
+        ("ip-src", "2001:db8::1"),
+        ("ip-dst|port", "198.51.100.7|443"),
+        ("ip-src|port", "198.51.100.8|25"),
+    ]
+    table["block_response_ips"] = False
+    client = MispClient.from_options(MispOptions(**table), StubTreq(fake), Clock())
+    assert values(result_of(client.fetch())) == ["evil.example"]
+    assert fake.requests[-1].json()["type"] == ["domain", "hostname", "domain|ip"]
+
+
 def test_client_provides_the_indicator_source_interface() -> None:
     """MispClient plugs into the updater as an IIndicatorSource."""
     assert verifyObject(IIndicatorSource, client_for(fake_with(0)))

@@ -56,6 +56,7 @@ def test_misp_defaults_are_the_documented_ones() -> None:
     assert options.published_only is True
     assert options.threat_levels == (1, 2, 3, 4)
     assert options.exclude_decayed is False
+    assert options.block_response_ips is False
 
 
 def test_every_documented_key_is_accepted() -> None:
@@ -80,6 +81,7 @@ def test_every_documented_key_is_accepted() -> None:
             "published_only": False,
             "threat_levels": [1, 2],
             "exclude_decayed": True,
+            "block_response_ips": True,
         }
     )
     assert options.tags == ("tlp:red", "misp-galaxy:threat-actor=%")

@@ -13,13 +13,16 @@ from conftest import unless_present
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from misp_dns.intel.indicator import IpEntry
 from misp_dns.intel.normalize import (
     REASONS,
     InvalidIndicator,
     Selection,
     Tally,
     normalize,
+    normalize_ip,
     normalize_name,
+    normalize_network,
     select,
     selected,
 )
@@ -343,6 +346,19 @@ def test_real_feed_keeps_every_domain_and_rejects_the_rest(feed_selection: Selec
 
 
 @needs_data
+def test_real_feed_ip_dst_attributes_become_response_ips() -> None:
+    """With response IPs on, the real feed's 350 `ip-dst` attributes (346 distinct
+    addresses) are kept as networks beside every domain; only URLs, mails and hashes are
+    left out."""
+    selection = select(_feed_indicators(), now=1_715_800_000.0, max_age=None, response_ips=True)
+    networks = [entry for entry in selection.kept if isinstance(entry, IpEntry)]
+    assert len(networks) == 350
+    assert len({(n.version, n.start, n.length) for n in networks}) == 346
+    assert len(selection.kept) - len(networks) == 60_479
+    assert selection.rejected == {"not-a-domain-type": 241}
+
+
+@needs_data
 def test_real_feed_messy_values_are_cleaned(feed_selection: Selection) -> None:
     """Trailing spaces, capitals, `_` labels, punycode and mis-decoded BOMs come out clean."""
     names = {entry.name for entry in feed_selection.kept}
@@ -374,3 +390,105 @@ def test_real_warninglist_addresses_and_junk_are_rejected() -> None:
     assert reasons["252/24.127.188.93.mifril.ru"] == "bad-character"
     assert reasons["gw.megatro-avinyo.man,altecom.net"] == "bad-character"
     assert len(reasons) == 19
+
+
+# -- response IPs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("198.51.100.7", (4, 0xC6336407, 32)),
+        (" 203.0.113.0/24 ", (4, 0xCB007100, 24)),
+        ("203.0.113.9/24", (4, 0xCB007100, 24)),
+        ("10.0.0.0/8", (4, 0x0A000000, 8)),
+        ("2001:db8::1", (6, 0x20010DB8 << 96 | 1, 128)),
+        ("[2001:DB8::1]", (6, 0x20010DB8 << 96 | 1, 128)),
+        ("2001:db8:bad::77/48", (6, 0x20010DB80BAD << 80, 48)),
+        ("::ffff:198.51.100.7", (4, 0xC6336407, 32)),
+        ("::ffff:198.51.100.0/120", (4, 0xC6336400, 24)),
+    ],
+)
+def test_addresses_and_ranges_become_networks(value: str, expected: tuple[int, int, int]) -> None:
+    """Addresses and CIDR ranges of both families are read, host bits cleared, and an
+    IPv4-mapped IPv6 network becomes the IPv4 one."""
+    assert normalize_network(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("", "bad-ip"),
+        ("evil.example", "bad-ip"),
+        ("300.1.1.1", "bad-ip"),
+        ("1.2.3", "bad-ip"),
+        ("1.2.3.4/33", "bad-ip"),
+        ("1.2.3.4/-1", "bad-ip"),
+        ("1.2.3.4/", "bad-ip"),
+        ("fe80::1%eth0", "bad-ip"),
+        ("2001:db8::1/129", "bad-ip"),
+        ("0.0.0.0/0", "ip-too-broad"),
+        ("10.0.0.0/7", "ip-too-broad"),
+        ("::/0", "ip-too-broad"),
+        ("2001::/15", "ip-too-broad"),
+    ],
+)
+def test_unusable_addresses_are_rejected_with_a_reason(value: str, reason: str) -> None:
+    """Values that are no address, and ranges so wide that one mistaken indicator would
+    block a good part of the Internet, are refused."""
+    with pytest.raises(InvalidIndicator) as caught:
+        normalize_network(value)
+    assert (caught.value.reason, caught.value.value) == (reason, value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "network"),
+    [
+        ("ip-dst", "203.0.113.0/24", "203.0.113.0/24"),
+        ("ip-src", "2001:db8::1", "2001:db8::1"),
+        ("ip-dst|port", "198.51.100.7|443", "198.51.100.7"),
+        ("ip-src|port", "2001:db8::7|8080", "2001:db8::7"),
+        ("domain|ip", "evil.example|198.51.100.9", "198.51.100.9"),
+    ],
+)
+def test_address_types_give_response_ip_networks(kind: str, value: str, network: str) -> None:
+    """Each MISP type holding an address gives its network, with the attribute's provenance."""
+    raw = RawIndicator(value=value, type=kind, event_id="7", attribute_uuid="a-uuid")
+    entry = normalize_ip(raw)
+    assert (entry.network, entry.event_id, entry.attribute_uuid) == (network, "7", "a-uuid")
+
+
+def test_select_takes_response_ips_only_when_asked() -> None:
+    """Without `response_ips` the address types are refused as before; with it they give
+    networks, `domain|ip` gives its name and its network, and the summary counts both."""
+    raws = [
+        RawIndicator(value="evil.example", type="domain"),
+        RawIndicator(value="203.0.113.0/24", type="ip-dst"),
+        RawIndicator(value="198.51.100.7|443", type="ip-src|port"),
+        RawIndicator(value="both.example|2001:db8::1", type="domain|ip"),
+        RawIndicator(value="half.example|not-an-ip", type="domain|ip"),
+        RawIndicator(value="192.0.2.1|192.0.2.1", type="domain|ip"),
+        RawIndicator(value="0.0.0.0/0", type="ip-dst"),
+        RawIndicator(value="nonsense", type="ip-src"),
+    ]
+    without = select(raws, now=0.0, max_age=None)
+    assert [entry.name for entry in without.kept] == [  # type: ignore[union-attr]
+        "evil.example",
+        "both.example",
+        "half.example",
+    ]
+    assert without.rejected == {"not-a-domain-type": 4, "ip": 1}
+    with_ips = select(raws, now=0.0, max_age=None, response_ips=True)
+    assert [getattr(e, "name", None) or e.network for e in with_ips.kept] == [  # type: ignore[union-attr]
+        "evil.example",
+        "203.0.113.0/24",
+        "198.51.100.7",
+        "both.example",
+        "2001:db8::1",
+        "half.example",
+        "192.0.2.1",
+    ]
+    assert with_ips.rejected == {"ip-too-broad": 1, "bad-ip": 1}
+    assert with_ips.summary() == (
+        "kept 7 (names: 3, response IPs: 4), rejected 2 (bad-ip: 1, ip-too-broad: 1)"
+    )

@@ -70,6 +70,7 @@ def test_blocked_query_record_matches_the_design_example() -> None:
         "policy": {
             "source": "misp-connector",
             "domain": "stemtopx.com",
+            "trigger": "qname",
             "mispEventId": PROVENANCE.event_id,
             "mispEventUuid": PROVENANCE.event_uuid,
             "mispAttributeUuid": PROVENANCE.attribute_uuid,
@@ -161,7 +162,7 @@ def test_allowlisted_record_names_the_allowlist_without_misp_fields() -> None:
     """An allowlisted query: responseType Allowed, policy says allowlist and the entry."""
     record = written(allowed_event("intranet.example.org"))
     assert record["responseType"] == "Allowed"
-    assert record["policy"] == {"source": "allowlist", "domain": "example.org"}
+    assert record["policy"] == {"source": "allowlist", "domain": "example.org", "trigger": "qname"}
 
 
 def test_monitor_mode_record_shows_the_decision_not_enforced() -> None:
@@ -184,8 +185,47 @@ def test_missing_provenance_fields_are_left_out() -> None:
     assert record["policy"] == {
         "source": "misp-connector",
         "domain": "x.example",
+        "trigger": "qname",
         "mispEventId": "7",
     }
+
+
+def test_a_block_through_the_chain_names_the_chain_and_the_listed_name() -> None:
+    """A question blocked because its CNAME chain reached a listed name: `trigger` cname,
+    `domain` the listed name, the EDE text saying `via=cname`."""
+    decision = attrs.evolve(
+        misp_decision("evil.test"),
+        report="source=misp-connector;domain=evil.test;via=cname",
+        trigger="cname",
+    )
+    record = written(blocked_event("innocent.example", decision=decision))
+    assert record["question"]["questionName"] == "innocent.example"
+    assert record["edns"] == [
+        {"errType": "Blocked", "message": "source=misp-connector;domain=evil.test;via=cname"}
+    ]
+    assert record["policy"] == {
+        "source": "misp-connector",
+        "domain": "evil.test",
+        "trigger": "cname",
+        "mispEventId": PROVENANCE.event_id,
+        "mispEventUuid": PROVENANCE.event_uuid,
+        "mispAttributeUuid": PROVENANCE.attribute_uuid,
+        "mispEventInfo": PROVENANCE.event_info,
+    }
+
+
+def test_a_block_on_an_address_names_the_listed_network_as_ip() -> None:
+    """A question blocked because its answer held a listed address: `trigger` ip, and the
+    listed address or range under `ip`, not `domain`."""
+    decision = attrs.evolve(
+        misp_decision("203.0.113.0/24"),
+        report="source=misp-connector;ip=203.0.113.0/24",
+        trigger="ip",
+    )
+    record = written(blocked_event("innocent.example", decision=decision))
+    assert record["policy"]["ip"] == "203.0.113.0/24"
+    assert record["policy"]["trigger"] == "ip"
+    assert "domain" not in record["policy"]
 
 
 def test_tcp_queries_say_tcp() -> None:
@@ -469,6 +509,8 @@ _ANSWER_KEYS = ["name", "recordType", "recordClass", "recordTtl", "recordData", 
 _POLICY_KEYS = (
     "source",
     "domain",
+    "ip",
+    "trigger",
     "mispEventId",
     "mispEventUuid",
     "mispAttributeUuid",
@@ -520,6 +562,7 @@ _decisions = st.one_of(
         indicator=st.text(),
         enforced=st.booleans(),
         provenance=st.builds(Provenance, st.text(), st.text(), st.text(), st.text()),
+        trigger=st.sampled_from(["qname", "cname", "ip"]),
     ),
 )
 
@@ -593,7 +636,7 @@ def test_any_record_is_one_valid_json_line_with_the_documented_keys(
     )
     if decision is not None:
         shown = list(parsed["policy"])
-        assert shown[:2] == ["source", "domain"]
+        assert shown[:3] == ["source", "ip" if decision.trigger == "ip" else "domain", "trigger"]
         assert shown == [key for key in _POLICY_KEYS if key in shown]
         assert ("enforced" in shown) is not decision.enforced
     assert encoder.encode(event).line == record.line

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from misp_dns.intel.domainset import FORMAT_VERSION, DomainSet
-from misp_dns.intel.indicator import BlockEntry
+from misp_dns.intel.indicator import BlockEntry, IpEntry
+from misp_dns.intel.normalize import normalize_network
 from misp_dns.intel.store import MAGIC, StoreError, load, save
 
 HEADER_SIZE = 52
@@ -62,6 +63,35 @@ def test_saved_set_loads_back(saved: Path) -> None:
     assert found is not None
     assert found.provenance.attribute_uuid == "61c53977-6956-408f-90d4-000000000001"
     assert lines == []  # the updater says what it serves from it
+
+
+def test_response_ip_networks_are_saved_and_loaded_with_the_names(tmp_path: Path) -> None:
+    """The networks of a source live in the same snapshot file as its names."""
+    version, start, length = normalize_network("203.0.113.0/24")
+    snapshot = DomainSet.build(
+        [*sample(3).entries(), IpEntry(version, start, length, attribute_uuid="x")]
+    )
+    path = tmp_path / "misp.snapshot"
+    assert save(path, snapshot)
+    loaded, lines, _ = load_logged(path)
+    assert loaded is not None and loaded.digest == snapshot.digest
+    found = loaded.match_ip(bytes([203, 0, 113, 77]))
+    assert found is not None and (found.network, found.provenance.attribute_uuid) == (
+        "203.0.113.0/24",
+        "x",
+    )
+    assert lines == [f"loaded 4 indicators from snapshot {path}"]
+
+
+def test_a_snapshot_of_the_format_before_response_ips_is_ignored(saved: Path) -> None:
+    """A file written by a version without response IPs (format 1) is not misread: it is
+    ignored, and the first fetch fills the set."""
+    data = bytearray(saved.read_bytes())
+    struct.pack_into("<I", data, 8, 1)
+    saved.write_bytes(bytes(data))
+    loaded, lines, _ = load_logged(saved)
+    assert loaded is None
+    assert "format version 1, this version reads 2" in lines[0]
 
 
 def test_file_layout_is_as_documented(saved: Path) -> None:

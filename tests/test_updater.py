@@ -200,3 +200,42 @@ def test_refresh_outcome_is_kept_for_status_and_metrics() -> None:
     assert updater.last_error == "" and updater.failed_cycles == 1 and updater.failures == 0
     updater.stopService()
     assert updater.next_update_at is None
+
+
+def test_the_generation_grows_with_each_snapshot_served(tmp_path: Path) -> None:
+    """Loading from disk and every changed refresh serve a new snapshot and grow the
+    generation; a refresh bringing the same indicators changes neither."""
+    state = tmp_path / "misp.snapshot"
+    first = make_updater(MemoryIndicatorSource([raw("evil.example")]), Clock(), state)
+    first.startService()
+    assert first.generation == 1
+    clock = Clock()
+    source = MemoryIndicatorSource([raw("evil.example")])
+    second = make_updater(source, clock, state)
+    second.startService()
+    assert second.generation == 1  # from disk; the fetch brought the same set
+    clock.advance(2 * HOUR)
+    assert second.generation == 1
+    source.indicators = [raw("other.example")]
+    clock.advance(2 * HOUR)
+    assert second.generation == 2
+
+
+def test_response_ips_become_networks_of_the_snapshot_when_asked_for() -> None:
+    """With `response_ips` the address attributes are listed networks; without, they are
+    left out as before."""
+    indicators = [raw("evil.example"), RawIndicator("203.0.113.0/24", "ip-dst")]
+    for response_ips, listed in ((True, True), (False, False)):
+        updater = IndicatorUpdater(
+            "misp-connector",
+            MemoryIndicatorSource(list(indicators)),
+            clock=Clock(),
+            interval=2 * HOUR,
+            max_age=15 * 86400,
+            state_path=None,
+            run_in_thread=inline,
+            response_ips=response_ips,
+        )
+        updater.startService()
+        assert updater.snapshot.match("evil.example") is not None
+        assert (updater.snapshot.match_ip(bytes([203, 0, 113, 1])) is not None) is listed

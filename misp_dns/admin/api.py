@@ -44,9 +44,6 @@ __all__ = [
     "trigger_of",
 ]
 
-#: What a decision was triggered by when the decision does not say: the query name.
-QNAME = "qname"
-
 
 @attrs.define
 class ServerParts:
@@ -78,12 +75,9 @@ def policy_label(index: int) -> str:
 
 
 def trigger_of(decision: Decision) -> str:
-    """What in the query or its answer matched: `qname` (the question's name) for now.
-
-    Decisions that come from other places (a CNAME in the answer, an address) will say so
-    with a `trigger` of their own; until then every decision is about the query name.
-    """
-    return str(getattr(decision, "trigger", QNAME))
+    """What in the query or its answer matched: `qname` (the question's name), `cname` (a
+    name of the answer's CNAME/DNAME chain) or `ip` (an address of the answer)."""
+    return decision.trigger
 
 
 def query_name(text: str) -> str:

@@ -14,7 +14,7 @@ Every name starts with `misp_dns_`. `response_type` is the query log's (`Blocked
 | metric | type | labels |
 |---|---|---|
 | `queries_total` | counter | `protocol` (udp, tcp), `qtype` (A, ..., other), `response_type` |
-| `blocked_total` | counter | `source` (the report's source), `trigger` (`qname`) |
+| `blocked_total` | counter | `source` (the report's source), `trigger` (`qname`, `cname`, `ip`) |
 | `cache_hits_total`, `cache_misses_total`, `cache_evictions_total` | counter | |
 | `cache_entries` | gauge | |
 | `upstream_seconds` | histogram | |

@@ -9,6 +9,11 @@ SOA. SERVFAIL, REFUSED and truncated answers are never cached. An answer the ups
 gave over UDP is stored marked not `complete`: the resolver does not serve it to TCP
 clients but asks again over TCP, and the whole answer then takes its place for everyone.
 
+Each entry also keeps what the resolver needs to judge the answer without reading it again
+on every hit (`CacheEntry`): where its CNAME/DNAME chain leads and its addresses
+(`targets`), read once when it is stored, and the policies' verdict on them with the chain
+and generation it was reached with.
+
 DO and CD are in the key because the upstream answers differently to each: with DO it adds
 RRSIGs a client without DO must not get (and without DO it leaves out what a DO client
 needs); with CD a validating upstream hands out data it could not validate, which only a
@@ -27,9 +32,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.names import dns
 
 from misp_dns.dns.packet import encode_body
+from misp_dns.dns.targets import Targets, answer_targets
 from misp_dns.event import Answer, Kind, copy_with_ttl
+from misp_dns.interfaces import Decision
 
-__all__ = ["CHECKING_DISABLED", "AnswerCache", "CacheKey", "cache_lifetime"]
+__all__ = ["CHECKING_DISABLED", "AnswerCache", "CacheEntry", "CacheKey", "cache_lifetime"]
 
 # (name, type, class, DO, the CD bit of the query's flags)
 CacheKey = tuple[bytes, int, int, bool, int]
@@ -41,11 +48,35 @@ MAX_TTL = 86400
 MAX_NEGATIVE_TTL = 3 * 3600
 
 
-@attrs.frozen
-class _Entry:
-    answer: Answer
-    stored_at: float
-    expires_at: float
+class CacheEntry:
+    """A cached answer, when it was stored and expires, and the policies' verdict on it.
+
+    `targets` is `answer_targets` of the answer (None when it has no chain and no address:
+    nothing for a policy to judge). `verdict`, `judged_by` and `generation` belong to the
+    resolver: the verdict holds while the chain that reached it is the resolver's chain and
+    its generation has not moved.
+    """
+
+    __slots__ = (
+        "answer",
+        "expires_at",
+        "generation",
+        "judged_by",
+        "stored_at",
+        "targets",
+        "verdict",
+    )
+
+    def __init__(
+        self, answer: Answer, stored_at: float, expires_at: float, targets: Targets | None
+    ) -> None:
+        self.answer = answer
+        self.stored_at = stored_at
+        self.expires_at = expires_at
+        self.targets = targets
+        self.verdict: Decision | None = None
+        self.judged_by: object = None
+        self.generation = -1
 
 
 def _negative_ttl(authority: Sequence[dns.RRHeader]) -> int | None:
@@ -76,7 +107,7 @@ class AnswerCache:
     def __init__(self, max_entries: int, clock: IReactorTime) -> None:
         self._max_entries = max_entries
         self._clock = clock
-        self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
         self.evictions = 0
         self.hits = 0
         self.misses = 0
@@ -91,6 +122,13 @@ class AnswerCache:
 
     def lookup(self, key: CacheKey) -> tuple[Answer, int] | None:
         """The cached answer as stored and its age in seconds, or None (absent, expired)."""
+        found = self.entry(key)
+        if found is None:
+            return None
+        return found[0].answer, found[1]
+
+    def entry(self, key: CacheKey) -> tuple[CacheEntry, int] | None:
+        """The entry and its age in seconds, or None (absent, expired)."""
         entry = self._entries.get(key)
         if entry is None:
             self.misses += 1
@@ -102,7 +140,7 @@ class AnswerCache:
             return None
         self.hits += 1
         self._entries.move_to_end(key)
-        return entry.answer, int(now - entry.stored_at)
+        return entry, int(now - entry.stored_at)
 
     def get(self, key: CacheKey) -> Answer | None:
         """The cached answer with its `age` set, or None when absent or expired.
@@ -115,13 +153,16 @@ class AnswerCache:
         answer, age = found
         return attrs.evolve(answer, age=age) if age else answer
 
-    def put(self, key: CacheKey, answer: Answer) -> None:
-        """Store `answer` for as long as its records allow (not at all if that is 0)."""
+    def put(self, key: CacheKey, answer: Answer) -> CacheEntry | None:
+        """Store `answer` for as long as its records allow (not at all if that is 0).
+
+        Returns the new entry, or None when the answer is not cached.
+        """
         if self._max_entries <= 0:
-            return
+            return None
         ttl = cache_lifetime(answer)
         if ttl <= 0:
-            return
+            return None
         if answer.rcode == dns.ENAME or not answer.answers:
             # The SOA of a negative answer is served with the negative TTL (RFC 2308 §3).
             answer = attrs.evolve(
@@ -134,8 +175,11 @@ class AnswerCache:
         packet = encode_body(answer, name, qtype, qclass)
         cached = attrs.evolve(answer, kind=Kind.CACHED, rtt=None, packet=packet, age=0)
         now = self._clock.seconds()
-        self._entries[key] = _Entry(cached, now, now + ttl)
+        targets = answer_targets(name, answer.answers)
+        entry = CacheEntry(cached, now, now + ttl, targets)
+        self._entries[key] = entry
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
             self.evictions += 1
+        return entry

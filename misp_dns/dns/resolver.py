@@ -6,6 +6,17 @@ decision kept on the answer for the query log. Any failure becomes SERVFAIL here
 place, with one log line. A policy that raised (`POLICY_FAILED`, logged by the chain) gets
 SERVFAIL too, from the blocked answers' memo, so that costs the fast path nothing.
 
+The answer is judged too (`PolicyChain.decide_answer`): when its CNAME/DNAME chain passes
+through a name a blocking policy lists, or its A/AAAA records hold a listed address, the
+client gets the blocked answer for its question, with the policy's report (`...;via=cname`,
+`...;ip=<network>`). Only questions no policy had an opinion on are judged so: an
+allowlisted question name is never blocked by its answer, and the first decision about the
+question stays the one that counts (in monitor mode too). The verdict is reached when the
+answer arrives and kept on its cache entry with the chain and the chain's `generation`;
+a hit re-judges only when either changed (a new indicator snapshot, a reload), so a cached
+answer that the new indicators list is blocked from the first hit after they are live, one
+they no longer list is served again, and every other hit pays two comparisons.
+
 Only class IN is resolved. A question of any other class that no policy blocks is REFUSED
 (EDE 21, Not Supported) and never forwarded: policies decide about Internet names, and an
 upstream asked `-c CH evil.example`, or QCLASS * (which many resolvers answer with class IN
@@ -40,7 +51,7 @@ from twisted.logger import Logger
 from twisted.names import dns
 from twisted.python.failure import Failure
 
-from misp_dns.dns.cache import CHECKING_DISABLED, AnswerCache, CacheKey
+from misp_dns.dns.cache import CHECKING_DISABLED, AnswerCache, CacheEntry, CacheKey
 from misp_dns.dns.forwarder import Forwarder, UpstreamFailed
 from misp_dns.dns.responses import (
     blocked_answer,
@@ -50,6 +61,7 @@ from misp_dns.dns.responses import (
     policy_failure,
     server_failure,
 )
+from misp_dns.dns.targets import Targets, answer_targets
 from misp_dns.dns.wire import Request, presentation_name
 from misp_dns.event import Answer, Kind
 from misp_dns.interfaces import Action, Decision, PolicyQuery
@@ -114,15 +126,41 @@ class ChainResolver:
         """
         if decision is not None and decision.blocks:
             return self.blocked(decision, key[1]), 0
-        found = self.cache.lookup(key)
+        found = self.cache.entry(key)
         if found is None:
             local = self._local(key)
             if local is None:
                 return None
             return (attrs.evolve(local, decision=decision) if decision else local), 0
-        if decision is None:
-            return found
-        return attrs.evolve(found[0], decision=decision), found[1]
+        entry, age = found
+        if decision is not None:
+            return attrs.evolve(entry.answer, decision=decision), age
+        if entry.targets is not None:
+            chain = self.policy
+            if entry.judged_by is not chain or entry.generation != chain.generation():
+                self._judge(entry, key)
+            verdict = entry.verdict
+            if verdict is not None:
+                if verdict.blocks:
+                    return self.blocked(verdict, key[1]), 0
+                return attrs.evolve(entry.answer, decision=verdict), age
+        return entry.answer, age
+
+    def _judge(self, entry: CacheEntry, key: CacheKey) -> None:
+        """Reach the chain's verdict on a cached answer and keep it on the entry."""
+        chain = self.policy
+        generation = chain.generation()
+        entry.verdict = verdict = self._verdict(key, entry.targets)
+        if verdict is not POLICY_FAILED:  # a failing policy is asked again next time
+            entry.judged_by, entry.generation = chain, generation
+
+    def _verdict(self, key: CacheKey, targets: Targets | None) -> Decision | None:
+        """The chain's verdict on an answer to `key` that leads to `targets`."""
+        if targets is None or not self.policy.answer_policies:
+            return None
+        name = presentation_name(key[0])
+        query = PolicyQuery(name, key[1], key[2], "", "", False, key[3])
+        return self.policy.decide_answer(query, *targets)
 
     def _local(self, key: CacheKey) -> Answer | None:
         """The answer to a question never forwarded (see the module docstring), or None."""
@@ -201,16 +239,36 @@ class ChainResolver:
         """Hand the upstream's answer (or SERVFAIL) to every client waiting for it."""
         waiters = self._in_flight.pop(flight)
         key = flight[0]
+        verdict = None
         if not isinstance(result, Failure):
             try:
-                self.cache.put(key, result)
+                verdict = self._judge_new(key, result)
             except Exception:
                 result = Failure()
         if isinstance(result, Failure):
             self._failed(result)
             result = server_failure()
         for waiting, decision in waiters:
-            waiting.callback(_with_decision(result, decision))
+            if decision is None and verdict is not None:
+                waiting.callback(self._judged(result, verdict, key[1]))
+            else:
+                waiting.callback(_with_decision(result, decision))
+
+    def _judge_new(self, key: CacheKey, answer: Answer) -> Decision | None:
+        """Cache an answer from the upstream; return the chain's verdict on it."""
+        entry = self.cache.put(key, answer)
+        if entry is not None:
+            self._judge(entry, key)
+            return entry.verdict
+        if answer.rcode not in (dns.OK, dns.ENAME):
+            return None
+        return self._verdict(key, answer_targets(key[0], answer.answers))
+
+    def _judged(self, answer: Answer, verdict: Decision, qtype: int) -> Answer:
+        """A forwarded answer as given to a client whose question had no decision."""
+        if verdict.blocks:
+            return self.blocked(verdict, qtype)
+        return attrs.evolve(answer, decision=verdict)
 
     def _failed(self, failure: Failure) -> None:
         if failure.check(UpstreamFailed):

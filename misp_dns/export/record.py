@@ -23,8 +23,10 @@ working, plus our own `policy`:
   <EXTRA-TEXT, whole>}`.
 - `responseRtt`: the upstream round trip in milliseconds, on `Recursive` records only.
 - `policy`: present when a policy decided about the query: `source`, `domain` (the matched
-  indicator), the MISP provenance fields that are known, and `"enforced": false` when the
-  policy is in monitor mode.
+  name) or, for a listed address, `ip` (the matched address or range), `trigger` (what
+  was matched: `qname`, the question's name; `cname`, a name of the answer's CNAME/DNAME
+  chain; `ip`, an address of its A/AAAA records), the MISP provenance fields that are
+  known, and `"enforced": false` when the policy is in monitor mode.
 - `answersTruncated`: `true`, right after `answers`, when the line would have been over
   `MAX_RECORD_BYTES` (60 KiB of UTF-8): `answers` then holds only the first answers that fit,
   each whole. Below that size a record never has the key and is not changed at all.
@@ -51,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.names import dns
 
 from misp_dns.event import Kind
-from misp_dns.interfaces import Action, Decision
+from misp_dns.interfaces import TRIGGER_IP, Action, Decision
 
 if TYPE_CHECKING:
     from misp_dns.event import PacketBody, QueryEvent
@@ -480,7 +482,12 @@ def _packet_answers(question: bytes, packet: PacketBody) -> Sequence[dns.RRHeade
 
 
 def _policy(decision: Decision) -> dict[str, Any]:
-    policy: dict[str, Any] = {"source": decision.source, "domain": decision.indicator}
+    matched = "ip" if decision.trigger == TRIGGER_IP else "domain"
+    policy: dict[str, Any] = {
+        "source": decision.source,
+        matched: decision.indicator,
+        "trigger": decision.trigger,
+    }
     provenance = decision.provenance
     for key, value in (
         ("mispEventId", provenance.event_id),

@@ -1,5 +1,9 @@
 """An immutable set of blocked names that answers "is this query name blocked, and by what?".
 
+It also carries the policy's response-IP networks (`misp_dns.intel.ipset.IpSet`, asked
+through `match_ip`), so that one snapshot, swapped in one assignment and saved in one file,
+holds every indicator of a source.
+
 A `DomainSet` holds normalised `BlockEntry` values. A `domain` entry (`subdomains=True`)
 matches its own name and every name below it, on label boundaries (`example.com` covers
 `a.example.com`, not `evilexample.com`); a `hostname` entry matches its own name only. When
@@ -29,10 +33,11 @@ skipped without hashing.
 Each name is held once. When a name comes more than once, a `domain` entry wins over a
 `hostname` entry, and otherwise the first one given wins.
 
-`to_buffers()` (or `to_bytes()`) and `from_bytes()` give the set as one flat payload that loads
-with a handful of copies and no per-name work; `misp_dns.intel.store` writes it to disk
-around a header with a checksum. `digest` is the BLAKE2b-256 of that payload, so two sets with
-the same digest hold the same entries in the same order.
+`to_buffers()` (or `to_bytes()`) and `from_bytes()` give the set as one flat payload (the
+networks' payload at its end) that loads with a handful of copies and no per-entry work;
+`misp_dns.intel.store` writes it to disk around a header with a checksum. `digest` is the
+BLAKE2b-256 of that payload, so two sets with the same digest hold the same entries in the
+same order.
 """
 
 from __future__ import annotations
@@ -49,13 +54,15 @@ from zlib import crc32
 
 import attrs
 
-from misp_dns.intel.indicator import BlockEntry
+from misp_dns.intel.indicator import BlockEntry, IpEntry
+from misp_dns.intel.ipset import IpMatch, IpSet, IpSetBuilder
 from misp_dns.interfaces import Provenance
 
 __all__ = ["FORMAT_VERSION", "DomainSet", "DomainSetBuilder", "Match"]
 
 # The layout of `to_bytes()`; change it and old snapshot files are ignored, not misread.
-FORMAT_VERSION = 1
+# 2: the response-IP networks follow the names.
+FORMAT_VERSION = 2
 
 _U32 = "I"
 _U64 = "Q"
@@ -98,6 +105,7 @@ class DomainSet:
         "_events",
         "_exact_depths",
         "_flags",
+        "_ips",
         "_mask",
         "_memo",
         "_names",
@@ -120,6 +128,7 @@ class DomainSet:
         table: array[int],
         exact_depths: int,
         domain_depths: int,
+        ips: IpSet | None = None,
     ) -> None:
         self._names = names
         self._offsets = offsets
@@ -136,13 +145,15 @@ class DomainSet:
         self._mask = len(table) - 1
         self._digest: str | None = None
         self._memo: dict[int, Match] = {}
+        self._ips = ips if ips is not None else IpSet.empty()
 
     @classmethod
     def build(cls, entries: Iterable[BlockEntry]) -> DomainSet:
         """Build a set from `entries` (read once, so a generator will do).
 
         Names must be normalised (ASCII, no trailing dot); they are lower-cased here. Raises
-        `ValueError` for an empty or non-ASCII name.
+        `ValueError` for an empty or non-ASCII name. `IpEntry` values among them go to the
+        response-IP networks.
         """
         return DomainSetBuilder().add_all(entries).finish()
 
@@ -157,10 +168,25 @@ class DomainSet:
         return cls.build(())
 
     def __len__(self) -> int:
-        return self._count
+        """The number of indicators: names and response-IP networks."""
+        return self._count + len(self._ips)
 
     def __repr__(self) -> str:
-        return f"<DomainSet of {self._count} names>"
+        return f"<DomainSet of {self._count} names and {len(self._ips)} networks>"
+
+    @property
+    def names_count(self) -> int:
+        """The number of names."""
+        return self._count
+
+    @property
+    def ips(self) -> IpSet:
+        """The response-IP networks."""
+        return self._ips
+
+    def match_ip(self, address: bytes) -> IpMatch | None:
+        """The most specific listed network holding `address` (4 or 16 bytes), or None."""
+        return self._ips.match(address)
 
     def match(self, name: str) -> Match | None:
         """Return the most specific entry that matches `name`, or None.
@@ -266,11 +292,13 @@ class DomainSet:
     def to_buffers(self) -> list[memoryview]:
         """The payload as consecutive pieces, to write out without joining them first.
 
-        Layout (`FORMAT_VERSION` 1, little-endian): u32 length of a JSON object; the JSON
-        object (counts, label-count bitmasks, event table, uncommon attribute UUIDs); the
-        name end offsets (count+1 u32), event indexes (count u32), flags (count u8), packed
-        attribute UUIDs (count times 16 bytes), the names, and the hash table (capacity u64).
+        Layout (`FORMAT_VERSION` 2, little-endian): u32 length of a JSON object; the JSON
+        object (counts, label-count bitmasks, event table, uncommon attribute UUIDs, the
+        length of the networks' payload); the name end offsets (count+1 u32), event indexes
+        (count u32), flags (count u8), packed attribute UUIDs (count times 16 bytes), the
+        names, the hash table (capacity u64), and the networks (`IpSet.to_buffers`).
         """
+        ips = self._ips.to_buffers()
         meta = json.dumps(
             {
                 "count": self._count,
@@ -279,6 +307,7 @@ class DomainSet:
                 "depths": [self._exact_depths, self._domain_depths],
                 "events": self._event_table,
                 "uuids": {str(index): value for index, value in self._other_uuids.items()},
+                "ips": sum(buffer.nbytes for buffer in ips),
             },
             separators=(",", ":"),
         ).encode("ascii")
@@ -292,7 +321,7 @@ class DomainSet:
             self._names,
             _little_endian(self._table),
         ]
-        return [memoryview(piece).cast("B") for piece in pieces]
+        return [memoryview(piece).cast("B") for piece in pieces] + ips
 
     def to_bytes(self) -> bytes:
         """The whole payload in one `bytes`; see `to_buffers` for its layout."""
@@ -340,7 +369,8 @@ def _parse(data: memoryview) -> DomainSet:
     meta = json.loads(bytes(data[position : position + meta_length]))
     position += meta_length
     count, capacity, names_length = meta["count"], meta["capacity"], meta["names"]
-    for number in (count, capacity, names_length):
+    ips_length = meta["ips"]
+    for number in (count, capacity, names_length, ips_length):
         if not isinstance(number, int) or number < 0:
             raise ValueError(f"malformed domain set: bad size {number!r}")
     if capacity < 8 or capacity & (capacity - 1) or capacity < 2 * count:
@@ -351,7 +381,7 @@ def _parse(data: memoryview) -> DomainSet:
             raise ValueError(f"malformed domain set: bad label counts {number!r}")
     event_table = tuple(_event(item) for item in meta["events"])
     other_uuids = {int(index): str(value) for index, value in meta["uuids"].items()}
-    sizes = (4 * (count + 1), 4 * count, count, 16 * count, names_length, 8 * capacity)
+    sizes = (4 * (count + 1), 4 * count, count, 16 * count, names_length, 8 * capacity, ips_length)
     if position + sum(sizes) != len(data):
         raise ValueError("malformed domain set: sizes do not add up to the payload length")
     pieces = []
@@ -381,6 +411,7 @@ def _parse(data: memoryview) -> DomainSet:
         table=table,
         exact_depths=exact_depths,
         domain_depths=domain_depths,
+        ips=IpSet.from_bytes(pieces[6]),
     )
 
 
@@ -402,7 +433,8 @@ def _event(item: object) -> tuple[str, str, str]:
 
 class DomainSetBuilder:
     """Packs entries into the arrays of a `DomainSet` (`add_all`, as often as needed), then
-    indexes them (`finish`). Not thread-safe: one thread at a time.
+    indexes them (`finish`); networks (`IpEntry`) go to an `IpSetBuilder`. Not thread-safe:
+    one thread at a time.
     """
 
     def __init__(self) -> None:
@@ -416,8 +448,9 @@ class DomainSetBuilder:
         self.keys = array(_U32)
         self.exact_depths = 0
         self.domain_depths = 0
+        self.ips = IpSetBuilder()
 
-    def add_all(self, entries: Iterable[BlockEntry]) -> DomainSetBuilder:
+    def add_all(self, entries: Iterable[BlockEntry | IpEntry]) -> DomainSetBuilder:
         names, offsets, flags, events, uuids = (
             self.names,
             self.offsets,
@@ -429,7 +462,11 @@ class DomainSetBuilder:
         canonical_uuid = _CANONICAL_UUID.fullmatch
         no_uuid = bytes(16)
         exact_depths, domain_depths = self.exact_depths, self.domain_depths
+        add_network = self.ips.add
         for entry in entries:
+            if isinstance(entry, IpEntry):
+                add_network(entry)
+                continue
             try:
                 name = entry.name.lower().encode("ascii")
             except UnicodeEncodeError:
@@ -480,6 +517,7 @@ class DomainSetBuilder:
             table=table,
             exact_depths=self.exact_depths,
             domain_depths=self.domain_depths,
+            ips=self.ips.finish(),
         )
 
     def _index(self) -> tuple[array[int], set[int]]:

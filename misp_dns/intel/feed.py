@@ -1,4 +1,4 @@
-"""Reading domain indicators from a MISP feed: a directory or an HTTP(S) URL.
+"""Reading indicators from a MISP feed: a directory or an HTTP(S) URL.
 
 A MISP feed (the format MISP publishes and subscribes to) is a `manifest.json` mapping each
 event UUID to `{"info", "timestamp", ...}`, next to one `<uuid>.json` per event holding
@@ -27,7 +27,7 @@ import os
 import random
 import re
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -46,6 +46,7 @@ from misp_dns.http import (
 )
 from misp_dns.intel.blocking import run_inline, thread_runner
 from misp_dns.intel.errors import MispError, MispResponseError, MispUnavailableError
+from misp_dns.intel.indicator import BLOCKING_TYPES, fetched_types
 from misp_dns.intel.json_stream import object_members
 from misp_dns.intel.misp_client import AttributeCounts, parse_attributes
 from misp_dns.intel.warninglist import WarninglistFilter
@@ -137,15 +138,16 @@ def _parse_event(
     event_uuid: str,
     timestamp: int | None,
     warninglists: WarninglistFilter | None = None,
+    types: Collection[str] = BLOCKING_TYPES,
 ) -> _Event:
-    """One event file into its indicators, less those on `warninglists` (pure; safe to run
-    in a thread).
+    """One event file into its indicators of `types`, less those on `warninglists` (pure;
+    safe to run in a thread).
 
     Read one attribute at a time when the event is laid out as MISP writes it (`id`, `uuid`
     and `info` before the attributes); otherwise, or for a broken file, decoded whole.
     """
-    event = _streamed_event(data, event_uuid, timestamp) or _whole_event(
-        data, event_uuid, timestamp
+    event = _streamed_event(data, event_uuid, timestamp, types) or _whole_event(
+        data, event_uuid, timestamp, types
     )
     if warninglists is None:
         return event
@@ -153,7 +155,9 @@ def _parse_event(
     return _Event(event.timestamp, tuple(kept), event.counts, dropped)
 
 
-def _whole_event(data: bytes, event_uuid: str, timestamp: int | None) -> _Event:
+def _whole_event(
+    data: bytes, event_uuid: str, timestamp: int | None, types: Collection[str]
+) -> _Event:
     """An event file decoded whole, whatever its layout (`_BadEvent` if it is no event)."""
     try:
         document = json.loads(data)
@@ -181,11 +185,13 @@ def _whole_event(data: bytes, event_uuid: str, timestamp: int | None) -> _Event:
         "uuid": event.get("uuid") or event_uuid,
         "info": event.get("info", ""),
     }
-    indicators = parse_attributes(items, counts, event=context)
+    indicators = parse_attributes(items, counts, event=context, types=types)
     return _Event(timestamp, tuple(indicators), counts)
 
 
-def _streamed_event(data: bytes, event_uuid: str, timestamp: int | None) -> _Event | None:
+def _streamed_event(
+    data: bytes, event_uuid: str, timestamp: int | None, types: Collection[str]
+) -> _Event | None:
     context: dict[str, object] = {"id": "", "uuid": None, "info": ""}
     counts = AttributeCounts()
     direct: list[RawIndicator] = []
@@ -205,11 +211,11 @@ def _streamed_event(data: bytes, event_uuid: str, timestamp: int | None) -> _Eve
                 started = True
                 context["uuid"] = context["uuid"] or event_uuid
             if key == "Attribute":
-                direct.extend(parse_attributes((value,), counts, event=context))
+                direct.extend(parse_attributes((value,), counts, event=context, types=types))
                 continue
             inner = value.get("Attribute", []) if isinstance(value, Mapping) else None
             if isinstance(inner, list):
-                in_objects.extend(parse_attributes(inner, counts, event=context))
+                in_objects.extend(parse_attributes(inner, counts, event=context, types=types))
             else:
                 counts.malformed["Object"] = counts.malformed.get("Object", 0) + 1
     except (ValueError, RecursionError):
@@ -245,6 +251,7 @@ class MispFeedSource:
     max_retry_delay: float = 60.0
     concurrency: int = 4
     warninglists: WarninglistFilter | None = attrs.field(default=None, repr=False)
+    types: tuple[str, ...] = BLOCKING_TYPES
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
     last_stats: FeedStats = attrs.field(factory=FeedStats, repr=False)
     _events: dict[str, _Event] = attrs.field(factory=dict, repr=False, alias="_events")
@@ -264,7 +271,11 @@ class MispFeedSource:
         A URL feed gets `make_http_client(reactor, verify_tls=not disable_tls_validation)`;
         file reading and parsing run in the reactor's thread pool when it has one.
         """
-        kwargs: dict[str, Any] = {"clock": reactor, "timeout": options.request_timeout}
+        kwargs: dict[str, Any] = {
+            "clock": reactor,
+            "timeout": options.request_timeout,
+            "types": fetched_types(options.block_response_ips),
+        }
         lists = options.read_warninglists()
         if lists:
             kwargs["warninglists"] = WarninglistFilter(lists)
@@ -372,7 +383,7 @@ class MispFeedSource:
         try:
             data = await self._read(http, name)
             event: _Event = await self.run_blocking(
-                lambda: _parse_event(data, event_uuid, timestamp, self.warninglists)
+                lambda: _parse_event(data, event_uuid, timestamp, self.warninglists, self.types)
             )
         except _Missing:
             stats.events_missing += 1

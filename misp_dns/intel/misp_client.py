@@ -1,7 +1,8 @@
-"""Fetching domain indicators from a MISP server's REST API, paged, retried and bounded.
+"""Fetching indicators from a MISP server's REST API, paged, retried and bounded.
 
 `MispClient.fetch()` asks `POST {server_url}/attributes/restSearch` for the `domain`,
-`hostname` and `domain|ip` attributes marked `to_ids`, not deleted, and changed within
+`hostname` and `domain|ip` attributes (with response IPs on, also `ip-dst`, `ip-src`,
+`ip-dst|port` and `ip-src|port`) marked `to_ids`, not deleted, and changed within
 `max_ioc_age`, page by page in `Attribute.id` order until MISP answers an empty page. MISP
 leaves out warninglisted and decayed attributes after its SQL limit, so a short page does not
 prove the end, and neither does an empty one while those filters are on: then the same page is
@@ -33,7 +34,7 @@ import json
 import math
 import random
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -58,7 +59,7 @@ from misp_dns.intel.errors import (
     MispResponseError,
     MispUnavailableError,
 )
-from misp_dns.intel.indicator import BLOCKING_TYPES
+from misp_dns.intel.indicator import BLOCKING_TYPES, fetched_types
 from misp_dns.intel.json_stream import array_elements
 from misp_dns.intel.misp_filters import MispFilters
 from misp_dns.interfaces import IIndicatorSource, RawIndicator
@@ -210,8 +211,10 @@ def _text(value: object) -> str:
     return ""
 
 
-def _parse_one(item: object, event: Mapping[str, Any] | None) -> RawIndicator | None:
-    """One attribute, or None for a type misp-dns does not block on; `_Malformed` if bad."""
+def _parse_one(
+    item: object, event: Mapping[str, Any] | None, types: Collection[str]
+) -> RawIndicator | None:
+    """One attribute, or None for a type not in `types`; `_Malformed` if bad."""
     if not isinstance(item, Mapping):
         raise _Malformed("attribute")
     value = item.get("value")
@@ -220,7 +223,7 @@ def _parse_one(item: object, event: Mapping[str, Any] | None) -> RawIndicator | 
     type_ = item.get("type")
     if not isinstance(type_, str):
         raise _Malformed("type")
-    if type_ not in BLOCKING_TYPES:
+    if type_ not in types:
         return None
     uuid = item.get("uuid", "")
     if not isinstance(uuid, str):
@@ -256,8 +259,9 @@ def parse_attributes(
     counts: AttributeCounts,
     event: Mapping[str, Any] | None = None,
     check: Check | None = None,
+    types: Collection[str] = BLOCKING_TYPES,
 ) -> list[RawIndicator]:
-    """Turn MISP attribute objects into `RawIndicator`s of the blocking types.
+    """Turn MISP attribute objects into `RawIndicator`s of `types` (the blocking types).
 
     `event` ({"id", "uuid", "info"}) stands in for attributes that carry no `Event` of their
     own, as in a feed's event file. `check` (such as `MispFilters.rejection`) says why an
@@ -274,7 +278,7 @@ def parse_attributes(
                 counts.filtered[reason] = counts.filtered.get(reason, 0) + 1
                 continue
         try:
-            indicator = _parse_one(item, event)
+            indicator = _parse_one(item, event, types)
         except _Malformed as exc:
             counts.malformed[exc.field] = counts.malformed.get(exc.field, 0) + 1
             continue
@@ -329,7 +333,9 @@ class _Page:
 _ATTRIBUTES_PATH = ("response", "Attribute")
 
 
-def _streamed_page(body: bytes, check: Check | None = None) -> _Page | None:
+def _streamed_page(
+    body: bytes, check: Check | None = None, types: Collection[str] = BLOCKING_TYPES
+) -> _Page | None:
     """A 200 answer's page read one attribute at a time (see `json_stream`), or None when
     it is not the usual `{"response": {"Attribute": [...]}}` in UTF-8."""
     ids: list[object] = []
@@ -341,7 +347,9 @@ def _streamed_page(body: bytes, check: Check | None = None) -> _Page | None:
 
     counts = AttributeCounts()
     try:
-        indicators = parse_attributes(attributes(body.decode("utf-8")), counts, check=check)
+        indicators = parse_attributes(
+            attributes(body.decode("utf-8")), counts, check=check, types=types
+        )
     except (ValueError, RecursionError):
         return None
     return _Page(len(ids), tuple(ids), indicators, counts)
@@ -352,10 +360,10 @@ def _streamed_page(body: bytes, check: Check | None = None) -> _Page | None:
 class MispClient:
     """Fetches the blocking indicators from MISP's `/attributes/restSearch`, page by page.
 
-    `fetch()` fires with every `RawIndicator` of types domain, hostname and domain|ip that
-    MISP returned and `filters` admit; `last_stats` then holds the counts of that fetch. A
-    failed fetch fails the Deferred with a `MispError` and leaves `last_stats` of the previous
-    good one.
+    `fetch()` fires with every `RawIndicator` of `types` (domain, hostname and domain|ip;
+    with response IPs, the address types too) that MISP returned and `filters` admit;
+    `last_stats` then holds the counts of that fetch. A failed fetch fails the Deferred with
+    a `MispError` and leaves `last_stats` of the previous good one.
     """
 
     server_url: str = attrs.field(converter=lambda url: str(url).rstrip("/"))
@@ -371,6 +379,7 @@ class MispClient:
     max_retry_delay: float = 60.0
     max_pages: int = 100_000
     filters: MispFilters = attrs.field(factory=MispFilters)
+    types: tuple[str, ...] = BLOCKING_TYPES
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
     run_blocking: RunBlocking = attrs.field(default=run_inline, repr=False)
     last_stats: FetchStats = attrs.field(factory=FetchStats, repr=False)
@@ -401,6 +410,7 @@ class MispClient:
             max_ioc_age=options.max_ioc_age,
             timeout=options.request_timeout,
             filters=options.filters(),
+            types=fetched_types(options.block_response_ips),
             **overrides,
         )
 
@@ -425,7 +435,7 @@ class MispClient:
         """The restSearch filters sent for `page` (1-based)."""
         return {
             "returnFormat": "json",
-            "type": list(BLOCKING_TYPES),
+            "type": list(self.types),
             "to_ids": True,
             "deleted": False,
             "timestamp": misp_timespan(self.max_ioc_age),
@@ -536,14 +546,14 @@ class MispClient:
     def _parse_page(self, result: HttpResult, what: str) -> _Page:
         check = self.filters.rejection
         if result.status == 200:
-            streamed = _streamed_page(result.body, check)
+            streamed = _streamed_page(result.body, check, self.types)
             if streamed is not None:
                 return streamed
         # An error status, another shape or broken JSON: decoded whole, for its message.
         attributes = self._attributes_of(result, what)
         ids = tuple(a.get("id") if isinstance(a, Mapping) else None for a in attributes)
         counts = AttributeCounts()
-        indicators = parse_attributes(attributes, counts, check=check)
+        indicators = parse_attributes(attributes, counts, check=check, types=self.types)
         return _Page(len(attributes), ids, indicators, counts)
 
     def _headers(self) -> dict[str, str]:

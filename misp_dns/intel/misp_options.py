@@ -13,6 +13,7 @@
     allow_txt_blocking_report = true          # TXT queries get the report as an answer
     pagination_limit = 5000                   # attributes per page, 1..100000
     add_extended_dns_error = true             # EDE 15 (Blocked) when the query had EDNS
+    block_response_ips = false                # true: block answers holding a listed address
     request_timeout = "60s"                   # one HTTP answer must be complete within it
     # which attributes MISP is asked for (`misp` only; see misp_dns.intel.misp_filters):
     tags = []                                 # only those it or its event has one of

@@ -1,4 +1,4 @@
-"""Turn MISP attribute values into names the matcher can store, or say why they are unusable.
+"""Turn MISP attribute values into names and networks the matchers store, or say why not.
 
 `normalize` maps one `RawIndicator` to a `BlockEntry`:
 
@@ -13,11 +13,19 @@
   63 octets, no name over 253 octets, and not an IP address (IPv4, IPv6, or a name whose last
   label is all digits, which no top-level domain is and resolvers read as an IPv4 address).
 
+`normalize_ip` maps an address-holding attribute to an `IpEntry`, a response-IP network:
+`ip-dst`, `ip-src` (an address or a CIDR range), `ip-dst|port`, `ip-src|port` (the part
+before the `|`) and `domain|ip` (the part after it). IPv4 and IPv6 are taken, host bits
+of a range are cleared (`203.0.113.9/24` lists `203.0.113.0/24`), an IPv4-mapped IPv6
+network becomes the IPv4 one, and a range wider than an IPv4 /8 or an IPv6 /16 is refused
+(`ip-too-broad`): one such mistaken indicator would block a good part of the Internet.
+
 A rejected value raises `InvalidIndicator`, whose `reason` is one of `REASONS`. `select` does
 a whole batch: it also drops what MISP did not mean to block (`to_ids` off, deleted, stale)
 and counts every drop by reason, for one summary log line per update. `selected` does the same
 lazily, so that a million attributes can stream into `DomainSet.build` without a list of a
-million entries in between.
+million entries in between. Both take response IPs only when asked (`response_ips`);
+otherwise the address types are refused as `not-a-domain-type`, as they always were.
 
     >>> normalize_name("  WWW.Example.COM. ")
     'www.example.com'
@@ -30,12 +38,20 @@ from __future__ import annotations
 import encodings.idna
 import ipaddress
 import re
+import socket
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
 import attrs
 
-from misp_dns.intel.indicator import BLOCKING_TYPES, DOMAIN_IP, HOSTNAME, BlockEntry
+from misp_dns.intel.indicator import (
+    BLOCKING_TYPES,
+    DOMAIN_IP,
+    HOSTNAME,
+    IP_TYPES,
+    BlockEntry,
+    IpEntry,
+)
 from misp_dns.interfaces import RawIndicator
 
 __all__ = [
@@ -45,7 +61,9 @@ __all__ = [
     "Selection",
     "Tally",
     "normalize",
+    "normalize_ip",
     "normalize_name",
+    "normalize_network",
     "select",
     "selected",
 ]
@@ -59,6 +77,8 @@ EMPTY_LABEL = "empty-label"
 LABEL_TOO_LONG = "label-too-long"
 NAME_TOO_LONG = "name-too-long"
 BAD_CHARACTER = "bad-character"
+BAD_IP = "bad-ip"
+IP_TOO_BROAD = "ip-too-broad"
 REASONS = (
     NOT_A_DOMAIN_TYPE,
     EMPTY,
@@ -68,6 +88,8 @@ REASONS = (
     LABEL_TOO_LONG,
     NAME_TOO_LONG,
     BAD_CHARACTER,
+    BAD_IP,
+    IP_TOO_BROAD,
 )
 
 # Why `select` leaves out an attribute MISP did not mean to block.
@@ -78,6 +100,9 @@ SKIP_REASONS = (NOT_TO_IDS, DELETED, STALE)
 
 MAX_LABEL = 63
 MAX_NAME = 253
+# The widest response-IP ranges taken, per address family.
+MIN_PREFIX = {4: 8, 6: 16}
+_MAPPED_START = 0xFFFF << 32
 
 # A whole valid name; the length of the name is checked apart.
 _VALID = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}")
@@ -121,6 +146,56 @@ def normalize(raw: RawIndicator) -> BlockEntry:
         event_info=raw.event_info,
         attribute_uuid=raw.attribute_uuid,
     )
+
+
+def normalize_ip(raw: RawIndicator) -> IpEntry:
+    """Return the response-IP network `raw` lists, or raise `InvalidIndicator`.
+
+    `raw.type` is one of `IP_TYPES` or `domain|ip`; anything else is `not-a-domain-type`.
+    """
+    if raw.type == DOMAIN_IP:
+        value = raw.value.partition("|")[2]
+    elif raw.type in IP_TYPES:
+        value = raw.value.partition("|")[0] if raw.type.endswith("|port") else raw.value
+    else:
+        raise InvalidIndicator(NOT_A_DOMAIN_TYPE, raw.type)
+    version, start, length = normalize_network(value)
+    return IpEntry(
+        version,
+        start,
+        length,
+        event_id=raw.event_id,
+        event_uuid=raw.event_uuid,
+        event_info=raw.event_info,
+        attribute_uuid=raw.attribute_uuid,
+    )
+
+
+def normalize_network(value: str) -> tuple[int, int, int]:
+    """(4 or 6, first address as an integer, prefix length) of an address or CIDR range.
+
+    Raises `InvalidIndicator` with `bad-ip` when `value` is neither, `ip-too-broad` for a
+    range wider than `MIN_PREFIX` allows.
+    """
+    text = value.strip()
+    address, slash, prefix = text.partition("/")
+    address = address.strip().removeprefix("[").removesuffix("]")
+    try:
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+    except (OSError, ValueError):
+        raise InvalidIndicator(BAD_IP, value) from None
+    bits = 8 * len(packed)
+    prefix = prefix.strip()
+    if slash and not (prefix.isascii() and prefix.isdigit() and int(prefix) <= bits):
+        raise InvalidIndicator(BAD_IP, value)
+    length = int(prefix) if slash else bits
+    start = int.from_bytes(packed, "big") >> (bits - length) << (bits - length)
+    version = 4 if bits == 32 else 6
+    if version == 6 and length >= 96 and start >> 32 == _MAPPED_START >> 32:
+        version, start, length = 4, start & 0xFFFFFFFF, length - 96
+    if length < MIN_PREFIX[version]:
+        raise InvalidIndicator(IP_TOO_BROAD, value)
+    return version, start, length
 
 
 def normalize_name(value: str) -> str:
@@ -204,47 +279,64 @@ def _to_ascii(label: str, value: str) -> str:
 class Selection:
     """The entries to block from one batch of attributes, and what was left out and why.
 
-    `rejected` counts unusable values by `REASONS`; `skipped` counts attributes MISP did not
-    mean to block by `SKIP_REASONS`. Reasons with no count are absent.
+    `kept` holds names (`BlockEntry`) and, with response IPs, networks (`IpEntry`); a
+    `domain|ip` attribute may give one of each. `rejected` counts unusable values by
+    `REASONS`; `skipped` counts attributes MISP did not mean to block by `SKIP_REASONS`.
+    Reasons with no count are absent.
     """
 
-    kept: list[BlockEntry]
+    kept: list[BlockEntry | IpEntry]
     rejected: dict[str, int]
     skipped: dict[str, int]
 
     def summary(self) -> str:
         """One line for the log, such as "kept 60123, rejected 12 (ip: 5, bad-character: 7)"."""
-        return _summary(len(self.kept), self.rejected, self.skipped)
+        networks = sum(1 for entry in self.kept if isinstance(entry, IpEntry))
+        return _summary(len(self.kept), networks, self.rejected, self.skipped)
 
 
 @attrs.define
 class Tally:
-    """What `selected` kept, rejected and skipped so far, counted by reason."""
+    """What `selected` kept (`networks` of it response IPs), rejected and skipped so far."""
 
     kept: int = 0
     rejected: Counter[str] = attrs.field(factory=Counter)
     skipped: Counter[str] = attrs.field(factory=Counter)
+    networks: int = 0
 
     def summary(self) -> str:
         """One line for the log, in the same form as `Selection.summary`."""
-        return _summary(self.kept, self.rejected, self.skipped)
+        return _summary(self.kept, self.networks, self.rejected, self.skipped)
 
 
-def select(raws: Iterable[RawIndicator], *, now: float, max_age: float | None) -> Selection:
+def select(
+    raws: Iterable[RawIndicator],
+    *,
+    now: float,
+    max_age: float | None,
+    response_ips: bool = False,
+) -> Selection:
     """Normalise the attributes MISP means to block, in order, counting the others.
 
     Left out: `to_ids` false, `deleted` true, and, when `max_age` (seconds) is given, those
     last seen before `now - max_age`: by `last_seen` when MISP has one, else by the
     attribute's `timestamp` (its last change); an attribute with neither is never stale.
+    With `response_ips`, the address types and the address half of `domain|ip` give
+    `IpEntry` networks too.
     """
     tally = Tally()
-    kept = list(selected(raws, now=now, max_age=max_age, tally=tally))
+    kept = list(selected(raws, now=now, max_age=max_age, tally=tally, response_ips=response_ips))
     return Selection(kept=kept, rejected=dict(tally.rejected), skipped=dict(tally.skipped))
 
 
 def selected(
-    raws: Iterable[RawIndicator], *, now: float, max_age: float | None, tally: Tally
-) -> Iterator[BlockEntry]:
+    raws: Iterable[RawIndicator],
+    *,
+    now: float,
+    max_age: float | None,
+    tally: Tally,
+    response_ips: bool = False,
+) -> Iterator[BlockEntry | IpEntry]:
     """Yield what `select` would keep, one entry at a time, counting into `tally`.
 
     `tally` is complete once the iterator is exhausted.
@@ -258,6 +350,8 @@ def selected(
             skipped[DELETED] += 1
         elif oldest is not None and _last_known(raw) < oldest:
             skipped[STALE] += 1
+        elif response_ips and (raw.type in IP_TYPES or raw.type == DOMAIN_IP):
+            yield from _with_network(raw, tally)
         else:
             try:
                 entry = normalize(raw)
@@ -266,6 +360,34 @@ def selected(
             else:
                 tally.kept += 1
                 yield entry
+
+
+def _with_network(raw: RawIndicator, tally: Tally) -> Iterator[BlockEntry | IpEntry]:
+    """The entries of an address-holding attribute: its name (`domain|ip`), its network.
+
+    Only when neither half is usable is the attribute counted as rejected, by the reason
+    of its name half (`domain|ip`) or its address.
+    """
+    reason = ""
+    if raw.type == DOMAIN_IP:
+        try:
+            name = normalize(raw)
+        except InvalidIndicator as error:
+            reason = error.reason
+        else:
+            tally.kept += 1
+            yield name
+    try:
+        network = normalize_ip(raw)
+    except InvalidIndicator as error:
+        if raw.type != DOMAIN_IP:
+            tally.rejected[error.reason] += 1
+        elif reason:
+            tally.rejected[reason] += 1
+    else:
+        tally.kept += 1
+        tally.networks += 1
+        yield network
 
 
 def _last_known(raw: RawIndicator) -> float:
@@ -277,8 +399,10 @@ def _last_known(raw: RawIndicator) -> float:
     return float("inf")
 
 
-def _summary(kept: int, rejected: dict[str, int], skipped: dict[str, int]) -> str:
+def _summary(kept: int, networks: int, rejected: dict[str, int], skipped: dict[str, int]) -> str:
     parts = [f"kept {kept}"]
+    if networks:
+        parts[0] += f" (names: {kept - networks}, response IPs: {networks})"
     if sum(skipped.values()):
         parts.append(_counted("skipped", skipped))
     parts.append(_counted("rejected", rejected))

@@ -1,7 +1,7 @@
 """Keep the indicator set on disk, so that a restart blocks at once even while MISP is down.
 
 A snapshot file is a fixed header followed by the `DomainSet` payload
-(`DomainSet.to_buffers()`):
+(`DomainSet.to_buffers()`: the names, then the response-IP networks):
 
     offset  size  field
          0     8  magic b"MISPDNS\\x00"

@@ -6,6 +6,10 @@ fetches from an `IIndicatorSource`, selects and normalises off the reactor threa
 new immutable `DomainSet`, and replaces the served snapshot in one assignment; serving never
 waits for a refresh. A changed snapshot is saved back to disk.
 
+`generation` grows by one each time another snapshot is served, so that what was decided
+on the old one (the resolver's verdicts on cached answers) can tell it is out of date.
+With `response_ips`, the address attributes become response-IP networks of the snapshot.
+
 A failed cycle keeps the last good snapshot and is retried sooner than `interval`: after
 `retry_after`, doubling per failure, never later than `interval`. Cycles never overlap.
 
@@ -45,9 +49,16 @@ RunInThread = Callable[..., defer.Deferred[Any]]
 
 
 def _add_page(
-    builder: DomainSetBuilder, raws: list[RawIndicator], now: float, max_age: float, tally: Tally
+    builder: DomainSetBuilder,
+    raws: list[RawIndicator],
+    now: float,
+    max_age: float,
+    tally: Tally,
+    response_ips: bool,
 ) -> None:
-    builder.add_all(selected(raws, now=now, max_age=max_age, tally=tally))
+    builder.add_all(
+        selected(raws, now=now, max_age=max_age, tally=tally, response_ips=response_ips)
+    )
 
 
 class IndicatorUpdater(Service):
@@ -73,6 +84,7 @@ class IndicatorUpdater(Service):
         retry_after: float = 30.0,
         run_in_thread: RunInThread = deferToThread,
         enforcing: bool = True,
+        response_ips: bool = False,
     ) -> None:
         self.label = label
         self.enforcing = enforcing
@@ -83,7 +95,9 @@ class IndicatorUpdater(Service):
         self.state_path = state_path
         self.retry_after = retry_after
         self.run_in_thread = run_in_thread
+        self.response_ips = response_ips
         self.snapshot = DomainSet.empty()
+        self.generation = 0
         self.failures = 0
         self.cycles = 0
         self.failed_cycles = 0
@@ -131,7 +145,7 @@ class IndicatorUpdater(Service):
 
         def loaded(found: DomainSet | None) -> None:
             if found is not None and len(self.snapshot) == 0:
-                self.snapshot = found
+                self._serve(found)
                 self.log.info(
                     "{label}: {serving} {count} distinct names from the snapshot {path},"
                     " until the first refresh",
@@ -174,7 +188,14 @@ class IndicatorUpdater(Service):
 
         def consume(raws: list[RawIndicator]) -> defer.Deferred[Any]:
             return self.run_in_thread(
-                without_collection, _add_page, builder, raws, started, self.max_age, tally
+                without_collection,
+                _add_page,
+                builder,
+                raws,
+                started,
+                self.max_age,
+                tally,
+                self.response_ips,
             )
 
         await self.source.fetch_pages(consume)
@@ -194,11 +215,15 @@ class IndicatorUpdater(Service):
         )
         if domainset.digest == self.snapshot.digest:
             return None
-        self.snapshot = domainset
+        self._serve(domainset)
         if self.state_path is None:
             return None
         saving = self.run_in_thread(_save, self.state_path, domainset)
         return saving.addErrback(self._unwritable)
+
+    def _serve(self, snapshot: DomainSet) -> None:
+        self.snapshot = snapshot
+        self.generation += 1
 
     def _unwritable(self, failure: Failure) -> None:
         if not self._warned_unwritable:

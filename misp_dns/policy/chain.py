@@ -1,5 +1,13 @@
 """The policy chain: asks each configured policy in order; the first decision wins.
 
+It also judges answers (`decide_answer`): the policies that provide `IAnswerPolicy` are
+asked, in order, about the names an answer's CNAME/DNAME chain passes through and the
+addresses it holds. A chain name that the chain allows when asked about it alone (an
+allowlisted name, an allowlist placed before the blocking policies) is no trigger, but the
+rest of the chain still is: an allowlisted CDN in the middle of a chain cannot launder a
+listed name before it. Whether the question's own name is allowed is the resolver's
+business: it asks about answers only for questions no policy had an opinion on.
+
 A policy that raises does not take the query down with it: the chain returns
 `POLICY_FAILED`, which the resolver answers with SERVFAIL (and records as ServerFailure)
 without forwarding the question, since no policy could say it was safe. The failure is
@@ -17,9 +25,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+import attrs
 from twisted.logger import Logger
 
-from misp_dns.interfaces import Action, Decision, IPolicy, PolicyQuery
+from misp_dns.interfaces import Action, Decision, IAnswerPolicy, IPolicy, PolicyQuery
 
 __all__ = ["POLICY_FAILED", "REPORT_INTERVAL", "PolicyChain"]
 
@@ -47,6 +56,8 @@ class PolicyChain:
         self, policies: Sequence[IPolicy] = (), *, now: Callable[[], float] = time.monotonic
     ) -> None:
         self.policies = tuple(policies)
+        # Asked once here, not per answer.
+        self.answer_policies = tuple(p for p in self.policies if IAnswerPolicy.providedBy(p))
         self.failures = 0
         self._now = now
         # Per policy index: when it was last reported, and its failures since.
@@ -66,6 +77,43 @@ class PolicyChain:
             self._failed(policy, error)
             return POLICY_FAILED
         return None
+
+    def generation(self) -> int:
+        """A number that changes whenever any answer policy's `generation` grows.
+
+        Each one only grows, so their sum changes exactly when one of them does; it says
+        nothing across two chains (a reload builds a new one).
+        """
+        total = 0
+        for policy in self.answer_policies:
+            total += policy.generation
+        return total
+
+    def decide_answer(
+        self, query: PolicyQuery, names: tuple[str, ...], addresses: tuple[bytes, ...]
+    ) -> Decision | None:
+        """The first answer policy's verdict on an answer to `query`, None, or
+        `POLICY_FAILED`; `names` and `addresses` as `IAnswerPolicy.decide_answer` takes
+        them, the allowed names still among `names` (they are taken out here)."""
+        if not self.answer_policies or not (names or addresses):
+            return None
+        if names:
+            names = tuple(name for name in names if not self._allowed(query, name))
+            if not (names or addresses):
+                return None
+        try:
+            for policy in self.answer_policies:
+                decision = policy.decide_answer(query, names, addresses)
+                if decision is not None:
+                    return decision
+        except Exception as error:
+            self._failed(policy, error)
+            return POLICY_FAILED
+        return None
+
+    def _allowed(self, query: PolicyQuery, name: str) -> bool:
+        decision = self.decide(attrs.evolve(query, name=name))
+        return decision is not None and decision.action is Action.ALLOW
 
     def _failed(self, policy: IPolicy, error: Exception) -> None:
         self.failures += 1

@@ -10,6 +10,11 @@ query from its current snapshot:
 - the blocked answer is NXDOMAIN with an SOA, or for TXT the report
   `source=misp-connector;domain=<indicator>` (`source=misp-feed` for a feed), with EDE 15
   when the query had EDNS;
+- an answer is blocked the same way when its CNAME/DNAME chain passes through a listed
+  name (report `source=misp-connector;domain=<indicator>;via=cname`) or, with
+  `block_response_ips = true`, when its A/AAAA records hold an address in a listed network
+  (`ip-dst`, `ip-src`, their `|port` forms, the address half of `domain|ip`; report
+  `source=misp-connector;ip=<address or range>`);
 - `enable_blocking = false` is monitor mode: nothing is blocked, and the decision still
   reaches the query log with `"enforced": false`.
 
@@ -29,23 +34,27 @@ from __future__ import annotations
 import hashlib
 import os
 
+import attrs
 from twisted.internet import defer
 from zope.interface import implementer
 
 from misp_dns.http import make_http_client
 from misp_dns.intel.domainset import DomainSet, Match
 from misp_dns.intel.feed import MispFeedSource
+from misp_dns.intel.ipset import IpMatch
 from misp_dns.intel.misp_client import MispClient
 from misp_dns.intel.misp_options import MispFeedOptions, MispOptions
 from misp_dns.intel.updater import IndicatorUpdater
 from misp_dns.interfaces import (
+    TRIGGER_CNAME,
+    TRIGGER_IP,
     Action,
     BlockingOptions,
     BuildContext,
     ConfigError,
     Decision,
+    IAnswerPolicy,
     IIndicatorSource,
-    IPolicy,
     PluginType,
     PolicyQuery,
 )
@@ -59,9 +68,10 @@ _UNKNOWN = object()
 FEED_SOURCE = "misp-feed"
 
 
-@implementer(IPolicy)
+@implementer(IAnswerPolicy)
 class MispBlockingPolicy:
-    """Blocks the names in its updater's current snapshot."""
+    """Blocks the names in its updater's current snapshot, asked or reached by an answer,
+    and, with `block_response_ips`, answers holding its listed addresses."""
 
     def __init__(
         self, name: str, source: str, options: BlockingOptions, updater: IndicatorUpdater
@@ -121,6 +131,33 @@ class MispBlockingPolicy:
             by_name[query.name] = decision
         return decision  # type: ignore[return-value]
 
+    @property
+    def generation(self) -> int:
+        """Grows with every snapshot the updater serves (see `IAnswerPolicy`)."""
+        return self.updater.generation
+
+    def decide_answer(
+        self, query: PolicyQuery, names: tuple[str, ...], addresses: tuple[bytes, ...]
+    ) -> Decision | None:
+        """BLOCK (or not enforced, in monitor mode) for an answer whose chain reaches a
+        listed name or, with `block_response_ips`, whose addresses are listed; else None.
+
+        The chain's names come first, in chain order, then the addresses in record order.
+        """
+        if query.qclass != IN:
+            return None
+        snapshot = self.updater.snapshot
+        for name in names:
+            match = snapshot.match(name)
+            if match is not None:
+                return self.chain_decision(match)
+        if self.options.block_response_ips:
+            for address in addresses:
+                found = snapshot.match_ip(address)
+                if found is not None:
+                    return self.address_decision(found)
+        return None
+
     def _for_indicator(self, match: Match) -> Decision:
         by_indicator = self._by_indicator
         decision = by_indicator.get(match.name)
@@ -147,6 +184,30 @@ class MispBlockingPolicy:
             add_ede=options.add_extended_dns_error,
             enforced=options.enable_blocking,
             provenance=match.provenance,
+        )
+
+    def chain_decision(self, match: Match) -> Decision:
+        """The decision for an indicator the answer's CNAME/DNAME chain reached."""
+        return attrs.evolve(
+            self.decision(match),
+            report=f"source={self.source};domain={match.name};via=cname",
+            trigger=TRIGGER_CNAME,
+        )
+
+    def address_decision(self, match: IpMatch) -> Decision:
+        """The decision for a listed network holding an address of the answer."""
+        options = self.options
+        return Decision(
+            Action.BLOCK,
+            self.source,
+            indicator=match.network,
+            report=f"source={self.source};ip={match.network}",
+            ttl=options.blocking_answer_ttl,
+            add_txt_report=options.allow_txt_blocking_report,
+            add_ede=options.add_extended_dns_error,
+            enforced=options.enable_blocking,
+            provenance=match.provenance,
+            trigger=TRIGGER_IP,
         )
 
 
@@ -181,6 +242,7 @@ def _policy(
         max_age=options.max_ioc_age,
         state_path=snapshot_path(context.state_dir, name, location),
         enforcing=options.enable_blocking,
+        response_ips=options.block_response_ips,
     )
     return MispBlockingPolicy(name, source, options, updater)
 

@@ -21,6 +21,7 @@ fetches:
   `"script"`: faults for the next MISP requests (`null` = answer normally, or
   `{"fault": "server_error"|"rate_limited"|"garbage"|"json"|"hanging", ...}`);
   `"add"`: attributes to add (`add_attribute` keyword arguments);
+  `"delete"`: values whose attributes MISP soft-deletes (`deleted` true, a new timestamp);
   `"echo_key"`: when true, a refused key is echoed in the 403 message (a careless proxy);
   `"hide_after_limit"`: values dropped after the page limit, as MISP's warninglists do;
   `"ignore_filters"`: restSearch filters to ignore from now on, as an older MISP would;
@@ -168,6 +169,11 @@ def _make_root(misp: Any, feed: Any, events: dict[str, Any]) -> Any:
             misp.script(*(_fault(spec) for spec in command.get("script", [])))
             for spec in command.get("add", []):
                 _add_attribute(misp, spec, events)
+            deleted = set(command.get("delete", []))
+            for attribute in misp.attributes:
+                if attribute["value"] in deleted:
+                    attribute["deleted"] = True
+                    attribute["timestamp"] = str(int(time.time()))
             if "echo_key" in command:
                 self.echo_key = bool(command["echo_key"])
             if "hide_after_limit" in command:

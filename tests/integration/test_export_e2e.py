@@ -205,6 +205,7 @@ def _expected_policy() -> dict[str, Any]:
     return {
         "source": "misp-feed",
         "domain": BLOCKED_NAME,
+        "trigger": "qname",
         "mispEventId": EVENT_ID,
         "mispEventUuid": EVENT_UUID,
         "mispAttributeUuid": ATTRIBUTE_UUID,
@@ -247,7 +248,7 @@ def _check_records(records: list[dict[str, Any]], after: float) -> None:
     assert report["policy"] == _expected_policy()
     www = WWW.rstrip(".")
     assert (allowed["responseType"], allowed["responseCode"]) == ("Allowed", "NoError")
-    assert allowed["policy"] == {"source": "allowlist", "domain": www}
+    assert allowed["policy"] == {"source": "allowlist", "domain": www, "trigger": "qname"}
     assert [(a["name"], a["recordType"], a["recordData"]) for a in allowed["answers"]] == [
         (www, "A", WWW_A)
     ]
