@@ -26,6 +26,9 @@ Every name starts with `misp_dns_`. `response_type` is the query log's (`Blocked
 | `refresh_last_success_timestamp` | gauge | `policy`, `source` (absent before a good refresh) |
 | `refresh_duration_seconds` | gauge | `policy`, `source` (the last refresh, good or not) |
 | `refresh_failures_total` | counter | `policy`, `source` |
+| `sightings_sent_total`, `sightings_failed_total` | counter | `policy`, `source` (`sightings`) |
+| `sightings_dropped_total` | counter | `policy`, `source` |
+| `sightings_pending` | gauge | `policy`, `source` |
 | `export_dropped_total` | counter | `sink` (`export[0] (jsonl)`) |
 | `export_queue_dropped_total`, `exported_total` | counter | |
 | `export_queued` | gauge | |
@@ -56,6 +59,7 @@ from misp_dns import __version__
 from misp_dns.admin.api import ServerParts, policy_label, trigger_of
 from misp_dns.admin.qtypes import qtype_label
 from misp_dns.event import Answer, Kind
+from misp_dns.intel.sightings import SightingsReporter
 from misp_dns.interfaces import Action, Decision
 from misp_dns.policy.misp import MispBlockingPolicy
 
@@ -258,6 +262,7 @@ class ServerCollector:
         failures = CounterMetricFamily(
             PREFIX + "refresh_failures", "Refreshes that failed since start", labels=labels
         )
+        sightings = _SightingFamilies(labels)
         for index, policy in enumerate(self.parts.policies):
             if not isinstance(policy, MispBlockingPolicy):
                 continue
@@ -270,7 +275,10 @@ class ServerCollector:
             if updater.last_duration is not None:
                 duration.add_metric(values, updater.last_duration)
             failures.add_metric(values, updater.failed_cycles)
+            if policy.sightings is not None:
+                sightings.add(values, policy.sightings)
         yield from (indicators, last, duration, failures)
+        yield from sightings.families()
         yield _counter(
             "policy_failures",
             "Queries answered SERVFAIL because a policy raised",
@@ -321,6 +329,41 @@ class ServerCollector:
             "TCP connections closed at once because tcp_max_connections were open",
             tcp.rejected_connections,
         )
+
+
+class _SightingFamilies:
+    """The `misp_dns_sightings_*` families, one series per policy that posts sightings."""
+
+    def __init__(self, labels: list[str]) -> None:
+        self.sent = CounterMetricFamily(
+            PREFIX + "sightings_sent",
+            "Blocks MISP recorded as sightings (one per attribute per sightings_interval)",
+            labels=labels,
+        )
+        self.failed = CounterMetricFamily(
+            PREFIX + "sightings_failed",
+            "Sightings MISP refused or never got (after the retries)",
+            labels=labels,
+        )
+        self.dropped = CounterMetricFamily(
+            PREFIX + "sightings_dropped",
+            "Blocks not noted as sightings because sightings_max_pending were waiting",
+            labels=labels,
+        )
+        self.pending = GaugeMetricFamily(
+            PREFIX + "sightings_pending",
+            "Sightings noted and not yet sent to MISP",
+            labels=labels,
+        )
+
+    def add(self, values: list[str], reporter: SightingsReporter) -> None:
+        self.sent.add_metric(values, reporter.sent)
+        self.failed.add_metric(values, reporter.failed)
+        self.dropped.add_metric(values, reporter.dropped)
+        self.pending.add_metric(values, reporter.pending)
+
+    def families(self) -> Iterator[Metric]:
+        yield from (self.sent, self.failed, self.dropped, self.pending)
 
 
 def _bound(bound: float) -> str:

@@ -11,7 +11,10 @@ query from its current snapshot:
   `source=misp-connector;domain=<indicator>` (`source=misp-feed` for a feed), with EDE 15
   when the query had EDNS;
 - `enable_blocking = false` is monitor mode: nothing is blocked, and the decision still
-  reaches the query log with `"enforced": false`.
+  reaches the query log with `"enforced": false`;
+- with `sightings = true` (`misp` only), blocks are posted back to MISP as sightings by a
+  `SightingsReporter` (`misp_dns.intel.sightings`), which runs beside the updater; the
+  responder's tally hands it the blocks (`misp_dns.policy.sightings`).
 
 An installed indicator source (entry-point group `misp_dns.sources`) becomes a policy type
 of the same shape: `source_policy_type` wraps it in the same updater and policy.
@@ -29,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 from zope.interface import implementer
 
@@ -37,6 +41,7 @@ from misp_dns.intel.domainset import DomainSet, Match
 from misp_dns.intel.feed import MispFeedSource
 from misp_dns.intel.misp_client import MispClient
 from misp_dns.intel.misp_options import MispFeedOptions, MispOptions
+from misp_dns.intel.sightings import SightingsReporter
 from misp_dns.intel.updater import IndicatorUpdater
 from misp_dns.interfaces import (
     Action,
@@ -64,13 +69,23 @@ class MispBlockingPolicy:
     """Blocks the names in its updater's current snapshot."""
 
     def __init__(
-        self, name: str, source: str, options: BlockingOptions, updater: IndicatorUpdater
+        self,
+        name: str,
+        source: str,
+        options: BlockingOptions,
+        updater: IndicatorUpdater,
+        sightings: SightingsReporter | None = None,
     ) -> None:
         self.name = name
         self.source = source
         self.options = options
         self.updater = updater
-        self.service = updater
+        self.sightings = sightings
+        self.service: IService = updater
+        if sightings is not None:
+            self.service = MultiService()
+            updater.setServiceParent(self.service)
+            sightings.setServiceParent(self.service)
         # Decisions are immutable values, remembered per query name and per matched
         # indicator of the current snapshot. A new snapshot starts afresh, but a decision
         # equal to one of the previous snapshot is that same object again: a refresh that
@@ -119,6 +134,19 @@ class MispBlockingPolicy:
             by_indicator[match.name] = decision
         return decision
 
+    def made(self, decision: Decision) -> bool:
+        """True when `decision` is one this policy gives, for its current snapshot (or,
+        as the same object, for the one before): which policy of a chain blocked a query."""
+        if decision.source != self.source:
+            return False
+        indicator = decision.indicator
+        if self._by_indicator.get(indicator) is decision or (
+            self._previous.get(indicator) is decision
+        ):
+            return True
+        match = self.updater.snapshot.match(indicator)
+        return match is not None and match.name == indicator and self.decision(match) == decision
+
     def decision(self, match: Match) -> Decision:
         """The decision for a matched indicator, with what the answer and the log need."""
         options = self.options
@@ -148,6 +176,7 @@ def _policy(
     indicators: IIndicatorSource,
     context: BuildContext,
     location: str,
+    sightings: SightingsReporter | None = None,
 ) -> MispBlockingPolicy:
     updater = IndicatorUpdater(
         source,
@@ -157,13 +186,16 @@ def _policy(
         max_age=options.max_ioc_age,
         state_path=snapshot_path(context.state_dir, name, location),
     )
-    return MispBlockingPolicy(name, source, options, updater)
+    return MispBlockingPolicy(name, source, options, updater, sightings)
 
 
 def _build_misp(options: MispOptions, context: BuildContext) -> MispBlockingPolicy:
     http = make_http_client(context.reactor, verify_tls=not options.disable_tls_validation)
     client = MispClient.from_options(options, http, context.reactor)
-    return _policy("misp", MISP_SOURCE, options, client, context, options.server_url)
+    sightings = None
+    if options.sightings:
+        sightings = SightingsReporter.from_options(options, client.api_key, http, context.reactor)
+    return _policy("misp", MISP_SOURCE, options, client, context, options.server_url, sightings)
 
 
 def _build_feed(options: MispFeedOptions, context: BuildContext) -> MispBlockingPolicy:
