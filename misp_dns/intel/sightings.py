@@ -62,7 +62,7 @@ SIGHTINGS_PATH = "/sightings/add"
 #: well below what a MISP behind a proxy with a 1 MiB body limit takes.
 BATCH_SIZE = 500
 #: Seconds a stopping server waits for the last sightings to reach MISP.
-STOP_GRACE = 10.0
+STOP_GRACE = 5.0
 #: MISP's sighting type for "seen" (1 is a false positive, 2 an expiration).
 SIGHTING = "0"
 
