@@ -1,7 +1,8 @@
 """`misp-dns`: ask the running server why a name is blocked, how it is doing, or to refresh.
 
     misp-dns explain NAME [TYPE]     what each policy decides about NAME (type A by default)
-    misp-dns status                  policies, indicators, refreshes, export drops, the cache
+    misp-dns status                  policies, indicators, refreshes, sightings, export drops,
+                                     the cache
     misp-dns refresh [POLICY]        fetch indicators now (every policy fed by indicators,
                                      or one: policy[1], misp, misp-connector)
     misp-dns check-config            = twistd misp-dns --check-config --config PATH
@@ -295,6 +296,12 @@ def _policy_lines(policy: dict[str, Any], now: float) -> list[str]:
         )
     if policy["nextRefresh"] is not None:
         lines.append(f"    next refresh in {_span(policy['nextRefresh'] - now)}")
+    sightings = policy.get("sightings")
+    if sightings is not None:
+        lines.append(
+            f"    sightings to MISP: {sightings['sent']:,} sent, {sightings['failed']:,} failed,"
+            f" {sightings['dropped']:,} dropped, {sightings['pending']:,} waiting"
+        )
     return lines
 
 

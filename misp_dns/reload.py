@@ -14,6 +14,7 @@ sees them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -43,7 +44,11 @@ class RunningPolicy:
 
 
 class PolicyReloader:
-    """Applies the `[[policy]]` tables of the config file to a running resolver."""
+    """Applies the `[[policy]]` tables of the config file to a running resolver.
+
+    `on_chain`, if given, is called with the new chain's policies right after it is put in
+    service (`tap` installs the responder's tallies for it).
+    """
 
     log = Logger()
 
@@ -56,6 +61,8 @@ class PolicyReloader:
         resolver: Any,
         services: MultiService,
         reactor: Any,
+        *,
+        on_chain: Callable[[Sequence[IPolicy]], None] | None = None,
     ) -> None:
         self.config_path = config_path
         self.config = config
@@ -64,6 +71,7 @@ class PolicyReloader:
         self.resolver = resolver
         self.services = services
         self.reactor = reactor
+        self.on_chain = on_chain
         self._reloading: defer.Deferred[None] | None = None
         self.reloads = 0
 
@@ -114,6 +122,8 @@ class PolicyReloader:
                 self.log.warn("new policies not ready after {s:.0f} s; switching", s=READY_TIMEOUT)
         policies = [item.policy for item in chain]
         self.resolver.policy = PolicyChain(policies, now=self.reactor.seconds)
+        if self.on_chain is not None:
+            self.on_chain(policies)
         retired = [item for item in self.running if id(item.policy) not in kept]
         self.running = chain
         self.config = attrs.evolve(self.config, policy=config.policy)

@@ -48,12 +48,14 @@ from misp_dns.dns.forwarder import Forwarder, system_upstreams
 from misp_dns.dns.listen import TCPListener, dual_stack
 from misp_dns.dns.ratelimit import RateLimiter
 from misp_dns.dns.resolver import ChainResolver
-from misp_dns.dns.server import DNSStreamFactory, Responder
+from misp_dns.dns.server import DNSStreamFactory, Responder, Tally
 from misp_dns.dns.udp import UDPListener
+from misp_dns.event import Answer
 from misp_dns.export.exporter import ExporterService
 from misp_dns.export.jsonl import hangup
 from misp_dns.interfaces import IPolicy
 from misp_dns.policy.chain import PolicyChain
+from misp_dns.policy.sightings import SightingsTally, wants_sightings
 from misp_dns.registry import Registry, default_registry
 from misp_dns.reload import PolicyReloader, RunningPolicy
 from misp_dns.values import Config, ConfigError, ServerConfig, Upstream
@@ -229,7 +231,9 @@ def build_service(
     soft limit). Raises ConfigError when no upstream is configured or found, or the token
     file is bad.
     `foreground` says whether twistd runs without daemonizing (how a listen failure ends
-    it, see `_ServerService`).
+    it, see `_ServerService`). The responder's tally counts queries for the admin listener
+    and, while a policy of the chain posts sightings, hands blocks to its reporter
+    (`misp_dns.policy.sightings`).
     """
     if open_files_limit is None:
         open_files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -245,13 +249,21 @@ def build_service(
         responder.observers.append(exporter.observe)
     policy_services = _policy_services(policies)
     policy_services.setServiceParent(top)
+    count_query: Tally | None = None
     if config.admin is not None:
         if admin_token is None:
             admin_token = read_token(config.admin)
         parts = ServerParts(resolver, responder, tcp_factory, exporter, reactor, reactor.seconds())
         admin = AdminService(config.admin, admin_token, parts, reactor)
-        responder.tally = admin.queries.count
+        count_query = admin.queries.count
         admin.setServiceParent(top)
+    sightings = SightingsTally(lambda: resolver.policy)
+
+    def install_tallies(chain: Sequence[IPolicy]) -> None:
+        note_block = sightings.count if wants_sightings(chain) else None
+        responder.tally = _tallies(count_query, note_block)
+
+    install_tallies(policies)
     if config_path is not None:
         reloader = PolicyReloader(
             config_path,
@@ -261,11 +273,28 @@ def build_service(
             resolver,
             policy_services,
             reactor,
+            on_chain=install_tallies,
         )
-        _OnHangup(reactor, reloader.reload).setServiceParent(top)
+        hangup_service = _OnHangup(reactor, reloader.reload)
+        hangup_service.setName("reload")
+        hangup_service.setServiceParent(top)
     for listener in _listeners(config.server, responder, tcp_factory, reactor, shortage):
         listener.setServiceParent(top)
     return top
+
+
+def _tallies(*tallies: Tally | None) -> Tally | None:
+    """One responder tally calling each of `tallies` that is not None (or None if none is)."""
+    chosen = [tally for tally in tallies if tally is not None]
+    if len(chosen) <= 1:
+        return chosen[0] if chosen else None
+    first, second = chosen
+
+    def both(transport: str, question: bytes, answer: Answer) -> None:
+        first(transport, question, answer)
+        second(transport, question, answer)
+
+    return both
 
 
 def _resolver(

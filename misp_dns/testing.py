@@ -1,9 +1,10 @@
 """Verified fakes for tests, ours and third parties': MISP, a MISP feed, and one of each seam.
 
-- `FakeMisp`: a `twisted.web` resource speaking MISP's `POST /attributes/restSearch` as
-  MISP 2.5 does (auth, filters, `limit`/`page`, JSON shapes), with scripted faults. Use it
-  in memory with `treq.testing.StubTreq(fake)`, or serve it for real with
-  `twisted.web.server.Site(fake)` on 127.0.0.1.
+- `FakeMisp`: a `twisted.web` resource speaking MISP's `POST /attributes/restSearch` and
+  `POST /sightings/add` as MISP 2.5 does (auth, filters, `limit`/`page`, JSON shapes, the
+  sightings it records), with scripted faults. Use it in memory with
+  `treq.testing.StubTreq(fake)`, or serve it for real with `twisted.web.server.Site(fake)`
+  on 127.0.0.1.
 - `FakeFeed`: a resource serving a MISP feed (`manifest.json` and `<uuid>.json`).
 - `MemoryIndicatorSource`: an `IIndicatorSource` that hands out a list you control.
 - `MemorySink`: an `ISink` that keeps every batch, and can fail or hold its stop.
@@ -61,6 +62,9 @@ __all__ = [
 ]
 
 _SEARCH_PATH = b"/attributes/restSearch"
+_SIGHTINGS_PATH = b"/sightings/add"
+_NO_PERMISSION = "You do not have permission to use this functionality."
+_SIGHTING_FAILED = "Could not add the Sighting. Reason: "
 _AUTH_FAILED = (
     "Authentication failed. Please make sure you pass the API key of an API enabled user "
     "along in the Authorization header."
@@ -241,7 +245,8 @@ _UNIT = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
 class FakeMisp(Resource):
-    """An in-memory MISP answering `POST /attributes/restSearch` (MISP 2.5.1 behaviour).
+    """An in-memory MISP answering `POST /attributes/restSearch` and `POST /sightings/add`
+    (MISP 2.5.1 behaviour).
 
     - `Authorization` must equal `api_key`, else 403 with `{"name", "message", "url"}`.
     - An empty body answers 400; the filters may be wrapped as `{"request": {...}}`.
@@ -265,6 +270,13 @@ class FakeMisp(Resource):
       `publish_timestamp`), not the published flag or the threat level.
     - `script(...)` queues `Fault`s (None = answer normally) for the next requests.
     - `requests` records every request; `hanging` holds the requests left unanswered.
+
+    `/sightings/add` (see `_add_sightings`) takes `{"values": [...], "type": "0", "source":
+    ..., "timestamp": ...}` (or `value`, or an attribute's `id`/`uuid`; optionally wrapped in
+    `request` or `Sighting`), and records one sighting in `sightings` for every attribute
+    holding one of the values, as MISP does: compared without case or trailing spaces, both
+    halves of a `domain|ip`, deleted attributes too. With `can_sight = False` the key's role
+    lacks `perm_sighting` and gets MISP's 403.
     """
 
     isLeaf = True
@@ -278,6 +290,8 @@ class FakeMisp(Resource):
         self.after_limit_filter: set[str] = set()
         self.warninglists: list[Warninglist] = []
         self.ignored_filters: set[str] = set()
+        self.can_sight = True
+        self.sightings: list[dict[str, str]] = []
         self._faults: deque[Fault | None] = deque()
         self._stored: list[_Stored] = []
         self._events: dict[str, dict[str, Any]] = {}
@@ -444,7 +458,7 @@ class FakeMisp(Resource):
             fault = self._faults.popleft()
             if fault is not None:
                 return _serve_faulted(request, fault, self.hanging)
-        if request.path != _SEARCH_PATH:
+        if request.path not in (_SEARCH_PATH, _SIGHTINGS_PATH):
             message = f"Could not find {recorded.path}"
             return _json_reply(
                 request, 404, {"name": "Not Found", "message": message, "url": recorded.path}
@@ -453,10 +467,15 @@ class FakeMisp(Resource):
             return _json_reply(
                 request,
                 403,
-                {"name": _AUTH_FAILED, "message": _AUTH_FAILED, "url": "/attributes/restSearch"},
+                {"name": _AUTH_FAILED, "message": _AUTH_FAILED, "url": recorded.path},
             )
+        if request.path == _SIGHTINGS_PATH and not self.can_sight:
+            payload = {"name": _NO_PERMISSION, "message": _NO_PERMISSION, "url": recorded.path}
+            return _json_reply(request, 403, payload)
         if recorded.method != "POST":
             return _json_reply(request, 405, _error_json("Method Not Allowed", "Use POST."))
+        if request.path == _SIGHTINGS_PATH:
+            return self._add_sightings(request, recorded)
         if not recorded.body.strip():
             message = "Either specify the search terms in the url, or POST a json array / object."
             return _json_reply(request, 400, _error_json(message, message))
@@ -471,6 +490,83 @@ class FakeMisp(Resource):
         page = self._search(filters, len(self.requests))
         request.setHeader(b"X-Result-Count", str(len(page)).encode())
         return _json_reply(request, 200, {"response": {"Attribute": page}})
+
+    def _add_sightings(self, request: Request, recorded: RecordedRequest) -> bytes:
+        """`POST /sightings/add` as MISP's SightingsController::add and
+        Sighting::saveSightings answer a REST client.
+
+        A refusal after authentication is a 200 whose body is only `{"message": "Could not
+        add the Sighting. Reason: ..."}`; a success is the last sighting saved, as
+        `{"Sighting": {...}}`.
+        """
+        data: Any = recorded.json() if recorded.body.strip() else {}
+        if not isinstance(data, dict):
+            return _json_reply(request, 400, _error_json("Invalid JSON", "Invalid JSON body."))
+        for wrapper in ("request", "Sighting"):
+            if isinstance(data.get(wrapper), dict):
+                data = data[wrapper]
+        if "value" in data:
+            data = dict(data, values=[data["value"]])
+        kind = data.get("type", "0")
+        if str(kind).strip() not in ("0", "1", "2") or isinstance(kind, bool):
+            return self._sighting_refused(
+                request, "Invalid type, please change it before you POST 1000000 sightings."
+            )
+        ident = data.get("uuid") or data.get("id")
+        values = data.get("values") or []
+        if not ident and not values:
+            return self._sighting_refused(request, "No valid attributes found.")
+        if ident:
+            found = [
+                s for s in self._stored if str(ident) in (s.attribute["id"], s.attribute["uuid"])
+            ]
+        else:
+            found = self._holding(values if isinstance(values, list) else [values])
+            filters = data.get("filters")
+            if filters:
+                kept = {id(s) for s in self._filtered(filters)}
+                uuids = filters.get("uuid")
+                if uuids is not None:
+                    wanted = {uuids} if isinstance(uuids, str) else set(uuids)
+                    kept &= {id(s) for s in self._stored if s.attribute["uuid"] in wanted}
+                found = [s for s in found if id(s) in kept]
+        if not found:
+            return self._sighting_refused(
+                request, "No valid attributes found that match the criteria."
+            )
+        stamp = data.get("timestamp")
+        when = str(stamp) if stamp not in (None, "") else str(int(self.now()))
+        source = str(data.get("source") or "").strip()
+        for stored in found:
+            self.sightings.append(
+                {
+                    "id": str(len(self.sightings) + 1),
+                    "attribute_id": stored.attribute["id"],
+                    "event_id": stored.attribute["event_id"],
+                    "org_id": "1",
+                    "date_sighting": when,
+                    "uuid": str(uuid_module.uuid4()),
+                    "source": source,
+                    "type": str(kind).strip(),
+                }
+            )
+        return _json_reply(request, 200, {"Sighting": dict(self.sightings[-1])})
+
+    def _holding(self, values: list[Any]) -> list[_Stored]:
+        """The attributes whose value (either half of a composite) is one of `values`,
+        compared as MySQL's default collation does: without case or trailing spaces."""
+        wanted = {str(value).rstrip(" ").lower() for value in values}
+        found = []
+        for stored in self._stored:
+            value = stored.attribute["value"]
+            halves = value.split("|", 1) if "|" in stored.attribute["type"] else [value]
+            if any(half.rstrip(" ").lower() in wanted for half in halves):
+                found.append(stored)
+        return found
+
+    @staticmethod
+    def _sighting_refused(request: Request, reason: str) -> bytes:
+        return _json_reply(request, 200, {"message": _SIGHTING_FAILED + reason})
 
     def _search(self, filters: Mapping[str, Any], serial: int) -> list[dict[str, Any]]:
         filters = {k: v for k, v in filters.items() if k not in self.ignored_filters}

@@ -56,8 +56,8 @@ def inline(function: Any, *args: Any) -> defer.Deferred[Any]:
     return defer.maybeDeferred(function, *args)
 
 
-def indicator(value: str, **kwargs: Any) -> RawIndicator:
-    return RawIndicator(value=value, type="domain", **kwargs)
+def indicator(value: str, type: str = "domain", **kwargs: Any) -> RawIndicator:
+    return RawIndicator(value=value, type=type, **kwargs)
 
 
 @attrs.define
@@ -212,18 +212,27 @@ def test_a_block_through_the_answer_is_counted_under_its_trigger() -> None:
 
 
 def test_monitor_mode_is_not_counted_as_blocked() -> None:
-    """A decision that is not enforced resolves the name: not a block in the metrics."""
+    """A decision that is not enforced resolves the name: not a block in the metrics, but a
+    query monitor mode would have blocked; allowlisted names are neither."""
     server = make_server(enforced=False)
     cache_answer(server, "evil.example")
+    cache_answer(server, "good.example")
     server.ask("evil.example")
+    server.ask("evil.example", transport="tcp")
+    server.ask("good.example", transport="tcp")
     metrics = server.metrics()
     assert sample("misp_dns_blocked_total", source="misp-connector", trigger="qname") not in (
         metrics
     )
+    would = sample("misp_dns_would_block_total", source="misp-connector", trigger="qname")
+    assert metrics[would] == 2
+    assert [key for key in metrics if key[0] == "misp_dns_would_block_total"] == [would]
     assert (
         metrics[sample("misp_dns_queries_total", protocol="udp", qtype="A", response_type="Cached")]
         == 1
     )
+    server.ask("evil.example")
+    assert server.metrics()[would] == 3
 
 
 def test_unlisted_query_types_share_one_label() -> None:
@@ -238,15 +247,22 @@ def test_unlisted_query_types_share_one_label() -> None:
 
 
 def test_indicators_refresh_and_export_metrics() -> None:
-    """Indicators per policy and source, the last good refresh, failed refreshes and each
-    sink's drops are exposed; the upstream latency is a histogram."""
-    server = make_server(indicators=[indicator("evil.example"), indicator("bad.example")])
+    """Indicators per policy, source and type, the last good refresh, failed refreshes and
+    each sink's drops are exposed; the upstream latency is a histogram."""
+    server = make_server(
+        indicators=[
+            indicator("evil.example"),
+            indicator("bad.example|192.0.2.1", type="domain|ip"),
+            indicator("host.bad.example", type="hostname"),
+        ]
+    )
     server.sink.dropped = 7
     server.source.error = RuntimeError("MISP answered 503")
     server.reactor.advance(7200)
     metrics = server.metrics()
     labels = {"policy": "policy[1]", "source": "misp-connector"}
-    assert metrics[sample("misp_dns_indicators", **labels)] == 2
+    assert metrics[sample("misp_dns_indicators", type="domain", **labels)] == 2
+    assert metrics[sample("misp_dns_indicators", type="hostname", **labels)] == 1
     assert metrics[sample("misp_dns_refresh_last_success_timestamp", **labels)] == NOW
     assert metrics[sample("misp_dns_refresh_failures_total", **labels)] == 1
     assert metrics[sample("misp_dns_export_dropped_total", sink="export[0] (memory)")] == 7

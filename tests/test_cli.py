@@ -23,6 +23,7 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 
 from misp_dns.cli import main
+from misp_dns.intel.sightings import SightingsReporter
 from misp_dns.intel.updater import IndicatorUpdater
 from misp_dns.interfaces import BlockingOptions, RawIndicator
 from misp_dns.policy.allowlist import AllowlistOptions, AllowlistPolicy
@@ -53,6 +54,7 @@ class Running:
 
     config: Path
     source: MemoryIndicatorSource
+    sightings: SightingsReporter
 
 
 @pytest_twisted.async_yield_fixture
@@ -76,9 +78,11 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         state_path=None,
         run_in_thread=inline,
     )
+    # Not started: it notes blocks and never posts them.
+    sightings = SightingsReporter("https://misp.test", "k" * 40, None, reactor)
     policies = [
         AllowlistPolicy.from_config(AllowlistOptions(domains=("good.example",))),
-        MispBlockingPolicy("misp", "misp-connector", BlockingOptions(), updater),
+        MispBlockingPolicy("misp", "misp-connector", BlockingOptions(), updater, sightings),
     ]
     config = Config(
         server=ServerConfig(upstreams=(Upstream("192.0.2.53", 53),)),
@@ -88,7 +92,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     admin: Any = top.getServiceNamed("admin")
     updater.startService()
     admin.startService()
-    yield Running(config_path, source)
+    yield Running(config_path, source, sightings)
     await admin.stopService()
     updater.stopService()
 
@@ -136,12 +140,16 @@ async def test_explain_json_holds_the_contract_keys(
 
 @pytest_twisted.ensureDeferred
 async def test_status(running: Running, capsys: pytest.CaptureFixture[str]) -> None:
-    """`misp-dns status` lists the policies with their indicators and refresh times."""
+    """`misp-dns status` lists the policies with their indicators, refresh times and the
+    sightings waiting to go to MISP."""
+    running.sightings.sight("evil.example", "77aa-attribute")
+    running.sightings.sight("bad.example")
     assert await run("status", "--config", str(running.config)) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].endswith(", ready")
     assert "  policy[1] misp (misp-connector): 1 indicators" in out
     assert "    next refresh in 1 h 59 min" in out or "    next refresh in 2 h 00 min" in out
+    assert "    sightings to MISP: 0 sent, 0 failed, 0 dropped, 2 waiting" in out
     assert await run("status", "--json", "--config", str(running.config)) == 0
     status = json.loads(capsys.readouterr().out)
     assert [p["policyType"] for p in status["policies"]] == ["allowlist", "misp"]

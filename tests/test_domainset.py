@@ -74,6 +74,20 @@ entries = st.builds(
 )
 
 
+@given(st.lists(entries, max_size=25))
+def test_entries_are_counted_by_kind(given_entries: list[BlockEntry]) -> None:
+    """The metrics' indicators by type: names blocked with their subdomains (`domain`) and
+    names blocked alone (`hostname`), after repeated names were merged, loaded or built."""
+    kept = chosen(given_entries)
+    expected = {
+        "domain": sum(1 for e in kept if e.subdomains),
+        "hostname": sum(1 for e in kept if not e.subdomains),
+    }
+    domainset = DomainSet.build(given_entries)
+    assert domainset.count_by_kind() == expected
+    assert DomainSet.from_bytes(domainset.to_bytes()).count_by_kind() == expected
+
+
 @given(st.lists(entries, max_size=25), st.lists(queries, min_size=1, max_size=20))
 def test_matches_agree_with_a_brute_force_reference(
     given_entries: list[BlockEntry], asked: list[str]

@@ -57,6 +57,10 @@ def test_misp_defaults_are_the_documented_ones() -> None:
     assert options.threat_levels == (1, 2, 3, 4)
     assert options.exclude_decayed is False
     assert options.block_response_ips is False
+    assert options.sightings is False
+    assert options.sightings_source == "misp-dns"
+    assert options.sightings_interval == 600
+    assert options.sightings_max_pending == 10_000
 
 
 def test_every_documented_key_is_accepted() -> None:
@@ -82,6 +86,10 @@ def test_every_documented_key_is_accepted() -> None:
             "threat_levels": [1, 2],
             "exclude_decayed": True,
             "block_response_ips": True,
+            "sightings": True,
+            "sightings_source": "dns resolver, site A",
+            "sightings_interval": "1h",
+            "sightings_max_pending": 500,
         }
     )
     assert options.tags == ("tlp:red", "misp-galaxy:threat-actor=%")
@@ -91,6 +99,8 @@ def test_every_documented_key_is_accepted() -> None:
     assert (options.update_interval, options.max_ioc_age) == (1800, 7 * 86400)
     assert options.request_timeout == 300
     assert options.pagination_limit == 100_000
+    assert options.sightings and options.sightings_source == "dns resolver, site A"
+    assert (options.sightings_interval, options.sightings_max_pending) == (3600, 500)
 
 
 @pytest.mark.parametrize(
@@ -118,6 +128,11 @@ def test_every_documented_key_is_accepted() -> None:
         ),
         ({"published_only": "yes"}, "policy[0].published_only: expected true or false"),
         ({"warninglists": ["a.json"]}, "policy[0].warninglists: unknown key"),
+        ({"sightings": "yes"}, "policy[0].sightings: expected"),
+        ({"sightings_source": " "}, "policy[0].sightings_source: expected 1 to 255 printable"),
+        ({"sightings_source": "x" * 256}, "policy[0].sightings_source: expected 1 to 255"),
+        ({"sightings_interval": "5s"}, "policy[0].sightings_interval: must be within 10..86400"),
+        ({"sightings_max_pending": 0}, "policy[0].sightings_max_pending: must be within 1.."),
     ],
 )
 def test_bad_values_name_their_toml_path(extra: dict[str, Any], expected: str) -> None:
@@ -173,7 +188,7 @@ def test_unusable_key_files_are_clear_errors(
 
 def test_feed_table_takes_url_and_the_blocking_options() -> None:
     """misp-feed needs url, shares the blocking keys, and has no server, key, paging or
-    restSearch filter keys."""
+    restSearch filter keys, nor sightings (there is no MISP to post them to)."""
     options = options_of({"type": "misp-feed", "url": "etc/sample-feed", "max_ioc_age": "30d"})
     assert options == MispFeedOptions(url="etc/sample-feed", max_ioc_age=30 * 86400)
     assert problems({"type": "misp-feed", "url": "x", "api_key": KEY}) == [
@@ -181,6 +196,9 @@ def test_feed_table_takes_url_and_the_blocking_options() -> None:
     ]
     assert problems({"type": "misp-feed", "url": "x", "tags": ["tlp:red"]}) == [
         "policy[0].tags: unknown key"
+    ]
+    assert problems({"type": "misp-feed", "url": "x", "sightings": True}) == [
+        "policy[0].sightings: unknown key"
     ]
     assert any("url" in line for line in problems({"type": "misp-feed"}))
 

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from misp_dns.config import load_config
 from misp_dns.intel.misp_client import MispClient
+from misp_dns.intel.sightings import SightingsReporter
 from misp_dns.registry import default_registry
 from misp_dns.testing import FakeMisp, Fault
 from misp_dns.values import ConfigError
@@ -55,6 +56,7 @@ state_dir = "{tmp_path / "state"}"
 type = "misp"
 server_url = "https://misp.test"
 api_key = "{KEY}"
+sightings = true
 
 [[export]]
 type = "http"
@@ -128,7 +130,15 @@ def test_no_object_of_a_built_server_shows_a_secret(tmp_path: Path) -> None:
                 if leaks(text, secret):
                     shown.setdefault(type(found).__qualname__, text[:300])
     # The walk did reach what holds the secrets.
-    holders = {"Config", "MispOptions", "MispClient", "MispBlockingPolicy", "IndicatorUpdater"}
+    holders = {
+        "Config",
+        "MispOptions",
+        "MispClient",
+        "MispBlockingPolicy",
+        "IndicatorUpdater",
+        "SightingsReporter",
+        "RetryingHttp",
+    }
     assert holders | {"PolicyReloader", "HttpOptions", "HttpSink", "HTTPClient"} <= checked
     assert shown == {}
     # The key is there all the same, in the policy that sends it.
@@ -238,6 +248,38 @@ def test_an_altered_echo_of_the_key_never_comes_out(echo: str, status: int) -> N
     texts = _fetch_collecting(fake, [1, 2, 4, 60, 60])
     assert [text for text in texts if leaked(text)] == []
     assert any("<api key>" in text for text in texts)
+@given(
+    before=st.integers(0, 420),
+    after=st.integers(0, 40),
+    status=st.sampled_from([200, 400, 401, 403, 404, 429, 500, 502, 503]),
+    json_wrapped=st.booleans(),
+)
+@example(before=100, after=0, status=500, json_wrapped=False)
+@example(before=280, after=0, status=200, json_wrapped=True)
+def test_a_key_echoed_in_a_sighting_refusal_never_comes_out(
+    before: int, after: int, status: int, json_wrapped: bool
+) -> None:
+    """The same for the sightings reporter: whatever MISP answers a `/sightings/add` with,
+    and wherever its body repeats the key, no log line holds ten characters of it."""
+    body = ("x" * before + KEY + "y" * after).encode()
+    fake = FakeMisp(KEY)
+    fake.add_attribute("evil.example")
+    fake.script(*[_echo(body, status, json_wrapped)] * 3)
+    clock = Clock()
+    http = StubTreq(fake)
+    with capturedLogs() as events:
+        reporter = SightingsReporter(
+            "https://misp.test", KEY, http, clock, interval=60, random=lambda: 0.5
+        )
+        reporter.startService()
+        reporter.sight("evil.example")
+        for step in (60, 1, 2, 4, 60):
+            clock.advance(step)
+            http.flush()
+    assert reporter.sent + reporter.failed == 1
+    texts = [formatEvent(event) for event in events]
+    texts += [repr({k: v for k, v in event.items() if k != "log_logger"}) for event in events]
+    assert [text for text in texts if leaks(text)] == []
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,12 @@
 
 FakeMisp is checked against MISP 2.5.1's documented restSearch behaviour (auth, empty body,
 filters, MISP's own filters: tags, published, threat level, warninglists and decay, paging,
-shapes), served both in memory and for real on loopback; FakeMisp and MispFeedSource agree on
-the real feed data; the fakes of the three seams (MemoryIndicatorSource, MemorySink,
-ScriptedPolicy) provide their interfaces and keep their promises.
+shapes), served both in memory and for real on loopback, and against what MISP's
+SightingsController and Sighting model do with `/sightings/add` (auth and the sighting
+permission, the body's forms, which attributes a value sights, the answers); FakeMisp and
+MispFeedSource agree on the real feed data; the fakes of the three seams
+(MemoryIndicatorSource, MemorySink, ScriptedPolicy) provide their interfaces and keep their
+promises.
 """
 
 from __future__ import annotations
@@ -45,19 +48,25 @@ from misp_dns.testing import (
 
 KEY = "fake-key-0123456789"
 SEARCH = "https://misp.test/attributes/restSearch"
+SIGHTINGS = "https://misp.test/sightings/add"
 SMALL = Path(__file__).resolve().parent / "fixtures" / "misp-feed-small"
 NOW = 1_700_000_000
 WARNINGLISTS = SHARED_DATA / "warninglists"
 
 
-def ask(fake: FakeMisp, body: Any, key: str | None = KEY) -> tuple[int, Any]:
+def ask(fake: FakeMisp, body: Any, key: str | None = KEY, url: str = SEARCH) -> tuple[int, Any]:
     """POST `body` (JSON unless bytes) to the fake; the status and the decoded JSON answer."""
     headers = {"Content-Type": "application/json"}
     if key is not None:
         headers["Authorization"] = key
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    response = result_of(StubTreq(fake).post(SEARCH, data=data, headers=headers))
+    response = result_of(StubTreq(fake).post(url, data=data, headers=headers))
     return response.code, json.loads(result_of(response.content()))
+
+
+def sight(fake: FakeMisp, body: Any, key: str | None = KEY) -> tuple[int, Any]:
+    """POST `body` to the fake's /sightings/add."""
+    return ask(fake, body, key, SIGHTINGS)
 
 
 def attributes(fake: FakeMisp, filters: dict[str, Any]) -> list[dict[str, Any]]:
@@ -284,6 +293,111 @@ def test_scripted_faults_apply_in_order_and_requests_are_recorded(fake: FakeMisp
     assert response.code == 200 and result_of(response.content()).startswith(b"<html>")
     assert ask(fake, {})[0] == 200
     assert len(fake.requests) == 4 and fake.requests[0].json() == {}
+
+
+# --- /sightings/add ---------------------------------------------------------------------------
+
+NO_MATCH = "Could not add the Sighting. Reason: No valid attributes found that match the criteria."
+
+
+@pytest.mark.parametrize("key", [None, "wrong"])
+def test_sightings_need_the_key(fake: FakeMisp, key: str | None) -> None:
+    """A sighting without the right key gets the same 403 as a search, naming its URL."""
+    status, answer = sight(fake, {"values": ["a.example"]}, key=key)
+    assert status == 403
+    assert answer["url"] == "/sightings/add"
+    assert "Authentication failed" in answer["message"]
+    assert fake.sightings == []
+
+
+def test_sightings_need_the_sighting_permission(fake: FakeMisp) -> None:
+    """A key whose role lacks perm_sighting gets MISP's ACL refusal, a 403."""
+    fake.can_sight = False
+    status, answer = sight(fake, {"values": ["a.example"]})
+    assert status == 403
+    assert answer["message"] == "You do not have permission to use this functionality."
+    assert fake.sightings == []
+
+
+def test_values_sight_every_attribute_holding_them(fake: FakeMisp) -> None:
+    """Each value sights every attribute that holds it, as MySQL compares (no case, no
+    trailing spaces), either half of a domain|ip, deleted ones too; the answer is the last
+    sighting saved, with the type, source and time sent."""
+    other = fake.add_event("event two")
+    fake.add_attribute("A.Example ", event=other)
+    fake.add_attribute("e.example|192.0.2.9", "domain|ip", event=other)
+    body = {
+        "values": ["a.example", "c.example", "e.example", "nowhere.example"],
+        "type": "0",
+        "source": "misp-dns",
+        "timestamp": "1699999000",
+    }
+    status, answer = sight(fake, body)
+    assert status == 200
+    sighted = {s["attribute_id"]: s for s in fake.sightings}
+    assert sorted(sighted, key=int) == ["1", "3", "6", "7"]
+    assert {(s["type"], s["source"], s["date_sighting"]) for s in fake.sightings} == {
+        ("0", "misp-dns", "1699999000")
+    }
+    assert sighted["6"]["event_id"] == "2"
+    assert answer == {"Sighting": fake.sightings[-1]}
+    assert set(answer["Sighting"]) == {
+        "id",
+        "attribute_id",
+        "event_id",
+        "org_id",
+        "date_sighting",
+        "uuid",
+        "source",
+        "type",
+    }
+
+
+def test_a_sighting_without_a_match_is_refused_with_a_200(fake: FakeMisp) -> None:
+    """MISP answers a refused sighting with 200 and a bare message, not an error status:
+    no attribute holds the values, there are none, or the type is not 0, 1 or 2."""
+    assert sight(fake, {"values": ["nowhere.example"]}) == (200, {"message": NO_MATCH})
+    reason = "Could not add the Sighting. Reason: No valid attributes found."
+    assert sight(fake, b"") == (200, {"message": reason})
+    assert sight(fake, {"values": []}) == (200, {"message": reason})
+    status, answer = sight(fake, {"values": ["a.example"], "type": "sighting"})
+    assert status == 200 and answer["message"].startswith("Could not add the Sighting. Reason: ")
+    assert "Invalid type" in answer["message"]
+    assert fake.sightings == []
+
+
+def test_a_sighting_may_name_one_value_an_attribute_or_be_wrapped(fake: FakeMisp) -> None:
+    """`value`, an attribute's `uuid` or `id`, and the `request` or `Sighting` wrappers are
+    all accepted; the type defaults to 0 and the time to now."""
+    uuid = fake.attributes[1]["uuid"]
+    assert sight(fake, {"value": "a.example"})[0] == 200
+    assert sight(fake, {"request": {"uuid": uuid, "source": "  x  "}})[0] == 200
+    assert sight(fake, {"Sighting": {"id": "4", "type": 1}})[0] == 200
+    assert [(s["attribute_id"], s["type"], s["source"]) for s in fake.sightings] == [
+        ("1", "0", ""),
+        ("2", "0", "x"),
+        ("4", "1", ""),
+    ]
+    assert fake.sightings[0]["date_sighting"] == str(NOW)
+
+
+def test_sighting_filters_narrow_the_attributes(fake: FakeMisp) -> None:
+    """With `filters`, MISP searches like restSearch among the values' attributes: here
+    by attribute uuid and by type."""
+    twin = fake.add_attribute("a.example", "hostname")
+    assert sight(fake, {"values": ["a.example"], "filters": {"uuid": twin["uuid"]}})[0] == 200
+    assert [s["attribute_id"] for s in fake.sightings] == [twin["id"]]
+    assert sight(fake, {"values": ["a.example"], "filters": {"type": "domain"}})[0] == 200
+    assert [s["attribute_id"] for s in fake.sightings] == [twin["id"], "1"]
+
+
+def test_scripted_faults_apply_to_sightings_too(fake: FakeMisp) -> None:
+    """A scripted fault answers the next request, whichever endpoint it is for."""
+    fake.script(Fault.server_error(503))
+    assert sight(fake, {"values": ["a.example"]})[0] == 503
+    assert fake.sightings == []
+    assert sight(fake, {"values": ["a.example"]})[0] == 200
+    assert [r.path for r in fake.requests] == ["/sightings/add", "/sightings/add"]
 
 
 def test_fake_misp_and_the_feed_reader_agree_on_real_data() -> None:

@@ -285,6 +285,14 @@ def _policy_status(index: int, policy: IPolicy, ready: bool) -> dict[str, Any]:
             "failedRefreshes": updater.failed_cycles,
             "lastError": updater.last_error,
         }
+        reporter = policy.sightings
+        if reporter is not None:
+            status["sightings"] = {
+                "sent": reporter.sent,
+                "failed": reporter.failed,
+                "dropped": reporter.dropped,
+                "pending": reporter.pending,
+            }
     return status
 
 

@@ -2,11 +2,12 @@
 
 Nothing on the answer path touches prometheus_client. `QueryCounter.count`, the
 responder's `tally`, adds one to a dict entry per answered query (and one more per blocked
-one), without a query event being built for it; everything else is already counted by the
-part that does the work (the responder, the cache, the forwarder, the updaters, the
-exporter). `ServerCollector` is a
-custom collector that reads those numbers when /metrics is scraped, in a registry of its own
-(never prometheus_client's global one), so two servers in one process do not mix.
+one, or per one monitor mode would have blocked), without a query event being built for it;
+everything else is already counted by the part that does the work (the responder, the
+cache, the forwarder, the updaters, the exporter).
+`ServerCollector` is a custom collector that reads those numbers when /metrics is scraped,
+in a registry of its own (never prometheus_client's global one), so two servers in one
+process do not mix.
 
 Every name starts with `misp_dns_`. `response_type` is the query log's (`Blocked`, `Cached`,
 `Recursive`, ...); a query type misp-dns has no name for is labelled `other`.
@@ -15,15 +16,19 @@ Every name starts with `misp_dns_`. `response_type` is the query log's (`Blocked
 |---|---|---|
 | `queries_total` | counter | `protocol` (udp, tcp), `qtype` (A, ..., other), `response_type` |
 | `blocked_total` | counter | `source` (the report's source), `trigger` (`qname`, `cname`, `ip`) |
+| `would_block_total` | counter | `source`, `trigger` (monitor mode: let through, not blocked) |
 | `cache_hits_total`, `cache_misses_total`, `cache_evictions_total` | counter | |
 | `cache_entries` | gauge | |
 | `upstream_seconds` | histogram | |
 | `upstream_failures_total` | counter | `upstream` (failed attempts, per upstream) |
 | `upstream_unanswered_total` | counter | (questions no upstream answered: SERVFAIL) |
-| `indicators` | gauge | `policy` (`policy[1]`), `source` |
+| `indicators` | gauge | `policy` (`policy[1]`), `source`, `type` (`domain`, `hostname`) |
 | `refresh_last_success_timestamp` | gauge | `policy`, `source` (absent before a good refresh) |
 | `refresh_duration_seconds` | gauge | `policy`, `source` (the last refresh, good or not) |
 | `refresh_failures_total` | counter | `policy`, `source` |
+| `sightings_sent_total`, `sightings_failed_total` | counter | `policy`, `source` (`sightings`) |
+| `sightings_dropped_total` | counter | `policy`, `source` |
+| `sightings_pending` | gauge | `policy`, `source` |
 | `export_dropped_total` | counter | `sink` (`export[0] (jsonl)`) |
 | `export_queue_dropped_total`, `exported_total` | counter | |
 | `export_queued` | gauge | |
@@ -56,7 +61,8 @@ from misp_dns import __version__
 from misp_dns.admin.api import ServerParts, policy_label, trigger_of
 from misp_dns.admin.qtypes import qtype_label
 from misp_dns.event import Answer, Kind
-from misp_dns.interfaces import Decision
+from misp_dns.intel.sightings import SightingsReporter
+from misp_dns.interfaces import Action, Decision
 from misp_dns.policy.misp import MispBlockingPolicy
 
 __all__ = ["QueryCounter", "ServerCollector", "make_registry"]
@@ -80,9 +86,13 @@ class QueryCounter:
         self.queries: dict[tuple[str, bytes, str], int] = {}
         #: (source, trigger) -> blocked queries, up to the last `blocked_by_cause()`
         self._blocked: dict[tuple[str, str], int] = {}
-        # Blocks since then, by id of the decision; the decisions are kept so that the ids
-        # stay theirs. Hashing a decision would run attrs' __hash__ in Python.
+        #: (source, trigger) -> queries a policy in monitor mode would have blocked
+        self._monitored: dict[tuple[str, str], int] = {}
+        # Blocks (and monitor-mode blocks) since then, by id of the decision; the decisions
+        # are kept so that the ids stay theirs. Hashing a decision would run attrs' __hash__
+        # in Python.
         self._recent: dict[int, int] = {}
+        self._recent_monitored: dict[int, int] = {}
         self._decisions: dict[int, Decision] = {}
 
     def count(self, transport: str, question: bytes, answer: Answer) -> None:
@@ -91,16 +101,22 @@ class QueryCounter:
         key = (transport, question[-4:-2], kind._value_)
         queries = self.queries
         queries[key] = queries.get(key, 0) + 1
+        decision = answer.decision
+        if decision is None:
+            return
         if kind is _BLOCKED:
-            decision = answer.decision
-            ident = id(decision)
             recent = self._recent
-            seen = recent.get(ident)
-            if seen is None:
-                self._decisions[ident] = decision  # type: ignore[assignment]
-                recent[ident] = 1
-            else:
-                recent[ident] = seen + 1
+        elif decision.action is _BLOCK and not decision.enforced:
+            recent = self._recent_monitored
+        else:
+            return
+        ident = id(decision)
+        seen = recent.get(ident)
+        if seen is None:
+            self._decisions[ident] = decision
+            recent[ident] = 1
+        else:
+            recent[ident] = seen + 1
 
     def by_label(self) -> dict[tuple[str, str, str], int]:
         """The query counts by (protocol, qtype label, response type)."""
@@ -112,17 +128,30 @@ class QueryCounter:
 
     def blocked_by_cause(self) -> dict[tuple[str, str], int]:
         """The blocked queries by (source, trigger) since start."""
-        blocked = self._blocked
-        for ident, count in self._recent.items():
-            decision = self._decisions[ident]
-            cause = (decision.source, trigger_of(decision))
-            blocked[cause] = blocked.get(cause, 0) + count
-        self._recent.clear()
+        self._settle()
+        return dict(self._blocked)
+
+    def monitored_by_cause(self) -> dict[tuple[str, str], int]:
+        """The queries monitor mode let through but would have blocked, by (source, trigger)."""
+        self._settle()
+        return dict(self._monitored)
+
+    def _settle(self) -> None:
+        """Move the counts kept by decision into the counts by (source, trigger)."""
+        for recent, totals in (
+            (self._recent, self._blocked),
+            (self._recent_monitored, self._monitored),
+        ):
+            for ident, count in recent.items():
+                decision = self._decisions[ident]
+                cause = (decision.source, trigger_of(decision))
+                totals[cause] = totals.get(cause, 0) + count
+            recent.clear()
         self._decisions.clear()
-        return dict(blocked)
 
 
 _BLOCKED = Kind.BLOCKED
+_BLOCK = Action.BLOCK
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
@@ -173,6 +202,15 @@ class ServerCollector:
         for (source, trigger), count in sorted(self.queries.blocked_by_cause().items()):
             blocked.add_metric([source, trigger], count)
         yield blocked
+        monitored = CounterMetricFamily(
+            PREFIX + "would_block",
+            "Queries a policy in monitor mode (enable_blocking = false) let through but would"
+            " have blocked, by source and trigger",
+            labels=["source", "trigger"],
+        )
+        for (source, trigger), count in sorted(self.queries.monitored_by_cause().items()):
+            monitored.add_metric([source, trigger], count)
+        yield monitored
 
     def _cache(self) -> Iterator[Metric]:
         cache = self.parts.resolver.cache
@@ -208,7 +246,10 @@ class ServerCollector:
     def _policies(self) -> Iterator[Metric]:
         labels = ["policy", "source"]
         indicators = GaugeMetricFamily(
-            PREFIX + "indicators", "Indicators in the served snapshot", labels=labels
+            PREFIX + "indicators",
+            "Indicators in the served snapshot, by type: domain (blocks the name and below"
+            " it, from MISP domain and domain|ip) or hostname (the name alone)",
+            labels=[*labels, "type"],
         )
         last = GaugeMetricFamily(
             PREFIX + "refresh_last_success_timestamp",
@@ -223,18 +264,23 @@ class ServerCollector:
         failures = CounterMetricFamily(
             PREFIX + "refresh_failures", "Refreshes that failed since start", labels=labels
         )
+        sightings = _SightingFamilies(labels)
         for index, policy in enumerate(self.parts.policies):
             if not isinstance(policy, MispBlockingPolicy):
                 continue
             values = [policy_label(index), policy.source]
             updater = policy.updater
-            indicators.add_metric(values, len(updater.snapshot))
+            for kind, count in updater.snapshot.count_by_kind().items():
+                indicators.add_metric([*values, kind], count)
             if updater.last_success is not None:
                 last.add_metric(values, updater.last_success)
             if updater.last_duration is not None:
                 duration.add_metric(values, updater.last_duration)
             failures.add_metric(values, updater.failed_cycles)
+            if policy.sightings is not None:
+                sightings.add(values, policy.sightings)
         yield from (indicators, last, duration, failures)
+        yield from sightings.families()
         yield _counter(
             "policy_failures",
             "Queries answered SERVFAIL because a policy raised",
@@ -300,6 +346,41 @@ class ServerCollector:
         for operation, count in sorted(failures.items()):
             shortages.add_metric([operation], count)
         yield shortages
+
+
+class _SightingFamilies:
+    """The `misp_dns_sightings_*` families, one series per policy that posts sightings."""
+
+    def __init__(self, labels: list[str]) -> None:
+        self.sent = CounterMetricFamily(
+            PREFIX + "sightings_sent",
+            "Blocks MISP recorded as sightings (one per attribute per sightings_interval)",
+            labels=labels,
+        )
+        self.failed = CounterMetricFamily(
+            PREFIX + "sightings_failed",
+            "Sightings MISP refused or never got (after the retries)",
+            labels=labels,
+        )
+        self.dropped = CounterMetricFamily(
+            PREFIX + "sightings_dropped",
+            "Blocks not noted as sightings because sightings_max_pending were waiting",
+            labels=labels,
+        )
+        self.pending = GaugeMetricFamily(
+            PREFIX + "sightings_pending",
+            "Sightings noted and not yet sent to MISP",
+            labels=labels,
+        )
+
+    def add(self, values: list[str], reporter: SightingsReporter) -> None:
+        self.sent.add_metric(values, reporter.sent)
+        self.failed.add_metric(values, reporter.failed)
+        self.dropped.add_metric(values, reporter.dropped)
+        self.pending.add_metric(values, reporter.pending)
+
+    def families(self) -> Iterator[Metric]:
+        yield from (self.sent, self.failed, self.dropped, self.pending)
 
 
 def _bound(bound: float) -> str:

@@ -76,6 +76,8 @@ _LOW_WORD = 0xFFFFFFFF
 _SUBDOMAINS = 1
 _UUID_PACKED = 2  # the attribute UUID is canonical and sits in the packed UUID array
 _UUID_OTHER = 4  # the attribute UUID is some other string, kept in a small side table
+# Maps a flags byte to its subdomains bit alone, so `bytes.translate` can count them.
+_SUBDOMAIN_BIT = bytes(value & _SUBDOMAINS for value in range(256))
 
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _META_LENGTH = struct.Struct("<I")
@@ -101,6 +103,7 @@ class DomainSet:
         "_count",
         "_digest",
         "_domain_depths",
+        "_domains",
         "_event_table",
         "_events",
         "_exact_depths",
@@ -144,6 +147,7 @@ class DomainSet:
         self._count = len(flags)
         self._mask = len(table) - 1
         self._digest: str | None = None
+        self._domains: int | None = None
         self._memo: dict[int, Match] = {}
         self._ips = ips if ips is not None else IpSet.empty()
 
@@ -187,6 +191,14 @@ class DomainSet:
     def match_ip(self, address: bytes) -> IpMatch | None:
         """The most specific listed network holding `address` (4 or 16 bytes), or None."""
         return self._ips.match(address)
+
+    def count_by_kind(self) -> dict[str, int]:
+        """How many entries block their subdomains too (`domain`, from MISP's `domain` and
+        `domain|ip`) and how many their own name only (`hostname`)."""
+        if self._domains is None:
+            # One pass in C over the flags: the bytes with the subdomains bit set.
+            self._domains = len(self._flags) - self._flags.translate(_SUBDOMAIN_BIT).count(0)
+        return {"domain": self._domains, "hostname": self._count - self._domains}
 
     def match(self, name: str) -> Match | None:
         """Return the most specific entry that matches `name`, or None.

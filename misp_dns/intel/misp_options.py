@@ -23,6 +23,11 @@
     threat_levels = [1, 2, 3, 4]              # 1 high, 2 medium, 3 low, 4 undefined
     exclude_decayed = false                   # MISP leaves out what its decaying models
                                               # find decayed
+    # blocks posted back to MISP (`misp` only; see misp_dns.intel.sightings):
+    sightings = false                         # true: blocks go back to MISP as sightings
+    sightings_source = "misp-dns"             # the sightings' source in MISP
+    sightings_interval = "10m"                # one sighting per attribute per interval, 10s..1d
+    sightings_max_pending = 10000             # attributes waiting to be sent, at most
 
     [[policy]]
     type = "misp-feed"
@@ -53,7 +58,7 @@ from twisted.logger import Logger
 
 from misp_dns.intel.misp_filters import THREAT_LEVELS, MispFilters
 from misp_dns.intel.warninglist import Warninglist, WarninglistError, load_warninglist
-from misp_dns.values import BlockingOptions, ConfigError, FieldError, between
+from misp_dns.values import BlockingOptions, ConfigError, Duration, FieldError, between
 
 __all__ = ["BlockingOptions", "MispFeedOptions", "MispOptions", "readable_by_others"]
 
@@ -124,9 +129,22 @@ def _paths(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str,
             raise FieldError(attribute.name, f"entry {index} is an empty path")
 
 
+def _sighting_source(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    # MISP keeps a sighting's source, trimmed, in a 255-character column.
+    if not value.strip() or len(value.strip()) > 255 or not value.isprintable():
+        raise FieldError(
+            attribute.name, f"expected 1 to 255 printable characters, got {value[:60]!r}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class MispOptions(BlockingOptions):
-    """`[[policy]] type = "misp"`: indicators from a MISP server's REST API."""
+    """`[[policy]] type = "misp"`: indicators from a MISP server's REST API.
+
+    With `sightings`, every block (and in monitor mode every query that would have been
+    blocked) is posted back to MISP as a sighting of its indicator; see
+    `misp_dns.intel.sightings`.
+    """
 
     server_url: str = attrs.field(validator=_http_url)
     api_key: str = attrs.field(default="", repr=False)
@@ -138,6 +156,10 @@ class MispOptions(BlockingOptions):
     published_only: bool = True
     threat_levels: tuple[int, ...] = attrs.field(default=THREAT_LEVELS, validator=_threat_levels)
     exclude_decayed: bool = False
+    sightings: bool = False
+    sightings_source: str = attrs.field(default="misp-dns", validator=_sighting_source)
+    sightings_interval: Duration = attrs.field(default=Duration(600), validator=between(10, 86400))
+    sightings_max_pending: int = attrs.field(default=10_000, validator=between(1, 10_000_000))
 
     def __attrs_post_init__(self) -> None:
         if bool(self.api_key.strip()) == bool(self.api_key_file.strip()):

@@ -16,7 +16,10 @@ query from its current snapshot:
   (`ip-dst`, `ip-src`, their `|port` forms, the address half of `domain|ip`; report
   `source=misp-connector;ip=<address or range>`);
 - `enable_blocking = false` is monitor mode: nothing is blocked, and the decision still
-  reaches the query log with `"enforced": false`.
+  reaches the query log with `"enforced": false`;
+- with `sightings = true` (`misp` only), blocks are posted back to MISP as sightings by a
+  `SightingsReporter` (`misp_dns.intel.sightings`), which runs beside the updater; the
+  responder's tally hands it the blocks (`misp_dns.policy.sightings`).
 
 An installed indicator source (entry-point group `misp_dns.sources`) becomes a policy type
 of the same shape: `source_policy_type` wraps it in the same updater and policy.
@@ -35,6 +38,7 @@ import hashlib
 import os
 
 import attrs
+from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 from zope.interface import implementer
 
@@ -44,6 +48,7 @@ from misp_dns.intel.feed import MispFeedSource
 from misp_dns.intel.ipset import IpMatch
 from misp_dns.intel.misp_client import MispClient
 from misp_dns.intel.misp_options import MispFeedOptions, MispOptions
+from misp_dns.intel.sightings import SightingsReporter
 from misp_dns.intel.updater import IndicatorUpdater
 from misp_dns.interfaces import (
     TRIGGER_CNAME,
@@ -74,13 +79,23 @@ class MispBlockingPolicy:
     and, with `block_response_ips`, answers holding its listed addresses."""
 
     def __init__(
-        self, name: str, source: str, options: BlockingOptions, updater: IndicatorUpdater
+        self,
+        name: str,
+        source: str,
+        options: BlockingOptions,
+        updater: IndicatorUpdater,
+        sightings: SightingsReporter | None = None,
     ) -> None:
         self.name = name
         self.source = source
         self.options = options
         self.updater = updater
-        self.service = updater
+        self.sightings = sightings
+        self.service: IService = updater
+        if sightings is not None:
+            self.service = MultiService()
+            updater.setServiceParent(self.service)
+            sightings.setServiceParent(self.service)
         # Decisions are immutable values, remembered per query name and per matched
         # indicator of the current snapshot. A new snapshot starts afresh, but a decision
         # equal to one of the previous snapshot is that same object again: a refresh that
@@ -171,6 +186,19 @@ class MispBlockingPolicy:
             by_indicator[match.name] = decision
         return decision
 
+    def made(self, decision: Decision) -> bool:
+        """True when `decision` is one this policy gives, for its current snapshot (or,
+        as the same object, for the one before): which policy of a chain blocked a query."""
+        if decision.source != self.source:
+            return False
+        indicator = decision.indicator
+        if self._by_indicator.get(indicator) is decision or (
+            self._previous.get(indicator) is decision
+        ):
+            return True
+        match = self.updater.snapshot.match(indicator)
+        return match is not None and match.name == indicator and self.decision(match) == decision
+
     def decision(self, match: Match) -> Decision:
         """The decision for a matched indicator, with what the answer and the log need."""
         options = self.options
@@ -233,6 +261,7 @@ def _policy(
     context: BuildContext,
     location: str,
     label: str,
+    sightings: SightingsReporter | None = None,
 ) -> MispBlockingPolicy:
     updater = IndicatorUpdater(
         label,
@@ -244,14 +273,19 @@ def _policy(
         enforcing=options.enable_blocking,
         response_ips=options.block_response_ips,
     )
-    return MispBlockingPolicy(name, source, options, updater)
+    return MispBlockingPolicy(name, source, options, updater, sightings)
 
 
 def _build_misp(options: MispOptions, context: BuildContext) -> MispBlockingPolicy:
     http = make_http_client(context.reactor, verify_tls=not options.disable_tls_validation)
     client = MispClient.from_options(options, http, context.reactor)
     location = options.server_url
-    return _policy("misp", MISP_SOURCE, options, client, context, location, f"misp {location}")
+    sightings = None
+    if options.sightings:
+        sightings = SightingsReporter.from_options(options, client.api_key, http, context.reactor)
+    return _policy(
+        "misp", MISP_SOURCE, options, client, context, location, f"misp {location}", sightings
+    )
 
 
 def _build_feed(options: MispFeedOptions, context: BuildContext) -> MispBlockingPolicy:

@@ -2,11 +2,12 @@
 
 A process has one reactor, so the stand-in runs in its own Python process: this module is
 also its program (see `helper_process`). It serves `misp_dns.testing.FakeMisp` (MISP's
-`/attributes/restSearch`, auth, paging, faults) on 127.0.0.1 with `twisted.web`:
+`/attributes/restSearch` and `/sightings/add`, auth, paging, faults) on 127.0.0.1 with
+`twisted.web`:
 
     cd tests && python -m integration.misp_stand_in --port-file F [--port N] [--api-key K]
         [--feed DIR] [--attributes FILE] [--feed-http DIR] [--tls-pem FILE]
-        [--warninglist FILE ...]
+        [--warninglist FILE ...] [--openapi FILE]
 
 `--feed` loads a MISP feed directory (the real data), `--attributes` a JSON list of
 `FakeMisp.add_attribute` keyword arguments (an `"event"` among them is an object of
@@ -25,8 +26,16 @@ fetches:
   `"echo_key"`: when true, a refused key is echoed in the 403 message (a careless proxy);
   `"hide_after_limit"`: values dropped after the page limit, as MISP's warninglists do;
   `"ignore_filters"`: restSearch filters to ignore from now on, as an older MISP would;
-  `"feed_files"`: `{name: text}` replacing files of the `--feed-http` feed.
-- `GET /_stand_in/requests`: every MISP and feed request so far: time, path, status, page.
+  `"feed_files"`: `{name: text}` replacing files of the `--feed-http` feed;
+  `"can_sight"`: false takes the sighting permission from the key (MISP answers 403).
+- `GET /_stand_in/requests`: every MISP and feed request so far: time, path, status, page,
+  and for `/sightings/add` its JSON `body` and the `problems` found in it.
+- `GET /_stand_in/sightings`: the sightings recorded (`FakeMisp.sightings`).
+
+`--openapi FILE` (MISP's OpenAPI description, `openapi_check.SPEC`) checks every
+`/sightings/add` against it: the API key's header, the content type and the body's schema.
+A request that breaks it is answered 400 with the problems, and they are kept in its entry,
+so a test fails on a body MISP's own description does not allow.
 
 `--tls-pem FILE` (a private key and its certificate) serves HTTPS instead of HTTP.
 
@@ -78,6 +87,8 @@ __all__ = [
 
 _CONTROL = b"/_stand_in/control"
 _REQUESTS = b"/_stand_in/requests"
+_SIGHTINGS = b"/_stand_in/sightings"
+_SIGHTINGS_ADD = b"/sightings/add"
 _FEED_PREFIX = b"/feed/"
 _SERVER_NAME = "dns.test.example"
 
@@ -118,8 +129,9 @@ def _add_attribute(misp: Any, spec: Mapping[str, Any], events: dict[str, Any]) -
     misp.add_attribute(**spec)
 
 
-def _make_root(misp: Any, feed: Any, events: dict[str, Any]) -> Any:
-    """The site's single resource: control endpoints, the feed, and the fake MISP."""
+def _make_root(misp: Any, feed: Any, events: dict[str, Any], openapi: Any = None) -> Any:
+    """The site's single resource: control endpoints, the feed, and the fake MISP (its
+    `/sightings/add` checked against `openapi`, a `MispOpenApi`, when given)."""
     from twisted.web.resource import Resource
     from twisted.web.server import NOT_DONE_YET
 
@@ -137,6 +149,8 @@ def _make_root(misp: Any, feed: Any, events: dict[str, Any]) -> Any:
                 return self._control(request)
             if path == _REQUESTS:
                 return self._reply(request, 200, {"requests": self.seen})
+            if path == _SIGHTINGS:
+                return self._reply(request, 200, {"sightings": misp.sightings})
             if feed is not None and path.startswith(_FEED_PREFIX):
                 entry = {"time": time.time(), "path": path.decode(), "page": None}
                 self.seen.append(entry)
@@ -160,9 +174,31 @@ def _make_root(misp: Any, feed: Any, events: dict[str, Any]) -> Any:
                 message = f"Authentication failed for key {presented}"
                 payload = {"name": message, "message": message, "url": "/attributes/restSearch"}
                 return self._reply(request, 403, payload)
+            if request.path == _SIGHTINGS_ADD and openapi is not None:
+                problems = self._check_sighting(request, body, entry)
+                if problems:
+                    entry["status"] = 400
+                    message = "not as MISP's OpenAPI description says: " + "; ".join(problems)
+                    payload = {"name": message, "message": message, "url": "/sightings/add"}
+                    return self._reply(request, 400, payload)
             result = misp.render(request)
             entry["status"] = None if result is NOT_DONE_YET else request.code
             return result
+
+        @staticmethod
+        def _check_sighting(request: Any, body: bytes, entry: dict[str, Any]) -> list[str]:
+            headers = {
+                name.decode("latin-1").lower(): values[-1].decode("latin-1")
+                for name, values in request.requestHeaders.getAllRawHeaders()
+            }
+            try:
+                decoded = json.loads(body)
+            except ValueError:
+                entry["problems"] = ["the body is not JSON"]
+                return list(entry["problems"])
+            entry["body"] = decoded
+            entry["problems"] = openapi.request_problems("/sightings/add", headers, decoded)
+            return list(entry["problems"])
 
         def _control(self, request: Any) -> bytes:
             command = json.loads(request.content.read() or b"{}")
@@ -182,6 +218,8 @@ def _make_root(misp: Any, feed: Any, events: dict[str, Any]) -> Any:
                 misp.ignored_filters = set(command["ignore_filters"])
             for name, text in command.get("feed_files", {}).items():
                 feed.files[name] = text.encode()
+            if "can_sight" in command:
+                misp.can_sight = bool(command["can_sight"])
             return self._reply(request, 200, {"attributes": len(misp.attributes)})
 
         @staticmethod
@@ -204,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--feed-http")
     parser.add_argument("--tls-pem", help="serve HTTPS with this key and certificate (PEM)")
     parser.add_argument("--warninglist", action="append", default=[])
+    parser.add_argument("--openapi", help="check /sightings/add against this OpenAPI file")
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
@@ -223,7 +262,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         for spec in json.loads(Path(args.attributes).read_text()):
             _add_attribute(misp, spec, events)
     feed = FakeFeed.from_directory(args.feed_http) if args.feed_http else None
-    site = Site(_make_root(misp, feed, events))
+    openapi = None
+    if args.openapi:
+        from .openapi_check import MispOpenApi
+
+        openapi = MispOpenApi.load(Path(args.openapi))
+    site = Site(_make_root(misp, feed, events, openapi))
     site.noisy = False
     if args.tls_pem:
         from twisted.internet import ssl
@@ -258,6 +302,7 @@ class MispStandIn(HelperProcess):
         feed_http: Path | None = None,
         tls_pem: Path | None = None,
         warninglists: Sequence[Path] = (),
+        openapi: Path | None = None,
     ) -> None:
         super().__init__(workdir, "stand-in.log")
         self.api_key = api_key
@@ -265,6 +310,7 @@ class MispStandIn(HelperProcess):
         self.feed_http = feed_http
         self.tls_pem = tls_pem
         self.warninglists = list(warninglists)
+        self.openapi = openapi
         self.attributes_path = workdir / "stand-in-attributes.json"
         self.attributes_path.write_text(json.dumps(list(attributes)))
         self.port = 0
@@ -289,6 +335,7 @@ class MispStandIn(HelperProcess):
             ("--feed", self.feed),
             ("--feed-http", self.feed_http),
             ("--tls-pem", self.tls_pem),
+            ("--openapi", self.openapi),
         ):
             if path is not None:
                 arguments += [option, str(path)]
@@ -297,8 +344,14 @@ class MispStandIn(HelperProcess):
         self.port = int(self._launch("misp_stand_in", arguments, timeout))
 
     def requests(self) -> list[dict[str, Any]]:
-        """Every MISP and feed request so far: {"time", "path", "page", "status"}."""
+        """Every MISP and feed request so far: {"time", "path", "page", "status"}, and
+        for a sighting its "body" and "problems"."""
         return self._requests()
+
+    def sightings(self) -> list[dict[str, str]]:
+        """The sightings the stand-in recorded, as MISP holds them."""
+        found: list[dict[str, str]] = self._call(_SIGHTINGS.decode(), None)["sightings"]
+        return found
 
     def _tls_context(self) -> ssl.SSLContext | None:
         # Only the test talks to this endpoint, over loopback, to its own self-signed server.

@@ -150,7 +150,8 @@ def test_metrics_count_what_the_server_answered(served: tuple[MispDnsProcess, Ad
     assert grew(sample("misp_dns_upstream_seconds_count")) == 1
     assert grew(sample("misp_dns_cache_hits_total")) >= 1
     labels = {"policy": "policy[0]", "source": "misp-feed"}
-    assert after[sample("misp_dns_indicators", **labels)] > 50
+    assert after[sample("misp_dns_indicators", type="domain", **labels)] > 50
+    assert sample("misp_dns_indicators", type="hostname", **labels) in after
     last = after[sample("misp_dns_refresh_last_success_timestamp", **labels)]
     assert time.time() - 300 < last <= time.time()
 
