@@ -106,7 +106,8 @@ class ThrowawayRoot:
     ) -> list[str]:
         """The command line that runs `argv` inside, as root or as `user` with only the
         ambient `capabilities` (names such as "net_bind_service") and `umask`."""
-        assert self._holder is not None
+        # A dead holder's pid may name another process, whose root is this machine's.
+        assert self._holder is not None and self._holder.poll() is None, "the holder is gone"
         inside = list(argv)
         if umask is not None:
             inside = ["sh", "-c", f'umask {umask} && exec "$@"', "sh", *inside]
