@@ -1,4 +1,5 @@
-# The two commands of the README's quick start: `make run` and `make test`.
+# The two commands of the README's quick start: `make run` and `make test`; `make deb` builds
+# the Debian package (dist/misp-dns_<version>_<arch>.deb, see packaging/deb/).
 # Everything they need is set up here, so a fresh clone works with nothing else done by hand.
 # `make test` (what CI runs) = lint + typecheck + unit + integration; `make unit` alone needs
 # no Debian tools and starts no programs.
@@ -9,9 +10,18 @@ BIN := $(VENV)/bin
 CONFIG ?= etc/misp-dns.toml
 # Debian packages the integration tests and benchmarks drive: command -> package.
 DEBIAN_TOOLS := unbound:unbound dig:dnsutils dnsperf:dnsperf rsyslogd:rsyslog logrotate:logrotate \
-	nsd:nsd ldns-keygen:ldnsutils ldns-signzone:ldnsutils
+	nsd:nsd ldns-keygen:ldnsutils ldns-signzone:ldnsutils \
+	dpkg-deb:dpkg adduser:adduser unshare:util-linux nsenter:util-linux setpriv:util-linux
+# Debian packages without a command of their own: the venv module of the Debian Python that
+# the .deb's virtualenv is made with.
+DEBIAN_PACKAGES := python3-venv
+# What `make deb` alone needs.
+DEB_BUILD_TOOLS := dpkg-deb:dpkg unshare:util-linux
+# The Debian package: its interpreter and dpkg-deb's compression (zstd is fast, xz smallest).
+DEB_PYTHON ?= /usr/bin/python3
+DEB_COMPRESSION ?= zstd
 
-.PHONY: run test lint typecheck unit integration check-config tools bench clean
+.PHONY: run test lint typecheck unit integration check-config tools bench deb clean
 
 # var/ holds what etc/misp-dns.toml writes: the indicator snapshots and the query log.
 run: $(VENV)/.installed
@@ -43,6 +53,12 @@ integration: $(VENV)/.installed-test tools
 bench: $(VENV)/.installed-test tools
 	$(BIN)/python bench/run.py
 
+# The .deb holds a virtualenv at /opt/misp-dns made with pip from the package index, so it
+# needs no venv of the checkout (the integration tests build it the same way).
+deb:
+	@$(MAKE) --no-print-directory tools DEBIAN_TOOLS="$(DEB_BUILD_TOOLS)"
+	$(DEB_PYTHON) packaging/deb/build.py --out dist --python $(DEB_PYTHON) --compression $(DEB_COMPRESSION)
+
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
@@ -65,10 +81,13 @@ tools:
 	for pair in $(DEBIAN_TOOLS); do \
 		command -v $${pair%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair##*:}"; \
 	done; \
+	for package in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$package"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis twisted/plugins/dropin.cache
+	rm -rf $(VENV) var dist .pytest_cache .mypy_cache .ruff_cache .hypothesis twisted/plugins/dropin.cache

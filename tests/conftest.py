@@ -77,6 +77,11 @@ _PACKAGES = {
     "nsd": "nsd",
     "ldns-keygen": "ldnsutils",
     "ldns-signzone": "ldnsutils",
+    "dpkg-deb": "dpkg",
+    "adduser": "adduser",
+    "unshare": "util-linux",
+    "nsenter": "util-linux",
+    "setpriv": "util-linux",
 }
 
 

@@ -248,6 +248,8 @@ def test_an_altered_echo_of_the_key_never_comes_out(echo: str, status: int) -> N
     texts = _fetch_collecting(fake, [1, 2, 4, 60, 60])
     assert [text for text in texts if leaked(text)] == []
     assert any("<api key>" in text for text in texts)
+
+
 @given(
     before=st.integers(0, 420),
     after=st.integers(0, 40),
