@@ -44,7 +44,8 @@ URL = "https://misp.test"
 NOW = 1_700_000_000.0
 EVIL_UUID = "5e9c35b9-5e5c-4221-9e27-313127fc1f02"
 BAD_UUID = "6a9c35b9-5e5c-4221-9e27-313127fc1f03"
-UUIDS = {"evil.example": EVIL_UUID, "bad.example": BAD_UUID}
+IP_UUID = "7b9c35b9-5e5c-4221-9e27-313127fc1f04"
+UUIDS = {"evil.example": EVIL_UUID, "bad.example": BAD_UUID, "192.0.2.7": IP_UUID}
 
 needs_spec = unless_present(SPEC, "MISP's OpenAPI description in ../shared/data")
 
@@ -285,13 +286,20 @@ class Server:
     top: Any
     policies: list[IPolicy]
 
-    def ask(self, name: str, transport: str = "udp") -> dns.message.Message:
-        """Ask for `name`; names not blocked are answered from the cache (see `cache`)."""
+    def ask(
+        self, name: str, transport: str = "udp", cname: str | None = None
+    ) -> dns.message.Message:
+        """Ask for `name`; names not blocked are answered from the cache with an A record of
+        192.0.2.7, reached through a CNAME to `cname` when given."""
         parts = self.top.getServiceNamed("admin").api.parts
         labels = b"".join(bytes([len(x)]) + x.encode() for x in name.split(".")) + b"\0"
-        record = tdns.RRHeader(name.encode(), tdns.A, tdns.IN, 300, tdns.Record_A("192.0.2.7"))
+        owner = name if cname is None else cname
+        records = [tdns.RRHeader(owner.encode(), tdns.A, tdns.IN, 300, tdns.Record_A("192.0.2.7"))]
+        if cname is not None:
+            alias = tdns.Record_CNAME(cname.encode())
+            records.insert(0, tdns.RRHeader(name.encode(), tdns.CNAME, tdns.IN, 300, alias))
         parts.resolver.cache.put(
-            (labels, tdns.A, tdns.IN, False, 0), Answer(tdns.OK, answers=(record,))
+            (labels, tdns.A, tdns.IN, False, 0), Answer(tdns.OK, answers=tuple(records))
         )
         responder = parts.responder
         wire = dns.message.make_query(name, "A").to_wire()
@@ -305,10 +313,12 @@ def misp_policy(
     reactor: MemoryReactorClock,
     values: list[str],
     reporter: SightingsReporter | None,
+    kind: str = "domain",
     **options: Any,
 ) -> MispBlockingPolicy:
-    """A MISP policy blocking `values` (attribute uuids from UUIDS) with `reporter`."""
-    indicators = [RawIndicator(v, "domain", attribute_uuid=UUIDS[v]) for v in values]
+    """A MISP policy blocking `values` (attributes of type `kind`, uuids from UUIDS) with
+    `reporter`."""
+    indicators = [RawIndicator(v, kind, attribute_uuid=UUIDS[v]) for v in values]
     updater = IndicatorUpdater(
         MISP_SOURCE,
         MemoryIndicatorSource(indicators),
@@ -317,6 +327,7 @@ def misp_policy(
         max_age=15 * 86400,
         state_path=None,
         run_in_thread=inline,
+        response_ips=options.get("block_response_ips", False),
     )
     settings = MispOptions(server_url=URL, api_key=KEY, **options)
     policy = MispBlockingPolicy("misp", MISP_SOURCE, settings, updater, reporter)
@@ -369,6 +380,28 @@ def test_blocks_reach_the_reporter_of_the_policy_that_blocked() -> None:
     test.ask("www.example.com")
     assert reporters[0].noted == [("evil.example", EVIL_UUID)] * 2
     assert reporters[1].noted == [("bad.example", BAD_UUID)]
+
+
+def test_blocks_by_cname_chain_and_response_ip_are_sighted() -> None:
+    """An answer blocked because its CNAME chain reaches a listed name, or because it holds
+    a listed address (`block_response_ips`), is a sighting of that name or address: the
+    indicator fired as much as when it is asked for by name."""
+    reporters: list[NotingReporter] = []
+
+    def policies(reactor: MemoryReactorClock) -> list[IPolicy]:
+        reporters.extend([NotingReporter(reactor), NotingReporter(reactor)])
+        return [
+            misp_policy(reactor, ["evil.example"], reporters[0]),
+            misp_policy(
+                reactor, ["192.0.2.7"], reporters[1], kind="ip-dst", block_response_ips=True
+            ),
+        ]
+
+    test = server(policies)
+    assert test.ask("www.innocent.example", cname="evil.example").rcode() == dns.rcode.NXDOMAIN
+    assert test.ask("plain.example").rcode() == dns.rcode.NXDOMAIN
+    assert reporters[0].noted == [("evil.example", EVIL_UUID)]
+    assert reporters[1].noted == [("192.0.2.7", IP_UUID)]
 
 
 def test_monitor_mode_blocks_are_sighted_too() -> None:

@@ -35,6 +35,7 @@ Every option is described in `misp_dns.intel.misp_options`. Example:
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 
 import attrs
@@ -196,8 +197,15 @@ class MispBlockingPolicy:
             self._previous.get(indicator) is decision
         ):
             return True
-        match = self.updater.snapshot.match(indicator)
-        return match is not None and match.name == indicator and self.decision(match) == decision
+        snapshot = self.updater.snapshot
+        if decision.trigger == TRIGGER_IP:
+            found = snapshot.match_ip(_first_address(indicator))
+            return found is not None and self.address_decision(found) == decision
+        match = snapshot.match(indicator)
+        if match is None or match.name != indicator:
+            return False
+        made = self.chain_decision(match) if decision.trigger == TRIGGER_CNAME else None
+        return (made or self.decision(match)) == decision
 
     def decision(self, match: Match) -> Decision:
         """The decision for a matched indicator, with what the answer and the log need."""
@@ -243,6 +251,11 @@ def snapshot_path(state_dir: str, kind: str, location: str) -> str:
     """Where the snapshot of one source lives: one file per source, named by its location."""
     digest = hashlib.sha256(location.encode("utf-8")).hexdigest()[:16]
     return os.path.join(state_dir, f"{kind}-{digest}.snapshot")
+
+
+def _first_address(network: str) -> bytes:
+    """The packed first address of `network` as an `IpMatch` writes it ("192.0.2.0/24")."""
+    return ipaddress.ip_network(network, strict=False).network_address.packed
 
 
 def _duration(seconds: float) -> str:
