@@ -45,9 +45,9 @@ from misp_dns.export.record import (
     is_blocking,
     rcode_name,
     rdata_text,
-    type_name,
 )
 from misp_dns.interfaces import Action, Decision, Provenance
+from misp_dns.qtypes import qtype_name
 
 
 def written(event: QueryEvent) -> Any:
@@ -286,10 +286,10 @@ def test_ede_type_and_class_names() -> None:
     assert ede_name(17) == "Filtered"
     assert ede_name(3) == "Stale Answer"
     assert ede_name(999) == "EDE999"
-    assert type_name(1) == "A"
-    assert type_name(65) == "HTTPS"
-    assert type_name(255) == "ANY"
-    assert type_name(65280) == "TYPE65280"
+    assert qtype_name(1) == "A"
+    assert qtype_name(65) == "HTTPS"
+    assert qtype_name(255) == "ANY"
+    assert qtype_name(65280) == "TYPE65280"
     assert class_name(1) == "IN"
     assert class_name(3) == "CH"
     assert class_name(7) == "CLASS7"

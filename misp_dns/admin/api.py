@@ -27,12 +27,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from misp_dns import __version__
-from misp_dns.admin.qtypes import qtype_name
 from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.server import DNSStreamFactory, Responder
 from misp_dns.export.exporter import ExporterService
 from misp_dns.interfaces import Action, Decision, IPolicy, PolicyQuery
 from misp_dns.policy.misp import MispBlockingPolicy
+from misp_dns.qtypes import qtype_name
 
 __all__ = [
     "AdminApi",

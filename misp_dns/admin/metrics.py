@@ -59,11 +59,11 @@ from prometheus_client.registry import CollectorRegistry
 
 from misp_dns import __version__
 from misp_dns.admin.api import ServerParts, policy_label, trigger_of
-from misp_dns.admin.qtypes import qtype_label
 from misp_dns.event import Answer, Kind
 from misp_dns.intel.sightings import SightingsReporter
 from misp_dns.interfaces import Action, Decision
 from misp_dns.policy.misp import MispBlockingPolicy
+from misp_dns.qtypes import qtype_label
 
 __all__ = ["QueryCounter", "ServerCollector", "make_registry"]
 

@@ -31,7 +31,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from misp_dns.admin.api import AdminApi, NoSuchPolicy, ServerParts, query_name
 from misp_dns.admin.metrics import QueryCounter, make_registry
-from misp_dns.admin.qtypes import qtype_from_text
+from misp_dns.qtypes import qtype_from_text
 from misp_dns.values import AdminConfig, ConfigError, HostPort
 
 __all__ = ["AdminResource", "AdminService", "AdminSite", "read_token"]

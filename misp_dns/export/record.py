@@ -54,6 +54,7 @@ from twisted.names import dns
 
 from misp_dns.event import Kind
 from misp_dns.interfaces import TRIGGER_IP, Action, Decision
+from misp_dns.qtypes import qtype_name
 
 if TYPE_CHECKING:
     from misp_dns.event import PacketBody, QueryEvent
@@ -70,7 +71,6 @@ __all__ = [
     "is_blocking",
     "rcode_name",
     "rdata_text",
-    "type_name",
 ]
 
 #: Extended DNS Error INFO-CODE names (RFC 8914 section 4 and the IANA registry).
@@ -132,56 +132,6 @@ _RCODE_NAMES: Mapping[int, str] = {
     23: "BADCOOKIE",
 }
 
-# IANA mnemonics of record types (RFC 3597 `TYPE<n>` for the rest).
-_TYPE_NAMES: Mapping[int, str] = {
-    **{code: name for code, name in dns.QUERY_TYPES.items() if code != 41},
-    19: "X25",
-    20: "ISDN",
-    21: "RT",
-    22: "NSAP",
-    23: "NSAP-PTR",
-    24: "SIG",
-    25: "KEY",
-    26: "PX",
-    27: "GPOS",
-    29: "LOC",
-    30: "NXT",
-    34: "ATMA",
-    36: "KX",
-    37: "CERT",
-    40: "SINK",
-    41: "OPT",
-    42: "APL",
-    43: "DS",
-    45: "IPSECKEY",
-    46: "RRSIG",
-    47: "NSEC",
-    48: "DNSKEY",
-    49: "DHCID",
-    50: "NSEC3",
-    51: "NSEC3PARAM",
-    52: "TLSA",
-    53: "SMIMEA",
-    55: "HIP",
-    59: "CDS",
-    60: "CDNSKEY",
-    61: "OPENPGPKEY",
-    62: "CSYNC",
-    63: "ZONEMD",
-    64: "SVCB",
-    65: "HTTPS",
-    108: "EUI48",
-    109: "EUI64",
-    251: "IXFR",
-    252: "AXFR",
-    253: "MAILB",
-    254: "MAILA",
-    255: "ANY",
-    256: "URI",
-    257: "CAA",
-    32768: "TA",
-    32769: "DLV",
-}
 
 _CLASS_NAMES: Mapping[int, str] = {1: "IN", 3: "CH", 4: "HS", 254: "NONE", 255: "ANY"}
 
@@ -224,11 +174,6 @@ class QueryRecord(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"QueryRecord({self.line})"
-
-
-def type_name(code: int) -> str:
-    """The mnemonic of a record type: "A", "HTTPS", or "TYPE<n>" (RFC 3597)."""
-    return _TYPE_NAMES.get(code) or f"TYPE{code}"
 
 
 def class_name(code: int) -> str:
@@ -355,7 +300,7 @@ def _rrsig(data: bytes) -> str:
     signer, end = _read_name(data, 18)
     stamp = "%Y%m%d%H%M%S"
     return (
-        f"{type_name(covered)} {algorithm} {labels} {ttl}"
+        f"{qtype_name(covered)} {algorithm} {labels} {ttl}"
         f" {time.strftime(stamp, time.gmtime(expiration))}"
         f" {time.strftime(stamp, time.gmtime(inception))}"
         f" {key_tag} {signer} {_b64(data[end:])}"
@@ -454,7 +399,7 @@ def rdata_text(record: dns.RRHeader) -> str:
 def _answer(record: dns.RRHeader, status: str, age: int) -> dict[str, Any]:
     return {
         "name": _owner(record.name.name),
-        "recordType": type_name(record.type),
+        "recordType": qtype_name(record.type),
         "recordClass": class_name(record.cls),
         "recordTtl": max(0, record.ttl - age) if age else record.ttl,
         "recordData": rdata_text(record),
@@ -642,7 +587,7 @@ class RecordEncoder:
     def _question_json(self, event: QueryEvent) -> str:
         question = {
             "questionName": _question_name(event.question),
-            "questionType": type_name(event.qtype),
+            "questionType": qtype_name(event.qtype),
             "questionClass": class_name(event.qclass),
         }
         return self._remember(self._questions, event.question, _dumps(question))

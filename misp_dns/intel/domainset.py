@@ -56,6 +56,7 @@ import attrs
 
 from misp_dns.intel.indicator import BlockEntry, IpEntry
 from misp_dns.intel.ipset import IpMatch, IpSet, IpSetBuilder
+from misp_dns.intel.packed import array_from_little_endian, little_endian
 from misp_dns.interfaces import Provenance
 
 __all__ = ["FORMAT_VERSION", "DomainSet", "DomainSetBuilder", "Match"]
@@ -326,12 +327,12 @@ class DomainSet:
         pieces: list[Any] = [
             _META_LENGTH.pack(len(meta)),
             meta,
-            _little_endian(self._offsets),
-            _little_endian(self._events),
+            little_endian(self._offsets),
+            little_endian(self._events),
             self._flags,
             self._uuids,
             self._names,
-            _little_endian(self._table),
+            little_endian(self._table),
         ]
         return [memoryview(piece).cast("B") for piece in pieces] + ips
 
@@ -359,22 +360,6 @@ class DomainSet:
             raise ValueError(f"malformed domain set: {error!r}") from error
 
 
-def _little_endian(values: array[int]) -> array[int]:
-    if sys.byteorder == "little":
-        return values
-    swapped = array(values.typecode, values)  # pragma: no cover - big-endian hosts only
-    swapped.byteswap()  # pragma: no cover
-    return swapped  # pragma: no cover
-
-
-def _array(typecode: str, data: memoryview) -> array[int]:
-    values = array(typecode)
-    values.frombytes(data)
-    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts only
-        values.byteswap()
-    return values
-
-
 def _parse(data: memoryview) -> DomainSet:
     (meta_length,) = _META_LENGTH.unpack_from(data, 0)
     position = _META_LENGTH.size
@@ -400,9 +385,9 @@ def _parse(data: memoryview) -> DomainSet:
     for size in sizes:
         pieces.append(data[position : position + size])
         position += size
-    offsets = _array(_U32, pieces[0])
-    events = _array(_U32, pieces[1])
-    table = _array(_U64, pieces[5])
+    offsets = array_from_little_endian(_U32, pieces[0])
+    events = array_from_little_endian(_U32, pieces[1])
+    table = array_from_little_endian(_U64, pieces[5])
     names = bytes(pieces[4])
     if not names.isascii():
         raise ValueError("malformed domain set: names are not ASCII")

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import re
 import struct
-import sys
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
@@ -45,6 +44,7 @@ from typing import Any
 import attrs
 
 from misp_dns.intel.indicator import IpEntry
+from misp_dns.intel.packed import array_from_little_endian, little_endian
 from misp_dns.interfaces import Provenance
 
 __all__ = ["IpMatch", "IpSet", "IpSetBuilder"]
@@ -259,10 +259,10 @@ class IpSet:
         pieces: list[Any] = [
             _META_LENGTH.pack(len(meta)),
             meta,
-            _little_endian(self._starts4),
-            _little_endian(self._high),
-            _little_endian(self._low),
-            _little_endian(self._events),
+            little_endian(self._starts4),
+            little_endian(self._high),
+            little_endian(self._low),
+            little_endian(self._events),
             self._uuids,
         ]
         return [memoryview(piece).cast("B") for piece in pieces]
@@ -283,22 +283,6 @@ def _length_at(runs: tuple[_Run, ...], position: int) -> int:
         if begin <= position < end:
             return length
     raise IndexError(position)  # pragma: no cover - positions come from the runs
-
-
-def _little_endian(values: array[int]) -> array[int]:
-    if sys.byteorder == "little":
-        return values
-    swapped = array(values.typecode, values)  # pragma: no cover - big-endian hosts only
-    swapped.byteswap()  # pragma: no cover
-    return swapped  # pragma: no cover
-
-
-def _array(typecode: str, data: memoryview) -> array[int]:
-    values = array(typecode)
-    values.frombytes(data)
-    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts only
-        values.byteswap()
-    return values
 
 
 def _runs(items: object, count: int, bits: int) -> tuple[_Run, ...]:
@@ -356,13 +340,13 @@ def _parse(data: memoryview) -> IpSet:
     for size in sizes:
         pieces.append(data[position : position + size])
         position += size
-    events = _array(_U32, pieces[3])
+    events = array_from_little_endian(_U32, pieces[3])
     if count and max(events) >= len(event_table):
         raise ValueError("malformed IP set: event index out of range")
     return IpSet(
-        starts4=_array(_U32, pieces[0]),
-        high=_array(_U64, pieces[1]),
-        low=_array(_U64, pieces[2]),
+        starts4=array_from_little_endian(_U32, pieces[0]),
+        high=array_from_little_endian(_U64, pieces[1]),
+        low=array_from_little_endian(_U64, pieces[2]),
         runs4=runs4,
         runs6=runs6,
         events=events,

@@ -1,39 +1,42 @@
-"""Names of DNS query types, for metric labels and for the TYPE argument of `explain`.
+"""Names of DNS record types: the query log's `questionType`/`recordType`, metric labels, and
+the TYPE argument of `explain`.
 
-Twisted's table lacks most types in use today (HTTPS, SVCB, DS, CAA, ...), so the common ones
-are listed here from the IANA registry. Metrics label any other type `other`, so that a
-client sending random types cannot grow the number of series without bound.
+Twisted's table lacks most types in use today (HTTPS, SVCB, DS, CAA, ...), so the rest are
+listed here from the IANA registry. Metrics label a type not listed `other`, so that a client
+sending random types cannot grow the number of series without bound.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+
+from twisted.names import dns
 
 __all__ = ["OTHER", "QTYPE_NAMES", "qtype_from_text", "qtype_label", "qtype_name"]
 
 OTHER = "other"
 
-QTYPE_NAMES: dict[int, str] = {
-    1: "A",
-    2: "NS",
-    5: "CNAME",
-    6: "SOA",
-    12: "PTR",
-    13: "HINFO",
-    15: "MX",
-    16: "TXT",
-    17: "RP",
-    18: "AFSDB",
+# IANA mnemonics of record types (RFC 3597 `TYPE<n>` for the rest).
+QTYPE_NAMES: Mapping[int, str] = {
+    **{code: name for code, name in dns.QUERY_TYPES.items() if code != 41},
+    19: "X25",
+    20: "ISDN",
+    21: "RT",
+    22: "NSAP",
+    23: "NSAP-PTR",
     24: "SIG",
     25: "KEY",
-    28: "AAAA",
+    26: "PX",
+    27: "GPOS",
     29: "LOC",
-    33: "SRV",
-    35: "NAPTR",
+    30: "NXT",
+    34: "ATMA",
     36: "KX",
     37: "CERT",
-    39: "DNAME",
+    40: "SINK",
+    41: "OPT",
     42: "APL",
     43: "DS",
-    44: "SSHFP",
     45: "IPSECKEY",
     46: "RRSIG",
     47: "NSEC",
@@ -51,14 +54,17 @@ QTYPE_NAMES: dict[int, str] = {
     63: "ZONEMD",
     64: "SVCB",
     65: "HTTPS",
-    99: "SPF",
-    249: "TKEY",
-    250: "TSIG",
+    108: "EUI48",
+    109: "EUI64",
     251: "IXFR",
     252: "AXFR",
+    253: "MAILB",
+    254: "MAILA",
     255: "ANY",
     256: "URI",
     257: "CAA",
+    32768: "TA",
+    32769: "DLV",
 }
 
 _BY_NAME = {name: number for number, name in QTYPE_NAMES.items()}
