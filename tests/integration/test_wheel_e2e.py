@@ -31,7 +31,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert built.returncode == 0, built.stderr
     (wheel,) = folder.glob("misp_dns-*.whl")
     prefix = folder / "prefix"
-    install = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q"]
+    # --ignore-installed: without it pip uninstalls the misp-dns of the environment running
+    # the tests (an editable install) before it installs into the prefix, and every later
+    # test starting twistd then finds no misp-dns.
+    install = [
+        sys.executable,
+        *("-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q"),
+    ]
     done = subprocess.run(
         [*install, "--prefix", str(prefix), str(wheel)],
         capture_output=True,
@@ -39,6 +45,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+    still = subprocess.run(
+        [sys.executable, "-m", "pip", "show", "-q", "misp-dns"], capture_output=True, timeout=60
+    )
+    assert still.returncode == 0, "installing the wheel elsewhere removed this env's misp-dns"
     return prefix
 
 
