@@ -68,15 +68,13 @@ class Answer:
 
 
 def copy_with_ttl(record: dns.RRHeader, ttl: int) -> dns.RRHeader:
-    """The same record with another TTL (the payload object is shared, never changed)."""
-    return dns.RRHeader(
-        name=record.name.name,
-        type=record.type,
-        cls=record.cls,
-        ttl=ttl,
-        payload=record.payload,
-        auth=record.auth,
+    """The same record with another TTL (the name and payload objects are shared, never
+    changed: a name made again from its text would lose an `ExactName`'s labels)."""
+    copy = dns.RRHeader(
+        type=record.type, cls=record.cls, ttl=ttl, payload=record.payload, auth=record.auth
     )
+    copy.name = record.name
+    return copy
 
 
 @attrs.define(eq=False)

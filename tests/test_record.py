@@ -13,6 +13,7 @@ from xml.etree import ElementTree
 
 import attrs
 import dns.message
+import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
@@ -35,6 +36,7 @@ from twisted.names import dns as tdns
 
 import misp_dns.export.record as record_module
 from misp_dns.dns.cache import AnswerCache
+from misp_dns.dns.wire import parse_message
 from misp_dns.event import Answer, Kind, QueryEvent
 from misp_dns.export.record import (
     MAX_RECORD_BYTES,
@@ -383,6 +385,33 @@ def test_question_name_with_a_dot_inside_a_label_is_escaped() -> None:
     write it, `a\\.b.example`, not as the three-label `a.b.example`."""
     event = blocked_event("A\\.b.Example")
     assert written(event)["question"]["questionName"] == "a\\.b.example"
+
+
+_ODD_NAME_CASES = [
+    ("CNAME", "a\\.b.diff.test."),
+    ("SOA", "m\\.n.diff.test. back\\\\slash.diff.test. 1 2 3 4 5"),
+    ("MX", "10 with\\032space.diff.test."),
+    ("SRV", "0 0 53 \\195\\169.diff.test."),
+    ("RRSIG", "A 13 3 300 20300101000000 20200101000000 1 s\\.t.diff.test. AAAA"),
+]
+
+
+@pytest.mark.parametrize(("rdtype", "text"), _ODD_NAME_CASES)
+def test_names_whose_labels_hold_dots_are_logged_with_their_labels(rdtype: str, text: str) -> None:
+    """An upstream's record owned by `o\\.p.diff.test`, whose RDATA names hold a dot, a
+    backslash, a space or octets from 0x80 inside a label, is logged as zone files write
+    it: a DNS library reads the owner and the data back to the same labels."""
+    owner = dns.name.from_text("o\\.p.diff.test")
+    rrset = dns.rrset.from_text(owner, 300, "IN", rdtype, text)
+    response = dns.message.make_response(dns.message.make_query("q.diff.test", rdtype))
+    response.answer.append(rrset)
+    record = parse_message(response.to_wire()).answers[0]
+    shown = rdata_text(record)
+    parsed = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype), shown)
+    assert parsed == rrset[0]
+    event = recursive_event("q.diff.test")
+    event = attrs.evolve(event, answer=attrs.evolve(event.answer, answers=(record,)))
+    assert dns.name.from_text(written(event)["answers"][0]["name"]) == owner
 
 
 def _all_kinds() -> list[Any]:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 
+import dns.message as dns_message
+import dns.name as dns_name
+import dns.rrset as dns_rrset
 from twisted.names import dns
 
 from misp_dns.dns.targets import MAX_HOPS, answer_targets
+from misp_dns.dns.wire import parse_message, presentation_name
 
 
 def cname(owner: str, target: str) -> dns.RRHeader:
@@ -98,3 +102,46 @@ def test_an_answer_with_nothing_to_judge_gives_none() -> None:
     mx = dns.RRHeader(b"example", dns.MX, dns.IN, 300, dns.Record_MX(10, b"mail.evil.test"))
     assert answer_targets(wire("example"), [mx]) is None
     assert answer_targets(wire("example"), []) is None
+
+
+def dotted_answer(*records: str) -> list[dns.RRHeader]:
+    """The answer section of an upstream reply holding `records` (zone-file lines),
+    decoded as the forwarder decodes replies."""
+    upstream = dns_message.make_response(dns_message.make_query("q.diff.test", "A"))
+    for line in records:
+        owner, rtype, rdata = line.split(" ", 2)
+        upstream.answer.append(dns_rrset.from_text(owner, 300, "IN", rtype, rdata))
+    return parse_message(upstream.to_wire()).answers
+
+
+def test_a_chain_target_whose_label_holds_a_dot_is_named_as_its_question_would_be() -> None:
+    """A CNAME to `a\\.b.diff.test` (one label `a.b`) reaches the policies as
+    `a\\.b.diff.test`, written as a question for that name is (`presentation_name`), not
+    as the three-label `a.b.diff.test`; so do a backslash and octets from 0x80."""
+    targets = ["a\\.b.diff.test", "back\\\\slash.diff.test", "\\195\\169.diff.test"]
+    records = dotted_answer(
+        f"q.diff.test. CNAME {targets[0]}.",
+        f"{targets[0]}. CNAME {targets[1]}.",
+        f"{targets[1]}. CNAME {targets[2]}.",
+    )
+    found = answer_targets(wire("q.diff.test"), records)
+    expected = tuple(presentation_name(dns_name.from_text(t).to_wire()) for t in targets)
+    assert found == (expected, ())
+    assert expected[0] == "a\\.b.diff.test"
+
+
+def test_a_dname_does_not_rewrite_a_name_only_its_dotted_label_puts_below_it() -> None:
+    """`x\\.b.diff.test` (labels `x.b`, `diff`, `test`) is not below `b.diff.test`: a DNAME
+    owned by `b.diff.test` does not lead a chain through it elsewhere, while one owned by
+    `diff.test` does."""
+    records = dotted_answer(
+        "q.diff.test. CNAME x\\.b.diff.test.",
+        "b.diff.test. DNAME elsewhere.example.",
+    )
+    assert answer_targets(wire("q.diff.test"), records) == (("x\\.b.diff.test",), ())
+    records = dotted_answer(
+        "q.diff.test. CNAME x\\.b.diff.test.",
+        "diff.test. DNAME elsewhere.example.",
+    )
+    found = answer_targets(wire("q.diff.test"), records)
+    assert found == (("x\\.b.diff.test", "x\\.b.elsewhere.example"), ())

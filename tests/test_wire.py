@@ -13,6 +13,7 @@ import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,6 +27,7 @@ from misp_dns.dns.wire import (
     encode_error,
     encode_opt,
     encode_response,
+    parse_message,
     presentation_name,
     question_length,
     read_request,
@@ -355,11 +357,15 @@ DOTTED_LABEL = dns.name.from_text("a\\.b.example")
 
 def test_label_holding_a_dot_is_read_and_echoed_exactly() -> None:
     """`a\\.b.example` (0x2E inside a label, legal on the wire) is read as a question and
-    echoed byte for byte, on the full path and from the cache; its answer, decoded by
-    Twisted as `a.b.example`, is written owned by the question's two-label name."""
+    echoed byte for byte, on the full path and from the cache; the upstream's answer is
+    written owned by the question's two-label name."""
     request = read_request(query_wire(DOTTED_LABEL, use_edns=False))
     assert request.name == DOTTED_LABEL.to_wire()
-    records = [a_record(b"a.b.example", "192.0.2.9")]
+    upstream = dns.message.make_response(
+        dns.message.from_wire(query_wire(DOTTED_LABEL, use_edns=False))
+    )
+    upstream.answer.append(dns.rrset.from_text(DOTTED_LABEL, 300, "IN", "A", "192.0.2.9"))
+    records = parse_message(upstream.to_wire()).answers
     full = encode_response(request, tdns.OK, records)
     body = encode_body(Answer(tdns.OK, answers=records), request.name.lower(), tdns.A, tdns.IN)
     cached = assemble(request.message.id, request.flags, request.question_wire, body, 0, None)

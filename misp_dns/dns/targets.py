@@ -20,6 +20,8 @@ from typing import Any
 
 from twisted.names import dns
 
+from misp_dns.names import text_of_labels
+
 __all__ = ["MAX_HOPS", "answer_targets"]
 
 # More than any resolver follows (Unbound: 11, BIND: 16 with DNAME).
@@ -33,7 +35,8 @@ def answer_targets(wire_name: bytes, records: Sequence[dns.RRHeader]) -> Targets
     are empty.
 
     `wire_name` is the question's name in wire format. The names are written as policies
-    see names: lower case, no trailing dot.
+    see names (as `presentation_name` writes a question's): lower case, no trailing dot,
+    a "." inside a label as `\\.`.
     """
     addresses = tuple(
         record.payload.address  # type: ignore[union-attr]
@@ -47,13 +50,20 @@ def answer_targets(wire_name: bytes, records: Sequence[dns.RRHeader]) -> Targets
 
 
 def _dotted(wire_name: bytes) -> bytes:
-    """b"\\x03www\\x07example\\x00" as b"www.example", as Twisted writes record names."""
+    """b"\\x03www\\x07example\\x00" as b"www.example", as `ExactName` writes record names."""
     labels = []
     offset = 0
     while length := wire_name[offset]:
         labels.append(wire_name[offset + 1 : offset + 1 + length])
         offset += 1 + length
-    return b".".join(labels)
+    return text_of_labels(labels)
+
+
+def _for_policies(name: bytes) -> str:
+    """An `ExactName` text as `presentation_name` writes names: only a "." is escaped."""
+    if b"\\" in name:
+        name = name.replace(b"\\\\", b"\\")
+    return name.decode("ascii", "backslashreplace")
 
 
 def _has_redirections(records: Sequence[dns.RRHeader]) -> bool:
@@ -78,7 +88,7 @@ def _chain(qname: bytes, records: Sequence[dns.RRHeader]) -> tuple[str, ...]:
         if following is None or following in seen:
             break
         seen.add(following)
-        names.append(following.rstrip(b".").decode("ascii", "backslashreplace"))
+        names.append(_for_policies(following))
         current = following
     return tuple(names)
 
@@ -92,5 +102,13 @@ def _rewritten(name: bytes, dnames: list[tuple[bytes, bytes]]) -> bytes | None:
     for owner, target in dnames:
         if owner and name.endswith(b"." + owner):
             prefix = name[: -len(owner)]  # ends with the dot before the owner
+            if _escapes_last_octet(prefix[:-1]):
+                continue  # that dot is inside a label: `name` is not below `owner`
             return prefix + target if target else prefix[:-1]
     return None
+
+
+def _escapes_last_octet(text: bytes) -> bool:
+    """Whether `text` ends in a backslash that escapes what follows it (an odd run)."""
+    run = len(text) - len(text.rstrip(b"\\"))
+    return run % 2 == 1

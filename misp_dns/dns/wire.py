@@ -25,6 +25,8 @@ from io import BytesIO
 import attrs
 from twisted.names import dns
 
+from misp_dns.names import ExactMessage, text_of_labels
+
 __all__ = [
     "BADVERS",
     "EDNS_UDP_SIZE",
@@ -143,13 +145,15 @@ def _read_edns(record: dns.RRHeader) -> Edns:
     )
 
 
-def parse_message(data: bytes) -> dns.Message:
+def parse_message(data: bytes, *, exact: bool = True) -> dns.Message:
     """Decode a whole message strictly: every counted record present, nothing left over.
 
     Raises ValueError for anything malformed (Twisted's own decoder silently stops at the
-    end of the data, which would accept a message missing half its records).
+    end of the data, which would accept a message missing half its records). With `exact`
+    the records' names are `ExactName`s, so a label holding a dot is encoded again as one
+    label; without, they are Twisted's names, for records that are never encoded again.
     """
-    message = dns.Message()
+    message = ExactMessage() if exact else dns.Message()
     stream = BytesIO(data)
     try:
         message.decode(stream)
@@ -250,7 +254,8 @@ def read_request(data: bytes) -> Request:
     flags = data[2] | data[3] << 8
     opcode = (data[2] >> 3) & 0xF
     try:
-        message = parse_message(data)
+        # A query's records (its OPT) are read, never relayed: Twisted's names will do.
+        message = parse_message(data, exact=False)
     except ValueError as exc:
         rcode = dns.ENOTIMP if opcode != dns.OP_QUERY else dns.EFORMAT
         raise RequestError(rcode, ident, flags, reason=str(exc)) from None
@@ -331,17 +336,23 @@ class _Pointers(dict[bytes, int]):
 
 
 def _question_pointers(question: bytes) -> _Pointers:
-    """The question's name and each of its suffixes, keyed as Twisted spells names."""
+    """The question's name and each of its suffixes, keyed as `ExactName` spells names."""
+    starts = []
     labels = []
     offset = 0
     while offset < len(question) and question[offset]:
         length = question[offset]
-        labels.append((offset, question[offset + 1 : offset + 1 + length]))
+        starts.append(offset)
+        labels.append(question[offset + 1 : offset + 1 + length])
         offset += 1 + length
     pointers = _Pointers()
-    for index, (start, _label) in enumerate(labels):
-        name = b".".join(label for _start, label in labels[index:])
-        pointers.setdefault(name, HEADER.size + start)
+    # No "." or "\\" octet anywhere (nearly every question): the labels' text is their join.
+    plain = b"." not in question and b"\\" not in question
+    for index, start in enumerate(starts):
+        suffix = labels[index:]
+        pointers.setdefault(
+            b".".join(suffix) if plain else text_of_labels(suffix), HEADER.size + start
+        )
     return pointers
 
 

@@ -54,6 +54,7 @@ from twisted.names import dns
 
 from misp_dns.event import Kind
 from misp_dns.interfaces import TRIGGER_IP, Action, Decision
+from misp_dns.names import ExactMessage, labels
 from misp_dns.qtypes import qtype_name
 
 if TYPE_CHECKING:
@@ -220,31 +221,42 @@ def _escaped(data: bytes, extra_plain: frozenset[int] = frozenset()) -> str:
     return "".join(out)
 
 
+def _labels_text(raw_labels: Sequence[bytes]) -> str:
+    """Labels joined by dots, each escaped, a "." inside one written `\\.`."""
+    return ".".join(_escaped(label).replace(".", "\\.") for label in raw_labels)
+
+
+def _name_text(name: bytes) -> str:
+    """A record's name (`ExactName` text, no trailing dot) in presentation format."""
+    if b"\\" in name:
+        return _labels_text(labels(name))
+    return _escaped(name)
+
+
 def _owner(name: bytes) -> str:
     """An owner name as the record shows it: lower case, no trailing dot, root as "."."""
     name = name.rstrip(b".").lower()
-    return _escaped(name) if name else "."
+    return _name_text(name) if name else "."
 
 
 def _question_name(question: bytes) -> str:
     """The question's name (wire format) as the record shows it: as `_owner` shows names,
     and a "." inside a label written `\\.`, so `a\\.b.example` is not `a.b.example`."""
-    labels = []
+    found = []
     offset = 0
     length = question[0]
     while length:
-        label = question[offset + 1 : offset + 1 + length].lower()
-        labels.append(_escaped(label).replace(".", "\\."))
+        found.append(question[offset + 1 : offset + 1 + length].lower())
         offset += 1 + length
         length = question[offset]
-    return ".".join(labels) or "."
+    return _labels_text(found) or "."
 
 
 def _fqdn(name: dns.Name | bytes) -> str:
     """A domain name inside RDATA, fully qualified as zone files write it."""
     raw = name.name if isinstance(name, dns.Name) else name
     raw = raw.rstrip(b".")
-    return _escaped(raw) + "." if raw else "."
+    return _name_text(raw) + "." if raw else "."
 
 
 def _charstr(data: bytes) -> str:
@@ -270,7 +282,7 @@ def _b64(data: bytes) -> str:
 
 def _read_name(data: bytes, offset: int) -> tuple[str, int]:
     """An uncompressed wire name (as RRSIG's signer) at `offset`; its text and the end."""
-    labels = []
+    found = []
     while True:
         length = data[offset]
         offset += 1
@@ -278,9 +290,9 @@ def _read_name(data: bytes, offset: int) -> tuple[str, int]:
             break
         if length > 63 or offset + length > len(data):
             raise ValueError("bad name in RDATA")
-        labels.append(_escaped(data[offset : offset + length]))
+        found.append(data[offset : offset + length])
         offset += length
-    return ".".join(labels) + "." if labels else ".", offset
+    return _labels_text(found) + "." if found else ".", offset
 
 
 def _ds(data: bytes) -> str:
@@ -419,7 +431,7 @@ def _packet_answers(question: bytes, packet: PacketBody) -> Sequence[dns.RRHeade
         stream.write(struct.pack("!HHHHHH", 0, 0x8000, 1, *packet.counts))
         stream.write(question)
         stream.write(packet.body)
-        message = dns.Message()
+        message = ExactMessage()
         message.fromStr(stream.getvalue())
     except Exception:
         return ()

@@ -52,6 +52,7 @@ from misp_dns.dns.wire import (
 )
 from misp_dns.event import Answer
 from misp_dns.interfaces import Action, Decision, IPolicy, PolicyQuery
+from misp_dns.names import ExactName
 from misp_dns.policy.chain import PolicyChain
 
 from .abuse_mutations import parse_strictly
@@ -112,14 +113,14 @@ def bounded() -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _decoded(wire_name: bytes) -> bytes:
-    """A name in wire format as Twisted decodes it from a reply: labels joined by dots."""
+def _decoded(wire_name: bytes) -> ExactName:
+    """A name in wire format as the forwarder decodes it from a reply, labels kept."""
     labels = []
     offset = 0
     while wire_name[offset]:
         labels.append(wire_name[offset + 1 : offset + 1 + wire_name[offset]])
         offset += 1 + wire_name[offset]
-    return b".".join(labels)
+    return ExactName.from_labels(labels)
 
 
 class _Upstream:
@@ -140,7 +141,7 @@ class _Upstream:
         whole: bool = False,
     ) -> defer.Deferred[Answer]:
         first = name[1 : 1 + name[0]].lower()
-        name = _decoded(name)
+        owner = _decoded(name)
         if first == b"fail":
             return defer.fail(UpstreamFailed("scripted failure"))
         if first == b"nx":
@@ -149,13 +150,16 @@ class _Upstream:
             return defer.succeed(Answer(tdns.ENAME, authority=(record,)))
         if qclass != tdns.IN:
             text = tdns.Record_TXT(b"class=%d" % qclass, ttl=300)
-            record = tdns.RRHeader(name, tdns.TXT, qclass, 300, text)
+            record = tdns.RRHeader(b"", tdns.TXT, qclass, 300, text)
+            record.name = owner
             return defer.succeed(Answer(tdns.OK, answers=(record,)))
         count = 80 if first == b"big" else 1
         records = tuple(
-            tdns.RRHeader(name, tdns.A, tdns.IN, 300, tdns.Record_A(f"192.0.2.{i}", 300))
+            tdns.RRHeader(b"", tdns.A, tdns.IN, 300, tdns.Record_A(f"192.0.2.{i}", 300))
             for i in range(count)
         )
+        for record in records:
+            record.name = owner
         return defer.succeed(Answer(tdns.OK, answers=records))
 
 
