@@ -51,12 +51,12 @@ Over TCP nothing may be left out. Read on misp-dns's raw bytes as well: an answe
 larger than the query allowed (512 bytes without EDNS, 1232 with), and names inside RDATA
 are compressed only in the types of RFC 1035 (RFC 3597 section 4).
 
-What main gets wrong is in `KNOWN`, each marked `xfail(strict=True)` so that the mark fails
-once the fix lands and must then be removed: a label holding a dot inside the names of an
-answer is a defect this test found. (Issue 13 items 1 to 5, which it also caught, are fixed:
-a compressed DNAME target, FORMERR for a dot inside a question's label, RA on NOTIMP and
-FORMERR, TC when only a positive answer's NS records did not fit, and TCP answers missing
-what the upstream left out of a UDP answer.)
+What main gets wrong goes in `KNOWN`, each marked `xfail(strict=True)` so that the mark
+fails once the fix lands and must then be removed; it is empty now. (Issue 13 items 1 to 5,
+which this test caught, are fixed: a compressed DNAME target, FORMERR for a dot inside a
+question's label, RA on NOTIMP and FORMERR, TC when only a positive answer's NS records did
+not fit, and TCP answers missing what the upstream left out of a UDP answer; so is the
+defect it found, a name inside an answer whose label holds a dot relayed as two labels.)
 """
 
 from __future__ import annotations
@@ -240,17 +240,8 @@ ERROR_CASES = [
 BADVERS_CASES = [Case(f"www.{D}", "A", "BADVERS", "EDNS version 1", edns_version=1)]
 
 
-_DOTTED_NAMES = pytest.mark.xfail(
-    strict=True,
-    reason="found by this test: a name inside an answer whose label holds a dot "
-    "(CNAME to a\\.b) is relayed as separate labels (a.b), so it names another domain",
-)
-
 #: What main gets wrong: (test, case id, variant id or "*" for all) -> its mark.
-KNOWN: dict[tuple[str, str, str], pytest.MarkDecorator] = {
-    ("nsd", "to-dotted.diff.test/A", "*"): _DOTTED_NAMES,
-    ("unbound", "to-dotted.diff.test/A", "*"): _DOTTED_NAMES,
-}
+KNOWN: dict[tuple[str, str, str], pytest.MarkDecorator] = {}
 
 
 #: Every (test, case id, variant id) asked, to check that each entry of KNOWN names one.
