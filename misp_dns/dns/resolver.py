@@ -96,7 +96,7 @@ class ChainResolver:
         self.forwarder = forwarder
         self.server_name = server_name
         self.upstream_failures = 0
-        self._blocked: dict[tuple[Decision, bool], Answer] = {}
+        self._blocked: dict[tuple[Decision, object], Answer] = {}
         self._identity = chaos_identity_answer(server_name)
         self._in_flight: dict[_Flight, list[tuple[defer.Deferred[Answer], Decision | None]]] = {}
 
@@ -223,7 +223,9 @@ class ChainResolver:
 
     def blocked(self, decision: Decision, qtype: int) -> Answer:
         """The blocked answer for `decision`, the same object for the same decision."""
-        key = (decision, qtype == dns.TXT and decision.add_txt_report)
+        key: tuple[Decision, object] = (decision, qtype == dns.TXT and decision.add_txt_report)
+        if decision.local_data:
+            key = (decision, qtype)
         answer = self._blocked.get(key)
         if answer is None:
             if len(self._blocked) >= BLOCKED_MEMO:

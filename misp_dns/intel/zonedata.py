@@ -1,4 +1,4 @@
-"""DNS zone data as plain values: records in canonical wire form, read from master files and messages.
+"""DNS zone data as plain values: records in canonical wire form, from zone files and messages.
 
 A `Record` is one resource record of class IN: its owner in lower-case presentation form
 without the trailing dot ("www.example.com", "" for the root), its type, TTL and RDATA in
@@ -282,9 +282,7 @@ def read_message(data: bytes) -> Message:
     for _ in range(nscount):
         _, _, _, _, start, length = _skip_record(data, offset)
         offset = start + length
-    return Message(
-        ident, flags, flags & 0xF, question, tuple(answers), offset, arcount
-    )
+    return Message(ident, flags, flags & 0xF, question, tuple(answers), offset, arcount)
 
 
 # --- master files -----------------------------------------------------------------------
@@ -442,7 +440,9 @@ def _rdata(rtype: int, tokens: list[_Token], origin: str, number: int) -> bytes:
             return names(2) + _SOA_TIMERS.pack(*timers)
         if rtype == MX:
             need(2)
-            return struct.pack("!H", int(texts[0])) + name_to_wire(_absolute(texts[1], origin, number))
+            return struct.pack("!H", int(texts[0])) + name_to_wire(
+                _absolute(texts[1], origin, number)
+            )
         if rtype == SRV:
             need(4)
             fixed = struct.pack("!HHH", *(int(t) for t in texts[:3]))

@@ -1,0 +1,306 @@
+"""The `rpz` policy: follow a Response Policy Zone and apply it, as BIND's RPZ secondaries do.
+
+The zone comes from a primary by zone transfer (AXFR, then IXFR; SOA refresh and retry
+timers; at once on a NOTIFY the server receives on its listen addresses; TSIG-signed when
+`tsig_key` names a `[[tsig_key]]`), or from a zone file or URL read every
+`update_interval` (`url`; MISP's `/attributes/restSearch` with `returnFormat=rpz` makes
+one). The last good copy is kept in the state folder and applied at start, before the
+primary answers. `misp_dns.intel.rpz` says how triggers and actions are read;
+`misp_dns.intel.secondary` how the copy is kept current.
+
+What each action answers:
+
+- NXDOMAIN (`CNAME .`): the blocked answer (NXDOMAIN with an SOA, or the TXT report
+  `source=rpz;zone=<zone>;domain=<trigger>`), EDE 15 when the query had EDNS;
+- NODATA (`CNAME *.`): NOERROR, no answer, the same SOA;
+- PASSTHRU (`CNAME rpz-passthru.`): allowed, later policies are not asked;
+- DROP (`CNAME rpz-drop.`): no answer at all;
+- local data: a CNAME to the walled garden (for any query type), or the zone's records of
+  the query's type (NODATA when it has none of that type).
+
+`enable_blocking = false` is monitor mode: nothing is enforced, the query log still shows
+the decision.
+
+Example:
+
+    [[policy]]
+    type = "rpz"
+    zone = "rpz.misp-dns.example"
+    primary = "192.0.2.1:53"
+    tsig_key = "fleet"
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from zope.interface import implementer
+
+from misp_dns.http import RetryingHttp, make_http_client
+from misp_dns.intel.rpz import Match, RpzAction, RpzZone
+from misp_dns.intel.secondary import ZoneFollower, state_file
+from misp_dns.intel.zonedata import (
+    CNAME,
+    Record,
+    ZoneDataError,
+    name_to_wire,
+    read_master,
+    wire_to_name,
+)
+from misp_dns.interfaces import (
+    ANSWER_DROP,
+    ANSWER_LOCAL_DATA,
+    ANSWER_NODATA,
+    ANSWER_NXDOMAIN,
+    Action,
+    BuildContext,
+    ConfigError,
+    Decision,
+    Duration,
+    FieldError,
+    IZoneFollower,
+    LocalRecord,
+    PluginType,
+    PolicyQuery,
+    between,
+)
+
+__all__ = ["RpzOptions", "RpzPolicy", "plugin"]
+
+IN = 1
+SOURCE = "rpz"
+DECISION_MEMO = 131072
+_UNKNOWN = object()
+_ANSWERS = {
+    RpzAction.NXDOMAIN: ANSWER_NXDOMAIN,
+    RpzAction.NODATA: ANSWER_NODATA,
+    RpzAction.DROP: ANSWER_DROP,
+    RpzAction.LOCAL_DATA: ANSWER_LOCAL_DATA,
+}
+
+
+def _zone_name(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    try:
+        name_to_wire(value.strip().rstrip(".") or ".")
+    except ZoneDataError as problem:
+        raise FieldError(attribute.name, str(problem)) from None
+    if not value.strip().rstrip("."):
+        raise FieldError(attribute.name, "must name a zone")
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    ipaddress.ip_address(host)
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(text)
+    return host, number
+
+
+def _primary(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        return
+    try:
+        _address(value)
+    except ValueError:
+        raise FieldError(attribute.name, f"expected IP:port, got {value!r}") from None
+
+
+@attrs.frozen
+class RpzOptions:
+    """The `[[policy]] type = "rpz"` table (README, "Following an RPZ")."""
+
+    zone: str = attrs.field(validator=_zone_name)
+    primary: str = attrs.field(default="", validator=_primary)
+    url: str = ""
+    tsig_key: str = ""
+    update_interval: Duration = attrs.field(
+        default=Duration(3600), validator=between(1, 86400 * 30)
+    )
+    transfer_timeout: Duration = attrs.field(default=Duration(60), validator=between(1, 3600))
+    max_zone_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=between(1024, 1 << 34))
+    max_zone_records: int = attrs.field(default=5_000_000, validator=between(1, 100_000_000))
+    enable_blocking: bool = True
+    disable_tls_validation: bool = False
+    blocking_answer_ttl: int = attrs.field(default=30, validator=between(30, 86400))
+    allow_txt_blocking_report: bool = True
+    add_extended_dns_error: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if bool(self.primary) == bool(self.url.strip()):
+            raise FieldError(
+                "primary" if self.primary else "url", "give exactly one of primary and url"
+            )
+        if self.tsig_key and not self.primary:
+            raise FieldError("tsig_key", "signs zone transfers: it needs primary")
+
+    @property
+    def zone_name(self) -> str:
+        """The zone's name, lower-case, without the trailing dot."""
+        return self.zone.strip().rstrip(".").lower()
+
+
+@implementer(IZoneFollower)
+class RpzPolicy:
+    """Applies the followed zone's triggers (see the module docstring)."""
+
+    name = SOURCE
+
+    def __init__(self, options: RpzOptions, follower: ZoneFollower) -> None:
+        self.options = options
+        self.follower = follower
+        self.service = follower
+        self.zone = options.zone_name
+        self._primary_host = _address(options.primary)[0] if options.primary else None
+        self._decided_for: RpzZone | None = None
+        self._by_name: dict[str, Decision | None] = {}
+
+    def whenReady(self) -> defer.Deferred[None]:
+        """Fires once a copy of the zone is applied, or the first check failed."""
+        return self.follower.whenReady()
+
+    def notified(self, source: str) -> bool:
+        """A NOTIFY from the primary's address starts a check; from anyone else, refused."""
+        if self._primary_host is None or not _same_address(source, self._primary_host):
+            return False
+        self.follower.notify()
+        return True
+
+    def decide(self, query: PolicyQuery) -> Decision | None:
+        """The decision of the zone's QNAME triggers for `query`, or None."""
+        if query.qclass != IN:
+            return None
+        zone = self.follower.zone
+        if zone is None:
+            return None
+        if zone is not self._decided_for:
+            self._decided_for, self._by_name = zone, {}
+        by_name = self._by_name
+        decision = by_name.get(query.name, _UNKNOWN)
+        if decision is _UNKNOWN:
+            match = zone.match_name(query.name)
+            decision = None if match is None else self.decision(match, query.name)
+            if len(by_name) >= DECISION_MEMO:
+                by_name.clear()
+            by_name[query.name] = decision
+        return decision  # type: ignore[return-value]
+
+    def decision(self, match: Match, name: str) -> Decision:
+        """The decision for a rule matched by `name` (the query name)."""
+        options = self.options
+        rule = match.rule
+        report = f"source={SOURCE};zone={self.zone};domain={rule.trigger}"
+        if rule.action is RpzAction.PASSTHRU:
+            return Decision(Action.ALLOW, SOURCE, indicator=rule.trigger, report=report)
+        local = tuple(
+            LocalRecord(rtype, ttl, _expand(rtype, rdata, name))
+            for rtype, ttl, rdata in rule.local_data
+        )
+        return Decision(
+            Action.BLOCK,
+            SOURCE,
+            indicator=rule.trigger,
+            report=report,
+            ttl=options.blocking_answer_ttl,
+            add_txt_report=options.allow_txt_blocking_report and rule.action is RpzAction.NXDOMAIN,
+            add_ede=options.add_extended_dns_error,
+            enforced=options.enable_blocking,
+            answer=_ANSWERS[rule.action],
+            local_data=local,
+        )
+
+
+def _expand(rtype: int, rdata: bytes, name: str) -> bytes:
+    """A CNAME target `*.garden` becomes `<name>.garden` (the draft's wildcard local data)."""
+    if rtype != CNAME or not rdata.startswith(b"\x01*"):
+        return rdata
+    target = wire_to_name(rdata, 0)[0]
+    try:
+        return name_to_wire(f"{name}.{target[2:]}" if target != "*" else name)
+    except ZoneDataError:
+        return rdata  # too long to expand: BIND answers the unexpanded name too
+
+
+def _same_address(left: str, right: str) -> bool:
+    try:
+        return _unmapped(ipaddress.ip_address(left)) == _unmapped(ipaddress.ip_address(right))
+    except ValueError:
+        return False
+
+
+def _unmapped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Any:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _zone_fetch(options: RpzOptions, context: BuildContext) -> Any:
+    """Reads the zone from `url`: a path or file:// URL, or http(s):// through `RetryingHttp`."""
+    url = options.url.strip()
+    zone = options.zone_name
+    limit = options.max_zone_bytes
+    if url.startswith(("http://", "https://")):
+        http = RetryingHttp(
+            http=make_http_client(context.reactor, verify_tls=not options.disable_tls_validation),
+            clock=context.reactor,
+            timeout=float(options.transfer_timeout),
+            max_bytes=limit,
+            follow_redirects=True,
+        )
+
+        async def fetch_remote() -> list[Record]:
+            result = await http.request("GET", url, f"rpz zone {zone} at {url}")
+            if result.status != 200:
+                raise ZoneDataError(f"{url}: HTTP {result.status}")
+            return await deferToThread(_read_zone_text, result.body, zone)
+
+        return lambda: defer.ensureDeferred(fetch_remote())
+    path = Path(url.removeprefix("file://")).expanduser()
+
+    def read_file() -> list[Record]:
+        size = path.stat().st_size
+        if size > limit:
+            raise ZoneDataError(f"{path}: {size} bytes, over max_zone_bytes ({limit})")
+        return _read_zone_text(path.read_bytes(), zone)
+
+    return lambda: deferToThread(read_file)
+
+
+def _read_zone_text(data: bytes, zone: str) -> list[Record]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ZoneDataError("the zone file is not UTF-8 text") from None
+    return read_master(text, zone)
+
+
+def _build(options: RpzOptions, context: BuildContext) -> RpzPolicy:
+    key = None
+    if options.tsig_key:
+        keys = getattr(context, "tsig_keys", {}) or {}
+        key = keys.get(options.tsig_key)
+        if key is None:
+            raise ConfigError([f"tsig_key: no [[tsig_key]] named {options.tsig_key!r}"])
+    common: dict[str, Any] = {
+        "clock": context.reactor,
+        "state_path": state_file(context.state_dir, options.zone_name),
+        "interval": float(options.update_interval),
+        "key": key,
+        "transfer_timeout": float(options.transfer_timeout),
+        "max_bytes": options.max_zone_bytes,
+        "max_records": options.max_zone_records,
+    }
+    if options.primary:
+        follower = ZoneFollower(options.zone_name, primary=_address(options.primary), **common)
+    else:
+        follower = ZoneFollower(options.zone_name, fetch=_zone_fetch(options, context), **common)
+    return RpzPolicy(options, follower)
+
+
+plugin = PluginType(SOURCE, RpzOptions, _build)
