@@ -43,6 +43,7 @@ from misp_dns.values import (
     Duration,
     FieldError,
     ServerConfig,
+    TsigKeyConfig,
     at_least,
     between,
 )
@@ -345,12 +346,14 @@ class BuildContext:
     """What a plugin factory may use: the reactor, the server settings and the state folder.
 
     Tests pass a `twisted.internet.testing.MemoryReactorClock` (or a `task.Clock` where only
-    time is used) as `reactor`.
+    time is used) as `reactor`. `tsig_keys` are the config's `[[tsig_key]]` tables
+    (`misp_dns.tsig.load_keys` reads their secrets).
     """
 
     reactor: IServerReactor
     server: ServerConfig
     state_dir: str
+    tsig_keys: tuple[TsigKeyConfig, ...] = ()
 
 
 @attrs.frozen

@@ -39,6 +39,7 @@ from misp_dns.intel.zonedata import (
     read_message,
     soa_fields,
 )
+from misp_dns.tsig import StreamVerifier, TsigKey, sign
 
 __all__ = [
     "AXFR",
@@ -286,7 +287,7 @@ class _Transfer:
     soa: Record | None
     clock: Any
     now: Callable[[], float]
-    key: Any
+    key: TsigKey | None
     max_bytes: int
     max_records: int
     done: defer.Deferred[Result] = attrs.field(factory=defer.Deferred)
@@ -302,11 +303,9 @@ class _Transfer:
         wire = build_query(self.ident, self.zone, self.qtype, self.soa)
         if self.key is None:
             return wire
-        from misp_dns.tsig import StreamVerifier, sign
-
         signed = sign(wire, self.key, self.now())
         self.verifier = StreamVerifier(self.key, signed.mac)
-        return bytes(signed.message)
+        return signed.wire
 
     def message(self, wire: bytes) -> bool:
         """Take one response message; True once the transfer is complete."""
@@ -392,7 +391,7 @@ def transfer(
     *,
     qtype: int = AXFR,
     soa: Record | None = None,
-    key: Any = None,
+    key: TsigKey | None = None,
     timeout: float = 60.0,
     max_bytes: int = MAX_BYTES,
     max_records: int = MAX_RECORDS,

@@ -69,6 +69,7 @@ from misp_dns.interfaces import (
     PolicyQuery,
     between,
 )
+from misp_dns.tsig import load_keys
 
 __all__ = ["RpzOptions", "RpzPolicy", "plugin"]
 
@@ -283,10 +284,11 @@ def _read_zone_text(data: bytes, zone: str) -> list[Record]:
 def _build(options: RpzOptions, context: BuildContext) -> RpzPolicy:
     key = None
     if options.tsig_key:
-        keys = getattr(context, "tsig_keys", {}) or {}
-        key = keys.get(options.tsig_key)
-        if key is None:
+        wanted = options.tsig_key.lower().rstrip(".")
+        configs = [c for c in context.tsig_keys if c.name.lower().rstrip(".") == wanted]
+        if not configs:
             raise ConfigError([f"tsig_key: no [[tsig_key]] named {options.tsig_key!r}"])
+        key = next(iter(load_keys(configs).values()))
     common: dict[str, Any] = {
         "clock": context.reactor,
         "state_path": state_file(context.state_dir, options.zone_name),
