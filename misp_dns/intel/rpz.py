@@ -35,6 +35,8 @@ from collections.abc import Iterable
 
 import attrs
 
+from misp_dns.intel.indicator import IpEntry
+from misp_dns.intel.ipset import IpSet
 from misp_dns.intel.zonedata import (
     CNAME,
     SOA,
@@ -132,7 +134,8 @@ class RpzZone:
 
     `records` are the zone's records as served (for saving and IXFR); `exact`, `wildcards`
     (keyed by the name below the `*`) and `networks` (most specific first) are its rules;
-    `skipped` counts the triggers not applied, by kind.
+    `skipped` counts the triggers not applied, by kind. The networks are looked up through
+    an `IpSet` (`ip_rules` maps its networks, as it writes them, to their rules).
     """
 
     zone: str
@@ -146,6 +149,19 @@ class RpzZone:
     wildcards: dict[str, Rule]
     networks: tuple[tuple[IpNetwork, Rule], ...]
     skipped: dict[str, int]
+    ipset: IpSet = attrs.field(init=False)
+    ip_rules: dict[str, Rule] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        entries = [
+            IpEntry(network.version, int(network.network_address), network.prefixlen)
+            for network, _ in self.networks
+        ]
+        object.__setattr__(self, "ipset", IpSet.build(entries))
+        rules = {
+            entry.network: rule for entry, (_, rule) in zip(entries, self.networks, strict=True)
+        }
+        object.__setattr__(self, "ip_rules", rules)
 
     @classmethod
     def from_records(cls, zone: str, records: Iterable[Record]) -> RpzZone:
@@ -237,9 +253,11 @@ class RpzZone:
                 return Match(rule, "qname")
         return None
 
-    def match_address(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Match | None:
-        """The rule for an answer's address (the longest matching prefix), or None."""
-        for network, rule in self.networks:
-            if network.version == address.version and address in network:
-                return Match(rule, "ip")
-        return None
+    def match_address(self, address: bytes) -> Match | None:
+        """The rule for an answer's address (4 or 16 packed bytes; the longest prefix wins)."""
+        if not self.networks:
+            return None
+        found = self.ipset.match(address)
+        if found is None:
+            return None
+        return Match(self.ip_rules[found.network], "ip")

@@ -59,7 +59,8 @@ MAX_REFRESH = 86400.0
 class ZoneFollower(Service):
     """Follows one zone (see the module docstring).
 
-    What status reads: `zone` (the served `RpzZone` or None), `failures` (in a row),
+    What status reads: `zone` (the served `RpzZone` or None), `generation` (grows with
+    every zone served), `failures` (in a row),
     `last_success` (clock time), `last_error`, `transfers` (completed, by kind).
     """
 
@@ -96,6 +97,7 @@ class ZoneFollower(Service):
         self.run_in_thread = run_in_thread
         self.transfer_function = transfer_function
         self.zone: RpzZone | None = None
+        self.generation = 0
         self.failures = 0
         self.last_success: float | None = None
         self.last_error = ""
@@ -163,6 +165,7 @@ class ZoneFollower(Service):
         if zone is None or self.zone is not None:
             return
         self.zone = zone
+        self.generation += 1
         self._need_axfr = self.primary is None
         self.log.info(
             "rpz zone {zone}: serial {serial} ({rules} triggers) loaded from {path}",
@@ -294,6 +297,7 @@ class ZoneFollower(Service):
     async def _install(self, zone: RpzZone) -> None:
         previous = self.zone
         self.zone = zone
+        self.generation += 1
         self.log.info(
             "rpz zone {zone}: serial {serial} from {where} ({rules} triggers{skipped})",
             zone=self.zone_name,

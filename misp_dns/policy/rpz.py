@@ -57,12 +57,16 @@ from misp_dns.interfaces import (
     ANSWER_LOCAL_DATA,
     ANSWER_NODATA,
     ANSWER_NXDOMAIN,
+    TRIGGER_CNAME,
+    TRIGGER_IP,
+    TRIGGER_QNAME,
     Action,
     BuildContext,
     ConfigError,
     Decision,
     Duration,
     FieldError,
+    IAnswerPolicy,
     IZoneFollower,
     LocalRecord,
     PluginType,
@@ -147,9 +151,14 @@ class RpzOptions:
         return self.zone.strip().rstrip(".").lower()
 
 
-@implementer(IZoneFollower)
+@implementer(IZoneFollower, IAnswerPolicy)
 class RpzPolicy:
-    """Applies the followed zone's triggers (see the module docstring)."""
+    """Applies the followed zone's triggers (see the module docstring).
+
+    QNAME triggers apply to the question's name (`decide`) and to the names of an answer's
+    CNAME/DNAME chain, `rpz-ip` triggers to the addresses of its A/AAAA records
+    (`decide_answer`): the rewrite is then the trigger's action for the question.
+    """
 
     name = SOURCE
 
@@ -192,13 +201,39 @@ class RpzPolicy:
             by_name[query.name] = decision
         return decision  # type: ignore[return-value]
 
-    def decision(self, match: Match, name: str) -> Decision:
-        """The decision for a rule matched by `name` (the query name)."""
+    @property
+    def generation(self) -> int:
+        """Grows with every copy of the zone served (see `IAnswerPolicy`)."""
+        return self.follower.generation
+
+    def decide_answer(
+        self, query: PolicyQuery, names: tuple[str, ...], addresses: tuple[bytes, ...]
+    ) -> Decision | None:
+        """The action of the first QNAME trigger the answer's chain reaches, else of the
+        first `rpz-ip` trigger its addresses fall in (BIND checks QNAME triggers first)."""
+        zone = self.follower.zone
+        if query.qclass != IN or zone is None:
+            return None
+        for name in names:
+            match = zone.match_name(name)
+            if match is not None:
+                return self.decision(match, query.name, TRIGGER_CNAME)
+        for address in addresses:
+            match = zone.match_address(address)
+            if match is not None:
+                return self.decision(match, query.name, TRIGGER_IP)
+        return None
+
+    def decision(self, match: Match, name: str, trigger: str = TRIGGER_QNAME) -> Decision:
+        """The decision for a rule matched for the question `name`, by `trigger`."""
         options = self.options
         rule = match.rule
-        report = f"source={SOURCE};zone={self.zone};domain={rule.trigger}"
+        kind = "ip" if match.trigger == "ip" else "domain"
+        report = f"source={SOURCE};zone={self.zone};{kind}={rule.trigger}"
         if rule.action is RpzAction.PASSTHRU:
-            return Decision(Action.ALLOW, SOURCE, indicator=rule.trigger, report=report)
+            return Decision(
+                Action.ALLOW, SOURCE, indicator=rule.trigger, report=report, trigger=trigger
+            )
         local = tuple(
             LocalRecord(rtype, ttl, _expand(rtype, rdata, name))
             for rtype, ttl, rdata in rule.local_data
@@ -214,6 +249,7 @@ class RpzPolicy:
             enforced=options.enable_blocking,
             answer=_ANSWERS[rule.action],
             local_data=local,
+            trigger=trigger,
         )
 
 
