@@ -213,9 +213,7 @@ def test_cname_and_other_data_at_one_trigger_is_refused() -> None:
 def test_message_records_are_decompressed_and_canonical() -> None:
     """Records of a DNS message come with RDATA names uncompressed and lower-cased."""
     message = dns.message.make_response(dns.message.make_query("rpz.", "AXFR"))
-    message.answer.append(
-        dns.rrset.from_text("Evil.RPZ.", 60, "IN", "CNAME", "Walled.Garden.RPZ.")
-    )
+    message.answer.append(dns.rrset.from_text("Evil.RPZ.", 60, "IN", "CNAME", "Walled.Garden.RPZ."))
     message.answer.append(
         dns.rrset.from_text("rpz.", 60, "IN", "SOA", "ns.rpz. host.RPZ. 7 1 2 3 4")
     )
@@ -243,4 +241,3 @@ def test_malformed_messages_are_refused(damage: object) -> None:
 def test_data_folder_exists() -> None:
     """The BIND zones are where the tests read them (a missing folder fails, never skips)."""
     assert isinstance(RPZ_DATA, Path) and (RPZ_DATA / "rpz__README").exists()
-
