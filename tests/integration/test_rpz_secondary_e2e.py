@@ -66,7 +66,8 @@ def resolves_www(process: MispDnsProcess) -> bool:
     """www.test comes back as Unbound serves it, with no sign of a block."""
     response = ask_udp(make_query(WWW, "A", edns=0), process.address)
     addresses = [r.address for rrset in response.answer for r in rrset]
-    return response.rcode() == dns.rcode.NOERROR and addresses == [WWW_A] and not ede_texts(response)
+    plain = response.rcode() == dns.rcode.NOERROR and not ede_texts(response)
+    return plain and addresses == [WWW_A]
 
 
 def make_key(directory: Path, name: str = "fleet") -> Path:
