@@ -163,21 +163,34 @@ def test_drop_action_sends_nothing_and_logs_it(served: Served, transport: str) -
     assert served.upstream.asked == []
 
 
-def test_walled_garden_cname_answers_every_type(served: Served) -> None:
-    """A CNAME local data makes the name an alias of the walled garden, for any type."""
-    for rdtype in ("A", "AAAA", "MX"):
-        response = served.ask("garden.example", rdtype)
-        assert response.rcode() == dns.rcode.NOERROR
-        (cname,) = response.answer
-        assert cname.rdtype == dns.rdatatype.CNAME
-        assert cname.name.to_text() == "garden.example."
-        assert cname[0].target.to_text() == "walled.garden.test."
+def test_walled_garden_cname_is_followed_like_bind_does(served: Served) -> None:
+    """A CNAME local data makes the name an alias of the walled garden, and the answer
+    holds the garden's records from the upstream (the client's stub needs an address)."""
+    response = served.ask("garden.example", "A")
+    assert response.rcode() == dns.rcode.NOERROR
+    cname, address = response.answer
+    assert cname.rdtype == dns.rdatatype.CNAME
+    assert cname.name.to_text() == "garden.example."
+    assert cname[0].target.to_text() == "walled.garden.test."
+    assert address.name.to_text() == "walled.garden.test."
+    assert [r.address for r in address] == ["198.51.100.1"]
+    assert served.upstream.asked == [b"walled.garden.test"]
+    assert served.events[-1].answer.kind is Kind.BLOCKED
+
+
+def test_walled_garden_cname_alone_for_a_cname_question(served: Served) -> None:
+    """Asked for the CNAME itself, the alias is the whole answer; the garden is not asked."""
+    response = served.ask("garden.example", "CNAME")
+    (cname,) = response.answer
+    assert cname[0].target.to_text() == "walled.garden.test."
+    assert served.upstream.asked == []
 
 
 def test_wildcard_cname_target_takes_the_query_name(served: Served) -> None:
     """`CNAME *.garden.test.` rewrites to `<query name>.garden.test`."""
     response = served.ask("sub.garden.example")
     assert response.answer[0][0].target.to_text() == "sub.garden.example.garden.test."
+    assert served.upstream.asked == [b"sub.garden.example.garden.test"]
 
 
 def test_local_data_answers_its_types_and_nodata_for_others(served: Served) -> None:

@@ -39,7 +39,7 @@ www.test CNAME .
 *.wild.test CNAME .
 nodrop.test CNAME rpz-drop.
 local.test A 192.0.2.99
-garden.test CNAME walled.garden.example.
+garden.test CNAME www.test.
 nodata.test CNAME *.
 """
 
@@ -164,7 +164,8 @@ def test_misp_dns_follows_a_bind_primary_and_its_changes(setup: Setup) -> None:
     assert [r.address for rrset in local.answer for r in rrset] == ["192.0.2.99"]
     garden = ask_udp(make_query("garden.test.", "A", edns=0), process.address)
     assert garden.answer[0].rdtype == dns.rdatatype.CNAME
-    assert garden.answer[0][0].target.to_text() == "walled.garden.example."
+    assert garden.answer[0][0].target.to_text() == WWW  # the walled garden, here www.test
+    assert [r.address for r in garden.answer[1]] == [WWW_A]
     nodata = ask_udp(make_query("nodata.test.", "A", edns=0), process.address)
     assert nodata.rcode() == dns.rcode.NOERROR and nodata.answer == []
     dropped = make_query("nodrop.test.", "A", edns=0).to_wire()
