@@ -6,6 +6,7 @@ same files as an independent strict parser, so the records must agree with it.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import dns.rrset
 import dns.zone
 import pytest
 from conftest import SHARED_DATA
+from hypothesis import given
+from hypothesis import strategies as st
 
 from misp_dns.intel.rpz import RpzAction, RpzZone
 from misp_dns.intel.zonedata import (
@@ -26,6 +29,7 @@ from misp_dns.intel.zonedata import (
     name_to_wire,
     read_master,
     read_message,
+    wire_to_name,
 )
 
 RPZ_DATA = SHARED_DATA / "rpz"
@@ -241,3 +245,29 @@ def test_malformed_messages_are_refused(damage: object) -> None:
 def test_data_folder_exists() -> None:
     """The BIND zones are where the tests read them (a missing folder fails, never skips)."""
     assert isinstance(RPZ_DATA, Path) and (RPZ_DATA / "rpz__README").exists()
+
+
+@given(st.binary(max_size=600))
+def test_any_bytes_read_as_a_message_or_a_zone_data_error(data: bytes) -> None:
+    """Whatever a primary sends, reading it gives records or ZoneDataError, nothing else."""
+    with contextlib.suppress(ZoneDataError):
+        read_message(data)
+
+
+@given(
+    st.lists(
+        st.text(alphabet='abcxyz019-_*.\\" ;()', min_size=1, max_size=20), min_size=1, max_size=6
+    )
+)
+def test_any_zone_text_reads_or_is_a_zone_data_error(lines: list[str]) -> None:
+    """A zone file of any content is read or refused with ZoneDataError, nothing else."""
+    text = "$TTL 60\n@ SOA ns hm 1 1 1 1 1\n" + "\n".join(lines) + "\n"
+    with contextlib.suppress(ZoneDataError):
+        RpzZone.from_records("rpz", read_master(text, "rpz"))
+
+
+@given(st.lists(st.text(alphabet="abcdefghij0123456789-*", min_size=1, max_size=63), max_size=4))
+def test_names_round_trip_through_the_wire_form(labels: list[str]) -> None:
+    """A name's wire form reads back as the same lower-case name."""
+    name = ".".join(labels)
+    assert wire_to_name(name_to_wire(name or "."), 0)[0] == name.lower()
