@@ -10,14 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import failure_of, result_of
+from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
+from twisted.web.resource import Resource
 
 from misp_dns.intel import zonestore
-from misp_dns.intel.secondary import ZoneFollower
+from misp_dns.intel.secondary import ZoneFileSource, ZoneFollower
 from misp_dns.intel.xfr import AXFR, IXFR, Delta, Deltas, FullZone, TransferError, UpToDate
-from misp_dns.intel.zonedata import Record, read_master
+from misp_dns.intel.zonedata import Record, ZoneDataError, read_master
 
 ZONE = "rpz.test"
 
@@ -232,3 +235,53 @@ def test_zone_file_source_is_read_every_interval(tmp_path: Path) -> None:
     assert names(zf) == {"a"}
     clock.advance(600)
     assert names(zf) == {"a", "b"}
+
+
+ZONE_FILE = """$TTL 300
+@ SOA ns hostmaster 9 100 10 1000 60
+  NS ns
+listed.example CNAME .
+"""
+
+
+class ZoneResource(Resource):
+    """Serves the zone text at /rpz.zone; anything else is 404."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        if request.path != b"/rpz.zone":
+            request.setResponseCode(404)
+            return b"not here"
+        return ZONE_FILE.encode()
+
+
+def test_zone_file_source_reads_a_file(tmp_path: Path) -> None:
+    """A path (or file:// URL) is read whole into the zone's records."""
+    path = tmp_path / "rpz.zone"
+    path.write_text(ZONE_FILE)
+    for url in (str(path), f"file://{path}"):
+        source = ZoneFileSource(url, ZONE, Clock(), 1 << 20)
+        records = result_of(source.fetch())
+        assert {r.owner for r in records} == {ZONE, f"listed.example.{ZONE}"}
+
+
+def test_zone_file_source_refuses_oversize_and_non_text_files(tmp_path: Path) -> None:
+    """A file over max_bytes, or not UTF-8, fails the read (nothing of it is used)."""
+    path = tmp_path / "rpz.zone"
+    path.write_text(ZONE_FILE)
+    too_big = ZoneFileSource(str(path), ZONE, Clock(), 20)
+    assert "over max_zone_bytes" in str(failure_of(too_big.fetch(), ZoneDataError))
+    path.write_bytes(b"\xff\xfe" + ZONE_FILE.encode())
+    binary = ZoneFileSource(str(path), ZONE, Clock(), 1 << 20)
+    assert "not UTF-8" in str(failure_of(binary.fetch(), ZoneDataError))
+
+
+def test_zone_file_source_reads_a_url_through_the_shared_http_client() -> None:
+    """An http(s) URL is fetched with RetryingHttp; a status other than 200 fails."""
+    http = StubTreq(ZoneResource())
+    good = ZoneFileSource("http://misp.example/rpz.zone", ZONE, Clock(), 1 << 20, http=http)
+    records = result_of(good.fetch())
+    assert f"listed.example.{ZONE}" in {r.owner for r in records}
+    missing = ZoneFileSource("http://misp.example/gone", ZONE, Clock(), 1 << 20, http=http)
+    assert "HTTP 404" in str(failure_of(missing.fetch(), ZoneDataError))

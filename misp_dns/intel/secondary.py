@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
@@ -30,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from misp_dns.backoff import backoff_delay
+from misp_dns.http import RetryingHttp
 from misp_dns.intel import zonestore
 from misp_dns.intel.rpz import RpzZone
 from misp_dns.intel.xfr import (
@@ -43,9 +46,9 @@ from misp_dns.intel.xfr import (
     apply_deltas,
     transfer,
 )
-from misp_dns.intel.zonedata import Record, ZoneDataError
+from misp_dns.intel.zonedata import Record, ZoneDataError, read_master
 
-__all__ = ["ZoneFollower"]
+__all__ = ["ZoneFileSource", "ZoneFollower", "state_file"]
 
 RunInThread = Callable[..., defer.Deferred[Any]]
 Fetch = Callable[[], defer.Deferred[list[Record]]]
@@ -366,3 +369,65 @@ def _skipped_text(zone: RpzZone) -> str:
 def state_file(state_dir: str, zone: str) -> str:
     """Where the copy of `zone` is kept in the state folder."""
     return os.path.join(state_dir, f"rpz-{zone or 'root'}.zone")
+
+
+@attrs.define
+class ZoneFileSource:
+    """Reads a whole zone from a zone file (a path or `file://` URL) or an `http(s)://` URL.
+
+    `fetch()` fires with the zone's records, or fails with `ZoneDataError` (not UTF-8, a
+    bad record, over `max_bytes`, an HTTP status other than 200) or the shared HTTP
+    client's errors (unreachable after its retries). `http` has treq's API; `run_blocking`
+    runs file reading and parsing (the policy passes the reactor's thread pool).
+    """
+
+    url: str
+    zone: str
+    clock: Any
+    max_bytes: int
+    http: Any = None
+    timeout: float = 60.0
+    run_blocking: Callable[[Callable[[], Any]], defer.Deferred[Any]] = defer.maybeDeferred
+
+    @property
+    def is_remote(self) -> bool:
+        """True for an http(s) URL."""
+        return self.url.lower().startswith(("http://", "https://"))
+
+    def fetch(self) -> defer.Deferred[list[Record]]:
+        """The zone's records (see the class docstring)."""
+        if self.is_remote:
+            return defer.ensureDeferred(self._fetch_remote())
+        path = Path(self.url.removeprefix("file://")).expanduser()
+        return self.run_blocking(lambda: self._read_file(path))
+
+    async def _fetch_remote(self) -> list[Record]:
+        http = RetryingHttp(
+            http=self.http,
+            clock=self.clock,
+            timeout=self.timeout,
+            max_bytes=self.max_bytes,
+            follow_redirects=True,
+        )
+        result = await http.request("GET", self.url, f"rpz zone {self.zone} at {self.url}")
+        if result.status != 200:
+            raise ZoneDataError(f"{self.url}: HTTP {result.status}")
+        body = result.body
+        records: list[Record] = await self.run_blocking(lambda: self._parse(body))
+        return records
+
+    def _read_file(self, path: Path) -> list[Record]:
+        try:
+            size = path.stat().st_size
+            if size > self.max_bytes:
+                raise ZoneDataError(f"{path}: {size} bytes, over max_zone_bytes ({self.max_bytes})")
+            return self._parse(path.read_bytes())
+        except OSError as problem:
+            raise ZoneDataError(f"{path}: {problem.strerror or problem}") from None
+
+    def _parse(self, data: bytes) -> list[Record]:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ZoneDataError(f"{self.url}: not UTF-8 text") from None
+        return read_master(text, self.zone)

@@ -33,23 +33,21 @@ Example:
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 from typing import Any
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.threads import deferToThread
+from twisted.internet.interfaces import IReactorThreads
 from zope.interface import implementer
 
-from misp_dns.http import RetryingHttp, make_http_client
+from misp_dns.http import make_http_client
+from misp_dns.intel.blocking import run_inline, thread_runner
 from misp_dns.intel.rpz import Match, RpzAction, RpzZone
-from misp_dns.intel.secondary import ZoneFollower, state_file
+from misp_dns.intel.secondary import ZoneFileSource, ZoneFollower, state_file
 from misp_dns.intel.zonedata import (
     CNAME,
-    Record,
     ZoneDataError,
     name_to_wire,
-    read_master,
     wire_to_name,
 )
 from misp_dns.interfaces import (
@@ -277,46 +275,6 @@ def _unmapped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Any:
     return address
 
 
-def _zone_fetch(options: RpzOptions, context: BuildContext) -> Any:
-    """Reads the zone from `url`: a path or file:// URL, or http(s):// through `RetryingHttp`."""
-    url = options.url.strip()
-    zone = options.zone_name
-    limit = options.max_zone_bytes
-    if url.startswith(("http://", "https://")):
-        http = RetryingHttp(
-            http=make_http_client(context.reactor, verify_tls=not options.disable_tls_validation),
-            clock=context.reactor,
-            timeout=float(options.transfer_timeout),
-            max_bytes=limit,
-            follow_redirects=True,
-        )
-
-        async def fetch_remote() -> list[Record]:
-            result = await http.request("GET", url, f"rpz zone {zone} at {url}")
-            if result.status != 200:
-                raise ZoneDataError(f"{url}: HTTP {result.status}")
-            return await deferToThread(_read_zone_text, result.body, zone)
-
-        return lambda: defer.ensureDeferred(fetch_remote())
-    path = Path(url.removeprefix("file://")).expanduser()
-
-    def read_file() -> list[Record]:
-        size = path.stat().st_size
-        if size > limit:
-            raise ZoneDataError(f"{path}: {size} bytes, over max_zone_bytes ({limit})")
-        return _read_zone_text(path.read_bytes(), zone)
-
-    return lambda: deferToThread(read_file)
-
-
-def _read_zone_text(data: bytes, zone: str) -> list[Record]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ZoneDataError("the zone file is not UTF-8 text") from None
-    return read_master(text, zone)
-
-
 def _build(options: RpzOptions, context: BuildContext) -> RpzPolicy:
     key = None
     if options.tsig_key:
@@ -325,8 +283,11 @@ def _build(options: RpzOptions, context: BuildContext) -> RpzPolicy:
         if not configs:
             raise ConfigError([f"tsig_key: no [[tsig_key]] named {options.tsig_key!r}"])
         key = next(iter(load_keys(configs).values()))
+    reactor = context.reactor
+    run_blocking = thread_runner(reactor) if IReactorThreads.providedBy(reactor) else run_inline
     common: dict[str, Any] = {
-        "clock": context.reactor,
+        "clock": reactor,
+        "run_in_thread": lambda function, *args: run_blocking(lambda: function(*args)),
         "state_path": state_file(context.state_dir, options.zone_name),
         "interval": float(options.update_interval),
         "key": key,
@@ -337,7 +298,18 @@ def _build(options: RpzOptions, context: BuildContext) -> RpzPolicy:
     if options.primary:
         follower = ZoneFollower(options.zone_name, primary=_address(options.primary), **common)
     else:
-        follower = ZoneFollower(options.zone_name, fetch=_zone_fetch(options, context), **common)
+        url = options.url.strip()
+        source = ZoneFileSource(
+            url,
+            options.zone_name,
+            reactor,
+            options.max_zone_bytes,
+            timeout=float(options.transfer_timeout),
+            run_blocking=run_blocking,
+        )
+        if source.is_remote:
+            source.http = make_http_client(reactor, verify_tls=not options.disable_tls_validation)
+        follower = ZoneFollower(options.zone_name, fetch=source.fetch, **common)
     return RpzPolicy(options, follower)
 
 

@@ -19,7 +19,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
-from conftest import free_port, require_tool
+from conftest import SHARED_DATA, free_port, require_tool
 
 from .bind import BindProcess, nsupdate, write_named_conf
 from .misp_stand_in import no_server_tracebacks, watch  # noqa: F401  (an autouse fixture)
@@ -220,3 +220,42 @@ def test_a_wrong_tsig_key_gets_no_zone(tmp_path: Path, unbound: UnboundProcess) 
         assert other.read_text().split('"')[3] not in log
     finally:
         both.stop()
+
+
+def test_a_published_rpz_file_is_read_with_url(tmp_path: Path, unbound: UnboundProcess) -> None:
+    """`url = "file://..."` reads a real published RPZ (HaGeZi's most abused TLDs)."""
+    source = SHARED_DATA / "rpz" / "hagezi-spam-tlds-rpz.txt"
+    assert source.exists(), source
+    port = free_port()
+    config = tmp_path / "misp-dns.toml"
+    config.write_text(
+        f"""[server]
+listen = ["127.0.0.1:{port}"]
+upstreams = ["{unbound.address[0]}:{unbound.address[1]}"]
+server_name = "dns.corp.example"
+state_dir = "{tmp_path / "state"}"
+
+[[policy]]
+type = "rpz"
+zone = "rpz.hagezi"
+url = "file://{source}"
+"""
+    )
+    process = MispDnsProcess(config, [("127.0.0.1", port)], tmp_path)
+    process.start(probe=WWW)
+    watch(process)
+    try:
+        trigger = "source=rpz;zone=rpz.hagezi;domain=*.bid"
+        wait_until(
+            lambda: (
+                ede_texts(ask_udp(make_query("x.bid.", "A", edns=0), process.address)) == [trigger]
+            ),
+            10,
+            what="the file applied",
+        )
+        assert resolves_www(process)
+        assert "rpz zone rpz.hagezi: serial 1772016660 from its zone file (126 triggers)" in (
+            process.log_text()
+        )
+    finally:
+        process.stop()
