@@ -31,8 +31,8 @@ from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.server import Responder
 from misp_dns.event import Answer, Kind, QueryEvent
 from misp_dns.intel.rpz import RpzZone
-from misp_dns.intel.zonedata import read_master
-from misp_dns.interfaces import IAnswerPolicy, IZoneFollower
+from misp_dns.intel.zonedata import name_to_wire, read_master
+from misp_dns.interfaces import IAnswerPolicy, IZoneFollower, PolicyQuery
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.policy.rpz import RpzOptions, RpzPolicy, plugin
 from misp_dns.registry import default_registry
@@ -321,3 +321,14 @@ def test_unknown_tsig_key_is_a_config_error(tmp_path: Path) -> None:
     )
     policy = plugin.build(options, keyed)
     assert policy.follower.key is not None and policy.follower.key.name == "fleet"
+
+
+def test_one_decision_object_per_rule(tmp_path: Path) -> None:
+    """Names matched by one rule share its decision (the answer memo stays small), except
+    a walled garden named after the question."""
+    policy = build(tmp_path)
+    first = policy.decide(PolicyQuery("a.wild.example", 1))
+    second = policy.decide(PolicyQuery("b.wild.example", 1))
+    assert first is not None and first is second
+    one = policy.decide(PolicyQuery("sub.garden.example", 1))
+    assert one is not None and one.local_data[0].rdata != name_to_wire("*.garden.test")

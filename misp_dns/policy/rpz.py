@@ -42,7 +42,7 @@ from zope.interface import implementer
 
 from misp_dns.http import make_http_client
 from misp_dns.intel.blocking import run_inline, thread_runner
-from misp_dns.intel.rpz import Match, RpzAction, RpzZone
+from misp_dns.intel.rpz import Match, RpzAction, RpzZone, Rule
 from misp_dns.intel.secondary import ZoneFileSource, ZoneFollower, state_file
 from misp_dns.intel.zonedata import (
     CNAME,
@@ -168,6 +168,7 @@ class RpzPolicy:
         self._primary_host = _address(options.primary)[0] if options.primary else None
         self._decided_for: RpzZone | None = None
         self._by_name: dict[str, Decision | None] = {}
+        self._by_rule: dict[tuple[Rule, str, str], Decision] = {}
 
     def whenReady(self) -> defer.Deferred[None]:
         """Fires once a copy of the zone is applied, or the first check failed."""
@@ -188,7 +189,7 @@ class RpzPolicy:
         if zone is None:
             return None
         if zone is not self._decided_for:
-            self._decided_for, self._by_name = zone, {}
+            self._decided_for, self._by_name, self._by_rule = zone, {}, {}
         by_name = self._by_name
         decision = by_name.get(query.name, _UNKNOWN)
         if decision is _UNKNOWN:
@@ -223,7 +224,23 @@ class RpzPolicy:
         return None
 
     def decision(self, match: Match, name: str, trigger: str = TRIGGER_QNAME) -> Decision:
-        """The decision for a rule matched for the question `name`, by `trigger`."""
+        """The decision for a rule matched for the question `name`, by `trigger`.
+
+        One decision object serves every name a rule matches (the answer builders memoize
+        on it), unless its walled garden is named after the question (`*.garden`).
+        """
+        per_name = any(_expands(rtype, rdata) for rtype, _, rdata in match.rule.local_data)
+        if per_name:
+            return self._decision(match, name, trigger)
+        key = (match.rule, match.trigger, trigger)
+        decision = self._by_rule.get(key)
+        if decision is None:
+            if len(self._by_rule) >= DECISION_MEMO:
+                self._by_rule.clear()
+            decision = self._by_rule[key] = self._decision(match, name, trigger)
+        return decision
+
+    def _decision(self, match: Match, name: str, trigger: str) -> Decision:
         options = self.options
         rule = match.rule
         kind = "ip" if match.trigger == "ip" else "domain"
@@ -251,9 +268,14 @@ class RpzPolicy:
         )
 
 
+def _expands(rtype: int, rdata: bytes) -> bool:
+    """True for a CNAME whose target is a wildcard (`*.garden`): it names the question."""
+    return rtype == CNAME and rdata.startswith(b"\x01*")
+
+
 def _expand(rtype: int, rdata: bytes, name: str) -> bytes:
     """A CNAME target `*.garden` becomes `<name>.garden` (the draft's wildcard local data)."""
-    if rtype != CNAME or not rdata.startswith(b"\x01*"):
+    if not _expands(rtype, rdata):
         return rdata
     target = wire_to_name(rdata, 0)[0]
     try:
