@@ -97,6 +97,8 @@ def name_to_wire(name: str) -> bytes:
     """The wire form of an absolute name in presentation form (escapes `\\.` and `\\DDD`)."""
     if name in ("", "."):
         return b"\x00"
+    if "\\" not in name:
+        return _plain_name_to_wire(name)
     labels: list[bytes] = []
     label = bytearray()
     index = 0
@@ -129,6 +131,21 @@ def name_to_wire(name: str) -> bytes:
             raise ZoneDataError(f"bad label in name {name!r}")
         wire.append(len(part))
         wire += part
+    wire.append(0)
+    if len(wire) > 255:
+        raise ZoneDataError(f"name {name!r} is longer than 255 octets")
+    return bytes(wire)
+
+
+def _plain_name_to_wire(name: str) -> bytes:
+    """`name_to_wire` for a name without escapes: split at the dots."""
+    text = name[:-1] if name.endswith(".") else name
+    wire = bytearray()
+    for label in text.encode("utf-8").split(b"."):
+        if not label or len(label) > 63:
+            raise ZoneDataError(f"bad label in name {name!r}")
+        wire.append(len(label))
+        wire += label
     wire.append(0)
     if len(wire) > 255:
         raise ZoneDataError(f"name {name!r} is longer than 255 octets")
@@ -315,6 +332,10 @@ class _Token:
     quoted: bool = False
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_*/-]+(?:\.[A-Za-z0-9_*/-]+)*")
+_SPECIAL = frozenset('"()\\')
+
+
 def _logical_lines(text: str) -> Iterator[tuple[int, bool, list[_Token]]]:
     """(line number, starts with blank, tokens) per entry, parentheses joined, comments cut."""
     tokens: list[_Token] = []
@@ -326,6 +347,12 @@ def _logical_lines(text: str) -> Iterator[tuple[int, bool, list[_Token]]]:
             tokens = []
             starts_blank = line[:1] in (" ", "\t")
             first_line = number
+            if not _SPECIAL.intersection(line):
+                # The common line: plain words, perhaps a comment. Split at C speed.
+                words = line.split(";", 1)[0].split()
+                if words:
+                    yield number, starts_blank, [_Token(word) for word in words]
+                continue
         index = 0
         while index < len(line):
             char = line[index]
@@ -376,6 +403,12 @@ def _absolute(name: str, origin: str, number: int) -> str:
         absolute = name[:-1]
     else:
         absolute = f"{name}.{origin}" if origin else name
+    if not absolute:
+        return ""
+    if _PLAIN_NAME.fullmatch(absolute):
+        if len(absolute) > 253 or any(len(label) > 63 for label in absolute.split(".")):
+            raise ZoneDataError(f"line {number}: bad name {name!r}")
+        return absolute.lower()
     # Round trip through the wire form: checks the name and gives its canonical spelling.
     try:
         return wire_to_name(name_to_wire(absolute or "."), 0)[0]
