@@ -285,3 +285,21 @@ def test_zone_file_source_reads_a_url_through_the_shared_http_client() -> None:
     assert f"listed.example.{ZONE}" in {r.owner for r in records}
     missing = ZoneFileSource("http://misp.example/gone", ZONE, Clock(), 1 << 20, http=http)
     assert "HTTP 404" in str(failure_of(missing.fetch(), ZoneDataError))
+
+
+def test_a_primary_without_ixfr_is_asked_for_the_whole_zone(tmp_path: Path) -> None:
+    """An IXFR answered NOTIMP (or FORMERR) leads to an AXFR at the retry."""
+    clock = Clock()
+    primary = ScriptedPrimary()
+    primary.answers = [
+        FullZone(tuple(records(1, "a"))),
+        TransferError("the primary answered NOTIMP", 4),
+        FullZone(tuple(records(2, "b"))),
+    ]
+    zf = follower(tmp_path, primary, clock)
+    zf.startService()
+    zf.notify()
+    assert primary.requests[1]["qtype"] == IXFR
+    clock.advance(10)
+    assert primary.requests[2]["qtype"] == AXFR
+    assert names(zf) == {"b"}

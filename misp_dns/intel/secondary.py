@@ -54,6 +54,8 @@ RunInThread = Callable[..., defer.Deferred[Any]]
 Fetch = Callable[[], defer.Deferred[list[Record]]]
 Transfer = Callable[..., defer.Deferred[Result]]
 
+#: RCODEs a primary that does not do IXFR answers it with (FORMERR, NOTIMP): AXFR next.
+_NO_IXFR = (1, 4)
 #: Bounds on the SOA timers a primary may set (seconds), as BIND's min/max-refresh-time.
 MIN_REFRESH = 1.0
 MAX_REFRESH = 86400.0
@@ -260,7 +262,17 @@ class ZoneFollower(Service):
         assert self.primary is not None
         current = self.zone
         use_ixfr = current is not None and not self._need_axfr
-        result = await self.transfer_function(
+        try:
+            result = await self._transfer(current, use_ixfr)
+        except TransferError as problem:
+            if use_ixfr and problem.rcode in _NO_IXFR:
+                self._need_axfr = True  # a primary without IXFR: ask for the whole zone
+            raise
+        return await self._apply(result, current)
+
+    async def _transfer(self, current: RpzZone | None, use_ixfr: bool) -> Result:
+        assert self.primary is not None
+        return await self.transfer_function(
             self.clock,
             self.primary[0],
             self.primary[1],
@@ -272,7 +284,6 @@ class ZoneFollower(Service):
             max_bytes=self.max_bytes,
             max_records=self.max_records,
         )
-        return await self._apply(result, current)
 
     async def _apply(self, result: Result, current: RpzZone | None) -> RpzZone | None:
         if isinstance(result, UpToDate):

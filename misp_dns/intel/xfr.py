@@ -67,7 +67,12 @@ RCODE_NAMES = {1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFU
 
 
 class TransferError(Exception):
-    """A transfer that failed; nothing of it may be used."""
+    """A transfer that failed; nothing of it may be used. `rcode` is the primary's error
+    RCODE when it answered one."""
+
+    def __init__(self, message: str, rcode: int | None = None) -> None:
+        super().__init__(message)
+        self.rcode = rcode
 
 
 @attrs.frozen
@@ -341,7 +346,7 @@ class _Transfer:
             raise TransferError("a response that does not answer our query")
         if message.rcode:
             name = RCODE_NAMES.get(message.rcode, f"RCODE {message.rcode}")
-            raise TransferError(f"the primary answered {name}")
+            raise TransferError(f"the primary answered {name}", message.rcode)
         if message.question is not None and (
             message.question[0] != self.zone or message.question[1] != self.qtype
         ):
