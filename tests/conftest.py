@@ -76,8 +76,6 @@ _PACKAGES = {
     "logrotate": "logrotate",
     "nsd": "nsd",
     "named": "bind9",
-    "tsig-keygen": "bind9",
-    "nsupdate": "dnsutils",
     "ldns-keygen": "ldnsutils",
     "ldns-signzone": "ldnsutils",
     "dpkg-deb": "dpkg",

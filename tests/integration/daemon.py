@@ -48,7 +48,7 @@ class DnsDaemon:
         raise NotImplementedError
 
     def command(self) -> list[str]:
-        """The command line: `<binary> -d -c <conf>` (a subclass may differ)."""
+        """The command line: `<binary> -d -c <conf>` (a subclass may run it otherwise)."""
         return [self.binary, "-d", "-c", str(self.conf)]
 
     def start(self, timeout: float = 15.0) -> None:

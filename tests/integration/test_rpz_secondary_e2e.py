@@ -21,7 +21,7 @@ import dns.rdatatype
 import pytest
 from conftest import SHARED_DATA, free_port, require_tool
 
-from .bind import BindProcess, nsupdate, write_named_conf
+from .bind_primary import BindProcess, nsupdate, write_named_conf
 from .misp_stand_in import no_server_tracebacks, watch  # noqa: F401  (an autouse fixture)
 from .net import wait_until
 from .server import MispDnsProcess

@@ -1,4 +1,4 @@
-"""A real BIND 9 (`named`) on loopback, primary for one RPZ zone.
+"""A real BIND 9 (`named`) on loopback, primary for one RPZ zone (misp-dns is its secondary).
 
 `write_named_conf` writes a configuration for one zone file: no recursion, no rndc, no
 privilege drop, one worker thread; transfers allowed only with a TSIG key (or to anyone
