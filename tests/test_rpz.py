@@ -271,3 +271,19 @@ def test_names_round_trip_through_the_wire_form(labels: list[str]) -> None:
     """A name's wire form reads back as the same lower-case name."""
     name = ".".join(labels)
     assert wire_to_name(name_to_wire(name or "."), 0)[0] == name.lower()
+
+
+def test_records_of_the_wrong_length_are_refused() -> None:
+    """An A record of five octets, or a CNAME with bytes after its name, is malformed."""
+    message = dns.message.make_response(dns.message.make_query("rpz.", "AXFR"))
+    message.answer.append(dns.rrset.from_text("a.rpz.", 60, "IN", "A", "192.0.2.1"))
+    wire = message.to_wire()
+    longer = wire[:-6] + b"\x00\x05" + wire[-4:] + b"\x00"  # RDLENGTH 5, one more octet
+    with pytest.raises(ZoneDataError, match="5 octets"):
+        read_message(longer)
+    cname = dns.message.make_response(dns.message.make_query("rpz.", "AXFR"))
+    cname.answer.append(dns.rrset.from_text("a.rpz.", 60, "IN", "CNAME", "."))
+    wire = cname.to_wire()
+    padded = wire[:-3] + b"\x00\x02\x00\x00"  # RDLENGTH 2: the root name and a stray octet
+    with pytest.raises(ZoneDataError, match="longer than its name"):
+        read_message(padded)

@@ -56,6 +56,7 @@ _CLASSES = {"IN"}
 # names may be compressed on the wire and are lower-cased in canonical form.
 _LEADING_NAMES = {NS: 1, CNAME: 1, PTR: 1, DNAME: 1, SOA: 2}
 _NAMES_AFTER = {MX: 2, SRV: 6}  # one name after this many octets of fixed fields
+_ADDRESS_LENGTHS = {A: 4, AAAA: 16}
 
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")
@@ -217,6 +218,8 @@ def _canonical_rdata(rtype: int, rdata: bytes, message: bytes | None, start: int
     end = base + len(rdata)
     leading = _LEADING_NAMES.get(rtype)
     if leading is None and rtype not in _NAMES_AFTER:
+        if rtype in _ADDRESS_LENGTHS and len(rdata) != _ADDRESS_LENGTHS[rtype]:
+            raise ZoneDataError(f"type {rtype} RDATA of {len(rdata)} octets")
         return rdata
     out = bytearray()
     offset = base
@@ -233,7 +236,7 @@ def _canonical_rdata(rtype: int, rdata: bytes, message: bytes | None, start: int
     out += source[offset:end]
     if rtype == SOA and len(source[offset:end]) != _SOA_TIMERS.size:
         raise ZoneDataError("SOA RDATA of the wrong length")
-    if leading and rtype not in (SOA,) and offset != end and rtype not in _NAMES_AFTER:
+    if rtype != SOA and offset != end:
         raise ZoneDataError(f"type {rtype} RDATA longer than its name")
     return bytes(out)
 
@@ -250,8 +253,6 @@ class Message:
     rcode: int
     question: tuple[str, int, int] | None
     answers: tuple[Record, ...]
-    additional_end: int  # where the additional section starts (TSIG sits there)
-    additional_count: int
 
     @property
     def opcode(self) -> int:
@@ -274,7 +275,7 @@ def read_message(data: bytes) -> Message:
     """The header, question and answer section of a DNS message, strictly read."""
     if len(data) < _HEADER.size:
         raise ZoneDataError("message shorter than its header")
-    ident, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    ident, flags, qdcount, ancount, nscount, _ = _HEADER.unpack_from(data)
     offset = _HEADER.size
     question = None
     if qdcount > 1:
@@ -299,7 +300,7 @@ def read_message(data: bytes) -> Message:
     for _ in range(nscount):
         _, _, _, _, start, length = _skip_record(data, offset)
         offset = start + length
-    return Message(ident, flags, flags & 0xF, question, tuple(answers), offset, arcount)
+    return Message(ident, flags, flags & 0xF, question, tuple(answers))
 
 
 # --- master files -----------------------------------------------------------------------
