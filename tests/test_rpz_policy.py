@@ -332,3 +332,17 @@ def test_one_decision_object_per_rule(tmp_path: Path) -> None:
     assert first is not None and first is second
     one = policy.decide(PolicyQuery("sub.garden.example", 1))
     assert one is not None and one.local_data[0].rdata != name_to_wire("*.garden.test")
+
+
+def test_api_key_file_is_read_for_a_url(tmp_path: Path) -> None:
+    """api_key_file goes with an http(s) url; its key is read at build, a missing file named."""
+    with pytest.raises(FieldError) as raised:
+        RpzOptions(zone="rpz.test", url="file:///z", api_key_file="/k")
+    assert raised.value.field == "api_key_file"
+    key = tmp_path / "misp.key"
+    options = RpzOptions(zone="rpz.test", url="https://misp.example/rpz", api_key_file=str(key))
+    context = context_for(ServerConfig(state_dir=str(tmp_path)), Clock())
+    with pytest.raises(ConfigError, match=r"misp\.key': cannot read"):
+        plugin.build(options, context)
+    key.write_text("secret-key-123456\n")
+    assert plugin.build(options, context) is not None

@@ -303,3 +303,28 @@ def test_a_primary_without_ixfr_is_asked_for_the_whole_zone(tmp_path: Path) -> N
     clock.advance(10)
     assert primary.requests[2]["qtype"] == AXFR
     assert names(zf) == {"b"}
+
+
+class KeyedZoneResource(ZoneResource):
+    """Serves the zone only to a request carrying the MISP API key; else 403 echoing it."""
+
+    def render_GET(self, request: Any) -> bytes:
+        if request.getHeader("Authorization") != "misp-api-key-0123456789":
+            request.setResponseCode(403)
+            return b"bad key " + (request.getHeader("Authorization") or "").encode()
+        return super().render_GET(request)
+
+
+def test_zone_url_sends_the_misp_api_key_and_keeps_it_out_of_errors() -> None:
+    """With an api_key the request carries it (MISP's restSearch needs it); what the server
+    echoes of a key never reaches an error message."""
+    http = StubTreq(KeyedZoneResource())
+    url = "https://misp.example/rpz.zone"
+    keyed = ZoneFileSource(
+        url, ZONE, Clock(), 1 << 20, http=http, api_key="misp-api-key-0123456789"
+    )
+    assert f"listed.example.{ZONE}" in {r.owner for r in result_of(keyed.fetch())}
+    wrong = ZoneFileSource(url, ZONE, Clock(), 1 << 20, http=http, api_key="wrong-key-abcdefghij")
+    problem = str(failure_of(wrong.fetch(), ZoneDataError))
+    assert "HTTP 403" in problem and "wrong-key" not in problem
+    assert "wrong-key" not in repr(wrong)

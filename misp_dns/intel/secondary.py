@@ -47,6 +47,7 @@ from misp_dns.intel.xfr import (
     transfer,
 )
 from misp_dns.intel.zonedata import Record, ZoneDataError, read_master
+from misp_dns.redact import Redactor
 
 __all__ = ["ZoneFileSource", "ZoneFollower", "state_file"]
 
@@ -116,7 +117,7 @@ class ZoneFollower(Service):
 
     @property
     def where(self) -> str:
-        """The primary as host:port, or "the zone file"."""
+        """The primary as host:port, or "its zone file" (a URL may hold a secret)."""
         if self.primary is None:
             return "its zone file"
         return f"{self.primary[0]}:{self.primary[1]}"
@@ -153,12 +154,9 @@ class ZoneFollower(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        running = self._running
-        if running is None:
-            return None
-        waiting: defer.Deferred[None] = defer.Deferred()
-        running.addBoth(lambda _: waiting.callback(None))
-        return waiting
+        # A transfer in progress is not waited for (it may take transfer_timeout): what it
+        # brings is still applied, and nothing more is scheduled once stopped.
+        return None
 
     def _load_saved(self) -> RpzZone | None:
         records = zonestore.load(self.state_path, self.zone_name)
@@ -389,7 +387,9 @@ class ZoneFileSource:
     `fetch()` fires with the zone's records, or fails with `ZoneDataError` (not UTF-8, a
     bad record, over `max_bytes`, an HTTP status other than 200) or the shared HTTP
     client's errors (unreachable after its retries). `http` has treq's API; `run_blocking`
-    runs file reading and parsing (the policy passes the reactor's thread pool).
+    runs file reading and parsing (the policy passes the reactor's thread pool). With an
+    `api_key` (MISP's), requests carry it as `Authorization`, and it is kept out of every
+    message.
     """
 
     url: str
@@ -397,6 +397,7 @@ class ZoneFileSource:
     clock: Any
     max_bytes: int
     http: Any = None
+    api_key: str = attrs.field(default="", repr=False)
     timeout: float = 60.0
     run_blocking: Callable[[Callable[[], Any]], defer.Deferred[Any]] = defer.maybeDeferred
 
@@ -419,8 +420,14 @@ class ZoneFileSource:
             timeout=self.timeout,
             max_bytes=self.max_bytes,
             follow_redirects=True,
+            redact=Redactor(self.api_key, "<api key>") if self.api_key else str,
         )
-        result = await http.request("GET", self.url, f"rpz zone {self.zone} at {self.url}")
+        headers = {"Accept": "text/plain, */*", "User-Agent": "misp-dns"}
+        if self.api_key:
+            headers["Authorization"] = self.api_key
+        result = await http.request(
+            "GET", self.url, f"rpz zone {self.zone} at {self.url}", headers=headers
+        )
         if result.status != 200:
             raise ZoneDataError(f"{self.url}: HTTP {result.status}")
         body = result.body

@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -123,6 +124,7 @@ class RpzOptions:
     primary: str = attrs.field(default="", validator=_primary)
     url: str = ""
     tsig_key: str = ""
+    api_key_file: str = ""
     update_interval: Duration = attrs.field(
         default=Duration(3600), validator=between(1, 86400 * 30)
     )
@@ -142,6 +144,23 @@ class RpzOptions:
             )
         if self.tsig_key and not self.primary:
             raise FieldError("tsig_key", "signs zone transfers: it needs primary")
+        if self.api_key_file and not self.url.lower().startswith(("http://", "https://")):
+            raise FieldError("api_key_file", "is sent to an http(s) url: it needs one")
+
+    def read_api_key(self) -> str:
+        """The key in `api_key_file` (whitespace stripped), or ConfigError naming the file."""
+        path = Path(self.api_key_file).expanduser()
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as problem:
+            raise ConfigError(
+                [f"api_key_file {str(path)!r}: cannot read: {problem.strerror}"]
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError([f"api_key_file {str(path)!r}: not a text file"]) from None
+        if not key:
+            raise ConfigError([f"api_key_file {str(path)!r}: empty"])
+        return key
 
     @property
     def zone_name(self) -> str:
@@ -331,6 +350,8 @@ def _build(options: RpzOptions, context: BuildContext) -> RpzPolicy:
         )
         if source.is_remote:
             source.http = make_http_client(reactor, verify_tls=not options.disable_tls_validation)
+        if options.api_key_file:
+            source.api_key = options.read_api_key()
         follower = ZoneFollower(options.zone_name, fetch=source.fetch, **common)
     return RpzPolicy(options, follower)
 
