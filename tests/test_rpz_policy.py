@@ -7,6 +7,7 @@ resolver and cache, with a scripted upstream, and the responses are read with dn
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from misp_dns.dns.cache import AnswerCache
 from misp_dns.dns.resolver import ChainResolver
 from misp_dns.dns.server import Responder
 from misp_dns.event import Answer, Kind, QueryEvent
+from misp_dns.export.record import RecordEncoder
 from misp_dns.intel.rpz import RpzZone
 from misp_dns.intel.zonedata import name_to_wire, read_master
 from misp_dns.interfaces import IAnswerPolicy, IZoneFollower, PolicyQuery
@@ -346,3 +348,24 @@ def test_api_key_file_is_read_for_a_url(tmp_path: Path) -> None:
         plugin.build(options, context)
     key.write_text("secret-key-123456\n")
     assert plugin.build(options, context) is not None
+
+
+def test_query_log_says_the_rpz_action_and_the_local_data(served: Served) -> None:
+    """The query record names the trigger, the action when it is not NXDOMAIN, and the
+    local data answered."""
+    served.ask("local.example", "A")
+    local = json.loads(RecordEncoder().encode(served.events[-1]).line)
+    assert local["responseType"] == "Blocked"
+    assert local["policy"] == {
+        "source": "rpz",
+        "domain": "local.example",
+        "trigger": "qname",
+        "action": "local-data",
+    }
+    assert [a["recordData"] for a in local["answers"]] == ["192.0.2.99"]
+    served.raw(dns.message.make_query("drop.example", "A").to_wire())
+    dropped = json.loads(RecordEncoder().encode(served.events[-1]).line)
+    assert dropped["responseType"] == "Dropped" and dropped["policy"]["action"] == "drop"
+    served.ask("blocked.example")
+    blocked = json.loads(RecordEncoder().encode(served.events[-1]).line)
+    assert "action" not in blocked["policy"]
