@@ -25,6 +25,7 @@ from twisted.internet.task import Clock
 from twisted.names import dns as tdns
 from zope.interface.verify import verifyObject
 
+from misp_dns.admin.metrics import QueryCounter
 from misp_dns.build import context_for
 from misp_dns.dns.acl import ClientACL
 from misp_dns.dns.cache import AnswerCache
@@ -369,3 +370,12 @@ def test_query_log_says_the_rpz_action_and_the_local_data(served: Served) -> Non
     served.ask("blocked.example")
     blocked = json.loads(RecordEncoder().encode(served.events[-1]).line)
     assert "action" not in blocked["policy"]
+
+
+def test_dropped_queries_count_as_blocked_in_the_metrics(served: Served) -> None:
+    """An rpz-drop is a block: blocked_total counts it under its source and trigger."""
+    counter = QueryCounter()
+    served.responder.tally = counter.count
+    served.raw(dns.message.make_query("drop.example", "A").to_wire())
+    assert counter.blocked_by_cause() == {("rpz", "qname"): 1}
+    assert ("udp", "A", "Dropped") in counter.by_label()
