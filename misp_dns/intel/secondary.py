@@ -109,6 +109,7 @@ class ZoneFollower(Service):
         self.last_error = ""
         self.transfers: dict[str, int] = {"axfr": 0, "ixfr": 0, "up-to-date": 0, "fetch": 0}
         self._need_axfr = True
+        self._how = ""  # how the last copy came, for its log line
         self._running: defer.Deferred[None] | None = None
         self._again = False
         self._timer: IDelayedCall | None = None
@@ -253,6 +254,7 @@ class ZoneFollower(Service):
         if self.fetch is not None:
             records = await self.fetch()
             self.transfers["fetch"] += 1
+            self._how = ""
             zone: RpzZone = await self.run_in_thread(RpzZone.from_records, self.zone_name, records)
             if self.zone is not None and zone.records == self.zone.records:
                 return None
@@ -289,6 +291,7 @@ class ZoneFollower(Service):
             return None
         if isinstance(result, FullZone):
             self.transfers["axfr"] += 1
+            self._how = " by AXFR"
             zone: RpzZone = await self.run_in_thread(
                 RpzZone.from_records, self.zone_name, result.records
             )
@@ -303,6 +306,9 @@ class ZoneFollower(Service):
             self._need_axfr = True  # the next try asks for the whole zone
             raise
         self.transfers["ixfr"] += 1
+        self._how = (
+            f" by IXFR ({len(result.changes)} {'delta' if len(result.changes) == 1 else 'deltas'})"
+        )
         built: RpzZone = await self.run_in_thread(RpzZone.from_records, self.zone_name, records)
         return built
 
@@ -311,10 +317,11 @@ class ZoneFollower(Service):
         self.zone = zone
         self.generation += 1
         self.log.info(
-            "rpz zone {zone}: serial {serial} from {where} ({rules} triggers{skipped})",
+            "rpz zone {zone}: serial {serial} from {where}{how} ({rules} triggers{skipped})",
             zone=self.zone_name,
             serial=zone.serial,
             where=self.where,
+            how=self._how,
             rules=zone.rule_count,
             skipped=_skipped_text(zone),
         )

@@ -182,7 +182,8 @@ def test_misp_dns_follows_a_bind_primary_and_its_changes(setup: Setup) -> None:
     )
     took = time.monotonic() - changed
     log = process.log_text()
-    assert f"rpz zone {RPZ_ZONE}: serial 2 from 127.0.0.1:{setup.bind_port}" in log, log
+    assert f"rpz zone {RPZ_ZONE}: serial 1 from 127.0.0.1:{setup.bind_port} by AXFR" in log, log
+    assert f"rpz zone {RPZ_ZONE}: serial 2 from 127.0.0.1:{setup.bind_port} by IXFR" in log, log
     assert took < FOLLOW_WITHIN
 
 
