@@ -379,3 +379,13 @@ def test_dropped_queries_count_as_blocked_in_the_metrics(served: Served) -> None
     served.raw(dns.message.make_query("drop.example", "A").to_wire())
     assert counter.blocked_by_cause() == {("rpz", "qname"): 1}
     assert ("udp", "A", "Dropped") in counter.by_label()
+
+
+def test_notify_without_any_rpz_policy_is_notimp() -> None:
+    """A server that follows no zone answers NOTIFY NOTIMP, as any opcode it does not do."""
+    clock = Clock()
+    resolver = ChainResolver(PolicyChain([]), AnswerCache(10, clock), Upstream(), "dns.test")  # type: ignore[arg-type]
+    responder = Responder(resolver, ClientACL([ipaddress.ip_network("127.0.0.0/8")]), clock)
+    wire = responder.respond(notify_wire().to_wire(), "127.0.0.1", "udp")
+    assert isinstance(wire, bytes)
+    assert dns.message.from_wire(wire).rcode() == dns.rcode.NOTIMP

@@ -115,7 +115,10 @@ class Responder:
                 return wire
         started = self.clock.seconds()
         if is_notify(data):
-            return self._notify(data, client)
+            followers = self._followers()
+            if followers:
+                return self._notify(data, client, followers)
+            # No policy follows a zone: NOTIFY is an opcode this server does not do (NOTIMP).
         try:
             request = read_request(data)
         except DropPacket:
@@ -219,7 +222,14 @@ class Responder:
             )
         return wire
 
-    def _notify(self, data: bytes, client: str) -> bytes | None:
+    def _followers(self) -> list[Any]:
+        """The policies of the chain in service that follow a zone (`IZoneFollower`)."""
+        chain = self.resolver.policy
+        if not chain:
+            return []
+        return [policy for policy in chain.policies if IZoneFollower.providedBy(policy)]
+
+    def _notify(self, data: bytes, client: str, followers: list[Any]) -> bytes | None:
         """Hand a NOTIFY (RFC 1996) to the policy following its zone; answer or refuse it."""
         try:
             notify = read_notify(data)
@@ -227,8 +237,8 @@ class Responder:
             self.counters.format_errors += 1
             return encode_error(problem)
         accepted = False
-        for policy in self.resolver.policy.policies if self.resolver.policy else ():
-            if IZoneFollower.providedBy(policy) and policy.zone == notify.zone:
+        for policy in followers:
+            if policy.zone == notify.zone:
                 try:
                     accepted = bool(policy.notified(client))
                 except Exception:
