@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 CONFIG ?= etc/misp-dns.toml
 # Debian packages the integration tests and benchmarks drive: command -> package.
 DEBIAN_TOOLS := unbound:unbound dig:dnsutils dnsperf:dnsperf rsyslogd:rsyslog logrotate:logrotate \
-	nsd:nsd ldns-keygen:ldnsutils ldns-signzone:ldnsutils \
+	nsd:nsd ldns-keygen:ldnsutils ldns-signzone:ldnsutils named:bind9 \
 	dpkg-deb:dpkg adduser:adduser unshare:util-linux nsenter:util-linux setpriv:util-linux
 # Debian packages without a command of their own: the venv module of the Debian Python that
 # the .deb's virtualenv is made with.

@@ -31,7 +31,7 @@ from misp_dns.export.exporter import (
 )
 from misp_dns.interfaces import BuildContext, IPolicy, ISink
 from misp_dns.registry import Registry
-from misp_dns.values import Config, ConfigError, PluginConfig, ServerConfig
+from misp_dns.values import Config, ConfigError, PluginConfig, ServerConfig, TsigKeyConfig
 
 __all__ = [
     "build_exporter",
@@ -45,9 +45,13 @@ __all__ = [
 ]
 
 
-def context_for(server: ServerConfig, reactor: Any) -> BuildContext:
+def context_for(
+    server: ServerConfig, reactor: Any, tsig_keys: Sequence[TsigKeyConfig] = ()
+) -> BuildContext:
     """The context plugins of a configuration are built with."""
-    return BuildContext(reactor=reactor, server=server, state_dir=server.state_dir)
+    return BuildContext(
+        reactor=reactor, server=server, state_dir=server.state_dir, tsig_keys=tuple(tsig_keys)
+    )
 
 
 def build_policy(
@@ -65,7 +69,7 @@ def build_policy(
 
 def build_policies(config: Config, registry: Registry, reactor: Any) -> list[IPolicy]:
     """The `[[policy]]` tables turned into policy objects, in config order."""
-    context = context_for(config.server, reactor)
+    context = context_for(config.server, reactor, config.tsig_key)
     problems: list[str] = []
     policies = []
     for index, table in enumerate(config.policy):

@@ -275,8 +275,32 @@ def _status(reply: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _zone_lines(head: str, policy: dict[str, Any], now: float) -> list[str]:
+    """An RPZ secondary: the zone, the serial served, its triggers, and how updates go."""
+    mode = "" if policy["enforced"] else ", monitor mode"
+    where = f"{policy['zone']} from {policy['from']}{mode}"
+    if policy["serial"] is None:
+        lines = [f"{head} ({where}): no copy of the zone yet"]
+    else:
+        lines = [f"{head} ({where}): serial {policy['serial']}, {policy['triggers']:,} triggers"]
+    skipped = policy["notApplied"]
+    if skipped:
+        parts = ", ".join(f"{count:,} {kind}" for kind, count in sorted(skipped.items()))
+        lines.append(f"    not applied: {parts}")
+    last = policy["lastRefresh"]
+    if last is not None:
+        lines.append(f"    checked {_when(last)} ({_span(now - last)} ago)")
+    if policy["lastError"]:
+        lines.append(
+            f"    last update FAILED ({policy['failuresInARow']} in a row): {policy['lastError']}"
+        )
+    return lines
+
+
 def _policy_lines(policy: dict[str, Any], now: float) -> list[str]:
     head = f"  {policy['policy']} {policy['policyType']}"
+    if "zone" in policy:
+        return _zone_lines(head, policy, now)
     if "indicators" not in policy:
         return [f"{head}: {'ready' if policy['ready'] else 'not ready'}"]
     mode = "" if policy["enforced"] else ", monitor mode"

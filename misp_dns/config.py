@@ -1,7 +1,7 @@
 """The configuration file: one strict cattrs converter, TOML loading, readable errors.
 
 The value classes it fills live in `misp_dns.values`. The file is TOML with the sections
-`[server]`, `[cache]`, `[[policy]]`, `[[export]]` and `[admin]` (see the README and
+`[server]`, `[cache]`, `[[policy]]`, `[[export]]`, `[admin]` and `[[tsig_key]]` (see the README and
 etc/misp-dns.toml).
 Loading either returns a complete `Config` or raises `ConfigError`, whose `problems` are one
 line each, naming the TOML path and the bad value:
@@ -43,6 +43,7 @@ from misp_dns.values import (
     Network,
     PluginConfig,
     ServerConfig,
+    TsigKeyConfig,
     Upstream,
     describe_value,
     parse_duration,
@@ -271,7 +272,7 @@ def _plugin_tables(
 def parse_config(raw: Mapping[str, Any], registry: Registry) -> Config:
     """Validate an already-parsed TOML document; raise ConfigError with every problem."""
     problems: list[str] = []
-    known = {"server", "cache", "policy", "export", "admin"}
+    known = {"server", "cache", "policy", "export", "admin", "tsig_key"}
     problems.extend(f"{key}: unknown section" for key in sorted(set(raw) - known))
     server, found = structure_section(raw.get("server", {}), ServerConfig, "server")
     problems.extend(found)
@@ -285,9 +286,33 @@ def parse_config(raw: Mapping[str, Any], registry: Registry) -> Config:
     if "admin" in raw:
         admin, found = structure_section(raw["admin"], AdminConfig, "admin")
         problems.extend(found)
+    tsig_keys, found = _tsig_keys(raw.get("tsig_key", []))
+    problems.extend(found)
     if problems or server is None or cache is None:
         raise ConfigError(problems)
-    return Config(server, cache, tuple(policies), tuple(exports), admin)
+    return Config(server, cache, tuple(policies), tuple(exports), admin, tsig_key=tsig_keys)
+
+
+def _tsig_keys(raw: Any) -> tuple[tuple[TsigKeyConfig, ...], list[str]]:
+    """The `[[tsig_key]]` tables; a name used twice is a problem (which would sign?)."""
+    if not isinstance(raw, list):
+        return (), [
+            f"tsig_key: expected an array of tables ([[tsig_key]]), got {describe_value(raw)}"
+        ]
+    keys: list[TsigKeyConfig] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for index, table in enumerate(raw):
+        key, found = structure_section(table, TsigKeyConfig, f"tsig_key[{index}]")
+        problems.extend(found)
+        if key is None:
+            continue
+        folded = key.name.rstrip(".").lower()
+        if folded in seen:
+            problems.append(f"tsig_key[{index}].name: {key.name!r} is already a key's name")
+        seen.add(folded)
+        keys.append(key)
+    return tuple(keys), problems
 
 
 def load_config(path: str | Path, registry: Registry | None = None) -> Config:

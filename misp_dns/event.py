@@ -30,6 +30,7 @@ class Kind(enum.Enum):
     RECURSIVE = "Recursive"
     CACHED = "Cached"
     REFUSED = "Refused"
+    DROPPED = "Dropped"
     SERVER_FAILURE = "ServerFailure"
 
 

@@ -6,8 +6,9 @@ A third-party package imports this module and nothing else from misp-dns:
   `IPolicy` that also judges the answer: its CNAME/DNAME chain and its addresses),
   `IIndicatorSource` (fetches indicators for a blocking policy) and `ISink` (receives
   query records);
-- the values they exchange: `PolicyQuery` and `Decision` (with `Action` and `Provenance`),
-  `RawIndicator`;
+- the values they exchange: `PolicyQuery` and `Decision` (with `Action`, `Provenance` and,
+  for answers other than NXDOMAIN, `LocalRecord` and the `ANSWER_*` names), `RawIndicator`;
+- `IZoneFollower`, a policy that follows a zone from a primary and is told of its NOTIFYs;
 - how a plugin is found and built: a `PluginType` named in one of the entry-point groups
   `POLICY_GROUP`, `SOURCE_GROUP`, `SINK_GROUP`, built with a `BuildContext`;
 - what an options class uses to validate and to fail: `ConfigError`, `FieldError`,
@@ -42,11 +43,16 @@ from misp_dns.values import (
     Duration,
     FieldError,
     ServerConfig,
+    TsigKeyConfig,
     at_least,
     between,
 )
 
 __all__ = [
+    "ANSWER_DROP",
+    "ANSWER_LOCAL_DATA",
+    "ANSWER_NODATA",
+    "ANSWER_NXDOMAIN",
     "EDE_BLOCKED",
     "POLICY_GROUP",
     "SINK_GROUP",
@@ -66,6 +72,8 @@ __all__ = [
     "IPolicy",
     "IServerReactor",
     "ISink",
+    "IZoneFollower",
+    "LocalRecord",
     "PluginType",
     "PolicyQuery",
     "Provenance",
@@ -90,6 +98,13 @@ EDE_BLOCKED = 15
 TRIGGER_QNAME = "qname"
 TRIGGER_CNAME = "cname"
 TRIGGER_IP = "ip"
+#: What a blocking decision answers (`Decision.answer`): the blocked answer (NXDOMAIN with an
+#: SOA, or the TXT report), NODATA (NOERROR, no answer, the same SOA), no answer at all, or
+#: the decision's `local_data` (a CNAME to a walled garden, or A/AAAA/TXT records).
+ANSWER_NXDOMAIN = "nxdomain"
+ANSWER_NODATA = "nodata"
+ANSWER_DROP = "drop"
+ANSWER_LOCAL_DATA = "local-data"
 
 
 # --- The values policies work with ------------------------------------------------------
@@ -130,6 +145,19 @@ class Provenance:
 
 
 @attrs.frozen(cache_hash=True)
+class LocalRecord:
+    """A record a decision answers with instead of the blocked answer, owned by the question.
+
+    `rdata` is the record's RDATA in uncompressed wire form (a CNAME's target name, an A
+    record's four octets).
+    """
+
+    type: int
+    ttl: int
+    rdata: bytes
+
+
+@attrs.frozen(cache_hash=True)
 class Decision:
     """A policy's verdict on a query and what the answer and the query log need to say it.
 
@@ -138,6 +166,10 @@ class Decision:
     `TRIGGER_IP`); `indicator` is then the listed name, or the listed address or range.
     Decisions are compared and hashed as values, so a policy may hand back the same
     decision object for many queries (the answer builders memoize on it).
+
+    `answer` says what a blocking decision answers (one of the `ANSWER_*` names; an RPZ
+    policy uses all of them): with `ANSWER_LOCAL_DATA`, the records of `local_data` for the
+    question's type, a CNAME among them for any type, else NODATA.
     """
 
     action: Action
@@ -151,6 +183,8 @@ class Decision:
     enforced: bool = True
     provenance: Provenance = attrs.field(factory=Provenance)
     trigger: str = TRIGGER_QNAME
+    answer: str = ANSWER_NXDOMAIN
+    local_data: tuple[LocalRecord, ...] = ()
 
     @property
     def blocks(self) -> bool:
@@ -238,6 +272,23 @@ class IAnswerPolicy(IPolicy):
         """
 
 
+class IZoneFollower(IPolicy):
+    """A policy that follows a zone from a primary server (an RPZ secondary).
+
+    The DNS server hands it the NOTIFY messages (RFC 1996) it receives for `zone` on its
+    listen addresses, and answers the primary from what `notified` returns.
+    """
+
+    zone = Attribute("The followed zone's name: lower-case, without the trailing dot.")
+
+    def notified(source):
+        """A NOTIFY for `zone` came from the address `source` (a string).
+
+        Return True when `source` is this zone's primary (the zone is then checked soon),
+        False to have the NOTIFY refused. Must not block or raise.
+        """
+
+
 class IIndicatorSource(Interface):
     """Fetches the current set of indicators from somewhere (MISP REST, a MISP feed, ...)."""
 
@@ -295,12 +346,14 @@ class BuildContext:
     """What a plugin factory may use: the reactor, the server settings and the state folder.
 
     Tests pass a `twisted.internet.testing.MemoryReactorClock` (or a `task.Clock` where only
-    time is used) as `reactor`.
+    time is used) as `reactor`. `tsig_keys` are the config's `[[tsig_key]]` tables
+    (`misp_dns.tsig.load_keys` reads their secrets).
     """
 
     reactor: IServerReactor
     server: ServerConfig
     state_dir: str
+    tsig_keys: tuple[TsigKeyConfig, ...] = ()
 
 
 @attrs.frozen

@@ -77,9 +77,9 @@ def _from_entry_points(group: str) -> Iterable[PluginType]:
 
 
 def _builtin_policies() -> list[PluginType]:
-    from misp_dns.policy import allowlist, misp
+    from misp_dns.policy import allowlist, misp, rpz
 
-    return [allowlist.plugin, misp.misp_plugin, misp.feed_plugin]
+    return [allowlist.plugin, misp.misp_plugin, misp.feed_plugin, rpz.plugin]
 
 
 def _builtin_exporters() -> list[PluginType]:

@@ -145,7 +145,7 @@ class PolicyReloader:
     def _build(self, config: Config) -> list[RunningPolicy]:
         """The new chain: running policies whose table is unchanged, new ones for the rest."""
         unused = list(self.running)
-        context = context_for(config.server, self.reactor)
+        context = context_for(config.server, self.reactor, config.tsig_key)
         chain: list[RunningPolicy] = []
         problems: list[str] = []
         for index, table in enumerate(config.policy):

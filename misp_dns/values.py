@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 __all__ = [
+    "TSIG_ALGORITHMS",
     "AdminConfig",
     "BadValue",
     "BlockingOptions",
@@ -28,6 +29,7 @@ __all__ = [
     "Network",
     "PluginConfig",
     "ServerConfig",
+    "TsigKeyConfig",
     "Upstream",
     "at_least",
     "between",
@@ -231,6 +233,45 @@ class AdminConfig:
             )
 
 
+#: The TSIG algorithms misp-dns signs and verifies with (RFC 8945 section 6).
+TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1")
+
+
+def _valid_key_name(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    labels = value.rstrip(".").split(".")
+    if (
+        not value.rstrip(".")
+        or len(value) > 253
+        or any(
+            not re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label)
+            for label in labels
+        )
+    ):
+        raise FieldError(attribute.name, f"expected a key name such as fleet, got {value!r}")
+
+
+def _valid_tsig_algorithm(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value.lower() not in TSIG_ALGORITHMS:
+        raise FieldError(
+            attribute.name, f"expected one of {', '.join(TSIG_ALGORITHMS)}, got {value!r}"
+        )
+
+
+@attrs.frozen
+class TsigKeyConfig:
+    """One `[[tsig_key]]`: a TSIG key (RFC 8945) that transfers and NOTIFY are signed with.
+
+    `name` is the key's name on the wire (both ends must use the same), `secret_file` a
+    file holding the base64 secret as BIND's `tsig-keygen` prints it (the bare secret, or
+    the whole `key "name" { ... };` statement). The secret is read when the server is built
+    (`misp_dns.tsig.load_keys`), never here, and never appears in a message.
+    """
+
+    name: str = attrs.field(validator=_valid_key_name)
+    secret_file: str
+    algorithm: str = attrs.field(default="hmac-sha256", validator=_valid_tsig_algorithm)
+
+
 @attrs.frozen
 class PluginConfig:
     """One `[[policy]]` or `[[export]]` table: its `type` and its structured options."""
@@ -249,6 +290,7 @@ class Config:
     export: tuple[PluginConfig, ...] = ()
     #: None when the config has no `[admin]` section: no admin listener.
     admin: AdminConfig | None = None
+    tsig_key: tuple[TsigKeyConfig, ...] = ()
 
 
 _TWO_HOURS = Duration(2 * 3600)

@@ -75,6 +75,7 @@ _PACKAGES = {
     "rsyslogd": "rsyslog",
     "logrotate": "logrotate",
     "nsd": "nsd",
+    "named": "bind9",
     "ldns-keygen": "ldnsutils",
     "ldns-signzone": "ldnsutils",
     "dpkg-deb": "dpkg",

@@ -29,13 +29,18 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from misp_dns.admin.web import AdminService, read_token
+from misp_dns.build import context_for
 from misp_dns.event import Answer
 from misp_dns.export.exporter import ExporterService, SinkSlot
 from misp_dns.intel.updater import IndicatorUpdater
+from misp_dns.intel.xfr import FullZone
+from misp_dns.intel.zonedata import read_master
 from misp_dns.interfaces import BlockingOptions, IPolicy, PolicyQuery, RawIndicator
 from misp_dns.policy.allowlist import AllowlistOptions, AllowlistPolicy
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.policy.misp import MispBlockingPolicy
+from misp_dns.policy.rpz import RpzOptions
+from misp_dns.policy.rpz import plugin as rpz_plugin
 from misp_dns.tap import build_service
 from misp_dns.testing import MemoryIndicatorSource, MemorySink
 from misp_dns.values import AdminConfig, Config, ConfigError, HostPort, ServerConfig, Upstream
@@ -566,3 +571,45 @@ def test_refresh_refuses_what_it_cannot_do() -> None:
     assert code == 415
     assert server.post("/api/refresh", {"policy": 1})[0] == 400
     assert server.post("/api/refresh", {"policy": "policy[1]"})[0] == 200
+
+
+def test_status_shows_an_rpz_secondary(tmp_path: Any) -> None:
+    """An rpz policy's status: its zone, where it comes from, the serial served, the
+    triggers applied and not, and how its transfers went."""
+    reactor = MemoryReactorClock()
+    reactor.advance(NOW)
+    context = context_for(ServerConfig(state_dir=str(tmp_path)), reactor)
+    policy = rpz_plugin.build(RpzOptions(zone="rpz.test", primary="192.0.2.1:53"), context)
+    zone_text = (
+        "$TTL 60\n@ SOA ns hm 12 3600 600 86400 60\n NS ns\n"
+        "bad.example CNAME .\n32.1.0.53.10.rpz-client-ip CNAME .\n"
+    )
+    records = read_master(zone_text, "rpz.test")
+    policy.follower.transfer_function = lambda *a, **k: defer.succeed(FullZone(tuple(records)))
+    policy.follower.run_in_thread = inline
+    config = Config(
+        server=ServerConfig(upstreams=(Upstream("192.0.2.53", 53),)),
+        admin=AdminConfig(HostPort("127.0.0.1", 8053), token_file="(given)"),
+    )
+    top = build_service(config, [policy], reactor, admin_token=TOKEN)
+    admin: Any = top.getServiceNamed("admin")
+    policy.follower.startService()
+    http = StubTreq(admin.resource)
+    headers = {"Authorization": "Bearer " + TOKEN.decode()}
+    response = result_of(http.get(BASE + "/api/status", headers=headers))
+    (rpz,) = json.loads(result_of(response.text()))["policies"]
+    assert rpz == {
+        "policy": "policy[0]",
+        "policyType": "rpz",
+        "ready": True,
+        "zone": "rpz.test",
+        "from": "192.0.2.1:53",
+        "enforced": True,
+        "serial": 12,
+        "triggers": 1,
+        "notApplied": {"rpz-client-ip": 1},
+        "lastRefresh": NOW,
+        "failuresInARow": 0,
+        "lastError": "",
+        "transfers": {"axfr": 1, "ixfr": 0, "up-to-date": 0, "fetch": 0},
+    }

@@ -22,7 +22,7 @@ from conftest import free_port
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 
-from misp_dns.cli import main
+from misp_dns.cli import _policy_lines, main
 from misp_dns.intel.sightings import SightingsReporter
 from misp_dns.intel.updater import IndicatorUpdater
 from misp_dns.interfaces import BlockingOptions, RawIndicator
@@ -225,3 +225,32 @@ def test_check_config_is_the_twistd_form(tmp_path: Path) -> None:
         "misp-dns: admin.token_file: required when listen (0.0.0.0:8053) is not a loopback"
         " address\n"
     )
+
+
+def test_status_prints_an_rpz_secondary() -> None:
+    """`misp-dns status` says which serial of which zone an rpz policy serves, what it does
+    not apply, and why its last update failed."""
+    policy = {
+        "policy": "policy[0]",
+        "policyType": "rpz",
+        "ready": True,
+        "zone": "rpz.test",
+        "from": "192.0.2.1:53",
+        "enforced": True,
+        "serial": 12,
+        "triggers": 1500,
+        "notApplied": {"rpz-client-ip": 2},
+        "lastRefresh": 1_700_000_000.0,
+        "failuresInARow": 3,
+        "lastError": "the primary answered REFUSED",
+        "transfers": {"axfr": 1, "ixfr": 0, "up-to-date": 0, "fetch": 0},
+    }
+    lines = _policy_lines(policy, 1_700_000_060.0)
+    assert lines == [
+        "  policy[0] rpz (rpz.test from 192.0.2.1:53): serial 12, 1,500 triggers",
+        "    not applied: 2 rpz-client-ip",
+        "    checked 2023-11-14 22:13:20 UTC (1 min 00 s ago)",
+        "    last update FAILED (3 in a row): the primary answered REFUSED",
+    ]
+    empty = _policy_lines(policy | {"serial": None, "lastRefresh": None, "lastError": ""}, 0)
+    assert empty[0] == "  policy[0] rpz (rpz.test from 192.0.2.1:53): no copy of the zone yet"

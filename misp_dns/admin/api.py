@@ -32,6 +32,7 @@ from misp_dns.dns.server import DNSStreamFactory, Responder
 from misp_dns.export.exporter import ExporterService
 from misp_dns.interfaces import Action, Decision, IPolicy, PolicyQuery
 from misp_dns.policy.misp import MispBlockingPolicy
+from misp_dns.policy.rpz import RpzPolicy
 from misp_dns.qtypes import qtype_name
 
 __all__ = [
@@ -293,7 +294,27 @@ def _policy_status(index: int, policy: IPolicy, ready: bool) -> dict[str, Any]:
                 "dropped": reporter.dropped,
                 "pending": reporter.pending,
             }
+    elif isinstance(policy, RpzPolicy):
+        status |= _rpz_status(policy)
     return status
+
+
+def _rpz_status(policy: RpzPolicy) -> dict[str, Any]:
+    """What an operator asks of an RPZ secondary: which copy it serves, and how it fares."""
+    follower = policy.follower
+    zone = follower.zone
+    return {
+        "zone": policy.zone,
+        "from": follower.where,
+        "enforced": policy.options.enable_blocking,
+        "serial": None if zone is None else zone.serial,
+        "triggers": 0 if zone is None else zone.rule_count,
+        "notApplied": {} if zone is None else dict(zone.skipped),
+        "lastRefresh": follower.last_success,
+        "failuresInARow": follower.failures,
+        "lastError": follower.last_error,
+        "transfers": dict(follower.transfers),
+    }
 
 
 def _export_status(exporter: ExporterService | None) -> dict[str, Any]:

@@ -104,7 +104,7 @@ class QueryCounter:
         decision = answer.decision
         if decision is None:
             return
-        if kind is _BLOCKED:
+        if kind is _BLOCKED or kind is _DROPPED:
             recent = self._recent
         elif decision.action is _BLOCK and not decision.enforced:
             recent = self._recent_monitored
@@ -151,6 +151,7 @@ class QueryCounter:
 
 
 _BLOCKED = Kind.BLOCKED
+_DROPPED = Kind.DROPPED
 _BLOCK = Action.BLOCK
 
 

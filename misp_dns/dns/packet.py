@@ -31,7 +31,7 @@ from misp_dns.dns.wire import (
     presentation_name,
 )
 from misp_dns.event import Answer, PacketBody
-from misp_dns.interfaces import Decision
+from misp_dns.interfaces import ANSWER_LOCAL_DATA, ANSWER_NODATA, Decision
 
 __all__ = [
     "PacketBody",
@@ -183,8 +183,19 @@ def _name(text: str) -> bytes:
 
 
 def blocked_body(decision: Decision, qtype: int, server_name: str) -> PacketBody:
-    """The blocked answer (README, "What clients see") to a question of type `qtype`."""
+    """The blocked answer (README, "What clients see") to a question of type `qtype`.
+
+    A decision answering NODATA gets the same SOA with NOERROR; one answering local data
+    gets its records of type `qtype` (its CNAME, whatever `qtype`), else that NODATA.
+    """
     ttl = decision.ttl
+    if decision.answer == ANSWER_LOCAL_DATA:
+        local = _local_data_body(decision, qtype)
+        if local is not None:
+            return local
+        return _nodata_body(server_name, ttl)
+    if decision.answer == ANSWER_NODATA:
+        return _nodata_body(server_name, ttl)
     if qtype == dns.TXT and decision.add_txt_report:
         report = decision.report.encode("utf-8")
         chunks = [report[i : i + 255] for i in range(0, len(report), 255)] or [b""]
@@ -197,13 +208,44 @@ def blocked_body(decision: Decision, qtype: int, server_name: str) -> PacketBody
 @functools.lru_cache(maxsize=64)
 def _nxdomain_body(server_name: str, ttl: int) -> PacketBody:
     """NXDOMAIN with the SOA: the same bytes for every blocked name (the owner is a pointer)."""
+    return _soa_body(dns.ENAME, server_name, ttl)
+
+
+@functools.lru_cache(maxsize=64)
+def _nodata_body(server_name: str, ttl: int) -> PacketBody:
+    """NOERROR, no answer, the blocked answer's SOA (RFC 2308 section 2.2, NODATA)."""
+    return _soa_body(dns.OK, server_name, ttl)
+
+
+def _soa_body(rcode: int, server_name: str, ttl: int) -> PacketBody:
     rdata = (
         _name(server_name)
         + _name(f"hostadmin.{server_name}")
         + struct.pack("!IIIII", SOA_SERIAL, SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, ttl)
     )
     record = _QUESTION_NAME + _RR_FIXED.pack(dns.SOA, dns.IN, ttl, len(rdata)) + rdata
-    return PacketBody(dns.ENAME, False, (0, 1, 0), record, (6,), (ttl,))
+    return PacketBody(rcode, False, (0, 1, 0), record, (6,), (ttl,))
+
+
+def _local_data_body(decision: Decision, qtype: int) -> PacketBody | None:
+    """The decision's records answering `qtype`, owned by the question's name; None if none.
+
+    A CNAME answers every type (the name is an alias of the walled garden); other records
+    answer their own type, and all of them answer ANY.
+    """
+    chosen = [r for r in decision.local_data if r.type == dns.CNAME]
+    if not chosen:
+        chosen = [r for r in decision.local_data if r.type == qtype or qtype == dns.ALL_RECORDS]
+    if not chosen:
+        return None
+    body = bytearray()
+    offsets = []
+    for record in chosen:
+        offsets.append(len(body) + 6)
+        body += _QUESTION_NAME + _RR_FIXED.pack(record.type, dns.IN, record.ttl, len(record.rdata))
+        body += record.rdata
+    ttls = tuple(record.ttl for record in chosen)
+    return PacketBody(dns.OK, False, (len(chosen), 0, 0), bytes(body), tuple(offsets), ttls)
 
 
 MINIMAL_ANY_TTL = 3600

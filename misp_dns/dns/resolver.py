@@ -96,7 +96,7 @@ class ChainResolver:
         self.forwarder = forwarder
         self.server_name = server_name
         self.upstream_failures = 0
-        self._blocked: dict[tuple[Decision, bool], Answer] = {}
+        self._blocked: dict[tuple[Decision, object], Answer] = {}
         self._identity = chaos_identity_answer(server_name)
         self._in_flight: dict[_Flight, list[tuple[defer.Deferred[Answer], Decision | None]]] = {}
 
@@ -125,6 +125,8 @@ class ChainResolver:
         they are looked at only after the cache missed: a hit pays nothing for them.
         """
         if decision is not None and decision.blocks:
+            if _garden(decision, key[1]) is not None:
+                return None  # the full path resolves the walled garden
             return self.blocked(decision, key[1]), 0
         found = self.cache.entry(key)
         if found is None:
@@ -196,9 +198,12 @@ class ChainResolver:
             dnssec_ok,
             request.flags & CHECKING_DISABLED,
         )
-        found = self.answer_at_once(decision, key)
         # A TCP client gets the whole answer: not one the upstream may have cut to fit UDP.
         whole = transport == "tcp"
+        garden = None if decision is None else _garden(decision, question.type)
+        if garden is not None and decision is not None:
+            return self._into_garden(request, decision, garden, key, whole)
+        found = self.answer_at_once(decision, key)
         if found is not None and (found[0].complete or not whole):
             answer, age = found
             return attrs.evolve(answer, age=age) if age else answer
@@ -221,9 +226,53 @@ class ChainResolver:
         upstream.addBoth(self._settle, flight)
         return waiting
 
+    def _into_garden(
+        self, request: Request, decision: Decision, target: bytes, key: CacheKey, whole: bool
+    ) -> defer.Deferred[Answer]:
+        """The question's name as an alias of the walled garden `target` (wire form), with
+        the garden's records of the question's type from the upstream, as BIND answers an
+        RPZ CNAME rewrite; the alias alone when the upstream fails."""
+        alias = self.blocked(decision, key[1])
+        ttl = next(r.ttl for r in decision.local_data if r.type == dns.CNAME)
+        garden = presentation_name(target)
+        record = dns.RRHeader(
+            name=request.question.name.name,
+            type=dns.CNAME,
+            cls=dns.IN,
+            ttl=ttl,
+            payload=dns.Record_CNAME(garden, ttl),
+        )
+
+        def joined(result: Answer) -> Answer:
+            return Answer(
+                result.rcode,
+                answers=(record, *result.answers),
+                authority=result.authority,
+                kind=Kind.BLOCKED,
+                ede=alias.ede,
+                decision=decision,
+            )
+
+        def failed(failure: Failure) -> Answer:
+            self._failed(failure)
+            return alias
+
+        upstream = defer.maybeDeferred(
+            self.forwarder.resolve,
+            target,
+            key[1],
+            key[2],
+            dnssec_ok=key[3],
+            checking_disabled=bool(key[4]),
+            whole=whole,
+        )
+        return upstream.addCallbacks(joined, failed)
+
     def blocked(self, decision: Decision, qtype: int) -> Answer:
         """The blocked answer for `decision`, the same object for the same decision."""
-        key = (decision, qtype == dns.TXT and decision.add_txt_report)
+        key: tuple[Decision, object] = (decision, qtype == dns.TXT and decision.add_txt_report)
+        if decision.local_data:
+            key = (decision, qtype)
         answer = self._blocked.get(key)
         if answer is None:
             if len(self._blocked) >= BLOCKED_MEMO:
@@ -276,6 +325,17 @@ class ChainResolver:
             self.log.debug("upstream failed: {reason}", reason=failure.getErrorMessage())
         else:
             self.log.failure("resolving failed", failure)
+
+
+def _garden(decision: Decision, qtype: int) -> bytes | None:
+    """The walled garden a blocking decision aliases the question to (a local-data CNAME's
+    target, wire form), when the answer must also hold the garden's records; else None."""
+    if not decision.local_data or not decision.blocks or qtype in (dns.CNAME, dns.ALL_RECORDS):
+        return None
+    for record in decision.local_data:
+        if record.type == dns.CNAME:
+            return record.rdata
+    return None
 
 
 def _with_decision(answer: Answer, decision: Decision | None) -> Answer:

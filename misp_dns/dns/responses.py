@@ -11,7 +11,7 @@ from twisted.names import dns
 
 from misp_dns.dns.packet import blocked_body, chaos_txt_body, empty_body, minimal_any_body
 from misp_dns.event import Answer, Kind
-from misp_dns.interfaces import Decision
+from misp_dns.interfaces import ANSWER_DROP, Decision
 
 __all__ = [
     "blocked_answer",
@@ -30,9 +30,12 @@ EDE_NOT_SUPPORTED = 21
 def blocked_answer(decision: Decision, qtype: int, server_name: str) -> Answer:
     """The synthesized answer to a blocked question of type `qtype`.
 
-    It is carried as a pre-encoded packet only: its one record is owned by the question's
+    It is carried as a pre-encoded packet only: its records are owned by the question's
     name, whichever name that is, so the same answer serves every name the decision covers.
+    A decision answering `ANSWER_DROP` gets the `Kind.DROPPED` answer: nothing is sent.
     """
+    if decision.answer == ANSWER_DROP:
+        return Answer(dns.OK, kind=Kind.DROPPED, decision=decision)
     ede = ((decision.ede_code, decision.report),) if decision.add_ede and decision.ede_code else ()
     packet = blocked_body(decision, qtype, server_name)
     return Answer(packet.rcode, kind=Kind.BLOCKED, ede=ede, decision=decision, packet=packet)

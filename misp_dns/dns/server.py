@@ -43,9 +43,13 @@ from misp_dns.dns.wire import (
     RequestError,
     encode_error,
     encode_response,
+    is_notify,
+    notify_response,
+    read_notify,
     read_request,
 )
 from misp_dns.event import Answer, Kind, PacketBody, QueryEvent
+from misp_dns.interfaces import IZoneFollower
 
 __all__ = ["DNSStreamFactory", "Responder", "Tally"]
 
@@ -110,6 +114,11 @@ class Responder:
             if wire is not None:
                 return wire
         started = self.clock.seconds()
+        if is_notify(data):
+            followers = self._followers()
+            if followers:
+                return self._notify(data, client, followers)
+            # No policy follows a zone: NOTIFY is an opcode this server does not do (NOTIMP).
         try:
             request = read_request(data)
         except DropPacket:
@@ -146,7 +155,7 @@ class Responder:
             query.flags & CHECKING_DISABLED,
         )
         found = resolver.answer_at_once(decision, key)
-        if found is None:
+        if found is None or found[0].packet is None:
             return None
         answer, age = found
         opt = opt_record(query.dnssec_ok, answer.ede) if query.edns else None
@@ -179,13 +188,17 @@ class Responder:
 
     def _finish(
         self, answer: Answer, request: Request, client: str, transport: str, started: float
-    ) -> bytes:
-        try:
-            wire = self._encode(answer, request, transport)
-        except Exception:
-            self.log.failure("cannot encode the answer to {name!r}", name=request.question.name)
-            answer = server_failure()
-            wire = encode_response(request, answer.rcode)
+    ) -> bytes | None:
+        wire: bytes | None
+        if answer.kind is Kind.DROPPED:
+            wire = None  # a policy said to send nothing (RPZ DROP); the log still says why
+        else:
+            try:
+                wire = self._encode(answer, request, transport)
+            except Exception:
+                self.log.failure("cannot encode the answer to {name!r}", name=request.question.name)
+                answer = server_failure()
+                wire = encode_response(request, answer.rcode)
         if answer.kind is Kind.SERVER_FAILURE:
             self.counters.server_failures += 1
         tally = self.tally
@@ -203,11 +216,42 @@ class Responder:
                     request.question_wire,
                     request.edns is not None,
                     answer,
-                    len(wire),
+                    0 if wire is None else len(wire),
                     answer.age,
                 )
             )
         return wire
+
+    def _followers(self) -> list[Any]:
+        """The policies of the chain in service that follow a zone (`IZoneFollower`)."""
+        chain = self.resolver.policy
+        if not chain:
+            return []
+        return [policy for policy in chain.policies if IZoneFollower.providedBy(policy)]
+
+    def _notify(self, data: bytes, client: str, followers: list[Any]) -> bytes | None:
+        """Hand a NOTIFY (RFC 1996) to the policy following its zone; answer or refuse it."""
+        try:
+            notify = read_notify(data)
+        except RequestError as problem:
+            self.counters.format_errors += 1
+            return encode_error(problem)
+        accepted = False
+        for policy in followers:
+            if policy.zone == notify.zone:
+                try:
+                    accepted = bool(policy.notified(client))
+                except Exception:
+                    self.log.failure("NOTIFY for {zone} failed", zone=notify.zone)
+                if accepted:
+                    break
+        if not accepted:
+            self.log.info(
+                "NOTIFY for {zone} from {client} refused: no rpz policy follows it from there",
+                zone=notify.zone or ".",
+                client=client,
+            )
+        return notify_response(notify, accepted)
 
     def _encode(self, answer: Answer, request: Request, transport: str) -> bytes:
         limit = request.udp_limit if transport == "udp" else TCP_MAX_SIZE

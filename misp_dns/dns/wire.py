@@ -33,6 +33,7 @@ __all__ = [
     "OPT",
     "DropPacket",
     "Edns",
+    "Notify",
     "Request",
     "RequestError",
     "encode_ede",
@@ -40,10 +41,13 @@ __all__ = [
     "encode_opt",
     "encode_response",
     "encode_sections",
+    "is_notify",
     "may_compress",
+    "notify_response",
     "parse_message",
     "presentation_name",
     "question_length",
+    "read_notify",
     "read_request",
 ]
 
@@ -281,6 +285,49 @@ def read_request(data: bytes) -> Request:
         reason = f"EDNS version {edns.version}"
         raise RequestError(BADVERS, ident, flags, echoed, count, edns, reason)
     return Request(message, edns, flags, echoed)
+
+
+OP_NOTIFY = 4
+
+
+@attrs.frozen
+class Notify:
+    """A NOTIFY (RFC 1996): its header, its question as written, and the zone it names."""
+
+    ident: int
+    flags: int
+    question: bytes
+    zone: str
+
+
+def is_notify(data: bytes) -> bool:
+    """True for a NOTIFY request (not a response): the server hands it to a zone follower."""
+    return len(data) >= HEADER.size and not data[2] & 0x80 and (data[2] >> 3) & 0xF == OP_NOTIFY
+
+
+def read_notify(data: bytes) -> Notify:
+    """The zone a NOTIFY names, or `RequestError` (FORMERR) for one without a plain question.
+
+    RFC 1996 section 3.7: the question holds the zone's name, QTYPE SOA.
+    """
+    ident = data[0] << 8 | data[1]
+    flags = data[2] | data[3] << 8
+    count = data[4] << 8 | data[5]
+    question = _plain_questions(data, 1) if count == 1 else None
+    if question is None:
+        raise RequestError(dns.EFORMAT, ident, flags, reason="a NOTIFY without one question")
+    if question[-4:-2] != struct.pack("!H", dns.SOA):
+        raise RequestError(dns.EFORMAT, ident, flags, question, 1, reason="NOTIFY not for an SOA")
+    return Notify(ident, flags, question, presentation_name(question[:-4]))
+
+
+def notify_response(notify: Notify, accepted: bool) -> bytes:
+    """The answer to a NOTIFY (RFC 1996 section 4.7): its ID, opcode and question, QR and
+    AA set, NOERROR when the zone's follower took it, else REFUSED."""
+    first = 0x80 | (OP_NOTIFY << 3) | 0x04
+    rcode = dns.OK if accepted else dns.EREFUSED
+    header = HEADER.pack(notify.ident, first, rcode, 1, 0, 0, 0)
+    return header + notify.question
 
 
 def encode_ede(info_code: int, extra_text: str = "") -> tuple[int, bytes]:

@@ -26,7 +26,9 @@ working, plus our own `policy`:
   name) or, for a listed address, `ip` (the matched address or range), `trigger` (what
   was matched: `qname`, the question's name; `cname`, a name of the answer's CNAME/DNAME
   chain; `ip`, an address of its A/AAAA records), the MISP provenance fields that are
-  known, and `"enforced": false` when the policy is in monitor mode.
+  known, `action` when a block answers otherwise than NXDOMAIN (`nodata`, `drop`,
+  `local-data`: an RPZ policy's actions), and `"enforced": false` when the policy is in
+  monitor mode.
 - `answersTruncated`: `true`, right after `answers`, when the line would have been over
   `MAX_RECORD_BYTES` (60 KiB of UTF-8): `answers` then holds only the first answers that fit,
   each whole. Below that size a record never has the key and is not changed at all.
@@ -53,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.names import dns
 
 from misp_dns.event import Kind
-from misp_dns.interfaces import TRIGGER_IP, Action, Decision
+from misp_dns.interfaces import ANSWER_NXDOMAIN, TRIGGER_IP, Action, Decision
 from misp_dns.names import ExactMessage, labels
 from misp_dns.qtypes import qtype_name
 
@@ -454,6 +456,8 @@ def _policy(decision: Decision) -> dict[str, Any]:
     ):
         if value:
             policy[key] = value
+    if decision.answer != ANSWER_NXDOMAIN and decision.action is Action.BLOCK:
+        policy["action"] = decision.answer
     if not decision.enforced:
         policy["enforced"] = False
     return policy

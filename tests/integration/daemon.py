@@ -1,4 +1,4 @@
-"""A DNS server program run as `<binary> -d -c <conf>` in the foreground: Unbound and NSD.
+"""A DNS server program run in the foreground (`<binary> -d -c <conf>`): Unbound, NSD, BIND.
 
 `DnsDaemon` starts it with its output in a log file beside the config, probes it over UDP
 until it answers as a subclass says it must (`ready`), and stops it: SIGTERM, then SIGKILL
@@ -47,11 +47,15 @@ class DnsDaemon:
         """Whether `response` to the probe shows the server ready."""
         raise NotImplementedError
 
+    def command(self) -> list[str]:
+        """The command line: `<binary> -d -c <conf>` (a subclass may run it otherwise)."""
+        return [self.binary, "-d", "-c", str(self.conf)]
+
     def start(self, timeout: float = 15.0) -> None:
         """Start the program and return once its answer to the probe is `ready`."""
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(
-                [self.binary, "-d", "-c", str(self.conf)],
+                self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
