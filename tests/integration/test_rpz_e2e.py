@@ -239,9 +239,7 @@ def fleet(
                 process.stop()
 
 
-def answers(
-    address: Address, names: list[str] = NAMES
-) -> dict[str, tuple[str, tuple[str, ...]]]:
+def answers(address: Address, names: list[str] = NAMES) -> dict[str, tuple[str, tuple[str, ...]]]:
     return {name: outcome(address, name) for name in names}
 
 
