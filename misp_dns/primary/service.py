@@ -36,7 +36,16 @@ from misp_dns.policy.misp import MispBlockingPolicy
 from misp_dns.primary.history import Delta, History, SerialStore, Version, next_serial
 from misp_dns.primary.notify import Notifier
 from misp_dns.primary.transfer import Apex, Stream, ZoneServer
-from misp_dns.primary.zone import NODATA, NXDOMAIN, PASSTHRU, Feed, Rule, ZoneContent, diff
+from misp_dns.primary.zone import (
+    NODATA,
+    NXDOMAIN,
+    PASSTHRU,
+    Feed,
+    Record,
+    Rule,
+    ZoneContent,
+    diff_in_steps,
+)
 from misp_dns.tsig import TsigKey
 from misp_dns.values import RpzConfig, ServerConfig
 
@@ -172,14 +181,12 @@ class RpzPrimary(Service):
         self._building.whenDone().addErrback(self._build_failed)
 
     def _build(self, feeds: Sequence[Feed], current: Version | None) -> Iterator[None]:
-        steps = ZoneContent.build_in_steps(self.zone, feeds, self.config.traceability)
-        while True:
-            try:
-                yield next(steps)
-            except StopIteration as done:
-                content: ZoneContent = done.value
-                break
-        self._install(content, current)
+        """Build the next content, and its delta from `current`, in slices."""
+        content = yield from ZoneContent.build_in_steps(self.zone, feeds, self.config.traceability)
+        delta: tuple[list[Record], list[Record]] | None = None
+        if current is not None:
+            delta = yield from diff_in_steps(current.content, content)
+        self._install(content, current, delta)
         self._building = None
 
     def _build_failed(self, failure: Any) -> None:
@@ -187,14 +194,19 @@ class RpzPrimary(Service):
         if not failure.check(task.TaskStopped):
             self.log.failure("cannot build the RPZ zone {zone}", failure, zone=self.zone)
 
-    def _install(self, content: ZoneContent, previous: Version | None) -> None:
-        if previous is None:
+    def _install(
+        self,
+        content: ZoneContent,
+        previous: Version | None,
+        delta: tuple[list[Record], list[Record]] | None,
+    ) -> None:
+        deleted: list[Record] = []
+        added: list[Record] = []
+        if previous is None or delta is None:
             serial = self.store.first_serial(content.digest, self.reactor.seconds())
-            deleted: list[Any] = []
-            added: list[Any] = []
         else:
             serial = next_serial(previous.serial)
-            deleted, added = diff(previous.content, content)
+            deleted, added = delta
             self.history.add(Delta(previous.serial, serial, deleted, added))
         self.current = Version(serial, content)
         self.store.save(serial, content.digest)

@@ -252,10 +252,10 @@ class ZoneServer:
         deltas = self.history.since(serial, version.serial) if serial is not None else None
         if deltas is None:
             records: Iterable[Record] = self._axfr(version)
-            kind = "IXFR (whole zone)"
+            kind = f"IXFR (whole zone, the history lacks {serial})"
         else:
             records = self._deltas(current, deltas)
-            kind = f"IXFR from serial {serial}"
+            kind = f"IXFR (delta from serial {serial})"
         return self._stream(request, records, client, kind, version, key, request_mac)
 
     def _axfr(self, version: Version) -> Iterator[Record]:
@@ -283,7 +283,7 @@ class ZoneServer:
     ) -> Stream:
         self.transfers += 1
         self.log.info(
-            "{kind} of {zone} serial {serial} to {client}{signed}",
+            "{kind} of {zone} serial {serial} for {client}{signed}",
             kind=kind,
             zone=self.zone,
             serial=version.serial,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Generator, Iterator, Sequence
+from typing import Any
 
 import attrs
 
@@ -47,6 +48,7 @@ __all__ = [
     "Rule",
     "ZoneContent",
     "diff",
+    "diff_in_steps",
     "rpz_ip_owner",
 ]
 
@@ -61,6 +63,8 @@ TRACE_LABEL = "misp-trace"
 _SPECIAL = ("rpz-ip", "rpz-nsip", "rpz-nsdname", "rpz-client-ip", "rpz-drop", TRACE_LABEL)
 # Names are checked against this many bytes (a wire name is at most 255).
 _MAX_NAME = 255
+#: Names handled between two yields of a step-wise build or diff (a few ms of work).
+STEP = 2000
 
 
 @attrs.frozen
@@ -130,15 +134,6 @@ def _trace(event_uuid: str, attribute_uuid: str, event_id: str) -> bytes | None:
     return b"".join(bytes([len(s)]) + s for s in encoded)
 
 
-def _fits(name: str, zone: str) -> bool:
-    # "*." + name + "." + zone, plus the first length byte and the root label.
-    return len(name) + len(zone) + 5 <= _MAX_NAME
-
-
-def _special(name: str) -> bool:
-    return name.rsplit(".", 1)[-1] in _SPECIAL
-
-
 class ZoneContent:
     """The zone's triggers by owner name (relative to the apex), immutable once built.
 
@@ -186,42 +181,59 @@ class ZoneContent:
 
     @classmethod
     def build_in_steps(
-        cls, zone: str, feeds: Sequence[Feed], traceability: bool, step: int = 20000
+        cls, zone: str, feeds: Sequence[Feed], traceability: bool, step: int = STEP
     ) -> Generator[None, None, ZoneContent]:
         """The same as `build`, yielding every `step` names so a cooperator can interleave
         other work; the generator's return value is the content."""
         entries: dict[str, Entry] = {}
         skipped = 0
+        longest = _MAX_NAME - len(zone) - 5
         for index, feed in enumerate(feeds):
             earlier = [f.names for f in feeds[:index]]
-            for count, item in enumerate(feed.names.entries(), start=1):
+            traced = traceability and feed.traced
+            # Without trace records most entries are alike: one object serves them all.
+            alike = {
+                (True, True): Entry(feed.rule, feed.rule),
+                (True, False): Entry(feed.rule, None),
+            }
+            items: Iterator[Any] = (
+                ((e.name, e.subdomains, e) for e in feed.names.entries())
+                if traced
+                else ((name, subdomains, None) for name, subdomains in feed.names.names())
+            )
+            for count, (name, subdomains, item) in enumerate(items, start=1):
                 if count % step == 0:
                     yield None
-                name = item.name
-                if not _fits(name, zone) or _special(name):
+                if len(name) > longest or name.rsplit(".", 1)[-1] in _SPECIAL:
                     skipped += 1
                     continue
-                exact = None if any(e.match(name) for e in earlier) else feed.rule
-                below = None
-                if item.subdomains and not any(e.match("*." + name) for e in earlier):
-                    below = feed.rule
-                if exact is None and below is None:
-                    continue
+                exact = True
+                below = subdomains
+                if earlier:
+                    exact = not any(e.match(name) for e in earlier)
+                    below = subdomains and not any(e.match("*." + name) for e in earlier)
+                    if not (exact or below):
+                        continue
                 old = entries.get(name)
+                if old is None and item is None:
+                    entries[name] = alike[exact, below] if exact else Entry(None, feed.rule)
+                    continue
                 trace = None
-                if traceability and feed.traced and len(name) + len(zone) + 14 <= _MAX_NAME:
+                if item is not None and len(name) <= longest - 9:
                     trace = _trace(item.event_uuid, item.attribute_uuid, item.event_id)
+                rule_exact = feed.rule if exact else None
+                rule_below = feed.rule if below else None
                 if old is not None:
-                    exact, below = old.exact or exact, old.below or below
+                    rule_exact, rule_below = old.exact or rule_exact, old.below or rule_below
                     trace = old.trace or trace
-                entries[name] = Entry(exact, below, trace)
+                entries[name] = Entry(rule_exact, rule_below, trace)
             if feed.response_ips:
                 for ip in feed.names.ips.entries():
                     owner = rpz_ip_owner(ip)
                     if owner in entries:
                         continue
                     trace = None
-                    if traceability and feed.traced:
+                    if traced:
                         trace = _trace(ip.event_uuid, ip.attribute_uuid, ip.event_id)
                     entries[owner] = Entry(feed.rule, None, trace)
         return cls(entries, cls.digest_of(zone, feeds, traceability), skipped)
@@ -245,18 +257,36 @@ def _entry_records(name: str, entry: Entry) -> Iterator[Record]:
 
 def diff(old: ZoneContent, new: ZoneContent) -> tuple[list[Record], list[Record]]:
     """The records to delete and to add to turn `old` into `new` (an IXFR delta)."""
+    steps = diff_in_steps(old, new)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: tuple[list[Record], list[Record]] = done.value
+            return result
+
+
+def diff_in_steps(
+    old: ZoneContent, new: ZoneContent, step: int = STEP
+) -> Generator[None, None, tuple[list[Record], list[Record]]]:
+    """The same as `diff`, yielding every `step` names; the return value is the delta."""
     deleted: list[Record] = []
     added: list[Record] = []
     old_entries, new_entries = old.entries, new.entries
-    for name, entry in old_entries.items():
+    for count, (name, entry) in enumerate(old_entries.items(), start=1):
+        if count % step == 0:
+            yield None
         now = new_entries.get(name)
-        if now != entry:
-            before = set(_entry_records(name, entry))
-            after = set(_entry_records(name, now)) if now is not None else set()
-            deleted.extend(r for r in _entry_records(name, entry) if r not in after)
-            if now is not None:
-                added.extend(r for r in _entry_records(name, now) if r not in before)
-    for name, entry in new_entries.items():
+        if now is entry or now == entry:
+            continue
+        before = set(_entry_records(name, entry))
+        after = set(_entry_records(name, now)) if now is not None else set()
+        deleted.extend(r for r in _entry_records(name, entry) if r not in after)
+        if now is not None:
+            added.extend(r for r in _entry_records(name, now) if r not in before)
+    for count, (name, entry) in enumerate(new_entries.items(), start=1):
+        if count % step == 0:
+            yield None
         if name not in old_entries:
             added.extend(_entry_records(name, entry))
     return deleted, added

@@ -306,7 +306,7 @@ def test_removed_indicator_unblocked_within_seconds_by_ixfr(fleet: dict[str, Any
         )
     for primary in (signed, open_):
         text = primary.log_text(log_starts[id(primary)], limit=200000)
-        assert "IXFR from serial" in text, text[-3000:]
+        assert "IXFR (delta from serial" in text, text[-3000:]
         assert "acknowledged" in text
     expected = answers(signed.address)
     assert expected["nodata.test."][0] == "NOERROR"
