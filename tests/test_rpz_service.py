@@ -4,21 +4,18 @@ A real `IndicatorUpdater` over `MemoryIndicatorSource` feeds a real `MispBlockin
 time is a Clock (which also hands out fake UDP ports for NOTIFY). What is pinned: the zone
 appears once the policies are ready, a changed snapshot gives the next serial, an IXFR
 delta with only the change and a NOTIFY; an unchanged refresh changes nothing; a restart
-keeps the serial; policies in monitor mode are left out; unsigned transfers are warned of.
+keeps the serial; policies in monitor mode are left out.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import dns.message
-import pytest
 from test_rpz_notify import UdpClock
 from twisted.internet import defer
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 
 from misp_dns.intel.updater import IndicatorUpdater
 from misp_dns.interfaces import BlockingOptions, RawIndicator
@@ -100,15 +97,6 @@ class Rig:
         return owners - {"@"}
 
 
-@pytest.fixture
-def logged() -> Iterator[list[str]]:
-    lines: list[str] = []
-    observer = cast(ILogObserver, lambda event: lines.append(formatEvent(event)))
-    globalLogPublisher.addObserver(observer)
-    yield lines
-    globalLogPublisher.removeObserver(observer)
-
-
 def test_zone_follows_the_snapshot_with_serial_delta_and_notify(tmp_path: Path) -> None:
     """Once the policies are ready the zone holds the allowlist and the blocked names; a
     refresh that removes one gives the next serial, a delta deleting just that name's two
@@ -171,15 +159,4 @@ def test_monitor_mode_policy_is_left_out(tmp_path: Path) -> None:
     rig = Rig(tmp_path, ["evil.example"], enforced=False)
     rig.start()
     assert rig.axfr_owners() == {"good.example", "*.good.example"}
-    rig.stop()
-
-
-def test_unsigned_transfers_are_warned_of(tmp_path: Path, logged: list[str]) -> None:
-    """With tsig_keys empty, the start says transfers are not signed, naming the ACL."""
-    rig = Rig(tmp_path, ["evil.example"])
-    rig.start()
-    assert (
-        f"RPZ zone {ZONE}: transfers are not signed (rpz.tsig_keys is empty); any client in"
-        " rpz.allow_transfer (127.0.0.0/8) may read the zone"
-    ) in logged
     rig.stop()

@@ -114,13 +114,6 @@ class RpzPrimary(Service):
 
     def startService(self) -> None:
         super().startService()
-        if not self.config.tsig_keys:
-            self.log.warn(
-                "RPZ zone {zone}: transfers are not signed (rpz.tsig_keys is empty); any"
-                " client in rpz.allow_transfer ({acl}) may read the zone",
-                zone=self.zone,
-                acl=", ".join(str(n) for n in self.config.allow_transfer),
-            )
         ready = [policy.whenReady() for policy in self.chain()]
         defer.DeferredList(ready, consumeErrors=True).addCallback(self._start_checking)
 
