@@ -20,6 +20,8 @@ import dns.tsig
 import dns.xfr
 import dns.zone
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 
@@ -296,3 +298,28 @@ def test_signed_soa_answer_verifies() -> None:
         primary.ask(query, transport="udp")[0], keyring=dnspython_key(), request_mac=query.mac
     )
     assert answer.had_tsig and answer.answer[0][0].serial == 100
+
+
+_LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=20).filter(
+    lambda label: not label.startswith("-") and not label.endswith("-")
+)
+_NAME = st.lists(_LABEL, min_size=2, max_size=5).map(".".join)
+
+
+@given(
+    domains=st.lists(_NAME, max_size=300, unique=True),
+    hostnames=st.lists(_NAME, max_size=50, unique=True),
+)
+@settings(max_examples=40)
+def test_any_zone_transfers_exactly(domains: list[str], hostnames: list[str]) -> None:
+    """Whatever the names (shared suffixes, long labels, names below others), the AXFR that
+    dnspython receives holds exactly the zone's records: compression never misplaces a name."""
+    entries = [BlockEntry(n, subdomains=True) for n in domains]
+    entries += [BlockEntry(n, subdomains=False) for n in hostnames]
+    content = ZoneContent.build(ZONE, [Feed(DomainSet.build(entries), Rule(NXDOMAIN, 30))], False)
+    primary = Primary()
+    primary.version = Version(7, content)
+    zone = dns.zone.Zone(ZONE)
+    query = dns.message.make_query(ZONE, "AXFR")
+    receive(zone, query, primary.ask(query))
+    assert owners(zone) == {record.owner for record in content.records()}
