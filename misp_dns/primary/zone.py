@@ -65,6 +65,8 @@ _SPECIAL = ("rpz-ip", "rpz-nsip", "rpz-nsdname", "rpz-client-ip", "rpz-drop", TR
 _MAX_NAME = 255
 #: Names handled between two yields of a step-wise build or diff (a few ms of work).
 STEP = 2000
+#: The dicts a content's entries are spread over (see `ZoneContent`).
+SHARDS = 256
 
 
 @attrs.frozen
@@ -140,15 +142,25 @@ class ZoneContent:
     `digest` identifies the inputs it was built from (snapshots, rules, traceability): an
     unchanged digest means an unchanged zone. `skipped` counts names left out because they
     would not fit below the apex or would read as an RPZ special name.
+
+    The entries are spread over `SHARDS` dicts by the names' hash: a dict of a million names
+    that grows copies its whole table in one go (tens of ms, between two answers), a
+    shard's growth costs a few hundred times less.
     """
 
-    def __init__(self, entries: dict[str, Entry], digest: str, skipped: int = 0) -> None:
-        self.entries = entries
+    def __init__(self, shards: Sequence[dict[str, Entry]], digest: str, skipped: int = 0) -> None:
+        assert len(shards) == SHARDS
+        self.shards = tuple(shards)
         self.digest = digest
         self.skipped = skipped
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return sum(len(shard) for shard in self.shards)
+
+    def items(self) -> Iterator[tuple[str, Entry]]:
+        """Every (owner, entry)."""
+        for shard in self.shards:
+            yield from shard.items()
 
     @staticmethod
     def digest_of(zone: str, feeds: Sequence[Feed], traceability: bool) -> str:
@@ -185,7 +197,7 @@ class ZoneContent:
     ) -> Generator[None, None, ZoneContent]:
         """The same as `build`, yielding every `step` names so a cooperator can interleave
         other work; the generator's return value is the content."""
-        entries: dict[str, Entry] = {}
+        shards: list[dict[str, Entry]] = [{} for _ in range(SHARDS)]
         skipped = 0
         longest = _MAX_NAME - len(zone) - 5
         for index, feed in enumerate(feeds):
@@ -214,6 +226,7 @@ class ZoneContent:
                     below = subdomains and not any(e.match("*." + name) for e in earlier)
                     if not (exact or below):
                         continue
+                entries = shards[hash(name) % SHARDS]
                 old = entries.get(name)
                 if old is None and item is None:
                     entries[name] = alike[exact, below] if exact else Entry(None, feed.rule)
@@ -230,17 +243,18 @@ class ZoneContent:
             if feed.response_ips:
                 for ip in feed.names.ips.entries():
                     owner = rpz_ip_owner(ip)
+                    entries = shards[hash(owner) % SHARDS]
                     if owner in entries:
                         continue
                     trace = None
                     if traced:
                         trace = _trace(ip.event_uuid, ip.attribute_uuid, ip.event_id)
                     entries[owner] = Entry(feed.rule, None, trace)
-        return cls(entries, cls.digest_of(zone, feeds, traceability), skipped)
+        return cls(shards, cls.digest_of(zone, feeds, traceability), skipped)
 
     def records(self) -> Iterator[Record]:
         """Every trigger record (not the SOA and NS, which the transfer adds)."""
-        for name, entry in self.entries.items():
+        for name, entry in self.items():
             yield from _entry_records(name, entry)
 
 
@@ -272,21 +286,24 @@ def diff_in_steps(
     """The same as `diff`, yielding every `step` names; the return value is the delta."""
     deleted: list[Record] = []
     added: list[Record] = []
-    old_entries, new_entries = old.entries, new.entries
-    for count, (name, entry) in enumerate(old_entries.items(), start=1):
-        if count % step == 0:
-            yield None
-        now = new_entries.get(name)
-        if now is entry or now == entry:
-            continue
-        before = set(_entry_records(name, entry))
-        after = set(_entry_records(name, now)) if now is not None else set()
-        deleted.extend(r for r in _entry_records(name, entry) if r not in after)
-        if now is not None:
-            added.extend(r for r in _entry_records(name, now) if r not in before)
-    for count, (name, entry) in enumerate(new_entries.items(), start=1):
-        if count % step == 0:
-            yield None
-        if name not in old_entries:
-            added.extend(_entry_records(name, entry))
+    count = 0
+    for old_entries, new_entries in zip(old.shards, new.shards, strict=True):
+        for name, entry in old_entries.items():
+            count += 1
+            if count % step == 0:
+                yield None
+            now = new_entries.get(name)
+            if now is entry or now == entry:
+                continue
+            before = set(_entry_records(name, entry))
+            after = set(_entry_records(name, now)) if now is not None else set()
+            deleted.extend(r for r in _entry_records(name, entry) if r not in after)
+            if now is not None:
+                added.extend(r for r in _entry_records(name, now) if r not in before)
+        for name, entry in new_entries.items():
+            count += 1
+            if count % step == 0:
+                yield None
+            if name not in old_entries:
+                added.extend(_entry_records(name, entry))
     return deleted, added
