@@ -2,8 +2,9 @@
 
 misp-dns (under twistd) takes its indicators from the MISP stand-in, refreshing every two
 seconds, and serves them as `rpz.misp-dns.example`. Two primaries run, fed alike: one
-requires TSIG (`tsig_keys = ["fleet"]`) and has BIND as its secondary, the other serves
-unsigned transfers to Unbound (Unbound 1.17 cannot sign a transfer). BIND and Unbound are
+requires TSIG (`tsig_keys = ["fleet"]`) and has BIND and another misp-dns (an `rpz` policy)
+as its secondaries, the other serves unsigned transfers to Unbound (Unbound 1.17 cannot
+sign a transfer). BIND and Unbound are
 recursive resolvers forwarding to the harness's Unbound (the `test.` zone) with the zone
 as their response policy.
 
@@ -165,6 +166,41 @@ def unbound_secondary_config(
     return write_config(directory, server, clauses)
 
 
+def misp_dns_secondary_config(
+    directory: Path, port: int, upstream: Address, primary: Address
+) -> Path:
+    """A misp-dns whose one policy follows the zone from `primary`, signed with the key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    secret_file = directory / "fleet.key"
+    secret_file.write_text(base64.b64encode(SECRET).decode() + "\n")
+    secret_file.chmod(0o600)
+    lines = _table(
+        "[server]",
+        {
+            "listen": [f"127.0.0.1:{port}"],
+            "upstreams": [f"{upstream[0]}:{upstream[1]}"],
+            "server_name": "follower.misp-dns.example",
+            "state_dir": str(directory / "state"),
+        },
+    )
+    lines += _table(
+        "[[tsig_key]]",
+        {"name": KEY_NAME, "algorithm": "hmac-sha256", "secret_file": str(secret_file)},
+    )
+    lines += _table(
+        "[[policy]]",
+        {
+            "type": "rpz",
+            "zone": ZONE,
+            "primary": f"{primary[0]}:{primary[1]}",
+            "tsig_key": KEY_NAME,
+        },
+    )
+    config = directory / "misp-dns.toml"
+    config.write_text("\n".join(lines))
+    return config
+
+
 def outcome(address: Address, name: str) -> tuple[str, tuple[str, ...]]:
     """What a client sees for an A query: the RCODE and the addresses."""
     response = ask_udp(make_query(name, "A"), address)
@@ -189,12 +225,17 @@ def fleet(
     named = require_tool("named")
     unbound_binary = require_tool("unbound")
     root = tmp_path_factory.mktemp("rpz")
-    bind_port, unbound_port = free_port(), free_port()
+    bind_port, unbound_port, follower_port = free_port(), free_port(), free_port()
     bind_address, unbound_address = ("127.0.0.1", bind_port), ("127.0.0.1", unbound_port)
+    follower_address = ("127.0.0.1", follower_port)
     (root / "misp").mkdir()
     with MispStandIn(root / "misp", api_key=API_KEY, attributes=ATTRIBUTES) as stand_in:
         signed = start_primary(
-            root / "signed", stand_in, unbound.address, signed=True, notify=[bind_address]
+            root / "signed",
+            stand_in,
+            unbound.address,
+            signed=True,
+            notify=[bind_address, follower_address],
         )
         open_ = start_primary(
             root / "open", stand_in, unbound.address, signed=False, notify=[unbound_address]
@@ -216,6 +257,13 @@ def fleet(
             unbound_secondary_config(unbound_dir, unbound_port, unbound.address, open_.address),
             unbound_address,
         )
+        misp_dns_follower = MispDnsProcess(
+            misp_dns_secondary_config(
+                root / "misp-dns-secondary", follower_port, unbound.address, signed.address
+            ),
+            [follower_address],
+            root / "misp-dns-secondary",
+        )
         try:
             for primary in (signed, open_):
                 wait_until(
@@ -223,7 +271,9 @@ def fleet(
                 )
             bind.start()
             follower.start()
-            for secondary in (bind_address, unbound_address):
+            misp_dns_follower.start()
+            watch(misp_dns_follower)
+            for secondary in (bind_address, unbound_address, follower_address):
                 wait_until(
                     lambda s=secondary: blocked(s, "nodata.test."), 20, 0.1, "the first transfer"
                 )
@@ -233,9 +283,10 @@ def fleet(
                 "open": open_,
                 "bind": bind,
                 "unbound": follower,
+                "misp-dns": misp_dns_follower,
             }
         finally:
-            for process in (follower, bind, open_, signed):
+            for process in (misp_dns_follower, follower, bind, open_, signed):
                 process.stop()
 
 
@@ -263,6 +314,7 @@ def test_secondaries_block_what_misp_dns_blocks(fleet: dict[str, Any]) -> None:
     assert answers(fleet["open"].address) == expected
     assert answers(fleet["bind"].address) == expected
     assert answers(fleet["unbound"].address, UNBOUND_NAMES) == without_chain(expected)
+    assert answers(fleet["misp-dns"].address) == expected
 
 
 def test_transfers_without_key_or_from_outside_are_refused(fleet: dict[str, Any]) -> None:
@@ -297,12 +349,12 @@ def test_removed_indicator_unblocked_within_seconds_by_ixfr(fleet: dict[str, Any
     wait_until(lambda: not blocked(signed.address, "nodata.test."), 20, 0.05, "misp-dns's refresh")
     wait_until(lambda: not blocked(open_.address, "nodata.test."), 20, 0.05, "misp-dns's refresh")
     refreshed = time.monotonic()
-    for secondary in (fleet["bind"], fleet["unbound"]):
+    for secondary in (fleet["bind"], fleet["unbound"], fleet["misp-dns"]):
         wait_until(
             lambda s=secondary: not blocked(s.address, "nodata.test."),
             max(0.1, refreshed + FOLLOW_WITHIN - time.monotonic()),
             0.05,
-            f"{secondary.name} following the removal",
+            f"{getattr(secondary, 'name', 'misp-dns')} following the removal",
         )
     for primary in (signed, open_):
         text = primary.log_text(log_starts[id(primary)], limit=200000)
@@ -312,3 +364,4 @@ def test_removed_indicator_unblocked_within_seconds_by_ixfr(fleet: dict[str, Any
     assert expected["nodata.test."][0] == "NOERROR"
     assert answers(fleet["bind"].address) == expected
     assert answers(fleet["unbound"].address, UNBOUND_NAMES) == without_chain(expected)
+    assert answers(fleet["misp-dns"].address) == expected
