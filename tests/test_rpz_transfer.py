@@ -323,3 +323,19 @@ def test_any_zone_transfers_exactly(domains: list[str], hostnames: list[str]) ->
     query = dns.message.make_query(ZONE, "AXFR")
     receive(zone, query, primary.ask(query))
     assert owners(zone) == {record.owner for record in content.records()}
+
+
+def test_clock_too_far_off_is_badtime_signed() -> None:
+    """A request signed more than the fudge away from the primary's clock gets NOTAUTH with
+    TSIG error BADTIME, signed over its MAC and carrying the primary's time (RFC 8945 5.2.3),
+    which dnspython reports as the peer's BADTIME."""
+    primary = Primary("a.example", keys=True)
+    primary.clock.advance(3600)
+    query = dns.message.make_query(ZONE, "SOA")
+    query.use_tsig(dnspython_key())
+    answer = primary.ask(query, transport="udp")[0]
+    with pytest.raises(dns.tsig.PeerBadTime):
+        dns.message.from_wire(answer, keyring=dnspython_key(), request_mac=query.mac)
+    parsed = dns.message.from_wire(answer, keyring=False)
+    assert parsed.rcode() == dns.rcode.NOTAUTH
+    assert int.from_bytes(parsed.tsig[0].other, "big") == int(primary.clock.seconds())

@@ -119,13 +119,12 @@ def _skip_name(data: bytes, offset: int) -> int:
 def read_zone_request(data: bytes, zone_wire: bytes) -> ZoneRequest | None:
     """The request if `data` is a query (QR clear, opcode QUERY, one question) whose name is
     the zone's apex (`zone_wire`, lower case); otherwise None."""
-    if len(data) < 12 + len(zone_wire) + 4:
+    end = 12 + len(zone_wire)
+    # Every query goes through here: the first label's length turns most away at once.
+    if len(data) < end + 4 or data[12] != zone_wire[0] or data[12:end].lower() != zone_wire:
         return None
     ident, flags, qdcount, _an, nscount, _ar = struct.unpack_from("!6H", data)
     if flags & 0x8000 or (flags >> 11) & 0xF != _OPCODE_QUERY or qdcount != 1:
-        return None
-    end = 12 + len(zone_wire)
-    if data[12:end].lower() != zone_wire:
         return None
     qtype, qclass = struct.unpack_from("!HH", data, end)
     question = data[12 : end + 4]
