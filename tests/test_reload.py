@@ -150,4 +150,3 @@ def test_changed_rpz_section_says_it_takes_a_restart(tmp_path: Path) -> None:
         globalLogPublisher.removeObserver(events.append)
     warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
     assert any("[rpz] changed; that takes a restart" in line for line in warnings), warnings
-
