@@ -33,6 +33,15 @@ def inline(function: Any, *args: Any) -> defer.Deferred[Any]:
     return defer.maybeDeferred(function, *args)
 
 
+def turn(clock: UdpClock) -> None:
+    """One turn of a reactor: the calls due now, not those they schedule meanwhile."""
+    due = [call for call in clock.calls if call.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.called = 1
+        call.func(*call.args, **call.kw)
+
+
 class Rig:
     """A chain of an allowlist and one MISP-fed policy, and an RPZ primary over it."""
 
@@ -159,4 +168,28 @@ def test_monitor_mode_policy_is_left_out(tmp_path: Path) -> None:
     rig = Rig(tmp_path, ["evil.example"], enforced=False)
     rig.start()
     assert rig.axfr_owners() == {"good.example", "*.good.example"}
+    rig.stop()
+
+
+def test_the_next_zone_is_built_in_slices_between_answers(tmp_path: Path) -> None:
+    """A zone of 5,000 names is built over several turns of the reactor (2,000 names a turn),
+    serving the previous version meanwhile; checks during the build start no second one."""
+    names = [f"n{index}.example" for index in range(5000)]
+    rig = Rig(tmp_path, names[:10])
+    rig.start()
+    first = rig.primary.current
+    assert first is not None
+    rig.source.indicators = [RawIndicator(n, "domain") for n in names]
+    rig.updater.update_now()
+    rig.primary.check()
+    rig.primary.check()
+    turns = 0
+    while rig.primary.current is first:
+        turn(rig.clock)
+        turns += 1
+        assert turns < 100
+    # 5,000 names in slices of 2,000 and the delta's 5,010: at least five turns.
+    assert turns >= 5
+    assert rig.primary.current.serial == first.serial + 1
+    assert len(rig.primary.current.content) == 5001  # and good.example
     rig.stop()

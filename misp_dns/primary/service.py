@@ -103,7 +103,11 @@ class RpzPrimary(Service):
                 server.listen,
                 reactor,
             )
-        self._cooperator = task.Cooperator(scheduler=lambda work: reactor.callLater(0, work))
+        # One slice (STEP names, a few ms) per turn of the reactor, whatever the clock says.
+        self._cooperator = task.Cooperator(
+            terminationPredicateFactory=lambda: lambda: True,
+            scheduler=lambda work: reactor.callLater(0, work),
+        )
         self._loop: task.LoopingCall | None = None
         self._building: task.CooperativeTask | None = None
         self._left_out: set[str] = set()
