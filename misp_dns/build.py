@@ -29,6 +29,7 @@ from misp_dns.export.exporter import (
     ExporterService,
     SinkSlot,
 )
+from misp_dns.intel.misp_options import readable_by_others
 from misp_dns.interfaces import BuildContext, IPolicy, ISink
 from misp_dns.registry import Registry
 from misp_dns.values import Config, ConfigError, PluginConfig, ServerConfig, TsigKeyConfig
@@ -132,13 +133,26 @@ def security_warnings(config: Config, config_path: str | None) -> list[str]:
     """What `--check-config` and the start-up log warn about, prefixed with the table's path.
 
     Each `[[policy]]` table whose options have a `security_warnings(config_path)` method
-    is asked; `config_path` is the file the config was read from.
+    is asked; `config_path` is the file the config was read from. A `[[tsig_key]]` secret
+    file others can read, and an `[rpz]` serving unsigned transfers, are warned of too.
     """
     lines: list[str] = []
     for index, table in enumerate(config.policy):
         check = getattr(table.options, "security_warnings", None)
         if callable(check):
             lines.extend(f"policy[{index}].{line}" for line in check(config_path))
+    for index, key in enumerate(config.tsig_key):
+        mode = readable_by_others(key.secret_file)
+        if mode is not None:
+            lines.append(
+                f"tsig_key[{index}].secret_file {key.secret_file!r} can be read by other users"
+                f" than its owner (mode {mode:04o}); the TSIG secret in it should not (chmod 600)"
+            )
+    if config.rpz is not None and not config.rpz.tsig_keys:
+        lines.append(
+            "rpz.tsig_keys is empty: zone transfers are not signed, so any client in"
+            " rpz.allow_transfer can read the zone and a forged primary cannot be told apart"
+        )
     return lines
 
 

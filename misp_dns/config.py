@@ -42,6 +42,7 @@ from misp_dns.values import (
     HostPort,
     Network,
     PluginConfig,
+    RpzConfig,
     ServerConfig,
     TsigKeyConfig,
     Upstream,
@@ -272,7 +273,7 @@ def _plugin_tables(
 def parse_config(raw: Mapping[str, Any], registry: Registry) -> Config:
     """Validate an already-parsed TOML document; raise ConfigError with every problem."""
     problems: list[str] = []
-    known = {"server", "cache", "policy", "export", "admin", "tsig_key"}
+    known = {"server", "cache", "policy", "export", "admin", "tsig_key", "rpz"}
     problems.extend(f"{key}: unknown section" for key in sorted(set(raw) - known))
     server, found = structure_section(raw.get("server", {}), ServerConfig, "server")
     problems.extend(found)
@@ -288,9 +289,31 @@ def parse_config(raw: Mapping[str, Any], registry: Registry) -> Config:
         problems.extend(found)
     tsig_keys, found = _tsig_keys(raw.get("tsig_key", []))
     problems.extend(found)
+    rpz = None
+    if "rpz" in raw:
+        rpz, found = structure_section(raw["rpz"], RpzConfig, "rpz")
+        problems.extend(found)
+        if rpz is not None:
+            problems.extend(_rpz_references(rpz, tsig_keys, len(policies)))
     if problems or server is None or cache is None:
         raise ConfigError(problems)
-    return Config(server, cache, tuple(policies), tuple(exports), admin, tsig_key=tsig_keys)
+    return Config(
+        server, cache, tuple(policies), tuple(exports), admin, tsig_key=tsig_keys, rpz=rpz
+    )
+
+
+def _rpz_references(rpz: RpzConfig, keys: tuple[TsigKeyConfig, ...], policies: int) -> list[str]:
+    """`[rpz]` names keys and policies that must exist."""
+    known = {key.name.rstrip(".").lower() for key in keys}
+    problems = [
+        f"rpz.tsig_keys[{index}]: no [[tsig_key]] is named {name!r}"
+        for index, name in enumerate(rpz.tsig_keys)
+        if name.rstrip(".").lower() not in known
+    ]
+    for key in rpz.actions:
+        if int(key[len("policy[") : -1]) >= policies:
+            problems.append(f"rpz.actions: there is no {key} ({policies} [[policy]] tables)")
+    return problems
 
 
 def _tsig_keys(raw: Any) -> tuple[tuple[TsigKeyConfig, ...], list[str]]:

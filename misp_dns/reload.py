@@ -8,8 +8,9 @@ left the chain are stopped afterwards. Queries go on being answered by the old c
 the switch, so none is dropped and none goes unblocked.
 
 A config that does not load keeps the running chain, with one log line per problem. Changes
-to `[server]`, `[cache]`, `[[export]]` and `[admin]` need a restart; a reload says so when it
-sees them.
+to `[server]`, `[cache]`, `[[export]]`, `[admin]`, `[rpz]` and `[[tsig_key]]` need a restart;
+a reload says so when it sees them. (The RPZ primary follows the new chain's snapshots by
+itself: only its own section needs the restart.)
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class PolicyReloader:
         return chain
 
     def _say_what_needs_a_restart(self, config: Config) -> None:
-        for section in ("server", "cache", "export", "admin"):
+        for section in ("server", "cache", "export", "admin", "rpz", "tsig_key"):
             if getattr(config, section) != getattr(self.config, section):
                 self.log.warn(
                     "reload of {path}: [{section}] changed; that takes a restart",

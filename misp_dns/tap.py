@@ -18,7 +18,7 @@ import platform
 import resource
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -56,8 +56,10 @@ from misp_dns.export.jsonl import hangup
 from misp_dns.interfaces import IPolicy
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.policy.sightings import SightingsTally, wants_sightings
+from misp_dns.primary.service import RpzPrimary
 from misp_dns.registry import Registry, default_registry
 from misp_dns.reload import PolicyReloader, RunningPolicy
+from misp_dns.tsig import TsigKey, load_keys
 from misp_dns.values import Config, ConfigError, ServerConfig, Upstream
 
 __all__ = [
@@ -105,6 +107,7 @@ class Options(usage.Options):
             if config.export:
                 exporter = build_exporter(config.export, registry, reactor, server=config.server)
             admin_token = read_token(config.admin) if config.admin is not None else None
+            tsig_keys = load_keys(config.tsig_key)
             unworkable = deployment_problems(config, policies)
             if unworkable and self["check-config"]:
                 raise ConfigError(unworkable)
@@ -118,6 +121,7 @@ class Options(usage.Options):
         self["policies"] = policies
         self["exporter"] = exporter
         self["admin_token"] = admin_token
+        self["tsig_keys"] = tsig_keys
         warnings = security_warnings(config, self["config"])
         if self["check-config"]:
             for line in warnings:
@@ -219,6 +223,7 @@ def build_service(
     admin_token: bytes | None = None,
     open_files_limit: int | None = None,
     foreground: bool = True,
+    tsig_keys: Mapping[str, TsigKey] | None = None,
 ) -> service.MultiService:
     """The service tree for `config`: exporter, policy services, admin, then the listeners.
 
@@ -233,7 +238,9 @@ def build_service(
     `foreground` says whether twistd runs without daemonizing (how a listen failure ends
     it, see `_ServerService`). The responder's tally counts queries for the admin listener
     and, while a policy of the chain posts sightings, hands blocks to its reporter
-    (`misp_dns.policy.sightings`).
+    (`misp_dns.policy.sightings`). With `[rpz]`, the RPZ primary (named "rpz") serves the
+    chain's blocking snapshots as a zone on the listeners (`tsig_keys`: the loaded
+    `[[tsig_key]]` keys, read from their files when not given).
     """
     if open_files_limit is None:
         open_files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -278,6 +285,14 @@ def build_service(
         hangup_service = _OnHangup(reactor, reloader.reload)
         hangup_service.setName("reload")
         hangup_service.setServiceParent(top)
+    if config.rpz is not None:
+        keys = tsig_keys if tsig_keys is not None else load_keys(config.tsig_key)
+        primary = RpzPrimary(
+            config.rpz, config.server, keys, lambda: resolver.policy.policies, reactor
+        )
+        primary.setName("rpz")
+        responder.zone = primary.respond
+        primary.setServiceParent(top)
     for listener in _listeners(config.server, responder, tcp_factory, reactor, shortage):
         listener.setServiceParent(top)
     return top
@@ -462,6 +477,7 @@ def makeService(options: Options) -> service.IService:
         registry=options["registry"],
         upstreams=options["upstreams"],
         admin_token=options["admin_token"],
+        tsig_keys=options["tsig_keys"],
         open_files_limit=open_files_limit,
         foreground=options.parent is None or bool(options.parent["nodaemon"]),
     )

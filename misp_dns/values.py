@@ -28,6 +28,7 @@ __all__ = [
     "HostPort",
     "Network",
     "PluginConfig",
+    "RpzConfig",
     "ServerConfig",
     "TsigKeyConfig",
     "Upstream",
@@ -272,6 +273,62 @@ class TsigKeyConfig:
     algorithm: str = attrs.field(default="hmac-sha256", validator=_valid_tsig_algorithm)
 
 
+RPZ_ACTIONS = ("nxdomain", "nodata")
+
+
+def _valid_zone_name(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    labels = value.rstrip(".").split(".")
+    if (
+        not value.rstrip(".")
+        or len(value.rstrip(".")) > 200
+        or any(
+            not re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label)
+            for label in labels
+        )
+    ):
+        raise FieldError(attribute.name, f"expected a zone name such as rpz.example, got {value!r}")
+
+
+def _valid_rpz_action(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in RPZ_ACTIONS:
+        raise FieldError(attribute.name, f"expected nxdomain or nodata, got {value!r}")
+
+
+def _valid_rpz_actions(
+    _instance: object, attribute: attrs.Attribute[Any], value: dict[str, str]
+) -> None:
+    for key, action in value.items():
+        if not re.fullmatch(r"policy\[\d{1,4}\]", key):
+            raise FieldError(attribute.name, f'expected keys such as "policy[1]", got {key!r}')
+        if action not in RPZ_ACTIONS:
+            raise FieldError(attribute.name, f"{key}: expected nxdomain or nodata, got {action!r}")
+
+
+@attrs.frozen
+class RpzConfig:
+    """`[rpz]`: this server is the primary of a Response Policy Zone of its blocking policies.
+
+    The zone (`zone`) holds what the `[[policy]]` chain blocks, served over the `[server]
+    listen` addresses (SOA over UDP and TCP, AXFR and IXFR over TCP) to the networks of
+    `allow_transfer`, signed with one of `tsig_keys` (names of `[[tsig_key]]` tables; empty
+    means unsigned transfers are served, with a warning at start). `notify` lists the
+    secondaries told of each new serial. `action` is what a blocked name becomes in the zone
+    (nxdomain: `CNAME .`, nodata: `CNAME *.`), `actions` overrides it per policy
+    (`{ "policy[2]" = "nodata" }`); allowlists become `CNAME rpz-passthru.`.
+    `traceability` adds a TXT record per trigger with the MISP event and attribute UUIDs.
+    `ixfr_history` is how many changes are kept for IXFR; older serials get the whole zone.
+    """
+
+    zone: str = attrs.field(validator=_valid_zone_name)
+    allow_transfer: tuple[Network, ...] = attrs.field(factory=_loopback)
+    tsig_keys: tuple[str, ...] = ()
+    notify: tuple[Upstream, ...] = ()
+    action: str = attrs.field(default="nxdomain", validator=_valid_rpz_action)
+    actions: dict[str, str] = attrs.field(factory=dict, validator=_valid_rpz_actions)
+    traceability: bool = False
+    ixfr_history: int = attrs.field(default=16, validator=between(1, 1000))
+
+
 @attrs.frozen
 class PluginConfig:
     """One `[[policy]]` or `[[export]]` table: its `type` and its structured options."""
@@ -291,6 +348,8 @@ class Config:
     #: None when the config has no `[admin]` section: no admin listener.
     admin: AdminConfig | None = None
     tsig_key: tuple[TsigKeyConfig, ...] = ()
+    #: None when the config has no `[rpz]` section: this server is no RPZ primary.
+    rpz: RpzConfig | None = None
 
 
 _TWO_HOURS = Duration(2 * 3600)

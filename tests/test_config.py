@@ -204,3 +204,72 @@ def test_admin_table_is_strict() -> None:
     assert problems({"admin": "127.0.0.1:8053"}) == [
         "admin: expected a table, got '127.0.0.1:8053' (string)"
     ]
+
+
+def test_rpz_section_with_its_defaults() -> None:
+    """`[rpz]` needs only a zone; transfers default to loopback, unsigned, no NOTIFY,
+    NXDOMAIN, no trace records, 16 deltas kept; no section means no primary."""
+    assert parse_config({}, Registry()).rpz is None
+    rpz = parse_config({"rpz": {"zone": "rpz.misp-dns.example"}}, Registry()).rpz
+    assert rpz is not None
+    assert rpz.zone == "rpz.misp-dns.example"
+    assert rpz.allow_transfer == (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    assert (rpz.tsig_keys, rpz.notify, rpz.action, rpz.traceability, rpz.ixfr_history) == (
+        (),
+        (),
+        "nxdomain",
+        False,
+        16,
+    )
+
+
+def test_rpz_contract_keys() -> None:
+    """The documented keys are read as written: networks, key names, "IP:port" targets
+    (port 53 when left out)."""
+    config = parse_config(
+        {
+            "tsig_key": [{"name": "fleet", "secret_file": "/etc/misp-dns/fleet.key"}],
+            "rpz": {
+                "zone": "rpz.misp-dns.example",
+                "allow_transfer": ["192.0.2.0/24"],
+                "tsig_keys": ["fleet"],
+                "notify": ["192.0.2.53:53", "192.0.2.54"],
+                "action": "nodata",
+                "traceability": True,
+            },
+        },
+        Registry(),
+    )
+    rpz = config.rpz
+    assert rpz is not None
+    assert rpz.allow_transfer == (ipaddress.ip_network("192.0.2.0/24"),)
+    assert rpz.tsig_keys == ("fleet",)
+    assert [str(t) for t in rpz.notify] == ["192.0.2.53:53", "192.0.2.54:53"]
+    assert (rpz.action, rpz.traceability) == ("nodata", True)
+
+
+def test_rpz_problems_name_the_key() -> None:
+    """A missing zone, a key no [[tsig_key]] defines, an unknown action and an override for
+    a policy that does not exist are each one line."""
+    assert problems({"rpz": {}}) == ["rpz.zone: required key is missing"]
+    assert problems(
+        {
+            "rpz": {
+                "zone": "rpz.example",
+                "tsig_keys": ["fleet"],
+                "action": "drop",
+            }
+        }
+    ) == ["rpz.action: expected nxdomain or nodata, got 'drop'"]
+    assert problems({"rpz": {"zone": "rpz.example", "tsig_keys": ["fleet"]}}) == [
+        "rpz.tsig_keys[0]: no [[tsig_key]] is named 'fleet'"
+    ]
+    assert problems({"rpz": {"zone": "rpz.example", "actions": {"policy[0]": "nodata"}}}) == [
+        "rpz.actions: there is no policy[0] (0 [[policy]] tables)"
+    ]
+    assert problems({"rpz": {"zone": "bad zone"}}) == [
+        "rpz.zone: expected a zone name such as rpz.example, got 'bad zone'"
+    ]

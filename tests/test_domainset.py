@@ -291,3 +291,19 @@ def test_damaged_payloads_only_raise_value_error(data: st.DataObject) -> None:
     for query in ("example.com", "a.example.com", "www.example.org", "example.org"):
         damaged.match(query)
     list(damaged.entries())
+
+
+def test_names_are_the_entries_without_provenance() -> None:
+    """`names()` lists every name and its kind as `entries()` does, in the same order, also
+    for a set loaded from its bytes."""
+    built = DomainSet.build(
+        [
+            BlockEntry("b.example", subdomains=True, event_uuid="e"),
+            BlockEntry("a.example", subdomains=False),
+            BlockEntry("b.example", subdomains=False),
+            BlockEntry("xn--bcher-kva.example", subdomains=True),
+        ]
+    )
+    for domainset in (built, DomainSet.from_bytes(built.to_bytes())):
+        assert list(domainset.names()) == [(e.name, e.subdomains) for e in domainset.entries()]
+        assert len(list(domainset.names())) == 3

@@ -136,3 +136,17 @@ def test_changed_admin_section_says_it_takes_a_restart(tmp_path: Path) -> None:
         globalLogPublisher.removeObserver(events.append)
     warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
     assert any("[admin] changed; that takes a restart" in line for line in warnings), warnings
+
+
+def test_changed_rpz_section_says_it_takes_a_restart(tmp_path: Path) -> None:
+    """The RPZ primary's own settings are read at start only, and a reload says so."""
+    path, reloader, _ = start(tmp_path, '"a.example"')
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        path.write_text(ALLOW.format(names='"a.example"') + '\n[rpz]\nzone = "rpz.example"\n')
+        reloader.reload()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    assert any("[rpz] changed; that takes a restart" in line for line in warnings), warnings

@@ -33,6 +33,9 @@ from misp_dns.values import ConfigError
 
 KEY = "Sk7Vq2Xz9Lm4Np8Rt3Wb6Hc1Jd5Gf0Ya4Ue8Io2P"
 TOKEN = "Bearer Tq5Mz8Kx1Vn4Bw7Rc0Hy3Pj6Ld9Gs2Fa"
+TSIG_SECRET = "dHNpZyBzZWNyZXQgb2YgdGhlIGZsZWV0LCAzMiBieXRlcw=="
+#: The decoded secret as a bytes repr shows it ("tsig secret of the fleet, 32 bytes").
+TSIG_SHOWN = "tsig secret of the fleet, 32 bytes"
 WINDOW = 10
 
 
@@ -46,6 +49,7 @@ def leaks(text: str, secret: str = KEY) -> list[str]:
 
 
 def _config_text(tmp_path: Path) -> str:
+    (tmp_path / "fleet.key").write_text(TSIG_SECRET + "\n")
     return f"""
 [server]
 listen = ["127.0.0.1:53535"]
@@ -66,6 +70,14 @@ headers = {{ Authorization = "{TOKEN}" }}
 [[export]]
 type = "jsonl"
 path = "{tmp_path / "queries.jsonl"}"
+
+[[tsig_key]]
+name = "fleet"
+secret_file = "{tmp_path / "fleet.key"}"
+
+[rpz]
+zone = "rpz.misp-dns.example"
+tsig_keys = ["fleet"]
 """
 
 
@@ -110,8 +122,9 @@ _NOT_OBJECTS = (types.ModuleType, type, types.FrameType, types.CellType, types.C
 
 def test_no_object_of_a_built_server_shows_a_secret(tmp_path: Path) -> None:
     """Of every object the twistd options and the service tree hold (config, options,
-    MISP client, policies, updater, sinks, HTTP clients...), none has a `repr` or `str`
-    showing the API key or the HTTP sink's Authorization header."""
+    MISP client, policies, updater, sinks, HTTP clients, the RPZ primary and its TSIG
+    keys...), none has a `repr` or `str` showing the API key, the HTTP sink's Authorization
+    header or the TSIG secret."""
     from misp_dns.tap import Options, makeService
 
     path = tmp_path / "misp-dns.toml"
@@ -126,7 +139,7 @@ def test_no_object_of_a_built_server_shows_a_secret(tmp_path: Path) -> None:
             continue
         checked.add(type(found).__qualname__)
         for text in (repr(found), str(found)):
-            for secret in (KEY, TOKEN):
+            for secret in (KEY, TOKEN, TSIG_SECRET, TSIG_SHOWN):
                 if leaks(text, secret):
                     shown.setdefault(type(found).__qualname__, text[:300])
     # The walk did reach what holds the secrets.
@@ -138,6 +151,8 @@ def test_no_object_of_a_built_server_shows_a_secret(tmp_path: Path) -> None:
         "IndicatorUpdater",
         "SightingsReporter",
         "RetryingHttp",
+        "TsigKey",
+        "ZoneServer",
     }
     assert holders | {"PolicyReloader", "HttpOptions", "HttpSink", "HTTPClient"} <= checked
     assert shown == {}
@@ -389,3 +404,29 @@ def test_a_failed_fetch_deferred_holds_no_key_in_its_traceback() -> None:
     assert isinstance(failure, Failure)
     assert leaks(failure.getTraceback()) == []
     assert leaks(json.dumps(str(failure.value))) == []
+
+
+def test_tsig_secret_readable_by_others_and_unsigned_rpz_are_warned_of(tmp_path: Path) -> None:
+    """--check-config and the start warn of a TSIG secret file others can read (naming the
+    file and its mode, never its content) and of an [rpz] serving unsigned transfers."""
+    from misp_dns.build import security_warnings
+
+    secret = tmp_path / "fleet.key"
+    secret.write_text(TSIG_SECRET)
+    secret.chmod(0o644)
+    path = tmp_path / "misp-dns.toml"
+    path.write_text(
+        f'[[tsig_key]]\nname = "fleet"\nsecret_file = "{secret}"\n'
+        '[rpz]\nzone = "rpz.misp-dns.example"\n'
+    )
+    path.chmod(0o600)
+    warnings = security_warnings(load_config(path), str(path))
+    assert warnings == [
+        f"tsig_key[0].secret_file {str(secret)!r} can be read by other users than its owner"
+        " (mode 0644); the TSIG secret in it should not (chmod 600)",
+        "rpz.tsig_keys is empty: zone transfers are not signed, so any client in"
+        " rpz.allow_transfer can read the zone and a forged primary cannot be told apart",
+    ]
+    secret.chmod(0o600)
+    assert len(security_warnings(load_config(path), str(path))) == 1
+    assert not leaks("\n".join(warnings), TSIG_SECRET)

@@ -10,6 +10,7 @@ from typing import Any
 import dns.edns
 import dns.message
 import dns.rcode
+import dns.rrset
 import pytest
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -323,3 +324,93 @@ def test_tcp_queries_in_flight_are_capped_per_connection() -> None:
             deferred.callback(None)
     assert len(frames(transport.value())) == 100
     assert transport.producerState == "producing"
+
+
+def _zone_hook(messages: int, size: int = 30000) -> Any:
+    """A zone hook answering `zone.test` with a stream of `messages` big messages (counted
+    as they are built) and leaving every other packet to the resolver."""
+    built: list[int] = []
+
+    def stream(ident: int) -> Any:
+        for index in range(messages):
+            built.append(index)
+            message = dns.message.make_response(dns.message.make_query("zone.test", "AXFR"))
+            message.id = ident
+            message.answer.append(
+                dns.rrset.from_text(
+                    "zone.test.", 60, "IN", "TXT", " ".join([f'"{index:05d}"'] * (size // 7))
+                )
+            )
+            yield message.to_wire()
+
+    def hook(data: bytes, client: str, transport: str) -> Any:
+        request = dns.message.from_wire(data)
+        if request.question[0].name.to_text() != "zone.test.":
+            return None
+        return stream(request.id)
+
+    return hook, built
+
+
+class TurnClock(Clock):
+    """A Clock that can run one turn of a reactor: the calls due when the turn starts, not
+    those they schedule meanwhile (as the real reactor's `runUntilCurrent`)."""
+
+    def turn(self) -> None:
+        due = [call for call in self.calls if call.getTime() <= self.seconds()]
+        for call in due:
+            self.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
+
+
+def test_zone_stream_goes_out_one_message_per_reactor_turn() -> None:
+    """A transfer the zone hook streams is written one message per turn of the reactor (so
+    other clients are answered in between), and the connection takes its next query once
+    the stream is done."""
+    clock = TurnClock()
+    responder = make_responder()
+    responder.zone, built = _zone_hook(3)
+    factory = DNSStreamFactory(responder, 30, 10, clock)
+    protocol, transport = connect(factory)
+    protocol.dataReceived(framed(query("zone.test")) + framed(query("after.test")))
+    assert built == [] and transport.value() == b""
+    clock.turn()
+    assert built == [0] and len(frames(transport.value())) == 1
+    clock.turn()
+    assert built == [0, 1]
+    clock.turn()
+    clock.turn()
+    answers = frames(transport.value())
+    assert [m.question[0].name.to_text() for m in answers] == ["zone.test."] * 3 + ["after.test."]
+
+
+def test_zone_stream_waits_for_a_client_that_does_not_read() -> None:
+    """A secondary that stops reading pauses the stream: no more messages are built until it
+    reads again, so a big transfer never piles up in memory."""
+    clock = Clock()
+    responder = make_responder()
+    responder.zone, built = _zone_hook(10)
+    factory = DNSStreamFactory(responder, 30, 10, clock)
+    transport = SlowReaderTransport()
+    protocol, _ = connect(factory, transport=transport)
+    protocol.dataReceived(framed(query("zone.test")))
+    for _ in range(10):
+        clock.advance(0)
+    assert len(built) == 3, "the stream went on while the client did not read"
+    received = frames(transport.drain())
+    while len(received) < 10:
+        clock.advance(0)
+        received += frames(transport.drain())
+    assert len(built) == 10
+
+
+def test_zone_hook_answers_udp_with_bytes_only() -> None:
+    """Over UDP the zone hook's bytes are the answer; a stream is never sent over UDP, and a
+    packet the hook leaves alone goes to the resolver."""
+    responder = make_responder()
+    responder.zone, _built = _zone_hook(2)
+    assert responder.respond(query("zone.test"), "127.0.0.1", "udp") is None
+    answer = responder.respond(query("other.test"), "127.0.0.1", "udp")
+    assert isinstance(answer, bytes)
+    assert dns.message.from_wire(answer).answer[0][0].address == "192.0.2.7"

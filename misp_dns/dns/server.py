@@ -9,6 +9,13 @@ listeners only move bytes; TCP adds framing, pipelining (answers go out in whate
 order they are ready), an idle timeout and a cap on open connections, in all and per
 client network.
 
+With a zone hook (`Responder.zone`, set by the RPZ primary), every packet is first offered
+to it: it returns None for what is not its zone's, the answer's bytes, or (over TCP) an
+iterator of messages, such as a zone transfer. The TCP protocol writes such a stream one
+message at a time, each in its own reactor turn and only while the client reads, so a
+transfer of a million records neither holds other clients' answers nor fills the memory;
+the connection takes no other query until the stream ends.
+
 A TCP client that sends queries and does not read the answers cannot make the server hold
 them: the protocol is the producer of its transport's output, so when the transport has
 more than its buffer size (64 KB) waiting to go out, the protocol stops reading from the
@@ -18,7 +25,7 @@ client and leaves the queries it already has unanswered until the client has rea
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -51,10 +58,12 @@ from misp_dns.dns.wire import (
 from misp_dns.event import Answer, Kind, PacketBody, QueryEvent
 from misp_dns.interfaces import IZoneFollower
 
-__all__ = ["DNSStreamFactory", "Responder", "Tally"]
+__all__ = ["DNSStreamFactory", "Responder", "Tally", "ZoneHook"]
 
 #: Called for every answered query with (transport, question in wire format, answer).
 Tally = Callable[[str, bytes, Answer], None]
+#: Offered every packet with (data, client, transport): None, the answer, or a stream.
+ZoneHook = Callable[[bytes, str, str], bytes | Iterator[bytes] | None]
 
 # Queries one TCP connection may have in flight before we stop reading from it.
 MAX_PIPELINED = 64
@@ -99,17 +108,31 @@ class Responder:
         self.observers = observers if observers is not None else []
         self.counters = Counters()
         self.tally: Tally | None = None
+        self.zone: ZoneHook | None = None
 
     def respond(
         self, data: bytes, client: str, transport: str
-    ) -> bytes | defer.Deferred[Any] | None:
-        """The response to `data` from `client`, now or later; None means send nothing."""
+    ) -> bytes | defer.Deferred[Any] | Iterator[bytes] | None:
+        """The response to `data` from `client`, now or later; None means send nothing.
+
+        Only the zone hook returns a stream of messages, and only over TCP.
+        """
+        if transport == "udp" and self.limiter is not None:
+            verdict = self.limiter.check(client)
+            if verdict is not Verdict.SEND:
+                self.counters.rate_limited += 1
+                return _slipped(data) if verdict is Verdict.SLIP else None
+        if self.zone is not None:
+            try:
+                claimed = self.zone(data, client, transport)
+            except Exception:
+                self.log.failure("the zone hook failed on a packet from {client}", client=client)
+                claimed = None
+            if claimed is not None:
+                if transport == "udp" and not isinstance(claimed, bytes):
+                    return None
+                return claimed
         if transport == "udp":
-            if self.limiter is not None:
-                verdict = self.limiter.check(client)
-                if verdict is not Verdict.SEND:
-                    self.counters.rate_limited += 1
-                    return _slipped(data) if verdict is Verdict.SLIP else None
             wire = self._fast(data, client)
             if wire is not None:
                 return wire
@@ -312,6 +335,8 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
         self._in_flight = 0
         self._backed_up = False
         self._reading = True
+        self._stream: Iterator[bytes] | None = None
+        self._pumping = False
         self._client = ""
         #: The client network it counts against (set by the factory).
         self.network: str | None = None
@@ -326,6 +351,7 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Any = None) -> None:
         self.factory.closed(self)
         self._backed_up = True
+        self._stream = None
         self.setTimeout(None)
 
     def timeoutConnection(self) -> None:
@@ -339,6 +365,8 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
 
     def resumeProducing(self) -> None:
         self._backed_up = False
+        if self._stream is not None:
+            self._schedule_pump()
         self._take_queries()
 
     def stopProducing(self) -> None:
@@ -349,7 +377,7 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
         self._take_queries()
 
     def _may_take(self) -> bool:
-        return not self._backed_up and self._in_flight < MAX_PIPELINED
+        return not self._backed_up and self._in_flight < MAX_PIPELINED and self._stream is None
 
     def _take_queries(self) -> None:
         """Answer the whole queries received, as long as the protocol may take them."""
@@ -382,8 +410,36 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
         if isinstance(result, defer.Deferred):
             self._in_flight += 1
             result.addCallback(self._answered)
-        elif result is not None:
+        elif isinstance(result, bytes):
             self._send(result)
+        elif result is not None:
+            self._stream = result
+            self._schedule_pump()
+
+    def _schedule_pump(self) -> None:
+        if not self._pumping:
+            self._pumping = True
+            self.factory.clock.callLater(0, self._pump)
+
+    def _pump(self) -> None:
+        """Write the stream's next message, then come back in the next reactor turn."""
+        self._pumping = False
+        stream = self._stream
+        if stream is None or self._backed_up or not self.connected:
+            return
+        try:
+            message = next(stream)
+        except StopIteration:
+            self._stream = None
+            self._take_queries()
+            return
+        except Exception:
+            self.factory.log.failure("a stream to {client} failed", client=self._client)
+            self._stream = None
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self._send(message)
+        self._schedule_pump()
 
     def _answered(self, wire: bytes | None) -> None:
         self._in_flight -= 1

@@ -278,6 +278,15 @@ class DomainSet:
             attribute_uuid = self._other_uuids.get(index, "")
         return Provenance(event_id, event_uuid, event_info, attribute_uuid)
 
+    def names(self) -> Iterator[tuple[str, bool]]:
+        """Every stored name and whether it covers subdomains, in the order given: what
+        `entries()` gives without provenance, at a fraction of its cost."""
+        text = str(self._names, "ascii")
+        offsets = self._offsets
+        flags = self._flags
+        for index in range(self._count):
+            yield text[offsets[index] : offsets[index + 1]], bool(flags[index] & _SUBDOMAINS)
+
     def entries(self) -> Iterator[BlockEntry]:
         """Every stored entry, in the order given (repeated names left out as described)."""
         for index in range(self._count):
