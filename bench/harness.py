@@ -194,6 +194,8 @@ class Bench:
         """Keep a goal figure and print it at once."""
         self.figures.append(figure)
         verdict = {True: "met", False: "MISSED", None: "not measured"}[figure.met]
+        if figure.met is None and figure.target == "-" and figure.result != "-":
+            verdict = "reported (no goal)"
         if figure.unclear:
             verdict = f"UNCLEAR (on queries/s: {verdict})"
         print(

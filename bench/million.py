@@ -14,7 +14,8 @@ attributes. In order:
 3. restart with MISP down: from spawn to the first blocked answer, served from the disk
    cache, and the RSS of that fresh process once loaded;
 4. Unbound with the same names as `always_nxdomain` local zones: time to its first
-   NXDOMAIN and its RSS;
+   NXDOMAIN and its RSS; then PowerDNS Recursor and dnsmasq holding them (`peers.py`),
+   their RSS beside misp-dns's;
 5. the cost of one lookup with 1k and 1M indicators, by bench/bench_domainset.py (its
    `build` and `lookups` children; it owns that measurement).
 """
@@ -37,6 +38,7 @@ from integration.net import free_port
 from integration.server import misp_dns_command
 from integration.unbound import base_server_lines, write_config
 from misp_standin import CHANGED_SHARE, changed_value
+from peers import peer_memory
 from probe import NOERROR, NXDOMAIN, MemoryWatch, memory_mib, rcode, wait_for_rcode
 from profiling import OUT, record, summarise
 
@@ -349,6 +351,7 @@ def million(bench: Bench) -> None:
 
         # 4. Unbound holding the same names.
         unbound_seconds, unbound_rss, unbound_peak = _unbound_million(bench, folder, names)
+        peer_rss = peer_memory(bench, folder, names, rss_loaded)  # issue 17, item 6
 
         # 5. Lookup cost with 1k and 1M indicators (server CPU, nothing else running).
         bench.say("million: lookup cost, 1k vs 1M (bench_domainset.py)")
@@ -405,6 +408,8 @@ def million(bench: Bench) -> None:
             restart_seconds <= 3.0,
         )
     )
+    for figure in peer_rss:
+        bench.figure(figure)
     small, large = costs["1000"], costs[str(count)]
     ratios = {
         mix: large[f"{mix} ns"] / small[f"{mix} ns"]

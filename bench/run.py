@@ -35,6 +35,7 @@ from harness import REPO, Bench, Figure, tool
 from integration.net import free_port
 from integration.unbound import UnboundProcess, base_server_lines, write_config
 from million import million
+from peers import peer_versions, peers
 from report import machine, render, versions
 from startup import startup
 from throughput import blocked, cached, sinks
@@ -49,6 +50,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "blocked": blocked,  # goal 1
     "cached": cached,  # goals 2 and 3
     "sinks": sinks,  # goal 6
+    "peers": peers,  # issue 17, item 6: PowerDNS Recursor and dnsmasq
     "million": million,  # goals 4 and 5
 }
 
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="misp-dns-bench-") as temp:
         workdir = Path(temp)
         source = _freeze_source(workdir)
-        at_start = versions(unbound_binary, dnsperf, source)
+        at_start = {**versions(unbound_binary, dnsperf, source), **peer_versions()}
         files = {
             "allowed": write_queries(workdir / "allowed.txt", allowed),
             "blocked": write_queries(workdir / "blocked.txt", blocked_queries(blocked_names)),
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             unbound.stop()
         # The run used the copy; say so if the checkout moved on meanwhile.
-        at_end = versions(unbound_binary, dnsperf, REPO / "misp_dns")
+        at_end = {**versions(unbound_binary, dnsperf, REPO / "misp_dns"), **peer_versions()}
         at_start = _versions(at_start, at_end)
     context = {
         "argv": " ".join(argv if argv is not None else sys.argv[1:]) or "(no options: all)",
