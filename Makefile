@@ -15,6 +15,8 @@ DEBIAN_TOOLS := unbound:unbound dig:dnsutils dnsperf:dnsperf rsyslogd:rsyslog lo
 # Debian packages without a command of their own: the venv module of the Debian Python that
 # the .deb's virtualenv is made with.
 DEBIAN_PACKAGES := python3-venv
+# The peers `make bench` compares misp-dns with (not needed by `make test`).
+BENCH_TOOLS := pdns_recursor:pdns-recursor dnsmasq:dnsmasq-base
 # What `make deb` alone needs.
 DEB_BUILD_TOOLS := dpkg-deb:dpkg unshare:util-linux
 # The Debian package: its interpreter and dpkg-deb's compression (zstd is fast, xz smallest).
@@ -51,6 +53,7 @@ integration: $(VENV)/.installed-test tools
 	$(BIN)/pytest -m integration
 
 bench: $(VENV)/.installed-test tools
+	@$(MAKE) --no-print-directory tools DEBIAN_TOOLS="$(BENCH_TOOLS)" DEBIAN_PACKAGES=
 	$(BIN)/python bench/run.py
 
 # The .deb holds a virtualenv at /opt/misp-dns made with pip from the package index, so it
