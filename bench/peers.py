@@ -30,7 +30,15 @@ from integration.net import free_port
 from peerconf import write_dnsmasq_conf, write_recursor_conf, write_rpz_zone
 from probe import memory_mib
 
-__all__ = ["PEERS", "PeerProcess", "peer_memory", "peer_versions", "peers"]
+__all__ = [
+    "PEERS",
+    "PeerProcess",
+    "peer_figures",
+    "peer_memory",
+    "peer_process",
+    "peer_versions",
+    "peers",
+]
 
 #: Label -> the command that runs it.
 PEERS = {"pdns-recursor": "pdns_recursor", "dnsmasq": "dnsmasq"}
@@ -85,16 +93,11 @@ def peer_versions() -> dict[str, str]:
     return found
 
 
-def start_peer(
-    bench: Bench,
-    label: str,
-    folder: Path,
-    names: Sequence[str],
-    cache_entries: int,
-    timeout: float = 120.0,
+def peer_process(
+    bench: Bench, label: str, folder: Path, names: Sequence[str], cache_entries: int
 ) -> PeerProcess:
     """`label` blocking `names` and forwarding to the bench's Unbound, on the server CPU,
-    started and answering NXDOMAIN for the last of `names`."""
+    its files written, not started yet; ready once the last of `names` is NXDOMAIN."""
     folder.mkdir(parents=True, exist_ok=True)
     binary = _binary(label)
     port = free_port()
@@ -106,11 +109,9 @@ def start_peer(
     else:
         conf = write_dnsmasq_conf(folder / "dnsmasq.conf", port, upstream, names, cache_entries)
         command = [binary, "--keep-in-foreground", "--log-facility=-", f"--conf-file={conf}"]
-    process = PeerProcess(
+    return PeerProcess(
         label, bench.on_server_cpu(command), folder / label, ("127.0.0.1", port), names[-1]
     )
-    process.start(timeout=timeout)
-    return process
 
 
 def _ratio(ours: Measurement, theirs: Measurement) -> float:
@@ -166,6 +167,7 @@ def peer_figures(
 def peers(bench: Bench) -> None:
     """Blocked and cached answers: misp-dns at or above PowerDNS Recursor and dnsmasq."""
     cache = max(100_000, 2 * len(bench.allowed))
+    indicators, allowed = f"{len(bench.indicators):,}", f"{len(bench.allowed):,}"
     started: list[PeerProcess] = []
     results: list[tuple[str, dict[str, Measurement], bool]] = []
     bench.say(
@@ -173,7 +175,9 @@ def peers(bench: Bench) -> None:
     )
     try:
         for label in PEERS:
-            started.append(start_peer(bench, label, bench.workdir / label, bench.indicators, cache))
+            process = peer_process(bench, label, bench.workdir / label, bench.indicators, cache)
+            process.start(timeout=120)
+            started.append(process)
         with bench.misp_dns(
             "peers",
             policies=[bench.feed_policy()],
@@ -185,20 +189,12 @@ def peers(bench: Bench) -> None:
                 ("misp-dns", server.address[1], server.pid),
                 *((p.name, p.address[1], p.pid) for p in started),
             ]
-            for scenario, what, blocked in (
-                (
-                    "peers-blocked",
-                    f"blocked, all {len(bench.indicators):,} indicators in turn",
-                    True,
-                ),
-                ("peers-blocked-hot", "blocked, 1,000 hot indicators", True),
-                ("peers-cached", f"cached, {len(bench.allowed):,} allowed names", False),
+            for scenario, files, what, blocked in (
+                ("peers-blocked", "blocked", f"blocked, all {indicators} indicators in turn", True),
+                ("peers-blocked-hot", "blocked-hot", "blocked, 1,000 hot indicators", True),
+                ("peers-cached", "allowed", f"cached, {allowed} allowed names", False),
             ):
-                queries = bench.files[
-                    {"peers-blocked": "blocked", "peers-blocked-hot": "blocked-hot"}.get(
-                        scenario, "allowed"
-                    )
-                ]
+                queries = bench.files[files]
                 for label, port, _ in targets[1:]:
                     bench.run_dnsperf(scenario, label, port, queries, warmup=True)
                 results.append((what, bench.rotate(scenario, targets, queries), blocked))
@@ -215,8 +211,9 @@ def _loaded(
 ) -> tuple[float, float, float]:
     """Seconds from spawn to the first NXDOMAIN, RSS and peak RSS (MiB) of `label` holding
     `names`."""
+    process = peer_process(bench, label, folder, names, 100_000)
     spawned = time.monotonic()
-    process = start_peer(bench, label, folder, names, 100_000, timeout=900)
+    process.start(timeout=900)
     try:
         answered = time.monotonic()
         time.sleep(1)
