@@ -162,6 +162,10 @@ GARBAGE: dict[str, bytes | None] = {
 }
 
 
+def _lines_naming(process: Any, path: Path) -> list[str]:
+    return [line for line in process.log_text(limit=1 << 24).splitlines() if str(path) in line]
+
+
 @pytest.mark.parametrize("kind", list(GARBAGE))
 def test_a_bad_cache_file_is_ignored_with_one_line_and_replaced(
     tmp_path: Path, unbound: UnboundProcess, misp: MispStandIn, kind: str
@@ -185,10 +189,12 @@ def test_a_bad_cache_file_is_ignored_with_one_line_and_replaced(
     try:
         wait_until(lambda: is_blocked(process, NAMES[0]), 20, 0.1, "the fetch")
         assert is_forwarded(process, CACHED_ONLY)
-        log = process.log_text(limit=1 << 24)
+        # The snapshot is saved (or found unsavable) just after it is served.
+        expected = 1 + (kind == "directory")
+        wait_until(lambda: len(_lines_naming(process, path)) >= expected, 20, 0.1, "the save")
+        about = _lines_naming(process, path)
     finally:
         process.stop()
-    about = [line for line in log.splitlines() if str(path) in line]
     assert len(about) == 1 + (kind == "directory"), about
     if "version" in kind:
         assert re.search(
