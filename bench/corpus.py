@@ -8,7 +8,10 @@
   suffixes) under real top-level domains. The same arguments always give the same list, so a
   MISP stand-in process can rebuild it from the count alone;
 - `write_feed`: a MISP feed directory (manifest.json + one <uuid>.json per event);
-- `write_queries`: a dnsperf query file (`name TYPE` per line).
+- `write_queries`: a dnsperf query file (`name TYPE` per line);
+- `feed_domains()`, `sampled_queries` and `allowed_beside`: the real feed's domain
+  indicators (../shared/data/misp-feed-infoblox), queries drawn at random from them, and
+  allowed names that none of them blocks (the `independent` scenario).
 """
 
 from __future__ import annotations
@@ -24,16 +27,22 @@ from pathlib import Path
 
 __all__ = [
     "DATA",
+    "REAL_FEED",
+    "allowed_beside",
     "allowed_names",
     "blocked_queries",
     "event_uuid",
+    "feed_domains",
     "indicators",
     "popular_names",
+    "sampled_queries",
     "write_feed",
     "write_queries",
 ]
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "warninglists"
+#: A real MISP feed (about 60,000 domain indicators from Infoblox's threat intel).
+REAL_FEED = DATA.parent / "misp-feed-infoblox"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
 _ALPHABET = string.ascii_lowercase + string.digits
@@ -168,3 +177,40 @@ def write_feed(directory: Path, names: Sequence[str], events: int = 100) -> Path
         (directory / f"{ident}.json").write_text(json.dumps({"Event": event}))
     (directory / "manifest.json").write_text(json.dumps(manifest))
     return directory
+
+
+def feed_domains(feed: Path = REAL_FEED) -> list[str]:
+    """The `domain` and `hostname` indicators of a MISP feed directory, lower case, well
+    formed, each once, in file order."""
+    names: dict[str, None] = {}
+    for path in sorted(feed.glob("*.json")):
+        if path.name == "manifest.json":
+            continue
+        event = json.loads(path.read_text())["Event"]
+        for attribute in event.get("Attribute", []):
+            if attribute.get("type") in ("domain", "hostname"):
+                value = str(attribute["value"]).strip().rstrip(".").lower()
+                if _NAME.match(value):
+                    names[value] = None
+    return list(names)
+
+
+def sampled_queries(names: Sequence[str], count: int, seed: int = 17) -> list[str]:
+    """`count` query names drawn at random (with repeats) from `names`, every other one
+    asked as its `www.` subdomain: what many clients beaconing to many campaigns ask."""
+    rng = random.Random(seed)
+    drawn = rng.choices(names, k=count)
+    return [name if i % 2 == 0 else f"www.{name}" for i, name in enumerate(drawn)]
+
+
+def allowed_beside(count: int, blocked: Sequence[str]) -> list[str]:
+    """`count` allowed names (the popular list's top) that no name in `blocked` blocks."""
+    listed = set(blocked)
+    names = [
+        name
+        for name in popular_names()
+        if name not in listed and not any(parent in listed for parent in _ancestors(name))
+    ]
+    names = names[:count]
+    names += [f"host{i}.allowed.bench.example" for i in range(len(names), count)]
+    return names

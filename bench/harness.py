@@ -30,7 +30,11 @@ sys.path.insert(0, str(REPO / "tests"))
 from corpus import write_feed  # noqa: E402
 from integration.net import free_port  # noqa: E402
 from integration.server import MispDnsProcess, misp_dns_command  # noqa: E402
-from integration.unbound import UnboundProcess  # noqa: E402
+from integration.unbound import (  # noqa: E402
+    UnboundProcess,
+    base_server_lines,
+    write_config,
+)
 from probe import NXDOMAIN, wait_for_rcode  # noqa: E402
 
 __all__ = [
@@ -39,6 +43,7 @@ __all__ = [
     "Figure",
     "Measurement",
     "parse_dnsperf",
+    "start_unbound",
     "stop_process",
     "tool",
     "write_misp_dns_config",
@@ -127,6 +132,26 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process `pid` (all its threads) so far, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_unbound(
+    workdir: Path, binary: str, allowed: Sequence[str], blocked: Sequence[str]
+) -> UnboundProcess:
+    """An Unbound (one thread) in `workdir` answering `allowed` from local data (an A record
+    each) and `blocked` as `always_nxdomain` local zones, started and answering."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    local = [
+        f'local-data: "{name}. 3600 IN A 192.0.2.{index % 250 + 1}"'
+        for index, name in enumerate(allowed)
+    ]
+    zones = [f'local-zone: "{name}" always_nxdomain' for name in blocked]
+    conf = write_config(
+        workdir, [*base_server_lines(workdir, port), "verbosity: 0", *local, *zones]
+    )
+    unbound = UnboundProcess(binary, conf, ("127.0.0.1", port), probe=allowed[0])
+    unbound.start(timeout=120)
+    return unbound
 
 
 def _toml(value: Any) -> str:
@@ -236,12 +261,16 @@ class Bench:
         """The shared Unbound as a `rotate` target."""
         return ("unbound", self.unbound.address[1], self.unbound.pid)
 
-    def server_sections(self, folder: Path, port: int) -> dict[str, dict[str, Any]]:
-        """`[server]` and `[cache]` for a misp-dns on `port` forwarding to Unbound."""
+    def server_sections(
+        self, folder: Path, port: int, upstream: int | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """`[server]` and `[cache]` for a misp-dns on `port` forwarding to Unbound (the
+        shared one, or the one listening on port `upstream`)."""
+        upstream = upstream if upstream is not None else self.unbound_address[1]
         return {
             "server": {
                 "listen": [f"127.0.0.1:{port}"],
-                "upstreams": [f"127.0.0.1:{self.unbound_address[1]}"],
+                "upstreams": [f"127.0.0.1:{upstream}"],
                 "server_name": SERVER_NAME,
                 "state_dir": str(folder / "state"),
             },
@@ -258,14 +287,21 @@ class Bench:
         command: Callable[[Path], list[str]] = misp_dns_command,
         blocked_probe: str | None = None,
         timeout: float = 60.0,
+        upstream: int | None = None,
+        probe: str | None = None,
     ) -> Iterator[MispDnsProcess]:
-        """A server under twistd (or `command`) forwarding to Unbound, pinned, stopped on
-        exit. Returns once it answers; with `blocked_probe`, once that name is blocked."""
+        """A server under twistd (or `command`) forwarding to Unbound (the shared one, or
+        the one on port `upstream`), pinned, stopped on exit. Returns once it answers
+        `probe` (the first allowed name by default); with `blocked_probe`, once that name
+        is blocked."""
         folder = self.workdir / name
         (folder / "state").mkdir(parents=True, exist_ok=True)
         port = free_port()
         config = write_misp_dns_config(
-            folder / "misp-dns.toml", self.server_sections(folder, port), policies, exports
+            folder / "misp-dns.toml",
+            self.server_sections(folder, port, upstream),
+            policies,
+            exports,
         )
         process = MispDnsProcess(
             config,
@@ -273,7 +309,7 @@ class Bench:
             folder,
             lambda path: self.on_server_cpu(command(path)),
         )
-        process.start(probe=self.allowed[0], timeout=timeout)
+        process.start(probe=probe or self.allowed[0], timeout=timeout)
         try:
             self.pin(process.pid)
             if blocked_probe is not None:
@@ -309,8 +345,10 @@ class Bench:
         passes: int | None = None,
         rate: int | None = None,
         verbose: bool = False,
+        clients: int | None = None,
     ) -> list[str]:
-        """dnsperf against 127.0.0.1:port with EDNS on, on the client CPUs."""
+        """dnsperf against 127.0.0.1:port with EDNS on, on the client CPUs; `clients`
+        sockets (`--clients` by default)."""
         command = [
             self.dnsperf,
             "-s",
@@ -320,7 +358,7 @@ class Bench:
             "-d",
             str(query_file),
             "-c",
-            str(self.args.clients),
+            str(clients if clients is not None else self.args.clients),
             "-q",
             str(self.args.outstanding),
             "-t",
@@ -349,9 +387,10 @@ class Bench:
         rate: int | None = None,
         keep: bool = True,
         pid: int | None = None,
+        clients: int | None = None,
     ) -> Measurement:
         """One dnsperf run: `seconds` long, or one pass over the file when `warmup`; with
-        `pid`, the server's CPU time per answered query too."""
+        `pid`, the server's CPU time per answered query too; over `clients` sockets."""
         length = seconds if seconds is not None else self.args.seconds
         command = self.dnsperf_command(
             port,
@@ -359,6 +398,7 @@ class Bench:
             seconds=None if warmup else length,
             passes=1 if warmup else None,
             rate=rate,
+            clients=clients,
         )
         cpu_before = cpu_seconds(pid) if pid else 0.0
         done = subprocess.run(
@@ -394,6 +434,7 @@ class Bench:
         query_file: Path,
         *,
         before: Callable[[str], None] | None = None,
+        clients: int | None = None,
     ) -> dict[str, Measurement]:
         """`--repeats` rounds over `targets` (label, port, pid), the order reversed every
         other round so a machine getting busier or quieter weighs on all alike; the best run
@@ -404,7 +445,9 @@ class Bench:
             for label, port, pid in order:
                 if before is not None:
                     before(label)
-                measured = self.run_dnsperf(scenario, label, port, query_file, pid=pid)
+                measured = self.run_dnsperf(
+                    scenario, label, port, query_file, pid=pid, clients=clients
+                )
                 self.say(
                     f"{scenario}: {label} {measured.qps:,.0f} q/s, {measured.cpu_us:.1f} us CPU"
                     f" per answer (lost {measured.lost}, avg {measured.latency_ms:.2f} ms)"

@@ -118,10 +118,15 @@ def summarise(collapsed: Path, top: int = 12) -> tuple[str, list[tuple[str, floa
 
 
 def profile_run(
-    bench: Any, scenario: str, server: Any, queries: Path, label: str = "misp-dns"
+    bench: Any,
+    scenario: str,
+    server: Any,
+    queries: Path,
+    label: str = "misp-dns",
+    clients: int | None = None,
 ) -> str:
-    """With `--profile`: one more dnsperf run under py-spy; a note naming the top functions
-    and the summary file (empty without `--profile`)."""
+    """With `--profile`: one more dnsperf run (over `clients` sockets) under py-spy; a note
+    naming the top functions and the summary file (empty without `--profile`)."""
     if not getattr(bench.args, "profile", False):
         return ""
     OUT.mkdir(parents=True, exist_ok=True)
@@ -129,7 +134,13 @@ def profile_run(
     seconds = max(3.0, float(bench.args.seconds))
     sampler = record(server.pid, seconds - 1, collapsed)
     bench.run_dnsperf(
-        scenario, f"{label} (profiled)", server.address[1], queries, keep=False, seconds=seconds
+        scenario,
+        f"{label} (profiled)",
+        server.address[1],
+        queries,
+        keep=False,
+        seconds=seconds,
+        clients=clients,
     )
     _, errors = sampler.communicate(timeout=seconds + 60)
     if sampler.returncode != 0 or not collapsed.exists():

@@ -24,16 +24,14 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import attrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from corpus import allowed_names, blocked_queries, indicators, write_queries
-from harness import REPO, Bench, Figure, tool
-from integration.net import free_port
-from integration.unbound import UnboundProcess, base_server_lines, write_config
+from harness import REPO, Bench, Figure, start_unbound, tool
+from independent import independent
 from million import million
 from peers import peer_versions, peers
 from report import machine, render, versions
@@ -51,6 +49,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "cached": cached,  # goals 2 and 3
     "sinks": sinks,  # goal 6
     "peers": peers,  # issue 17, item 6: PowerDNS Recursor and dnsmasq
+    "independent": independent,  # issue 17: real feed names, one client socket
     "million": million,  # goals 4 and 5
 }
 
@@ -97,21 +96,6 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     if args.million < 10 * args.indicators // 9:
         parser.error("--million must exceed --indicators by a tenth (the probe names)")
     return args
-
-
-def _start_unbound(workdir: Path, binary: str, allowed: list[str], blocked: list[str]) -> Any:
-    port = free_port()
-    local = [
-        f'local-data: "{name}. 3600 IN A 192.0.2.{index % 250 + 1}"'
-        for index, name in enumerate(allowed)
-    ]
-    zones = [f'local-zone: "{name}" always_nxdomain' for name in blocked]
-    conf = write_config(
-        workdir, [*base_server_lines(workdir, port), "verbosity: 0", *local, *zones]
-    )
-    unbound = UnboundProcess(binary, conf, ("127.0.0.1", port), probe=allowed[0])
-    unbound.start(timeout=120)
-    return unbound
 
 
 def _freeze_source(workdir: Path) -> Path:
@@ -187,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         }
         print(f"starting Unbound with {len(allowed):,} names and {len(blocked_names):,} zones")
-        unbound = _start_unbound(workdir, unbound_binary, allowed, blocked_names)
+        unbound = start_unbound(workdir, unbound_binary, allowed, blocked_names)
         bench = Bench(
             args,
             workdir,
