@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 import socket
+import struct
 import time
 import tracemalloc
 from pathlib import Path
@@ -20,7 +22,7 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.names import dns as tdns
 from twisted.python.failure import Failure
@@ -28,13 +30,16 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from misp_dns.config import parse_config
+from misp_dns.event import Kind
 from misp_dns.export.record import RecordEncoder
 from misp_dns.export.syslog import (
     DatagramSender,
+    ProcessDatagramSender,
     StreamSender,
     SyslogFormatter,
     SyslogOptions,
     SyslogSink,
+    _WorkerProtocol,
     parse_address,
 )
 from misp_dns.interfaces import BuildContext, ISink
@@ -576,3 +581,179 @@ async def test_tls_refuses_a_receiver_it_does_not_trust(tmp_path: Path) -> None:
         assert factory.connected >= 1  # type: ignore[attr-defined]
     finally:
         await port.stopListening()
+
+
+def _records_of_every_kind() -> list[Any]:
+    """Records of blocked, TXT-blocked, recursive, allowed, refused and cached answers, one
+    with non-ASCII text in its policy and one whose name holds bytes written `\\DDD`."""
+    from integration.export_events import PROVENANCE, allowed_event, refused_event, request
+
+    from misp_dns.interfaces import Action, Decision
+
+    unicode_decision = Decision(
+        Action.BLOCK,
+        "misp-connector",
+        indicator="xn--mller-kva.example",
+        report="source=misp-connector;domain=xn--mller-kva.example",
+        provenance=attrs.evolve(PROVENANCE, event_info="Kampagne Müller ☃ 攻撃"),
+    )
+    odd = request('we"ird\\na\x01me.example').question_wire
+    encoder = RecordEncoder()
+    events = [
+        blocked_event(),
+        blocked_event("stemtopx.com", "TXT"),
+        blocked_event("xn--mller-kva.example", decision=unicode_decision),
+        recursive_event(),
+        recursive_event(kind=Kind.CACHED, rtt=None),
+        allowed_event(),
+        refused_event(),
+        attrs.evolve(recursive_event(), question=odd),
+    ]
+    return [encoder.encode(event) for event in events]
+
+
+class _Receiver:
+    """A UDP socket with a large buffer, read after the sender has stopped."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.setblocking(False)
+
+    def drain(self) -> list[bytes]:
+        received = []
+        while True:
+            try:
+                received.append(self.socket.recv(65535))
+            except BlockingIOError:
+                return received
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_process_sends_the_very_messages_the_server_would() -> None:
+    """With a reactor that starts processes, udp datagrams leave from a child process, and
+    each is byte for byte the message the sink formats in process (RFC 5424), for records
+    of every kind, non-ASCII text and escaped name bytes included."""
+    from twisted.internet import reactor
+
+    receiver = _Receiver()
+    records = _records_of_every_kind()
+    options = SyslogOptions(address=f"127.0.0.1:{receiver.socket.getsockname()[1]}")
+    sink = SyslogSink.from_config(options, BuildContext(reactor, None, ""))
+    assert isinstance(sink.sender, ProcessDatagramSender)
+    sink.start()
+    sink.write(tuple(records))
+    await sink.stop()
+    with receiver.socket:
+        assert receiver.drain() == [sink.formatter(record) for record in records]
+    assert sink.sender.sent == len(records) and sink.dropped == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_rfc3164_from_the_worker_keeps_the_server_pid_and_host() -> None:
+    """RFC 3164 messages from the worker name the server's pid and host, not the child's."""
+    from twisted.internet import reactor
+
+    receiver = _Receiver()
+    options = SyslogOptions(
+        address=f"127.0.0.1:{receiver.socket.getsockname()[1]}",
+        format="rfc3164",
+        facility="daemon",
+        severity="notice",
+        hostname="dns1.example.net",
+    )
+    sink = SyslogSink.from_config(options, BuildContext(reactor, None, ""))
+    sink.start()
+    sink.write((BLOCKED,))
+    await sink.stop()
+    with receiver.socket:
+        (message,) = receiver.drain()
+    assert re.fullmatch(
+        rf"<29>\w{{3}} [ \d]\d \d\d:\d\d:\d\d dns1 misp-dns\[{os.getpid()}\]: ".encode()
+        + re.escape(BLOCKED.line.encode()),
+        message,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_sends_everything_handed_over_even_after_a_sigterm() -> None:
+    """SIGTERM reaching the worker (a service manager signals the whole group) does not end
+    it; stopping the sink waits until every record handed over has been sent, and every
+    record is accounted for: sent (and received) or counted as dropped."""
+    from twisted.internet import reactor
+
+    receiver = _Receiver()
+    options = SyslogOptions(address=f"127.0.0.1:{receiver.socket.getsockname()[1]}")
+    sink = SyslogSink.from_config(options, BuildContext(reactor, None, ""))
+    sender = sink.sender
+    assert isinstance(sender, ProcessDatagramSender)
+    sink.start()
+    batch = tuple([BLOCKED] * 250)
+    for _ in range(8):
+        sink.write(batch)
+    sender._protocol.transport.signalProcess("TERM")  # type: ignore[union-attr]
+    await deferLater(reactor, 0.2, lambda: None)
+    for _ in range(4):
+        sink.write(batch)
+    await sink.stop()
+    with receiver.socket:
+        received = receiver.drain()
+    assert sender.started == 1
+    assert sender.sent == len(received) > 0
+    assert sender.sent + sender.dropped == 12 * len(batch)
+
+
+@pytest.mark.allow_errors
+@pytest_twisted.ensureDeferred
+async def test_a_worker_that_dies_is_started_again_and_its_losses_counted() -> None:
+    """A worker killed while it holds records: those it had not handled are counted as
+    dropped, and a new worker takes the next records."""
+    from twisted.internet import reactor
+
+    receiver = _Receiver()
+    options = SyslogOptions(address=f"127.0.0.1:{receiver.socket.getsockname()[1]}")
+    sink = SyslogSink.from_config(options, BuildContext(reactor, None, ""))
+    sender = sink.sender
+    assert isinstance(sender, ProcessDatagramSender)
+    sink.start()
+    sink.write(tuple([BLOCKED] * 100))
+    sender._protocol.transport.signalProcess("KILL")  # type: ignore[union-attr]
+    for _ in range(100):
+        await deferLater(reactor, 0.1, lambda: None)
+        if sender.started == 2 and sender._protocol is not None:
+            break
+    assert sender.started == 2
+    sink.write((BLOCKED,))
+    await sink.stop()
+    with receiver.socket:
+        received = receiver.drain()
+    assert sender.sent == len(received) >= 1
+    assert sender.sent + sender.dropped == 101
+
+
+def test_the_worker_is_bounded_like_the_stream_backlog() -> None:
+    """Records handed to the worker and not yet sent count against max_queue: beyond it,
+    the newest batch is dropped and counted, never queued without bound."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    class Transport:
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+
+        def writeSequence(self, data: list[bytes]) -> None:
+            self.written.append(b"".join(data))
+
+    reactor = MemoryReactorClock()
+    sender = ProcessDatagramSender(
+        ("127.0.0.1", 9), reactor, SyslogFormatter(hostname="h"), max_queue=300
+    )
+    protocol = _WorkerProtocol(sender)
+    protocol.transport = Transport()  # type: ignore[assignment]
+    sender._protocol = protocol
+    sender.send_records((BLOCKED,) * 200)
+    sender.send_records((BLOCKED,) * 200)
+    assert sender.dropped == 200 and sender.pending == 200
+    protocol.childDataReceived(1, struct.pack("!QQQQ", 200, 200, 0, 0))
+    sender.send_records((BLOCKED,) * 200)
+    assert sender.dropped == 200 and sender.pending == 200 and sender.sent == 200

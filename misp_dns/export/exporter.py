@@ -214,8 +214,10 @@ class ExporterService(service.Service):
                 continue
             records.append(record)
         self.exported += len(records)
+        # Tuples, so that sinks sharing a batch can share its encoding (`encode_records`).
+        batches = {False: tuple(records), True: tuple(blocked)}
         for slot in self.slots:
-            chosen = blocked if slot.blocked_only else records
+            chosen = batches[slot.blocked_only]
             if not chosen:
                 continue
             try:

@@ -674,9 +674,23 @@ def _utf8_size(text: str) -> int:
     return len(text.encode("utf-8", "backslashreplace"))
 
 
+class _LastBatch:
+    """The batch `encode_records` encoded last and its bytes: the exporter hands one tuple
+    to every sink, and the JSONL file and the syslog worker take the same bytes."""
+
+    records: Sequence[QueryRecord] | None = None
+    data = b""
+
+
 def encode_records(records: Sequence[QueryRecord]) -> bytes:
     """Records as NDJSON bytes: one line each, every line ending in a newline."""
     if not records:
         return b""
+    if records is _LastBatch.records:
+        return _LastBatch.data
     text = "\n".join([record.line for record in records])
-    return (text + "\n").encode("utf-8", "backslashreplace")
+    data = (text + "\n").encode("utf-8", "backslashreplace")
+    if isinstance(records, tuple):
+        # Only a tuple is kept: it cannot change (the exporter hands its batches as tuples).
+        _LastBatch.records, _LastBatch.data = records, data
+    return data

@@ -11,13 +11,23 @@
     ca_file = ""                # tls: PEM file of the CAs to trust; empty = the system store
     server_name = ""            # tls: the name the certificate must carry; empty = the host
     include = "all"             # or "blocked"
-    max_queue = 100000          # tcp/tls: records held while the receiver is down or slow
-    max_queue_bytes = 67108864  # tcp/tls: ... and the memory they may take (64 MiB)
+    max_queue = 100000          # records held while the receiver (tcp/tls) or the sending
+                                # process (udp/unix) is behind
+    max_queue_bytes = 67108864  # ... and the memory they may take (64 MiB)
 
 RFC 5424 messages read `<182>1 2025-11-26T10:10:30.567Z host misp-dns 4242 Blocked - {json}`:
 APP-NAME `misp-dns`, PROCID the process id, MSGID the record's `responseType`, no
 structured data, the JSON record as MSG. RFC 3164 messages read
 `<182>Nov 26 11:10:30 host misp-dns[4242]: {json}` (local time, as that format has it).
+
+Datagrams (`udp`, `unix`) are sent by a child process, `python -m
+misp_dns.export.datagram_worker`, that the sink starts and feeds in batches: one datagram per
+query costs the kernel about what answering the query costs, and in the child that work runs
+on another core. The child formats the very bytes the sink would (same header, the server's
+pid), ignores SIGTERM and SIGINT (a stopping server hands it what it holds, then closes its
+stdin; stopping waits for it, `STOP_TIMEOUT` at most), and is started again, after a growing
+delay, if it dies; what a dead child held is counted as dropped. With a reactor that cannot
+start processes (a test's clock) the datagrams leave from the server itself.
 
 Transports: `udp` (one datagram per message), `tcp` (RFC 6587 octet counting: `LEN SP MSG`),
 `tls` (the same over TLS, RFC 5425; the certificate is checked against `ca_file` or the
@@ -32,10 +42,14 @@ most about 64 KB, are lost uncounted: TCP cannot say what arrived.)
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 import os
 import re
 import socket
+import struct
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -43,8 +57,8 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -56,7 +70,7 @@ from misp_dns.export.options import (
     SinkOptions,
     one_of,
 )
-from misp_dns.export.record import QueryRecord
+from misp_dns.export.record import QueryRecord, encode_records
 from misp_dns.export.spool import FrameSpool
 from misp_dns.interfaces import BuildContext, ISink, PluginType
 from misp_dns.values import ConfigError, FieldError
@@ -65,6 +79,7 @@ __all__ = [
     "FACILITIES",
     "SEVERITIES",
     "DatagramSender",
+    "ProcessDatagramSender",
     "StreamSender",
     "SyslogFormatter",
     "SyslogOptions",
@@ -205,6 +220,16 @@ class SyslogFormatter:
             text = f"{self._head}{self._stamp_3164()}{self._middle}{record.line}"
         return text.encode("utf-8", "backslashreplace")
 
+    def message(self, line: bytes, timestamp: str, response_type: str) -> bytes:
+        """The same message as `__call__` gives, from the record's line as the sinks write
+        it (`record.encode_records`) and its timestamp and response type. The header is
+        ASCII, so joining bytes gives what encoding the joined text gives."""
+        if self.format == "rfc5424":
+            head = f"{self._head}{timestamp}{self._middle}{response_type} - "
+        else:
+            head = f"{self._head}{self._stamp_3164()}{self._middle}"
+        return head.encode("ascii") + line
+
     def _stamp_3164(self) -> str:
         now = self.clock.seconds() if self.clock is not None else time.time()
         local = time.localtime(now)
@@ -299,6 +324,258 @@ class DatagramSender:
         sock, self._socket = self._socket, None
         if sock is not None:
             sock.close()
+
+
+#: Precedes each batch written to the datagram worker: its length (see datagram_worker).
+_BATCH_HEADER = struct.Struct("!I")
+#: What the worker reports after each batch: handled, sent, dropped, bytes read.
+_WORKER_REPORT = struct.Struct("!QQQQ")
+#: The module run as the datagram worker.
+WORKER_MODULE = "misp_dns.export.datagram_worker"
+#: The worker is started through the shell so that it ignores SIGTERM, SIGINT and SIGHUP
+#: from its first instruction (an ignored signal stays ignored across exec): a signal sent
+#: to the whole process group must not end it before the server has handed it everything.
+_SHELL = "/bin/sh"
+_IGNORE_SIGNALS = f'trap "" TERM INT HUP; exec "$0" -m {WORKER_MODULE} "$1"'
+#: Where the package lives, put first on the worker's PYTHONPATH so it runs the same code.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class _WorkerProtocol(ProcessProtocol):
+    """The server's end of one datagram worker process."""
+
+    def __init__(self, owner: ProcessDatagramSender) -> None:
+        self.owner = owner
+        self._reports = b""
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == 1:
+            reports = self._reports + data
+            usable = len(reports) - len(reports) % _WORKER_REPORT.size
+            if usable:
+                self.owner._reported(
+                    _WORKER_REPORT.unpack(reports[usable - _WORKER_REPORT.size : usable])
+                )
+            self._reports = reports[usable:]
+        else:
+            for line in data.decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    self.owner.log.warn("{line}", line=line.strip())
+
+    def processEnded(self, reason: Failure) -> None:
+        self.owner._ended(self, reason)
+
+
+class ProcessDatagramSender:
+    """Sends each record as one datagram from a child process (`datagram_worker`), so that
+    the sending, which costs the kernel about what answering a query costs, runs beside the
+    server instead of inside it.
+
+    `send_records` writes a batch (the NDJSON bytes `encode_records` makes, which the JSONL
+    sink writes too) to the child's stdin and returns. Records handed over but not yet sent
+    are bounded by `max_queue` and `max_queue_bytes`: beyond them the newest batch is
+    dropped and counted. The child counts what it could not send; a child that dies loses
+    what it held (counted) and is started again, after a growing delay. `stop` closes the
+    child's stdin: it sends everything it was given, then exits; after `stop_timeout` it is
+    killed and what it still held is counted as dropped.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        address: tuple[str, int] | str,
+        reactor: Any,
+        formatter: SyslogFormatter,
+        *,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        stop_timeout: float = STOP_TIMEOUT,
+        executable: str = sys.executable,
+    ) -> None:
+        self.address = address
+        self.reactor = reactor
+        self.formatter = formatter
+        self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
+        self.stop_timeout = stop_timeout
+        self.executable = executable
+        #: Worker processes started (1 unless one died).
+        self.started = 0
+        self._dropped_here = 0
+        self._lost = 0
+        # What the running child was given, and its last report.
+        self._handed = 0
+        self._handed_bytes = 0
+        self._report = (0, 0, 0, 0)
+        # What earlier children reported (sent, dropped), added when they ended.
+        self._sent_before = 0
+        self._dropped_before = 0
+        self._protocol: _WorkerProtocol | None = None
+        self._running = False
+        self._failures = 0
+        self._retry: IDelayedCall | None = None
+        self._ended_waiters: list[defer.Deferred[None]] = []
+
+    @property
+    def description(self) -> str:
+        if isinstance(self.address, str):
+            return f"unix:{self.address}"
+        return f"udp:{self.address[0]}:{self.address[1]}"
+
+    @property
+    def sent(self) -> int:
+        """Datagrams sent."""
+        return self._sent_before + self._report[1]
+
+    @property
+    def dropped(self) -> int:
+        """Records lost: over the bounds, unsendable in the child, or held by a dead child."""
+        return self._dropped_here + self._lost + self._dropped_before + self._report[2]
+
+    @property
+    def pending(self) -> int:
+        """Records handed to the child and not yet handled by it."""
+        return self._handed - self._report[0]
+
+    def _parameters(self) -> str:
+        formatter = self.formatter
+        if isinstance(self.address, str):
+            address: dict[str, Any] = {"path": self.address}
+        else:
+            address = {"host": self.address[0], "port": self.address[1]}
+        return json.dumps(
+            {
+                "address": address,
+                "format": formatter.format,
+                "facility": _name_of(FACILITIES, formatter.priority // 8),
+                "severity": _name_of(SEVERITIES, formatter.priority % 8),
+                "hostname": formatter.hostname,
+                "pid": formatter.pid,
+            }
+        )
+
+    def start(self) -> None:
+        """Start the worker process."""
+        self._running = True
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._retry = None
+        if not self._running:
+            return
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [_PACKAGE_ROOT, environment.get("PYTHONPATH")])
+        )
+        protocol = _WorkerProtocol(self)
+        self._handed = self._handed_bytes = 0
+        self._report = (0, 0, 0, 0)
+        try:
+            self.reactor.spawnProcess(
+                protocol,
+                _SHELL,
+                [_SHELL, "-c", _IGNORE_SIGNALS, self.executable, self._parameters()],
+                env=environment,
+                childFDs={0: "w", 1: "r", 2: "r"},
+            )
+        except OSError as exc:
+            self.log.error(
+                "syslog {to}: cannot start the sending process: {reason}",
+                to=self.description,
+                reason=exc.strerror or str(exc),
+            )
+            self._schedule_spawn()
+            return
+        self._protocol = protocol
+        self.started += 1
+
+    def _schedule_spawn(self) -> None:
+        if not self._running:
+            return
+        self._failures += 1
+        self._retry = self.reactor.callLater(backoff_delay(self._failures, 1.0, 30.0), self._spawn)
+
+    def send_records(self, records: Sequence[QueryRecord]) -> None:
+        """Hand the records to the worker, or drop and count them all when it is not
+        running or holds as much as the bounds allow."""
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None:
+            self._dropped_here += len(records)
+            return
+        data = encode_records(records)
+        waiting_bytes = self._handed_bytes - self._report[3]
+        if (
+            self.pending + len(records) > self.max_queue
+            or waiting_bytes + len(data) > self.max_queue_bytes
+        ):
+            self._dropped_here += len(records)
+            return
+        protocol.transport.writeSequence([_BATCH_HEADER.pack(len(data)), data])
+        self._handed += len(records)
+        self._handed_bytes += _BATCH_HEADER.size + len(data)
+
+    def send(self, messages: Iterable[bytes]) -> None:
+        """Not used: this sender formats in the worker (see `send_records`)."""
+        raise NotImplementedError("ProcessDatagramSender takes records: send_records")
+
+    def _reported(self, report: tuple[int, int, int, int]) -> None:
+        self._report = report
+        self._failures = 0
+
+    def _ended(self, protocol: _WorkerProtocol, reason: Failure) -> None:
+        if protocol is not self._protocol:
+            return
+        self._protocol = None
+        handled, sent, dropped, _ = self._report
+        self._sent_before += sent
+        self._dropped_before += dropped
+        self._lost += self._handed - handled
+        self._handed = self._handed_bytes = 0
+        self._report = (0, 0, 0, 0)
+        waiters, self._ended_waiters = self._ended_waiters, []
+        if waiters:
+            for waiter in waiters:
+                waiter.callback(None)
+            return
+        self.log.error(
+            "syslog {to}: the sending process ended ({reason}); starting it again",
+            to=self.description,
+            reason=reason.getErrorMessage(),
+        )
+        self._schedule_spawn()
+
+    def stop(self) -> defer.Deferred[None] | None:
+        """Let the worker send what it holds and exit (killed after `stop_timeout`)."""
+        self._running = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None:
+            return None
+        ended: defer.Deferred[None] = defer.Deferred()
+        self._ended_waiters.append(ended)
+        transport: Any = protocol.transport
+        transport.closeStdin()
+        timer = self.reactor.callLater(self.stop_timeout, _kill, transport)
+        ended.addBoth(_cancel_timer, timer)
+        return ended
+
+
+def _kill(transport: Any) -> None:
+    with contextlib.suppress(Exception):  # already gone
+        transport.signalProcess("KILL")
+
+
+def _cancel_timer(result: object, timer: IDelayedCall) -> object:
+    if timer.active():
+        timer.cancel()
+    return result
+
+
+def _name_of(names: dict[str, int], value: int) -> str:
+    return next(name for name, number in names.items() if number == value)
 
 
 class _StreamProtocol(Protocol):
@@ -528,6 +805,10 @@ class SyslogSink:
     def __init__(self, formatter: Callable[[QueryRecord], bytes], sender: Any) -> None:
         self.formatter = formatter
         self.sender = sender
+        # A sender that formats elsewhere (`ProcessDatagramSender`) takes the records.
+        self._send_records: Callable[[Sequence[QueryRecord]], None] | None = getattr(
+            sender, "send_records", None
+        )
 
     @property
     def dropped(self) -> int:
@@ -543,6 +824,16 @@ class SyslogSink:
         )
         address = parse_address(options.address, options.protocol)
         if isinstance(address, str) or options.protocol == "udp":
+            if IReactorProcess.providedBy(reactor):
+                sender: Any = ProcessDatagramSender(
+                    address,
+                    reactor,
+                    formatter,
+                    max_queue=options.max_queue,
+                    max_queue_bytes=options.max_queue_bytes,
+                )
+                return cls(formatter, sender)
+            # A reactor that cannot start processes (a test's clock): send from here.
             return cls(formatter, DatagramSender(address, reactor))
         host, port = address
         if options.protocol == "tls":
@@ -570,7 +861,10 @@ class SyslogSink:
 
     def write(self, records: Sequence[QueryRecord]) -> None:
         """Format and send the records; never waits, never raises for a receiver's trouble."""
-        self.sender.send(map(self.formatter, records))
+        if self._send_records is not None:
+            self._send_records(records)
+        else:
+            self.sender.send(map(self.formatter, records))
 
     def stop(self) -> Any:
         """Deliver what can be delivered in a few seconds, then close."""
