@@ -839,3 +839,26 @@ def test_cut_records_keep_the_longest_prefix_of_answers_that_fits(
         assert len(line.encode()) <= cap or kept == []
         longer = dict(record, answers=whole["answers"][: len(kept) + 1])
         assert len(json.dumps(longer, separators=(",", ":")).encode()) > cap
+
+
+@given(st.text())
+def test_json_strings_are_written_as_the_json_encoder_writes_them(text: str) -> None:
+    """Names and record data are put into the line without the JSON encoder where they need
+    no escape; any text, control characters, quotes, backslashes, non-ASCII and lone
+    surrogates included, comes out exactly as the encoder writes it."""
+    from misp_dns.export.record import _dumps, _json_string
+
+    assert _json_string(text) == _dumps(text)
+
+
+@given(st.binary(max_size=70))
+def test_escaped_name_bytes_are_written_as_before(data: bytes) -> None:
+    """The quick check for plain name bytes gives the same text as the byte-by-byte rule:
+    printable ASCII as itself, `\\` and `"` backslashed, anything else as \\DDD."""
+    from misp_dns.export.record import _PLAIN, _escaped
+
+    expected = "".join(
+        chr(b) if b in _PLAIN else ("\\" + chr(b) if b in (0x5C, 0x22) else f"\\{b:03d}")
+        for b in data
+    )
+    assert _escaped(data) == expected

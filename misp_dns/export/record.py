@@ -45,6 +45,7 @@ from __future__ import annotations
 import base64
 import bisect
 import json
+import re
 import socket
 import struct
 import time
@@ -142,6 +143,11 @@ _PROTOCOLS: Mapping[str, str] = {"udp": "Udp", "tcp": "Tcp"}
 
 # Bytes written as themselves in names and character strings; the rest become \DDD.
 _PLAIN = frozenset(range(0x21, 0x7F)) - {ord("\\"), ord('"')}
+# The bytes of a name that `_PLAIN` leaves out, as a pattern.
+_UNPLAIN = re.compile(rb'[^\x21-\x7e]|[\\"]')
+_NO_EXTRA: frozenset[int] = frozenset()
+# What JSON (ensure_ascii off, as `_dumps`) writes otherwise than as itself in a string.
+_JSON_SPECIAL = re.compile(r'[\x00-\x1f\\"]')
 
 
 class QueryRecord(Mapping[str, Any]):
@@ -209,8 +215,12 @@ def format_timestamp(seconds: float) -> str:
     return _millisecond_text(_milliseconds(seconds))
 
 
-def _escaped(data: bytes, extra_plain: frozenset[int] = frozenset()) -> str:
-    if all(byte in _PLAIN or byte in extra_plain for byte in data):
+def _escaped(data: bytes, extra_plain: frozenset[int] = _NO_EXTRA) -> str:
+    if extra_plain is _NO_EXTRA:
+        # Most names hold only plain bytes: found at C speed.
+        if _UNPLAIN.search(data) is None:
+            return data.decode("ascii")
+    elif all(byte in _PLAIN or byte in extra_plain for byte in data):
         return data.decode("ascii")
     out = []
     for byte in data:
@@ -233,6 +243,14 @@ def _name_text(name: bytes) -> str:
     if b"\\" in name:
         return _labels_text(labels(name))
     return _escaped(name)
+
+
+def _json_string(text: str) -> str:
+    """`text` as a JSON string, exactly as `_dumps` writes it, without its machinery for
+    the common text that needs no escape."""
+    if _JSON_SPECIAL.search(text) is None:
+        return f'"{text}"'
+    return _dumps(text)
 
 
 def _owner(name: bytes) -> str:
@@ -410,20 +428,21 @@ def rdata_text(record: dns.RRHeader) -> str:
         return _generic(b"")
 
 
-def _answer(record: dns.RRHeader, status: str, age: int) -> dict[str, Any]:
-    return {
-        "name": _owner(record.name.name),
-        "recordType": qtype_name(record.type),
-        "recordClass": class_name(record.cls),
-        "recordTtl": max(0, record.ttl - age) if age else record.ttl,
-        "recordData": rdata_text(record),
-        "dnssecStatus": status,
-    }
+def _answer(record: dns.RRHeader, status: str, age: int) -> str:
+    """One answer's JSON object, as `_dumps` writes the README's fields in their order."""
+    ttl = max(0, record.ttl - age) if age else record.ttl
+    return (
+        f'{{"name":{_json_string(_owner(record.name.name))},'
+        f'"recordType":{_json_string(qtype_name(record.type))},'
+        f'"recordClass":{_json_string(class_name(record.cls))},'
+        f'"recordTtl":{int(ttl)},"recordData":{_json_string(rdata_text(record))},'
+        f'"dnssecStatus":"{status}"}}'
+    )
 
 
 def _answer_list(records: Sequence[dns.RRHeader], authentic: bool, age: int) -> str:
     status = "Secure" if authentic else "Disabled"
-    return _dumps([_answer(record, status, age) for record in records])
+    return "[" + ",".join([_answer(record, status, age) for record in records]) + "]"
 
 
 def _packet_answers(question: bytes, packet: PacketBody) -> Sequence[dns.RRHeader]:
@@ -601,12 +620,12 @@ class RecordEncoder:
         return self._remember(self._clients, client, _dumps(client))
 
     def _question_json(self, event: QueryEvent) -> str:
-        question = {
-            "questionName": _question_name(event.question),
-            "questionType": qtype_name(event.qtype),
-            "questionClass": class_name(event.qclass),
-        }
-        return self._remember(self._questions, event.question, _dumps(question))
+        text = (
+            f'{{"questionName":{_json_string(_question_name(event.question))},'
+            f'"questionType":{_json_string(qtype_name(event.qtype))},'
+            f'"questionClass":{_json_string(class_name(event.qclass))}}}'
+        )
+        return self._remember(self._questions, event.question, text)
 
     def _rcode_json(self, rcode: int) -> str:
         return self._remember(self._rcodes, rcode, _dumps(rcode_name(rcode)))
