@@ -126,10 +126,13 @@ def independent(bench: Bench) -> None:
             for shape, queries in files.items():
                 scenario = f"independent-{shape}"
                 for label, port, _ in reversed(targets):  # misp-dns first: still cold
+                    sampler = _sample_cold(bench, scenario, server.pid, label)
                     first = bench.run_dnsperf(
                         scenario, label, port, queries, warmup=True, clients=1
                     )
                     bench.record(attrs.evolve(first, note="first pass, cold"))
+                    if sampler is not None:
+                        _summarise_cold(bench, scenario, sampler)
                 for clients in (1, bench.args.clients):
                     best = bench.rotate(
                         f"{scenario} -c {clients}", targets, queries, clients=clients
