@@ -428,16 +428,24 @@ def rdata_text(record: dns.RRHeader) -> str:
         return _generic(b"")
 
 
-def _answer(record: dns.RRHeader, status: str, age: int) -> str:
-    """One answer's JSON object, as `_dumps` writes the README's fields in their order."""
-    ttl = max(0, record.ttl - age) if age else record.ttl
+def _answer_head(record: dns.RRHeader) -> str:
+    """One answer's JSON object up to its TTL, as `_dumps` writes the README's fields."""
     return (
         f'{{"name":{_json_string(_owner(record.name.name))},'
         f'"recordType":{_json_string(qtype_name(record.type))},'
-        f'"recordClass":{_json_string(class_name(record.cls))},'
-        f'"recordTtl":{int(ttl)},"recordData":{_json_string(rdata_text(record))},'
-        f'"dnssecStatus":"{status}"}}'
+        f'"recordClass":{_json_string(class_name(record.cls))},"recordTtl":'
     )
+
+
+def _answer_tail(record: dns.RRHeader, status: str) -> str:
+    """One answer's JSON object after its TTL."""
+    return f',"recordData":{_json_string(rdata_text(record))},"dnssecStatus":"{status}"}}'
+
+
+def _answer(record: dns.RRHeader, status: str, age: int) -> str:
+    """One answer's JSON object, as `_dumps` writes the README's fields in their order."""
+    ttl = max(0, record.ttl - age) if age else record.ttl
+    return f"{_answer_head(record)}{int(ttl)}{_answer_tail(record, status)}"
 
 
 def _answer_list(records: Sequence[dns.RRHeader], authentic: bool, age: int) -> str:
@@ -521,7 +529,8 @@ class RecordEncoder:
     is keyed by the cached entry's pre-encoded packet and holds it (and the records it
     was made from), so no entry can be taken for another answer's. A cached answer ages a
     second at a time, and a text for every age would fill the memo with near copies (a
-    40-record answer is 5 kB of JSON): only the age it was last served at is kept.
+    40-record answer is 5 kB of JSON): each answer's text is kept in two pieces around its
+    TTL, with the text of the age it was last served at.
     """
 
     def __init__(
@@ -545,8 +554,8 @@ class RecordEncoder:
         self._rcodes: dict[int, str] = {}
         self._edes: dict[tuple[tuple[int, str], ...], str] = {}
         self._policies: dict[Decision, str] = {}
-        # packet -> (the records it was made from, age, authentic, their JSON)
-        self._answers: dict[PacketBody, tuple[Sequence[dns.RRHeader], int, bool, str]] = {}
+        # packet -> the answers' JSON at any age (and the records it was made from)
+        self._answers: dict[PacketBody, _AnswerText] = {}
         self._answer_chars = 0
 
     def encode(self, event: QueryEvent) -> QueryRecord:
@@ -654,30 +663,52 @@ class RecordEncoder:
             # Straight from the upstream: these records are not seen again.
             return _answer_list(records, answer.authentic, event.age)
         found = self._answers.get(packet)
-        if (
-            found is not None
-            and found[0] is records
-            and found[1] == event.age
-            and found[2] == answer.authentic
-        ):
-            return found[3]
-        text = _answer_list(records, answer.authentic, event.age)
-        self._remember_answers(packet, (records, event.age, answer.authentic, text))
-        return text
+        if found is None or found.records is not records or found.authentic != answer.authentic:
+            found = _AnswerText(records, answer.authentic)
+            self._remember_answers(packet, found)
+        return found.at(event.age)
 
-    def _remember_answers(
-        self, packet: PacketBody, entry: tuple[Sequence[dns.RRHeader], int, bool, str]
-    ) -> None:
+    def _remember_answers(self, packet: PacketBody, entry: _AnswerText) -> None:
         memo = self._answers
-        size = len(entry[3])
+        size = entry.chars
         if len(memo) >= self.memo_size or self._answer_chars + size > self.answer_memo_chars:
             memo.clear()
             self._answer_chars = 0
         replaced = memo.get(packet)
         if replaced is not None:
-            self._answer_chars -= len(replaced[3])
+            self._answer_chars -= replaced.chars
         memo[packet] = entry
         self._answer_chars += size
+
+
+class _AnswerText:
+    """The answers of a cached entry as JSON, at any age: each answer's text is kept in two
+    pieces around its TTL, so a second older (a cached answer ages while it is served)
+    costs joining them again, not writing every answer anew."""
+
+    __slots__ = ("_age", "_heads", "_tails", "_text", "_ttls", "authentic", "chars", "records")
+
+    def __init__(self, records: Sequence[dns.RRHeader], authentic: bool) -> None:
+        self.records = records
+        self.authentic = authentic
+        status = "Secure" if authentic else "Disabled"
+        self._heads = [_answer_head(record) for record in records]
+        self._tails = [_answer_tail(record, status) for record in records]
+        self._ttls = [record.ttl for record in records]
+        self._age = -1
+        self._text = ""
+        # The pieces and the text last joined, each about the length of the answers' JSON.
+        self.chars = 2 * sum(map(len, self._heads)) + 2 * sum(map(len, self._tails))
+
+    def at(self, age: int) -> str:
+        """The answers JSON as served `age` seconds after they were cached."""
+        if age != self._age:
+            parts = [
+                f"{head}{max(0, ttl - age) if age else ttl}{tail}"
+                for head, ttl, tail in zip(self._heads, self._ttls, self._tails, strict=True)
+            ]
+            self._age, self._text = age, "[" + ",".join(parts) + "]"
+        return self._text
 
 
 def is_blocking(event: QueryEvent) -> bool:
