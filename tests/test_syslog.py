@@ -692,6 +692,11 @@ async def test_stopping_sends_everything_handed_over_even_after_a_sigterm() -> N
     batch = tuple([BLOCKED] * 250)
     for _ in range(8):
         sink.write(batch)
+    for _ in range(200):  # the worker ignores signals once it has said it is ready
+        if sender.ready:
+            break
+        await deferLater(reactor, 0.05, lambda: None)
+    assert sender.ready
     sender._protocol.transport.signalProcess("TERM")  # type: ignore[union-attr]
     await deferLater(reactor, 0.2, lambda: None)
     for _ in range(4):

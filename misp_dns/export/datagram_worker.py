@@ -11,12 +11,13 @@ the batch, the very bytes the JSONL sink writes (`record.encode_records`), to a 
 Parameters: `address` ("host" and "port", or "path" for a unix socket), `format`,
 `facility`, `severity`, `hostname` and `pid` (the server's: the messages name it, not this
 child). Each batch on stdin is `LENGTH` (4 bytes, big-endian) then that many bytes of
-NDJSON; after each batch, stdout gets `REPORT`: records handled, sent and dropped, and
-batch bytes read, all counted since start. A datagram that cannot leave at once is dropped
-and counted, as the in-process sender does. The child ends when stdin ends (after sending
-every batch it read), never on a signal: SIGTERM and SIGINT, which a service manager sends
-to the whole process group, are ignored, so a stopping server loses nothing it handed over.
-SIGHUP is ignored too.
+NDJSON; once ready, and after each batch, stdout gets `REPORT`: records handled, sent and
+dropped, and batch bytes read, all counted since start. A datagram that cannot leave at
+once is dropped and counted, as the in-process sender does. The child ends when stdin
+ends (after sending every batch it read), never on a signal: SIGTERM and SIGINT, which a
+service manager sends to the whole process group, are ignored (from its first instruction,
+see `syslog._IGNORE_SIGNALS`), so a stopping server loses nothing it handed over. SIGHUP is
+ignored too.
 """
 
 from __future__ import annotations
@@ -177,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         params["hostname"],
         pid=int(params["pid"]),
     )
-    serve(0, _write_all, formatter, _Sender(params["address"]))
+    sender = _Sender(params["address"])
+    # A first report says the child is ready: from now on a signal to the group spares it.
+    _write_all(REPORT.pack(0, 0, 0, 0))
+    serve(0, _write_all, formatter, sender)
     return 0
 
 

@@ -405,6 +405,8 @@ class ProcessDatagramSender:
         self.executable = executable
         #: Worker processes started (1 unless one died).
         self.started = 0
+        #: True once the running worker has said it is ready (and ignores SIGTERM).
+        self.ready = False
         self._dropped_here = 0
         self._lost = 0
         # What the running child was given, and its last report.
@@ -472,6 +474,7 @@ class ProcessDatagramSender:
             filter(None, [_PACKAGE_ROOT, environment.get("PYTHONPATH")])
         )
         protocol = _WorkerProtocol(self)
+        self.ready = False
         self._handed = self._handed_bytes = 0
         self._report = (0, 0, 0, 0)
         try:
@@ -526,6 +529,7 @@ class ProcessDatagramSender:
     def _reported(self, report: tuple[int, int, int, int]) -> None:
         self._report = report
         self._failures = 0
+        self.ready = True
 
     def _ended(self, protocol: _WorkerProtocol, reason: Failure) -> None:
         if protocol is not self._protocol:
