@@ -15,7 +15,7 @@ NDJSON; once ready, and after each batch, stdout gets `REPORT`: records handled,
 dropped, and batch bytes read, all counted since start. A datagram that cannot leave at
 once is dropped and counted, as the in-process sender does. The child ends when stdin
 ends (after sending every batch it read), never on a signal: SIGTERM and SIGINT, which a
-service manager sends to the whole process group, are ignored (from its first instruction,
+service manager sends to the whole process group, are ignored (from before Python starts,
 see `syslog._IGNORE_SIGNALS`), so a stopping server loses nothing it handed over. SIGHUP is
 ignored too.
 """

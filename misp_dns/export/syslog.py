@@ -334,8 +334,9 @@ _WORKER_REPORT = struct.Struct("!QQQQ")
 #: The module run as the datagram worker.
 WORKER_MODULE = "misp_dns.export.datagram_worker"
 #: The worker is started through the shell so that it ignores SIGTERM, SIGINT and SIGHUP
-#: from its first instruction (an ignored signal stays ignored across exec): a signal sent
-#: to the whole process group must not end it before the server has handed it everything.
+#: before Python starts (an ignored signal stays ignored across exec): a signal sent to the
+#: whole process group must not end it before the server has handed it everything. Only a
+#: signal in the instant before the shell's trap ends it (it is then started again).
 _SHELL = "/bin/sh"
 _IGNORE_SIGNALS = f'trap "" TERM INT HUP; exec "$0" -m {WORKER_MODULE} "$1"'
 #: The size asked for the pipe to the worker.
