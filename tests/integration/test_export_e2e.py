@@ -282,6 +282,11 @@ def test_every_sink_gets_every_record_field_by_field(
     queries_file = logs / "queries.jsonl"
     time.sleep(0.5)  # the start-up probes' records settle
     before = len(_lines(queries_file))
+    # Syslog over UDP leaves from the sink's sending process, which may still be starting:
+    # wait until every record so far has its three syslog messages.
+    wait_until(
+        lambda: len(rsyslog.messages()) >= 3 * before, 10, what="the start-up records' messages"
+    )
     syslog_before = len(rsyslog.messages())
     contrib_file = rsyslog.workdir / "contrib" / "queries.jsonl"
     contrib_before = len(_lines(contrib_file))
