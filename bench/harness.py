@@ -35,7 +35,7 @@ from integration.unbound import (  # noqa: E402
     base_server_lines,
     write_config,
 )
-from probe import NXDOMAIN, wait_for_rcode  # noqa: E402
+from probe import wait_for_block  # noqa: E402
 
 __all__ = [
     "REPO",
@@ -314,8 +314,8 @@ class Bench:
     ) -> Iterator[MispDnsProcess]:
         """A server under twistd (or `command`) forwarding to Unbound (the shared one, or
         the one on port `upstream`), pinned, stopped on exit. Returns once it answers
-        `probe` (the first allowed name by default); with `blocked_probe`, once that name
-        is blocked."""
+        `probe` (the first allowed name by default); with `blocked_probe`, once misp-dns
+        itself blocks that name (not once the upstream answers it NXDOMAIN)."""
         folder = self.workdir / name
         (folder / "state").mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -335,7 +335,7 @@ class Bench:
         try:
             self.pin(process.pid)
             if blocked_probe is not None:
-                wait_for_rcode(process.address, blocked_probe, NXDOMAIN, timeout, interval=0.05)
+                wait_for_block(process.address, blocked_probe, timeout, interval=0.05)
             yield process
         finally:
             process.stop()

@@ -2,7 +2,10 @@
 
 `rcode` sends one query built with `struct` (no dnspython, so polling every few
 milliseconds costs the machine nearly nothing) and returns the response code, or None when
-nothing came back in time. `memory_mib` reads VmRSS/VmHWM from /proc/PID/status, and
+nothing came back in time. `wait_for_block` waits for misp-dns's own blocked answer
+(NXDOMAIN with EDE 15 and its `source=` report): the bench's Unbound answers the same
+names NXDOMAIN too, so an NXDOMAIN alone may be a query misp-dns forwarded before its
+policy's first snapshot. `memory_mib` reads VmRSS/VmHWM from /proc/PID/status, and
 `MemoryWatch` samples VmRSS in a thread so a report can say when the peak happened.
 """
 
@@ -16,17 +19,25 @@ import time
 from pathlib import Path
 
 __all__ = [
+    "EDE_BLOCKED",
     "NOERROR",
     "NXDOMAIN",
     "MemoryWatch",
+    "blocked_here",
+    "extended_errors",
     "memory_mib",
     "query_wire",
     "rcode",
+    "reply",
+    "wait_for_block",
     "wait_for_rcode",
 ]
 
 NOERROR = 0
 NXDOMAIN = 3
+_OPT = 41
+_EDE_OPTION = 15
+EDE_BLOCKED = 15
 
 
 def query_wire(name: str, qid: int, qtype: int = 1, edns: bool = True) -> bytes:
@@ -40,8 +51,8 @@ def query_wire(name: str, qid: int, qtype: int = 1, edns: bool = True) -> bytes:
     return header + question + opt
 
 
-def rcode(address: tuple[str, int], name: str, timeout: float = 0.2) -> int | None:
-    """Ask `address` for `name` A over UDP once; its RCODE, or None on no (matching) answer."""
+def reply(address: tuple[str, int], name: str, timeout: float = 0.2) -> bytes | None:
+    """Ask `address` for `name` A over UDP once (with EDNS); the reply, or None."""
     qid = random.randrange(65536)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
@@ -50,12 +61,91 @@ def rcode(address: tuple[str, int], name: str, timeout: float = 0.2) -> int | No
             sock.send(query_wire(name, qid))
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                reply = sock.recv(4096)
-                if len(reply) >= 4 and struct.unpack_from("!H", reply)[0] == qid:
-                    return reply[3] & 0x0F
+                data = sock.recv(4096)
+                if len(data) >= 12 and struct.unpack_from("!H", data)[0] == qid:
+                    return data
         except OSError:  # refused (nothing listening yet) or timed out
             return None
     return None
+
+
+def rcode(address: tuple[str, int], name: str, timeout: float = 0.2) -> int | None:
+    """Ask `address` for `name` A over UDP once; its RCODE, or None on no (matching) answer."""
+    data = reply(address, name, timeout)
+    return None if data is None else data[3] & 0x0F
+
+
+def _skip_name(message: bytes, offset: int) -> int:
+    while True:
+        length = message[offset]
+        if length >= 0xC0:
+            return offset + 2
+        offset += 1 + length
+        if length == 0:
+            return offset
+
+
+def extended_errors(message: bytes) -> list[tuple[int, str]]:
+    """The (INFO-CODE, EXTRA-TEXT) of each EDE option (RFC 8914) in a reply's OPT record."""
+    counts = struct.unpack_from("!4H", message, 4)
+    offset = 12
+    for _ in range(counts[0]):
+        offset = _skip_name(message, offset) + 4
+    found: list[tuple[int, str]] = []
+    for _ in range(sum(counts[1:])):
+        offset = _skip_name(message, offset)
+        rtype, _class, _ttl, length = struct.unpack_from("!HHIH", message, offset)
+        offset += 10
+        if rtype == _OPT:
+            found += _ede_options(message[offset : offset + length])
+        offset += length
+    return found
+
+
+def _ede_options(rdata: bytes) -> list[tuple[int, str]]:
+    found = []
+    offset = 0
+    while offset + 4 <= len(rdata):
+        code, length = struct.unpack_from("!HH", rdata, offset)
+        value = rdata[offset + 4 : offset + 4 + length]
+        if code == _EDE_OPTION and len(value) >= 2:
+            info = struct.unpack_from("!H", value)[0]
+            found.append((info, value[2:].decode("utf-8", "replace")))
+        offset += 4 + length
+    return found
+
+
+def blocked_here(message: bytes | None) -> bool:
+    """Whether a reply is misp-dns's own blocked answer: NXDOMAIN with EDE 15 (Blocked)
+    and its `source=...` report, not an upstream's NXDOMAIN passed through."""
+    if message is None or message[3] & 0x0F != NXDOMAIN:
+        return False
+    try:
+        errors = extended_errors(message)
+    except (IndexError, struct.error):
+        return False
+    return any(code == EDE_BLOCKED and text.startswith("source=") for code, text in errors)
+
+
+def wait_for_block(
+    address: tuple[str, int],
+    name: str,
+    timeout: float,
+    interval: float = 0.002,
+    alive: object = None,
+) -> float:
+    """Poll until misp-dns itself blocks `name` (see `blocked_here`); return the
+    `time.monotonic()` of that answer. `alive` (a Popen) stops the wait early when that
+    process exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if blocked_here(reply(address, name, timeout=0.05)):
+            return time.monotonic()
+        if alive is not None and alive.poll() is not None:  # type: ignore[attr-defined]
+            raise RuntimeError(f"the server exited before blocking {name}")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{name} not blocked by misp-dns within {timeout} s")
+        time.sleep(interval)
 
 
 def wait_for_rcode(
