@@ -45,6 +45,12 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "warninglists"
 REAL_FEED = DATA.parent / "misp-feed-infoblox"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
+# Feed names may hold service labels (`_dmarc.example.com`), which resolvers accept.
+_FEED_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_FEED_NAME = re.compile(rf"^(?=.{{1,253}}$){_FEED_LABEL}(?:\.{_FEED_LABEL})+$")
+# A byte-order mark left at a value's start, as such or mis-decoded (cp1252, Mac Roman),
+# lower-cased: the real feed has two values starting with the Mac Roman form.
+_BOM_FORMS = ("\ufeff", "\u00ef\u00bb\u00bf", "\u00f4\u00aa\u00f8")
 _ALPHABET = string.ascii_lowercase + string.digits
 _FALLBACK_TLDS = ["com", "net", "org", "info", "xyz", "top", "online", "site", "ru", "cn"]
 _SUBDOMAIN_LABELS = ["www", "login", "cdn", "api", "mail.secure"]
@@ -181,7 +187,8 @@ def write_feed(directory: Path, names: Sequence[str], events: int = 100) -> Path
 
 def feed_domains(feed: Path = REAL_FEED) -> list[str]:
     """The `domain` and `hostname` indicators of a MISP feed directory, lower case, well
-    formed, each once, in file order."""
+    formed, each once, in file order: the names misp-dns blocks from it (a leading
+    byte-order mark dropped, service labels such as `_dmarc` kept)."""
     names: dict[str, None] = {}
     for path in sorted(feed.glob("*.json")):
         if path.name == "manifest.json":
@@ -189,10 +196,17 @@ def feed_domains(feed: Path = REAL_FEED) -> list[str]:
         event = json.loads(path.read_text())["Event"]
         for attribute in event.get("Attribute", []):
             if attribute.get("type") in ("domain", "hostname"):
-                value = str(attribute["value"]).strip().rstrip(".").lower()
-                if _NAME.match(value):
+                value = _without_bom(str(attribute["value"]).strip().lower()).rstrip(".")
+                if _FEED_NAME.match(value):
                     names[value] = None
     return list(names)
+
+
+def _without_bom(value: str) -> str:
+    for bom in _BOM_FORMS:
+        if value.startswith(bom):
+            return value[len(bom) :].lstrip()
+    return value
 
 
 def sampled_queries(names: Sequence[str], count: int, seed: int = 17) -> list[str]:
