@@ -22,6 +22,7 @@ import dns.rrset
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.names import dns as tdns
 from zope.interface.verify import verifyObject
 
@@ -30,7 +31,7 @@ from misp_dns.build import context_for
 from misp_dns.dns.acl import ClientACL
 from misp_dns.dns.cache import AnswerCache
 from misp_dns.dns.resolver import ChainResolver
-from misp_dns.dns.server import Responder
+from misp_dns.dns.server import NOTIFY_REPORT_INTERVAL, Responder
 from misp_dns.event import Answer, Kind, QueryEvent
 from misp_dns.export.record import RecordEncoder
 from misp_dns.intel.rpz import RpzZone
@@ -281,6 +282,24 @@ def test_notify_from_elsewhere_or_for_another_zone_is_refused(
     wire = Served(policy).raw(notify_wire(zone).to_wire(), client=client)
     assert dns.message.from_wire(wire).rcode() == dns.rcode.REFUSED
     assert checks == []
+
+
+def test_refused_notifies_are_logged_once_a_minute_with_a_count(tmp_path: Path) -> None:
+    """Anyone may send NOTIFYs: a flood of refused ones writes one line a minute, saying how
+    many were refused, not a line each (each is still answered REFUSED)."""
+    served = Served(build(tmp_path))
+    wire = notify_wire().to_wire()
+    with capturedLogs() as events:
+        for _ in range(1000):
+            assert dns.message.from_wire(served.raw(wire, client="192.0.2.9")).rcode() == (
+                dns.rcode.REFUSED
+            )
+        served.clock.advance(NOTIFY_REPORT_INTERVAL)
+        served.raw(wire, client="192.0.2.9")
+    lines = [formatEvent(event) for event in events if "NOTIFY" in formatEvent(event)]
+    assert len(lines) == 2, lines
+    assert "from 192.0.2.9 refused" in lines[0] and "(1 refused since" in lines[0]
+    assert "(1000 refused since" in lines[1]
 
 
 def test_policy_provides_its_interfaces(tmp_path: Path) -> None:

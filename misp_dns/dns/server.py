@@ -58,7 +58,10 @@ from misp_dns.dns.wire import (
 from misp_dns.event import Answer, Kind, PacketBody, QueryEvent
 from misp_dns.interfaces import IZoneFollower
 
-__all__ = ["DNSStreamFactory", "Responder", "Tally", "ZoneHook"]
+__all__ = ["NOTIFY_REPORT_INTERVAL", "DNSStreamFactory", "Responder", "Tally", "ZoneHook"]
+
+#: Seconds between two log lines about refused NOTIFYs.
+NOTIFY_REPORT_INTERVAL = 60.0
 
 #: Called for every answered query with (transport, question in wire format, answer).
 Tally = Callable[[str, bytes, Answer], None]
@@ -109,6 +112,10 @@ class Responder:
         self.counters = Counters()
         self.tally: Tally | None = None
         self.zone: ZoneHook | None = None
+        # NOTIFYs refused since the last line saying so, and when that line was written:
+        # anyone may send them, so they are reported once a minute, not once each.
+        self._refused_notifies = 0
+        self._refusal_reported_at: float | None = None
 
     def respond(
         self, data: bytes, client: str, transport: str
@@ -269,12 +276,24 @@ class Responder:
                 if accepted:
                     break
         if not accepted:
-            self.log.info(
-                "NOTIFY for {zone} from {client} refused: no rpz policy follows it from there",
-                zone=notify.zone or ".",
-                client=client,
-            )
+            self._report_refused_notify(notify.zone or ".", client)
         return notify_response(notify, accepted)
+
+    def _report_refused_notify(self, zone: str, client: str) -> None:
+        self._refused_notifies += 1
+        now = self.clock.seconds()
+        last = self._refusal_reported_at
+        if last is not None and now - last < NOTIFY_REPORT_INTERVAL:
+            return
+        self.log.info(
+            "NOTIFY for {zone} from {client} refused: no rpz policy follows it from there"
+            " ({count} refused since the last such line)",
+            zone=zone,
+            client=client,
+            count=self._refused_notifies,
+        )
+        self._refused_notifies = 0
+        self._refusal_reported_at = now
 
     def _encode(self, answer: Answer, request: Request, transport: str) -> bytes:
         limit = request.udp_limit if transport == "udp" else TCP_MAX_SIZE
