@@ -48,7 +48,7 @@ import re
 import struct
 import sys
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 from zlib import crc32
 
@@ -72,6 +72,8 @@ if array(_U32).itemsize != 4 or array(_U64).itemsize != 8:  # pragma: no cover
 
 # A table slot is 0 when empty, else CRC-32 (0 counted as 1) << 32 | index << 1 | subdomains.
 _LOW_WORD = 0xFFFFFFFF
+# Entries indexed between two steps of `DomainSetBuilder.finishing`: a millisecond or two.
+_ENTRIES_PER_STEP = 2048
 
 # Bits of the per-entry flags byte.
 _SUBDOMAINS = 1
@@ -508,10 +510,22 @@ class DomainSetBuilder:
         return self
 
     def finish(self) -> DomainSet:
-        table, dropped = self._index()
+        """Index the entries added so far into a `DomainSet`."""
+        steps = self.finishing()
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                finished: DomainSet = stop.value
+                return finished
+
+    def finishing(self) -> Generator[None, None, DomainSet]:
+        """`finish` as steps of a few thousand entries each (see `blocking.Steps`), so a
+        million entries can be indexed on the reactor thread between its polls."""
+        table, dropped = yield from self._index()
         if dropped:
-            self._drop(dropped)
-            table, dropped = self._index()
+            yield from self._drop(dropped)
+            table, dropped = yield from self._index()
         return DomainSet(
             names=bytes(self.names),
             offsets=self.offsets,
@@ -526,7 +540,7 @@ class DomainSetBuilder:
             ips=self.ips.finish(),
         )
 
-    def _index(self) -> tuple[array[int], set[int]]:
+    def _index(self) -> Generator[None, None, tuple[array[int], set[int]]]:
         """Fill the hash table; return it and the entries that repeat a name."""
         count = len(self.flags)
         capacity = 8
@@ -537,6 +551,8 @@ class DomainSetBuilder:
         keys, names, offsets, flags = self.keys, self.names, self.offsets, self.flags
         dropped: set[int] = set()
         for index in range(count):
+            if not index % _ENTRIES_PER_STEP:
+                yield
             key = keys[index]
             slot = key << 32 | index << 1 | flags[index] & _SUBDOMAINS
             position = key & mask
@@ -558,7 +574,7 @@ class DomainSetBuilder:
                 table[position] = slot
         return table, dropped
 
-    def _drop(self, dropped: set[int]) -> None:
+    def _drop(self, dropped: set[int]) -> Generator[None, None, None]:
         """Remove the `dropped` entries, keeping the others in order."""
         names = bytearray()
         offsets = array(_U32, [0])
@@ -568,6 +584,8 @@ class DomainSetBuilder:
         other_uuids: dict[int, str] = {}
         keys = array(_U32)
         for index in range(len(self.flags)):
+            if not index % _ENTRIES_PER_STEP:
+                yield
             if index in dropped:
                 continue
             names += self.names[self.offsets[index] : self.offsets[index + 1]]

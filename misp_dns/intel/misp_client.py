@@ -52,7 +52,15 @@ from misp_dns.http import (
     excerpt,
     status_message,
 )
-from misp_dns.intel.blocking import RunBlocking, run_inline, thread_runner
+from misp_dns.intel.blocking import (
+    RunBlocking,
+    RunSteps,
+    Steps,
+    run_inline,
+    run_steps_inline,
+    sliced_runner,
+    thread_runner,
+)
 from misp_dns.intel.errors import (
     MispAuthError,
     MispError,
@@ -78,6 +86,7 @@ __all__ = [
     "MispUnavailableError",
     "misp_timespan",
     "parse_attributes",
+    "parsing_attributes",
 ]
 
 _SEARCH_PATH = "/attributes/restSearch"
@@ -270,8 +279,31 @@ def parse_attributes(
     the field that was wrong, and skipped.
     """
     found: list[RawIndicator] = []
+    for _ in parsing_attributes(items, counts, found, event, check, types):
+        pass
+    return found
+
+
+# Attributes parsed between two steps of `parsing_attributes`: a fraction of a millisecond.
+_ATTRIBUTES_PER_STEP = 64
+
+
+def parsing_attributes(
+    items: Iterable[object],
+    counts: AttributeCounts,
+    found: list[RawIndicator],
+    event: Mapping[str, Any] | None = None,
+    check: Check | None = None,
+    types: Collection[str] = BLOCKING_TYPES,
+) -> Steps[None]:
+    """`parse_attributes` as steps (see `blocking.Steps`), appending to `found`."""
+    step = _ATTRIBUTES_PER_STEP
     for item in items:
         counts.attributes += 1
+        step -= 1
+        if not step:
+            step = _ATTRIBUTES_PER_STEP
+            yield
         if check is not None and isinstance(item, Mapping):
             reason = check(item)
             if reason is not None:
@@ -287,7 +319,6 @@ def parse_attributes(
         else:
             counts.indicators += 1
             found.append(indicator)
-    return found
 
 
 def _attribute_list(payload: object, what: str) -> list[object]:
@@ -335,9 +366,9 @@ _ATTRIBUTES_PATH = ("response", "Attribute")
 
 def _streamed_page(
     body: bytes, check: Check | None = None, types: Collection[str] = BLOCKING_TYPES
-) -> _Page | None:
-    """A 200 answer's page read one attribute at a time (see `json_stream`), or None when
-    it is not the usual `{"response": {"Attribute": [...]}}` in UTF-8."""
+) -> Steps[_Page | None]:
+    """A 200 answer's page read one attribute at a time (see `json_stream`), as steps, or
+    None when it is not the usual `{"response": {"Attribute": [...]}}` in UTF-8."""
     ids: list[object] = []
 
     def attributes(text: str) -> Iterator[object]:
@@ -346,10 +377,12 @@ def _streamed_page(
             yield item
 
     counts = AttributeCounts()
+    indicators: list[RawIndicator] = []
     try:
-        indicators = parse_attributes(
-            attributes(body.decode("utf-8")), counts, check=check, types=types
-        )
+        text = body.decode("utf-8")
+        yield
+        parsing = parsing_attributes(attributes(text), counts, indicators, None, check, types)
+        yield from parsing
     except (ValueError, RecursionError):
         return None
     return _Page(len(ids), tuple(ids), indicators, counts)
@@ -382,6 +415,7 @@ class MispClient:
     types: tuple[str, ...] = BLOCKING_TYPES
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
     run_blocking: RunBlocking = attrs.field(default=run_inline, repr=False)
+    run_steps: RunSteps = attrs.field(default=run_steps_inline, repr=False)
     last_stats: FetchStats = attrs.field(factory=FetchStats, repr=False)
     _redactor: Redactor = attrs.field(init=False, repr=False)
     log: ClassVar[Logger] = Logger()
@@ -396,11 +430,14 @@ class MispClient:
     ) -> MispClient:
         """Build from a `[[policy]] type = "misp"` table; reads `api_key_file` now.
 
-        With a reactor that has threads, pages are decoded in its thread pool, so a big
-        page never holds up answering.
+        With a reactor that has threads, pages are decoded on the reactor thread in slices
+        of a few milliseconds (`sliced_runner`), so a big page never holds up answering;
+        what is still run whole (the body of an error, or of an odd layout) goes to its
+        thread pool.
         """
         if hasattr(clock, "getThreadPool"):
             overrides.setdefault("run_blocking", thread_runner(clock))
+            overrides.setdefault("run_steps", sliced_runner(clock))
         return cls(
             server_url=options.server_url,
             api_key=options.read_api_key(),
@@ -512,9 +549,9 @@ class MispClient:
     async def _page(self, http: RetryingHttp, page: int, stats: FetchStats) -> _Page:
         what = f"MISP {self.url} page {page}"
         result = await self._post(http, what, self.query(page), stats)
-        # Decoding and parsing are one step off the reactor thread, so the page's many
-        # short-lived objects are gone before the reactor runs again (see `thread_runner`).
-        parsed: _Page = await self.run_blocking(lambda: self._parse_page(result, what))
+        # Decoded and parsed in slices between which the reactor answers queries; the
+        # collector stays paused meanwhile (see `blocking`).
+        parsed: _Page = await self.run_steps(self._parse_page(result, what))
         return parsed
 
     async def _emptied_by_filters(self, http: RetryingHttp, page: int, stats: FetchStats) -> bool:
@@ -543,17 +580,19 @@ class MispClient:
             "POST", self.url, what, headers=self._headers(), body=body, stats=stats
         )
 
-    def _parse_page(self, result: HttpResult, what: str) -> _Page:
+    def _parse_page(self, result: HttpResult, what: str) -> Steps[_Page]:
         check = self.filters.rejection
         if result.status == 200:
-            streamed = _streamed_page(result.body, check, self.types)
+            streamed = yield from _streamed_page(result.body, check, self.types)
             if streamed is not None:
                 return streamed
         # An error status, another shape or broken JSON: decoded whole, for its message.
         attributes = self._attributes_of(result, what)
+        yield
         ids = tuple(a.get("id") if isinstance(a, Mapping) else None for a in attributes)
         counts = AttributeCounts()
-        indicators = parse_attributes(attributes, counts, check=check, types=self.types)
+        indicators: list[RawIndicator] = []
+        yield from parsing_attributes(attributes, counts, indicators, check=check, types=self.types)
         return _Page(len(attributes), ids, indicators, counts)
 
     def _headers(self) -> dict[str, str]:

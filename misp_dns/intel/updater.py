@@ -2,9 +2,11 @@
 
 The updater is a Twisted service. On start it loads the snapshot last saved in `state_dir`
 (so a restart blocks at once, even with MISP down) and starts the first fetch. Each cycle
-fetches from an `IIndicatorSource`, selects and normalises off the reactor thread, builds a
-new immutable `DomainSet`, and replaces the served snapshot in one assignment; serving never
-waits for a refresh. A changed snapshot is saved back to disk.
+fetches from an `IIndicatorSource`, selects, normalises and builds a new immutable
+`DomainSet` in steps (`run_steps`: in production `blocking.sliced_runner`, slices of a few
+milliseconds on the reactor thread, between which it answers queries), and replaces the
+served snapshot in one assignment; serving never waits for a refresh. A changed snapshot
+is saved back to disk.
 
 `generation` grows by one each time another snapshot is served, so that what was decided
 on the old one (the resolver's verdicts on cached answers) can tell it is out of date.
@@ -38,7 +40,7 @@ from twisted.python.failure import Failure
 from misp_dns.allocator import release_free_memory
 from misp_dns.backoff import backoff_delay
 from misp_dns.intel import store
-from misp_dns.intel.blocking import without_collection
+from misp_dns.intel.blocking import RunSteps, Steps, run_steps_inline
 from misp_dns.intel.domainset import DomainSet, DomainSetBuilder
 from misp_dns.intel.normalize import Tally, selected
 from misp_dns.interfaces import IIndicatorSource, RawIndicator
@@ -48,17 +50,28 @@ __all__ = ["IndicatorUpdater"]
 RunInThread = Callable[..., defer.Deferred[Any]]
 
 
-def _add_page(
+# Indicators normalised into the set between two steps of `_adding_page`.
+_INDICATORS_PER_STEP = 256
+
+
+def _adding_page(
     builder: DomainSetBuilder,
     raws: list[RawIndicator],
     now: float,
     max_age: float,
     tally: Tally,
     response_ips: bool,
-) -> None:
-    builder.add_all(
-        selected(raws, now=now, max_age=max_age, tally=tally, response_ips=response_ips)
-    )
+) -> Steps[None]:
+    for start in range(0, len(raws), _INDICATORS_PER_STEP):
+        chunk = raws[start : start + _INDICATORS_PER_STEP]
+        builder.add_all(
+            selected(chunk, now=now, max_age=max_age, tally=tally, response_ips=response_ips)
+        )
+        yield
+
+
+def _digest(domainset: DomainSet) -> str:
+    return domainset.digest
 
 
 class IndicatorUpdater(Service):
@@ -83,6 +96,7 @@ class IndicatorUpdater(Service):
         state_path: str | None,
         retry_after: float = 30.0,
         run_in_thread: RunInThread = deferToThread,
+        run_steps: RunSteps = run_steps_inline,
         enforcing: bool = True,
         response_ips: bool = False,
     ) -> None:
@@ -95,6 +109,7 @@ class IndicatorUpdater(Service):
         self.state_path = state_path
         self.retry_after = retry_after
         self.run_in_thread = run_in_thread
+        self.run_steps = run_steps
         self.response_ips = response_ips
         self.snapshot = DomainSet.empty()
         self.generation = 0
@@ -178,28 +193,24 @@ class IndicatorUpdater(Service):
         return cycle
 
     async def _fetch_and_build(self, started: float) -> tuple[Tally, DomainSet]:
-        """Fetch page by page, each page normalised into the new set off the reactor thread.
+        """Fetch page by page, each page normalised into the new set by `run_steps`.
 
         Only one page of raw attributes lives at a time, so a million indicators cost the
-        compact set being built, not a million objects.
+        compact set being built, not a million objects. Normalising and indexing run as
+        steps (on the reactor thread in slices, in production), so that answering goes on
+        between them; the digest, whose hashing lets go of the GIL, is taken in a thread.
         """
         builder = DomainSet.builder()
         tally = Tally()
 
         def consume(raws: list[RawIndicator]) -> defer.Deferred[Any]:
-            return self.run_in_thread(
-                without_collection,
-                _add_page,
-                builder,
-                raws,
-                started,
-                self.max_age,
-                tally,
-                self.response_ips,
+            return self.run_steps(
+                _adding_page(builder, raws, started, self.max_age, tally, self.response_ips)
             )
 
         await self.source.fetch_pages(consume)
-        domainset: DomainSet = await self.run_in_thread(without_collection, builder.finish)
+        domainset: DomainSet = await self.run_steps(builder.finishing())
+        await self.run_in_thread(_digest, domainset)
         return tally, domainset
 
     def _install(self, built: tuple[Tally, DomainSet]) -> defer.Deferred[None] | None:
