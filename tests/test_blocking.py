@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import threading
 from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
-from conftest import result_of
+from conftest import failure_of, no_result, result_of
+from twisted.internet.task import Clock
 
-from misp_dns.intel.blocking import run_inline, thread_runner, without_collection
+from misp_dns.intel.blocking import (
+    RunSteps,
+    Steps,
+    run_inline,
+    run_steps_inline,
+    sliced_runner,
+    thread_runner,
+    without_collection,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +91,90 @@ async def test_thread_runner_runs_the_work_in_a_thread_with_collection_paused() 
     assert where != main
     assert paused is False
     assert gc.isenabled()
+
+
+def one_step_per_slice(clock: Clock) -> RunSteps:
+    """A sliced runner whose timer says a slice's time is up after every step."""
+    return sliced_runner(clock, slice_seconds=0.5, timer=itertools.count().__next__)
+
+
+def test_steps_run_a_slice_per_reactor_turn_and_other_calls_run_between() -> None:
+    """The reactor gets control between two slices: what it has to do meanwhile (a query
+    to answer) runs before the next slice, and the result arrives after the last one."""
+    clock = Clock()
+    trace: list[str] = []
+
+    def work() -> Steps[str]:
+        for number in range(3):
+            trace.append(f"step {number}")
+            clock.callLater(0, trace.append, f"reactor after step {number}")
+            yield
+        return "built"
+
+    done = one_step_per_slice(clock)(work())
+    assert trace == []
+    no_result(done)
+    clock.advance(0)
+    assert result_of(done) == "built"
+    assert trace == [
+        "step 0",
+        "reactor after step 0",
+        "step 1",
+        "reactor after step 1",
+        "step 2",
+        "reactor after step 2",
+    ]
+
+
+def test_the_collector_stays_paused_from_the_first_slice_to_the_last() -> None:
+    """Between two slices the page's objects are still alive, so no collection may see them
+    (it would promote them); collection resumes when the steps end."""
+    clock = Clock()
+    seen: list[bool] = []
+
+    def work() -> Steps[None]:
+        seen.append(gc.isenabled())
+        clock.callLater(0, lambda: seen.append(gc.isenabled()))
+        yield
+        seen.append(gc.isenabled())
+
+    done = one_step_per_slice(clock)(work())
+    clock.advance(0)
+    result_of(done)
+    assert seen == [False, False, False]
+    assert gc.isenabled()
+
+
+def test_a_failing_step_fails_the_deferred_and_resumes_the_collector() -> None:
+    """A parse error in a slice reaches the caller (the updater keeps its last good set)."""
+    clock = Clock()
+
+    def work() -> Steps[None]:
+        yield
+        raise ValueError("bad page")
+
+    done = one_step_per_slice(clock)(work())
+    clock.advance(0)
+    assert str(failure_of(done, ValueError)) == "bad page"
+    assert gc.isenabled()
+
+
+def test_a_slice_runs_steps_until_its_time_is_up() -> None:
+    """With time to spare, one slice runs many steps before the reactor's turn comes; tests'
+    inline runner runs them all at once."""
+    clock = Clock()
+    trace: list[str] = []
+
+    def work() -> Steps[int]:
+        for number in range(3):
+            trace.append(f"step {number}")
+            clock.callLater(0, trace.append, "reactor")
+            yield
+        return 3
+
+    done = sliced_runner(clock, slice_seconds=10, timer=itertools.count().__next__)(work())
+    clock.advance(0)
+    assert result_of(done) == 3
+    assert trace == ["step 0", "step 1", "step 2", "reactor", "reactor", "reactor"]
+    trace.clear()
+    assert result_of(run_steps_inline(work())) == 3

@@ -6,6 +6,7 @@ drives time with `task.Clock`, so backoff and timeouts are exercised without wai
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from zope.interface.verify import verifyObject
 
 import misp_dns
 from misp_dns.http import make_http_client
+from misp_dns.intel.blocking import sliced_runner
 from misp_dns.intel.errors import MispAuthError, MispResponseError, MispUnavailableError
 from misp_dns.intel.misp_client import (
     AttributeCounts,
@@ -941,3 +943,34 @@ async def _failed(deferred: Deferred[Any]) -> BaseException:
     except Exception as exc:
         return exc
     raise AssertionError("expected the fetch to fail")
+
+
+class _SliceCountingClock(Clock):
+    """A Clock that counts the calls asked for at once: the slices handed to the reactor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slices = 0
+
+    def callLater(self, delay: float, *args: Any, **kwargs: Any) -> Any:
+        if delay == 0:
+            self.slices += 1
+        return super().callLater(delay, *args, **kwargs)
+
+
+def test_a_page_is_parsed_in_slices_with_the_reactor_between_them() -> None:
+    """A big page is parsed in many short slices on the reactor (which answers queries
+    between two), and gives the same indicators and counts as parsed at once."""
+    clock = _SliceCountingClock()
+    sliced = client_for(
+        fake_with(300),
+        clock,
+        pagination_limit=1000,
+        run_steps=sliced_runner(clock, slice_seconds=0.5, timer=itertools.count().__next__),
+    )
+    found = sliced.fetch()
+    clock.advance(0)
+    at_once = client_for(fake_with(300), pagination_limit=1000)
+    assert values(result_of(found)) == values(result_of(at_once.fetch()))
+    assert sliced.last_stats == at_once.last_stats
+    assert clock.slices > 300 // 64

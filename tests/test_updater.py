@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from misp_dns.intel import store
+from misp_dns.intel.blocking import Steps, sliced_runner
 from misp_dns.intel.domainset import DomainSet
 from misp_dns.intel.indicator import BlockEntry
 from misp_dns.intel.updater import IndicatorUpdater
@@ -239,3 +241,35 @@ def test_response_ips_become_networks_of_the_snapshot_when_asked_for() -> None:
         updater.startService()
         assert updater.snapshot.match("evil.example") is not None
         assert (updater.snapshot.match_ip(bytes([203, 0, 113, 1])) is not None) is listed
+
+
+def test_a_sliced_build_serves_the_old_set_until_its_last_slice_and_builds_the_same_set() -> None:
+    """Built in slices on the reactor (one step per slice here), the next snapshot is served
+    only once complete, counted and logged as usual, and equals the one built at once."""
+    clock = Clock()
+    raws = [raw(f"d{i}.example") for i in range(1000)] + [raw("bad..example")]
+    source = MemoryIndicatorSource(raws)
+    sliced = make_updater(source, clock)
+    slicer = sliced_runner(clock, slice_seconds=0.5, timer=itertools.count().__next__)
+    seen_between_slices: list[DomainSet] = []
+
+    def watched(steps: Steps[Any]) -> Steps[Any]:
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
+            clock.callLater(0, lambda: seen_between_slices.append(sliced.snapshot))
+            yield
+
+    sliced.run_steps = lambda steps: slicer(watched(steps))
+    old = sliced.snapshot
+    sliced.startService()
+    assert not sliced.whenReady().called
+    clock.advance(0)
+    assert len(seen_between_slices) > 1000 // 256
+    assert all(snapshot is old for snapshot in seen_between_slices)
+    at_once = make_updater(MemoryIndicatorSource(raws), Clock())
+    at_once.startService()
+    assert sliced.snapshot.digest == at_once.snapshot.digest
+    assert len(sliced.snapshot) == 1000 and sliced.generation == 1
