@@ -526,18 +526,26 @@ class DomainSetBuilder:
         if dropped:
             yield from self._drop(dropped)
             table, dropped = yield from self._index()
+        # Tens of megabytes are copied here: one piece per step.
+        names = bytes(self.names)
+        yield
+        uuids = bytes(self.uuids)
+        yield
+        flags = bytes(self.flags)
+        ips = self.ips.finish()
+        yield
         return DomainSet(
-            names=bytes(self.names),
+            names=names,
             offsets=self.offsets,
-            flags=bytes(self.flags),
+            flags=flags,
             events=self.events,
-            uuids=bytes(self.uuids),
+            uuids=uuids,
             other_uuids=self.other_uuids,
             event_table=tuple(self.event_index),
             table=table,
             exact_depths=self.exact_depths,
             domain_depths=self.domain_depths,
-            ips=self.ips.finish(),
+            ips=ips,
         )
 
     def _index(self) -> Generator[None, None, tuple[array[int], set[int]]]:
@@ -547,7 +555,7 @@ class DomainSetBuilder:
         while capacity < 2 * count:
             capacity *= 2
         mask = capacity - 1
-        table = array(_U64, bytes(8 * capacity))
+        table = array(_U64, [0]) * capacity
         keys, names, offsets, flags = self.keys, self.names, self.offsets, self.flags
         dropped: set[int] = set()
         for index in range(count):

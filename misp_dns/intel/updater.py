@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 from misp_dns.allocator import release_free_memory
 from misp_dns.backoff import backoff_delay
 from misp_dns.intel import store
-from misp_dns.intel.blocking import RunSteps, Steps, run_steps_inline
+from misp_dns.intel.blocking import RunSteps, Steps, run_steps_inline, sliced_runner
 from misp_dns.intel.domainset import DomainSet, DomainSetBuilder
 from misp_dns.intel.normalize import Tally, selected
 from misp_dns.interfaces import IIndicatorSource, RawIndicator
@@ -70,6 +70,14 @@ def _adding_page(
         yield
 
 
+def _steps_runner(clock: IReactorTime) -> RunSteps:
+    """A real reactor builds snapshots in slices between its polls; a test's `Clock` runs
+    the steps whole, at once."""
+    if hasattr(clock, "getThreadPool"):
+        return sliced_runner(clock)
+    return run_steps_inline
+
+
 def _digest(domainset: DomainSet) -> str:
     return domainset.digest
 
@@ -96,7 +104,7 @@ class IndicatorUpdater(Service):
         state_path: str | None,
         retry_after: float = 30.0,
         run_in_thread: RunInThread = deferToThread,
-        run_steps: RunSteps = run_steps_inline,
+        run_steps: RunSteps | None = None,
         enforcing: bool = True,
         response_ips: bool = False,
     ) -> None:
@@ -109,7 +117,7 @@ class IndicatorUpdater(Service):
         self.state_path = state_path
         self.retry_after = retry_after
         self.run_in_thread = run_in_thread
-        self.run_steps = run_steps
+        self.run_steps = run_steps or _steps_runner(clock)
         self.response_ips = response_ips
         self.snapshot = DomainSet.empty()
         self.generation = 0

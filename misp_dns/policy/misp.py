@@ -37,16 +37,13 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-from typing import cast
 
 import attrs
 from twisted.application.service import IService, MultiService
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from misp_dns.http import make_http_client
-from misp_dns.intel.blocking import RunSteps, run_steps_inline, sliced_runner
 from misp_dns.intel.domainset import DomainSet, Match
 from misp_dns.intel.feed import MispFeedSource
 from misp_dns.intel.ipset import IpMatch
@@ -288,16 +285,8 @@ def _policy(
         state_path=snapshot_path(context.state_dir, name, location),
         enforcing=options.enable_blocking,
         response_ips=options.block_response_ips,
-        run_steps=_run_steps(context.reactor),
     )
     return MispBlockingPolicy(name, source, options, updater, sightings)
-
-
-def _run_steps(reactor: object) -> RunSteps:
-    """A real reactor builds snapshots in slices between its polls; a test's runs them whole."""
-    if hasattr(reactor, "getThreadPool"):
-        return sliced_runner(cast(IReactorTime, reactor))
-    return run_steps_inline
 
 
 def _build_misp(options: MispOptions, context: BuildContext) -> MispBlockingPolicy:
