@@ -19,10 +19,12 @@ only ever sent to `server_url`. The key never appears in a log line, an error or
 
 Attributes are parsed defensively (`parse_attributes`): one of the wrong shape is skipped and
 counted in `FetchStats.malformed`; the rest of the page goes on. A page is decoded one
-attribute at a time (`json_stream`) in the same worker-thread step that parses it, so a big
-page never exists as a whole tree of Python objects. The HTTP client is injected
-(the `treq` module, an `HTTPClient` from `make_http_client`, or `treq.testing.StubTreq`), and
-so is the clock, so tests drive time with `twisted.internet.task.Clock`:
+attribute at a time (`json_stream`) in the same steps that parse it, so a big page never
+exists as a whole tree of Python objects; with a real reactor those steps run on its thread
+in slices of a few milliseconds (`blocking.sliced_runner`), queries answered between them.
+The HTTP client is injected (the `treq` module, an `HTTPClient` from `make_http_client`, or
+`treq.testing.StubTreq`), and so is the clock, so tests drive time with
+`twisted.internet.task.Clock`:
 
     client = MispClient.from_options(options, http=make_http_client(reactor), clock=reactor)
     indicators = await client.fetch()
