@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 from pathlib import Path
 from typing import Any
@@ -273,3 +274,47 @@ def test_a_sliced_build_serves_the_old_set_until_its_last_slice_and_builds_the_s
     at_once.startService()
     assert sliced.snapshot.digest == at_once.snapshot.digest
     assert len(sliced.snapshot) == 1000 and sliced.generation == 1
+
+
+class _PagedSource:
+    """A source that hands over one page, then waits for `next_page` before the second."""
+
+    def __init__(self) -> None:
+        self.next_page: defer.Deferred[None] = defer.Deferred()
+
+    def fetch_pages(self, consume: Any) -> defer.Deferred[None]:
+        async def pages() -> None:
+            await defer.maybeDeferred(consume, [raw("first.example")])
+            await self.next_page
+            await defer.maybeDeferred(consume, [raw("second.example")])
+
+        return defer.Deferred.fromCoroutine(pages())
+
+
+def test_the_collector_stays_paused_from_the_first_page_to_the_built_set() -> None:
+    """While the next page is awaited, the first page's indicators are half built into the
+    set: no collection may run then (it would promote them and bring on the full collections
+    that stall answering); collection resumes once the set is built."""
+    was = gc.isenabled()
+    gc.enable()
+    try:
+        source = _PagedSource()
+        updater = IndicatorUpdater(
+            "misp-connector",
+            source,  # type: ignore[arg-type]
+            clock=Clock(),
+            interval=2 * HOUR,
+            max_age=15 * 86400,
+            state_path=None,
+            run_in_thread=inline,
+            pause_collection=True,
+        )
+        updater.startService()
+        between_pages = gc.isenabled()
+        source.next_page.callback(None)
+        assert between_pages is False
+        assert gc.isenabled()
+        assert updater.snapshot.match("second.example") is not None
+    finally:
+        if not was:
+            gc.disable()

@@ -28,7 +28,8 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from twisted.internet import defer
@@ -40,6 +41,7 @@ __all__ = [
     "RunBlocking",
     "RunSteps",
     "Steps",
+    "collection_paused",
     "run_inline",
     "run_steps_inline",
     "sliced_runner",
@@ -151,6 +153,16 @@ class _CollectorPause:
 
 
 _pause = _CollectorPause()
+
+
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused for the `with` block (see above)."""
+    _pause.enter()
+    try:
+        yield
+    finally:
+        _pause.leave()
 
 
 def without_collection(work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

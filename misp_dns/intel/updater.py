@@ -5,8 +5,10 @@ The updater is a Twisted service. On start it loads the snapshot last saved in `
 fetches from an `IIndicatorSource`, selects, normalises and builds a new immutable
 `DomainSet` in steps (`run_steps`: in production `blocking.sliced_runner`, slices of a few
 milliseconds on the reactor thread, between which it answers queries), and replaces the
-served snapshot in one assignment; serving never waits for a refresh. A changed snapshot
-is saved back to disk.
+served snapshot in one assignment; serving never waits for a refresh. With a real reactor
+(`pause_collection`), the cyclic garbage collector is paused from the first page to the
+built set, so no collection sees a page's objects half used. A changed snapshot is saved
+back to disk.
 
 `generation` grows by one each time another snapshot is served, so that what was decided
 on the old one (the resolver's verdicts on cached answers) can tell it is out of date.
@@ -26,6 +28,7 @@ failure differs from the regular one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +43,13 @@ from twisted.python.failure import Failure
 from misp_dns.allocator import release_free_memory
 from misp_dns.backoff import backoff_delay
 from misp_dns.intel import store
-from misp_dns.intel.blocking import RunSteps, Steps, run_steps_inline, sliced_runner
+from misp_dns.intel.blocking import (
+    RunSteps,
+    Steps,
+    collection_paused,
+    run_steps_inline,
+    sliced_runner,
+)
 from misp_dns.intel.domainset import DomainSet, DomainSetBuilder
 from misp_dns.intel.normalize import Tally, selected
 from misp_dns.interfaces import IIndicatorSource, RawIndicator
@@ -105,6 +114,7 @@ class IndicatorUpdater(Service):
         retry_after: float = 30.0,
         run_in_thread: RunInThread = deferToThread,
         run_steps: RunSteps | None = None,
+        pause_collection: bool | None = None,
         enforcing: bool = True,
         response_ips: bool = False,
     ) -> None:
@@ -118,6 +128,9 @@ class IndicatorUpdater(Service):
         self.retry_after = retry_after
         self.run_in_thread = run_in_thread
         self.run_steps = run_steps or _steps_runner(clock)
+        if pause_collection is None:
+            pause_collection = hasattr(clock, "getThreadPool")
+        self.pause_collection = pause_collection
         self.response_ips = response_ips
         self.snapshot = DomainSet.empty()
         self.generation = 0
@@ -216,8 +229,12 @@ class IndicatorUpdater(Service):
                 _adding_page(builder, raws, started, self.max_age, tally, self.response_ips)
             )
 
-        await self.source.fetch_pages(consume)
-        domainset: DomainSet = await self.run_steps(builder.finishing())
+        # A page's objects stay alive from its parse to its last slice, and the reactor
+        # runs in between: a collection then would promote them to the oldest generation
+        # and bring on full collections, each holding the reactor for tens of milliseconds.
+        with collection_paused() if self.pause_collection else contextlib.nullcontext():
+            await self.source.fetch_pages(consume)
+            domainset: DomainSet = await self.run_steps(builder.finishing())
         await self.run_in_thread(_digest, domainset)
         return tally, domainset
 
