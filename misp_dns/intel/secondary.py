@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from misp_dns.backoff import backoff_delay
 from misp_dns.http import RetryingHttp
 from misp_dns.intel import zonestore
+from misp_dns.intel.readiness import Readiness
 from misp_dns.intel.rpz import RpzZone
 from misp_dns.intel.xfr import (
     AXFR,
@@ -113,8 +114,7 @@ class ZoneFollower(Service):
         self._running: defer.Deferred[None] | None = None
         self._again = False
         self._timer: IDelayedCall | None = None
-        self._ready = False
-        self._waiting: list[defer.Deferred[None]] = []
+        self._readiness = Readiness()
 
     @property
     def where(self) -> str:
@@ -127,19 +127,7 @@ class ZoneFollower(Service):
 
     def whenReady(self) -> defer.Deferred[None]:
         """Fires once a copy is served (from disk or the primary) or the first check failed."""
-        if self._ready:
-            return defer.succeed(None)
-        waiting: defer.Deferred[None] = defer.Deferred()
-        self._waiting.append(waiting)
-        return waiting
-
-    def _set_ready(self) -> None:
-        if self._ready:
-            return
-        self._ready = True
-        waiting, self._waiting = self._waiting, []
-        for each in waiting:
-            each.callback(None)
+        return self._readiness.wait()
 
     # --- the service -----------------------------------------------------------------------
 
@@ -178,7 +166,7 @@ class ZoneFollower(Service):
             rules=zone.rule_count,
             path=self.state_path,
         )
-        self._set_ready()
+        self._readiness.set()
 
     def _load_failed(self, failure: Failure) -> None:
         self.log.warn(
@@ -211,7 +199,7 @@ class ZoneFollower(Service):
 
     def _check_over(self, _: object) -> None:
         self._running = None
-        self._set_ready()
+        self._readiness.set()
         if self._again:
             self._again = False
             self.check_now()

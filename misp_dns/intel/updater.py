@@ -52,6 +52,7 @@ from misp_dns.intel.blocking import (
 )
 from misp_dns.intel.domainset import DomainSet, DomainSetBuilder
 from misp_dns.intel.normalize import Tally, selected
+from misp_dns.intel.readiness import Readiness
 from misp_dns.interfaces import IIndicatorSource, RawIndicator
 
 __all__ = ["IndicatorUpdater"]
@@ -143,25 +144,12 @@ class IndicatorUpdater(Service):
         self._cycle_started = 0.0
         self._running: defer.Deferred[None] | None = None
         self._next: IDelayedCall | None = None
-        self._waiting: list[defer.Deferred[None]] = []
-        self._ready = False
+        self._readiness = Readiness()
         self._warned_unwritable = False
 
     def whenReady(self) -> defer.Deferred[None]:
         """Fires once a snapshot is served (from disk or MISP) or the first fetch failed."""
-        if self._ready:
-            return defer.succeed(None)
-        waiting: defer.Deferred[None] = defer.Deferred()
-        self._waiting.append(waiting)
-        return waiting
-
-    def _set_ready(self) -> None:
-        if self._ready:
-            return
-        self._ready = True
-        waiting, self._waiting = self._waiting, []
-        for deferred in waiting:
-            deferred.callback(None)
+        return self._readiness.wait()
 
     def startService(self) -> None:
         super().startService()
@@ -190,7 +178,7 @@ class IndicatorUpdater(Service):
                     count=len(found),
                     path=self.state_path,
                 )
-                self._set_ready()
+                self._readiness.set()
 
         def failed(failure: Failure) -> None:
             self.log.failure("{label}: cannot load the indicator cache", failure, label=self.label)
@@ -306,7 +294,7 @@ class IndicatorUpdater(Service):
     def _cycle_over(self, _: object) -> None:
         self.cycles += 1
         self._running = None
-        self._set_ready()
+        self._readiness.set()
         trimming = self.run_in_thread(release_free_memory)
         trimming.addErrback(
             lambda failure: self.log.failure("{label}: trimming memory", failure, label=self.label)
