@@ -36,6 +36,7 @@ def test_frames_come_out_whole_and_in_order(held: list[bytes], pages: int) -> No
 
 
 def test_take_all_and_clear_empty_the_spool_and_unmap_it() -> None:
+    """Records sent in one go, or dropped, leave no mapped memory behind."""
     spool = FrameSpool()
     for index in range(500):
         spool.append(b"x" * 600 + str(index).encode())
