@@ -10,6 +10,8 @@ failed test used are attached to its report.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
@@ -139,3 +141,14 @@ def nonce(request: pytest.FixtureRequest) -> Callable[[str], str]:
         return f"{stem}{next(counter)}.{behaviour}.fake."
 
     return make
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder every user can reach (pytest's tmp_path is root's alone when run as root)."""
+    folder = Path(tempfile.mkdtemp(prefix="misp-dns-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

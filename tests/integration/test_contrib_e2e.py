@@ -13,8 +13,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from conftest import on_ci, require_tool
 
 from .net import free_port, wait_until
 from .server import _environment, twistd_path
+from .users import NOBODY, as_nobody
 
 REPO = Path(__file__).resolve().parents[2]
 LOGROTATE = REPO / "contrib" / "logrotate" / "misp-dns"
@@ -31,25 +30,7 @@ KEY = "Zr5Tq1Wm7Xk3Nv9Bp2Ls6Hd0Fg4Jc8Ya1Ue5Io7"
 
 def _service_user() -> int:
     """The uid the service writes as: nobody when the tests run as root, else ourselves."""
-    return 65534 if os.geteuid() == 0 else os.geteuid()
-
-
-def _as_service_user(command: list[str]) -> list[str]:
-    if os.geteuid() != 0:
-        return command
-    setpriv = require_tool("setpriv")
-    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A folder every user can reach (pytest's tmp_path is root's alone when run as root)."""
-    folder = Path(tempfile.mkdtemp(prefix="misp-dns-"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    return NOBODY if os.geteuid() == 0 else os.geteuid()
 
 
 def test_after_rotation_the_service_can_still_write_its_query_log(shared_dir: Path) -> None:
@@ -85,7 +66,7 @@ def test_after_rotation_the_service_can_still_write_its_query_log(shared_dir: Pa
     stat = log.stat()
     assert (stat.st_uid, stat.st_mode & 0o777) == (uid, 0o600)
     appended = subprocess.run(
-        _as_service_user(["sh", "-c", f"printf '{{}}\\n' >> '{log}'"]),
+        as_nobody(["sh", "-c", f"printf '{{}}\\n' >> '{log}'"]),
         capture_output=True,
         text=True,
         timeout=30,
@@ -156,13 +137,11 @@ def test_the_unit_hands_over_the_key_file_the_readme_checks() -> None:
     assert os.path.basename(source) == name
 
 
-def _start_as_service_user(config: Path, env: dict[str, str], log: Path) -> str:
+def _start_as_nobody(config: Path, env: dict[str, str], log: Path) -> str:
     """Start twistd as the service's user until it listens; stop it; return its log."""
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            _as_service_user(
-                [twistd_path(), "-n", "--pidfile=", "misp-dns", "--config", str(config)]
-            ),
+            as_nobody([twistd_path(), "-n", "--pidfile=", "misp-dns", "--config", str(config)]),
             cwd=config.parent,
             env=env,
             stdout=out,
@@ -223,13 +202,13 @@ def test_after_an_upgrade_the_unit_refreshes_the_plugin_cache_as_root(shared_dir
     )
     config.chmod(0o644)
     warning = f"Unable to write to plugin cache {cache}"
-    before = _start_as_service_user(config, env, shared_dir / "before.log")
+    before = _start_as_nobody(config, env, shared_dir / "before.log")
     assert warning in before, before  # what the issue saw
 
     refreshed = subprocess.run(
         shlex.split(refresh), cwd=shared_dir, env=env, capture_output=True, text=True
     )
     assert refreshed.returncode == 0, refreshed.stderr
-    after = _start_as_service_user(config, env, shared_dir / "after.log")
+    after = _start_as_nobody(config, env, shared_dir / "after.log")
     assert "listening on" in after, after
     assert "Unable to write to plugin cache" not in after, after

@@ -8,13 +8,10 @@ clear line, with no traceback, and a non-zero exit status.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ from .misp_stand_in import watch
 from .net import free_port, wait_until
 from .server import MispDnsProcess, _environment, check_config, twistd_path
 from .unbound import UnboundProcess
+from .users import as_nobody
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -138,27 +136,6 @@ def test_check_config_fails_for_a_state_directory_under_a_file(tmp_path: Path) -
     assert len(naming) == 1 and "not a directory" in naming[0], done.stdout
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A folder every user can reach (pytest's tmp_path is root's alone when run as root)."""
-    folder = Path(tempfile.mkdtemp(prefix="misp-dns-"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _as_unprivileged(command: list[str]) -> list[str]:
-    """`command` run as nobody when the tests run as root, as it is otherwise."""
-    if os.geteuid() != 0:
-        return command
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("needs setpriv to run a command as another user")
-    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-
-
 def test_check_config_fails_for_a_state_directory_it_cannot_write(shared_dir: Path) -> None:
     """A state_dir the user running the check cannot write (mode 0555, or root's when run as
     nobody) fails `--check-config` with one line naming `server.state_dir` and the user."""
@@ -169,7 +146,7 @@ def test_check_config_fails_for_a_state_directory_it_cannot_write(shared_dir: Pa
     config = _config(shared_dir / "misp-dns.toml", 5300, state, str(feed))
     config.chmod(0o644)
     done = subprocess.run(
-        _as_unprivileged([twistd_path(), "misp-dns", "--check-config", "--config", str(config)]),
+        as_nobody([twistd_path(), "misp-dns", "--check-config", "--config", str(config)]),
         cwd=shared_dir,
         env=_environment(),
         stdout=subprocess.PIPE,
