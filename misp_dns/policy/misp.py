@@ -54,6 +54,7 @@ from misp_dns.intel.updater import IndicatorUpdater
 from misp_dns.interfaces import (
     TRIGGER_CNAME,
     TRIGGER_IP,
+    TRIGGER_QNAME,
     Action,
     BlockingOptions,
     BuildContext,
@@ -63,6 +64,7 @@ from misp_dns.interfaces import (
     IIndicatorSource,
     PluginType,
     PolicyQuery,
+    Provenance,
 )
 
 __all__ = ["MispBlockingPolicy", "feed_plugin", "misp_plugin", "source_policy_type"]
@@ -209,18 +211,7 @@ class MispBlockingPolicy:
 
     def decision(self, match: Match) -> Decision:
         """The decision for a matched indicator, with what the answer and the log need."""
-        options = self.options
-        return Decision(
-            Action.BLOCK,
-            self.source,
-            indicator=match.name,
-            report=f"source={self.source};domain={match.name}",
-            ttl=options.blocking_answer_ttl,
-            add_txt_report=options.allow_txt_blocking_report,
-            add_ede=options.add_extended_dns_error,
-            enforced=options.enable_blocking,
-            provenance=match.provenance,
-        )
+        return self._block(match.name, f"domain={match.name}", match.provenance)
 
     def chain_decision(self, match: Match) -> Decision:
         """The decision for an indicator the answer's CNAME/DNAME chain reached."""
@@ -232,18 +223,26 @@ class MispBlockingPolicy:
 
     def address_decision(self, match: IpMatch) -> Decision:
         """The decision for a listed network holding an address of the answer."""
+        return self._block(
+            match.network, f"ip={match.network}", match.provenance, trigger=TRIGGER_IP
+        )
+
+    def _block(
+        self, indicator: str, matched: str, provenance: Provenance, trigger: str = TRIGGER_QNAME
+    ) -> Decision:
+        """A BLOCK of this policy for `indicator`, its report `source=<source>;<matched>`."""
         options = self.options
         return Decision(
             Action.BLOCK,
             self.source,
-            indicator=match.network,
-            report=f"source={self.source};ip={match.network}",
+            indicator=indicator,
+            report=f"source={self.source};{matched}",
             ttl=options.blocking_answer_ttl,
             add_txt_report=options.allow_txt_blocking_report,
             add_ede=options.add_extended_dns_error,
             enforced=options.enable_blocking,
-            provenance=match.provenance,
-            trigger=TRIGGER_IP,
+            provenance=provenance,
+            trigger=trigger,
         )
 
 
