@@ -14,7 +14,11 @@ from typing import Any
 
 from harness import REPO, Figure, Measurement
 
-__all__ = ["machine", "render", "versions"]
+__all__ = ["HAND_WRITTEN", "machine", "render", "versions", "write_results"]
+
+#: The heading under which bench/RESULTS.md holds what people wrote by hand (the analysis of
+#: the figures, profiles read, designs proposed); a full run replaces what is above it only.
+HAND_WRITTEN = "# Analysis, written by hand"
 
 _VERDICT = {True: "met", False: "**missed**", None: "not measured"}
 
@@ -174,7 +178,7 @@ def render(
         + (f"; not measured: {', '.join(unmeasured)}" if unmeasured else "")
         + "."
     )
-    lines += ["", "## Goals (issue 5)", "", *_goal_table(figures), ""]
+    lines += ["", "## Goals (issues 5 and 17)", "", *_goal_table(figures), ""]
     noted = [f for f in figures if f.note]
     if noted:
         lines += ["Notes:", ""]
@@ -193,6 +197,17 @@ def render(
     return "\n".join(lines)
 
 
-def write(path: Path, text: str) -> None:
-    """Write the report."""
-    path.write_text(text)
+def write_results(path: Path, report: str) -> None:
+    """Write `report` to `path`, keeping the hand-written part of what `path` held.
+
+    Everything from the `HAND_WRITTEN` heading on survives a new run, so the reasoning
+    behind the figures is not lost each time they are measured again.
+    """
+    kept = ""
+    if path.exists():
+        previous = path.read_text()
+        if previous.startswith(HAND_WRITTEN + "\n"):
+            kept = previous
+        elif (at := previous.find("\n" + HAND_WRITTEN + "\n")) >= 0:
+            kept = previous[at + 1 :]
+    path.write_text(report.rstrip("\n") + "\n\n" + kept if kept else report)

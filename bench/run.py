@@ -34,7 +34,7 @@ from harness import REPO, Bench, Figure, start_unbound, tool
 from independent import independent
 from million import million
 from peers import peer_versions, peers
-from report import machine, render, versions
+from report import machine, render, versions, write_results
 from startup import startup
 from throughput import blocked, cached, sinks
 
@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     target = args.results or (RESULTS if set(chosen) == set(SCENARIOS) else None)
     if target is not None:
-        target.write_text(report)
-        print(f"written to {target}")
+        write_results(target, report)
+        print(f"written to {target} (its hand-written analysis kept)")
     return 0
 
 
