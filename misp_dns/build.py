@@ -30,7 +30,7 @@ from misp_dns.export.exporter import (
     SinkSlot,
 )
 from misp_dns.intel.misp_options import readable_by_others
-from misp_dns.interfaces import BuildContext, IPolicy, ISink
+from misp_dns.interfaces import SINGLE_PROCESS, BuildContext, IPolicy, ISink, SnapshotSharing
 from misp_dns.registry import Registry
 from misp_dns.values import Config, ConfigError, PluginConfig, ServerConfig, TsigKeyConfig
 
@@ -47,11 +47,18 @@ __all__ = [
 
 
 def context_for(
-    server: ServerConfig, reactor: Any, tsig_keys: Sequence[TsigKeyConfig] = ()
+    server: ServerConfig,
+    reactor: Any,
+    tsig_keys: Sequence[TsigKeyConfig] = (),
+    sharing: SnapshotSharing = SINGLE_PROCESS,
 ) -> BuildContext:
     """The context plugins of a configuration are built with."""
     return BuildContext(
-        reactor=reactor, server=server, state_dir=server.state_dir, tsig_keys=tuple(tsig_keys)
+        reactor=reactor,
+        server=server,
+        state_dir=server.state_dir,
+        tsig_keys=tuple(tsig_keys),
+        sharing=sharing,
     )
 
 
@@ -68,9 +75,11 @@ def build_policy(
     return policy
 
 
-def build_policies(config: Config, registry: Registry, reactor: Any) -> list[IPolicy]:
+def build_policies(
+    config: Config, registry: Registry, reactor: Any, sharing: SnapshotSharing = SINGLE_PROCESS
+) -> list[IPolicy]:
     """The `[[policy]]` tables turned into policy objects, in config order."""
-    context = context_for(config.server, reactor, config.tsig_key)
+    context = context_for(config.server, reactor, config.tsig_key, sharing)
     problems: list[str] = []
     policies = []
     for index, table in enumerate(config.policy):

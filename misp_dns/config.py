@@ -295,11 +295,27 @@ def parse_config(raw: Mapping[str, Any], registry: Registry) -> Config:
         problems.extend(found)
         if rpz is not None:
             problems.extend(_rpz_references(rpz, tsig_keys, len(policies)))
+    if server is not None and server.workers > 1:
+        problems.extend(_single_process_only(rpz is not None, policies))
     if problems or server is None or cache is None:
         raise ConfigError(problems)
     return Config(
         server, cache, tuple(policies), tuple(exports), admin, tsig_key=tsig_keys, rpz=rpz
     )
+
+
+def _single_process_only(rpz_primary: bool, policies: list[PluginConfig]) -> list[str]:
+    """What a group of serving processes (`server.workers` > 1) cannot run yet: the RPZ
+    primary and `rpz` policies keep per-process zone state (serials, NOTIFY, transfers)."""
+    problems = []
+    if rpz_primary:
+        problems.append("rpz: not available with server.workers > 1 (run one process)")
+    problems.extend(
+        f'policy[{index}]: type = "rpz" is not available with server.workers > 1 (run one process)'
+        for index, table in enumerate(policies)
+        if table.type == "rpz"
+    )
+    return problems
 
 
 def _rpz_references(rpz: RpzConfig, keys: tuple[TsigKeyConfig, ...], policies: int) -> list[str]:

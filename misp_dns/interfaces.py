@@ -55,6 +55,7 @@ __all__ = [
     "ANSWER_NXDOMAIN",
     "EDE_BLOCKED",
     "POLICY_GROUP",
+    "SINGLE_PROCESS",
     "SINK_GROUP",
     "SOURCE_GROUP",
     "TRIGGER_CNAME",
@@ -78,6 +79,7 @@ __all__ = [
     "PolicyQuery",
     "Provenance",
     "RawIndicator",
+    "SnapshotSharing",
     "at_least",
     "between",
 ]
@@ -342,18 +344,38 @@ class IServerReactor(
 
 
 @attrs.frozen
+class SnapshotSharing:
+    """How the processes of a group share indicator snapshots (`[server] workers` above 1,
+    docs/workers.md); the default is a single process that fetches and serves.
+
+    `follow`: this is a serving process; an indicator-fed policy reads the snapshot another
+    process saves (`misp_dns.intel.follower`) and never fetches. `saved`: this process
+    fetches for the group; called with the path of each snapshot file it has just saved.
+    """
+
+    follow: bool = False
+    saved: Callable[[str], None] | None = None
+
+
+#: One process that fetches and serves: what every process was before `[server] workers`.
+SINGLE_PROCESS = SnapshotSharing()
+
+
+@attrs.frozen
 class BuildContext:
     """What a plugin factory may use: the reactor, the server settings and the state folder.
 
     Tests pass a `twisted.internet.testing.MemoryReactorClock` (or a `task.Clock` where only
     time is used) as `reactor`. `tsig_keys` are the config's `[[tsig_key]]` tables
-    (`misp_dns.tsig.load_keys` reads their secrets).
+    (`misp_dns.tsig.load_keys` reads their secrets). `sharing` says whether this process
+    fetches indicators or follows the snapshots another one saves.
     """
 
     reactor: IServerReactor
     server: ServerConfig
     state_dir: str
     tsig_keys: tuple[TsigKeyConfig, ...] = ()
+    sharing: SnapshotSharing = SINGLE_PROCESS
 
 
 @attrs.frozen

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from misp_dns.build import build_policy, context_for, describe_policies
 from misp_dns.config import load_config
-from misp_dns.interfaces import IPolicy
+from misp_dns.interfaces import SINGLE_PROCESS, IPolicy, SnapshotSharing
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.registry import Registry
 from misp_dns.values import Config, ConfigError, PluginConfig
@@ -64,6 +64,7 @@ class PolicyReloader:
         reactor: Any,
         *,
         on_chain: Callable[[Sequence[IPolicy]], None] | None = None,
+        sharing: SnapshotSharing = SINGLE_PROCESS,
     ) -> None:
         self.config_path = config_path
         self.config = config
@@ -73,6 +74,7 @@ class PolicyReloader:
         self.services = services
         self.reactor = reactor
         self.on_chain = on_chain
+        self.sharing = sharing
         self._reloading: defer.Deferred[None] | None = None
         self.reloads = 0
 
@@ -146,7 +148,7 @@ class PolicyReloader:
     def _build(self, config: Config) -> list[RunningPolicy]:
         """The new chain: running policies whose table is unchanged, new ones for the rest."""
         unused = list(self.running)
-        context = context_for(config.server, self.reactor, config.tsig_key)
+        context = context_for(config.server, self.reactor, config.tsig_key, self.sharing)
         chain: list[RunningPolicy] = []
         problems: list[str] = []
         for index, table in enumerate(config.policy):

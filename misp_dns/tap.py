@@ -18,7 +18,7 @@ import platform
 import resource
 import socket
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -48,12 +48,14 @@ from misp_dns.dns.forwarder import Forwarder, system_upstreams
 from misp_dns.dns.listen import TCPListener, dual_stack
 from misp_dns.dns.ratelimit import RateLimiter
 from misp_dns.dns.resolver import ChainResolver
+from misp_dns.dns.reuseport import ListeningSockets
 from misp_dns.dns.server import DNSStreamFactory, Responder, Tally
 from misp_dns.dns.udp import UDPListener
 from misp_dns.event import Answer
 from misp_dns.export.exporter import ExporterService
 from misp_dns.export.jsonl import hangup
-from misp_dns.interfaces import IPolicy
+from misp_dns.group import WorkerGroup
+from misp_dns.interfaces import SINGLE_PROCESS, IPolicy, SnapshotSharing
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.policy.sightings import SightingsTally, wants_sightings
 from misp_dns.primary.service import RpzPrimary
@@ -65,7 +67,9 @@ from misp_dns.values import Config, ConfigError, ServerConfig, Upstream
 __all__ = [
     "ListenFailed",
     "Options",
+    "SnapshotRelay",
     "build_service",
+    "build_supervisor",
     "cannot_listen_message",
     "makeService",
     "raise_open_files_limit",
@@ -102,7 +106,12 @@ class Options(usage.Options):
             upstreams = upstreams_of(config.server)
             # Building the policies reads their files (allowlists, API keys), so that a
             # problem there is a config error too, reported before anything starts.
-            policies = build_policies(config, registry, reactor)
+            relay = SnapshotRelay()
+            sharing = SINGLE_PROCESS
+            if config.server.workers > 1:
+                # This process fetches for the group and tells the serving processes.
+                sharing = SnapshotSharing(saved=relay)
+            policies = build_policies(config, registry, reactor, sharing)
             exporter = None
             if config.export:
                 exporter = build_exporter(config.export, registry, reactor, server=config.server)
@@ -122,6 +131,7 @@ class Options(usage.Options):
         self["exporter"] = exporter
         self["admin_token"] = admin_token
         self["tsig_keys"] = tsig_keys
+        self["relay"] = relay
         warnings = security_warnings(config, self["config"])
         if self["check-config"]:
             for line in warnings:
@@ -224,6 +234,11 @@ def build_service(
     open_files_limit: int | None = None,
     foreground: bool = True,
     tsig_keys: Mapping[str, TsigKey] | None = None,
+    sockets: Sequence[ListeningSockets] | None = None,
+    identity: str | None = None,
+    sharing: SnapshotSharing = SINGLE_PROCESS,
+    with_admin: bool = True,
+    tally: Tally | None = None,
 ) -> service.MultiService:
     """The service tree for `config`: exporter, policy services, admin, then the listeners.
 
@@ -241,12 +256,17 @@ def build_service(
     (`misp_dns.policy.sightings`). With `[rpz]`, the RPZ primary (named "rpz") serves the
     chain's blocking snapshots as a zone on the listeners (`tsig_keys`: the loaded
     `[[tsig_key]]` keys, read from their files when not given).
+
+    A serving process of a group (`misp_dns.worker`) passes the `sockets` it inherited
+    (listened on instead of binding), the `identity` CH TXT id.server answers, the
+    `sharing` its reloaded policies are built with, `with_admin` false (the supervisor runs
+    the admin listener) and a `tally` of its own.
     """
     if open_files_limit is None:
         open_files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     upstreams = list(upstreams) if upstreams is not None else upstreams_of(config.server)
     shortage = DescriptorShortage(reactor)
-    resolver = _resolver(config, policies, upstreams, reactor, shortage)
+    resolver = _resolver(config, policies, upstreams, reactor, shortage, identity)
     responder = _responder(config.server, resolver, reactor)
     tcp_factory = _tcp_factory(config.server, responder, reactor, shortage, open_files_limit)
     details = describe_policies(config.policy, policies) + describe_sinks(config.export)
@@ -257,7 +277,7 @@ def build_service(
     policy_services = _policy_services(policies)
     policy_services.setServiceParent(top)
     count_query: Tally | None = None
-    if config.admin is not None:
+    if config.admin is not None and with_admin:
         if admin_token is None:
             admin_token = read_token(config.admin)
         parts = ServerParts(resolver, responder, tcp_factory, exporter, reactor, reactor.seconds())
@@ -268,7 +288,7 @@ def build_service(
 
     def install_tallies(chain: Sequence[IPolicy]) -> None:
         note_block = sightings.count if wants_sightings(chain) else None
-        responder.tally = _tallies(count_query, note_block)
+        responder.tally = _tallies(count_query, note_block, tally)
 
     install_tallies(policies)
     if config_path is not None:
@@ -281,6 +301,7 @@ def build_service(
             policy_services,
             reactor,
             on_chain=install_tallies,
+            sharing=sharing,
         )
         hangup_service = _OnHangup(reactor, reloader.reload)
         hangup_service.setName("reload")
@@ -293,7 +314,7 @@ def build_service(
         primary.setName("rpz")
         responder.zone = primary.respond
         primary.setServiceParent(top)
-    for listener in _listeners(config.server, responder, tcp_factory, reactor, shortage):
+    for listener in _listeners(config.server, responder, tcp_factory, reactor, shortage, sockets):
         listener.setServiceParent(top)
     return top
 
@@ -303,13 +324,12 @@ def _tallies(*tallies: Tally | None) -> Tally | None:
     chosen = [tally for tally in tallies if tally is not None]
     if len(chosen) <= 1:
         return chosen[0] if chosen else None
-    first, second = chosen
 
-    def both(transport: str, question: bytes, answer: Answer) -> None:
-        first(transport, question, answer)
-        second(transport, question, answer)
+    def each(transport: str, question: bytes, answer: Answer) -> None:
+        for one in chosen:
+            one(transport, question, answer)
 
-    return both
+    return each
 
 
 def _resolver(
@@ -318,6 +338,7 @@ def _resolver(
     upstreams: list[Upstream],
     reactor: Any,
     shortage: DescriptorShortage,
+    identity: str | None = None,
 ) -> ChainResolver:
     """The policy chain, then the answer cache, then the upstream forwarder."""
     server = config.server
@@ -327,6 +348,7 @@ def _resolver(
         AnswerCache(config.cache.max_entries, reactor),
         Forwarder(upstreams, reactor, timeout=server.upstream_timeout, shortage=shortage),
         server_name.rstrip("."),
+        identity=identity,
     )
 
 
@@ -397,12 +419,28 @@ def _listeners(
     tcp_factory: DNSStreamFactory,
     reactor: Any,
     shortage: DescriptorShortage,
+    sockets: Sequence[ListeningSockets] | None = None,
 ) -> list[service.IService]:
-    """A UDP and a TCP listener for each `server.listen` address."""
-    # A backlog as deep as the connections allowed, so a burst of them is not made to wait
-    # for the kernel's handshake retries (Twisted's default is 50).
-    backlog = min(max(tcp_factory.max_connections, 50), 4096)
+    """A UDP and a TCP listener for each `server.listen` address (on `sockets`, if given)."""
+    backlog = _backlog(tcp_factory.max_connections)
     listeners: list[service.IService] = []
+    if sockets is not None:
+        for given in sockets:
+            listeners.append(
+                UDPListener(reactor, given.address, responder, dual=given.dual, sock=given.udp)
+            )
+            listeners.append(
+                TCPListener(
+                    reactor,
+                    given.address,
+                    tcp_factory,
+                    backlog=backlog,
+                    dual=given.dual,
+                    shortage=shortage,
+                    sock=given.tcp,
+                )
+            )
+        return listeners
     for address in server.listen:
         dual = dual_stack(address, server.listen)
         listeners.append(UDPListener(reactor, address, responder, dual=dual))
@@ -412,6 +450,12 @@ def _listeners(
             )
         )
     return listeners
+
+
+def _backlog(max_connections: int) -> int:
+    # A backlog as deep as the connections allowed, so a burst of them is not made to wait
+    # for the kernel's handshake retries (Twisted's default is 50).
+    return min(max(max_connections, 50), 4096)
 
 
 def raise_open_files_limit() -> int:
@@ -459,6 +503,87 @@ class _OnHangup(service.Service):
             self._token = None
 
 
+class SnapshotRelay:
+    """Hands the path of each snapshot an updater saved to `target` (the `WorkerGroup`,
+    which exists only once the service is built, after the policies)."""
+
+    def __init__(self) -> None:
+        self.target: Callable[[str], None] | None = None
+
+    def __call__(self, path: str) -> None:
+        if self.target is not None:
+            self.target(path)
+
+
+def build_supervisor(
+    config: Config,
+    policies: Sequence[IPolicy],
+    reactor: Any,
+    *,
+    config_path: str,
+    relay: SnapshotRelay,
+    registry: Registry | None = None,
+    upstreams: Sequence[Upstream] | None = None,
+    admin_token: bytes | None = None,
+    open_files_limit: int | None = None,
+    foreground: bool = True,
+) -> service.MultiService:
+    """The service tree of a group's supervisor (`[server] workers` above 1, see
+    docs/workers.md): the policies' updaters, the admin listener, SIGHUP reloading of the
+    policy tables, and the `WorkerGroup` (named "workers") that opens the sockets and runs
+    the serving processes. It answers no query itself and writes no query record.
+
+    The resolver and responder it builds serve the admin listener and the reloader only:
+    its query counters count nothing, the workers' answered queries are the
+    `misp_dns_worker_queries` metric.
+    """
+    if open_files_limit is None:
+        open_files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    upstreams = list(upstreams) if upstreams is not None else upstreams_of(config.server)
+    server = config.server
+    shortage = DescriptorShortage(reactor)
+    resolver = _resolver(config, policies, upstreams, reactor, shortage)
+    responder = _responder(server, resolver, reactor)
+    tcp_factory = _tcp_factory(server, responder, reactor, shortage, open_files_limit)
+    group = WorkerGroup(
+        reactor,
+        config_path,
+        server.workers,
+        server.listen,
+        _backlog(tcp_factory.max_connections),
+    )
+    group.setName("workers")
+    relay.target = group.snapshot_saved
+    summary = _summary(server, upstreams) + f" with {server.workers} serving processes"
+    details = describe_policies(config.policy, policies) + describe_sinks(config.export)
+    top = _ServerService(summary, foreground, details)
+    policy_services = _policy_services(policies)
+    policy_services.setServiceParent(top)
+    if config.admin is not None:
+        if admin_token is None:
+            admin_token = read_token(config.admin)
+        parts = ServerParts(
+            resolver, responder, tcp_factory, None, reactor, reactor.seconds(), group.queries
+        )
+        AdminService(config.admin, admin_token, parts, reactor).setServiceParent(top)
+    reloader = PolicyReloader(
+        config_path,
+        config,
+        [RunningPolicy(t, p) for t, p in zip(config.policy, policies, strict=True)],
+        registry or default_registry(),
+        resolver,
+        policy_services,
+        reactor,
+        sharing=SnapshotSharing(saved=relay),
+    )
+    hangup_service = _OnHangup(reactor, reloader.reload)
+    hangup_service.setName("reload")
+    hangup_service.setServiceParent(top)
+    # Last, so that it stops first: the serving processes end before the updaters do.
+    group.setServiceParent(top)
+    return top
+
+
 def makeService(options: Options) -> service.IService:
     """Called by twistd with the parsed options."""
     from twisted.internet import reactor
@@ -467,6 +592,20 @@ def makeService(options: Options) -> service.IService:
     # (see misp_dns.allocator for why memory would creep otherwise).
     configure_malloc()
     open_files_limit = raise_open_files_limit()
+    config: Config = options["parsed"]
+    if config.server.workers > 1:
+        return build_supervisor(
+            config,
+            options["policies"],
+            reactor,
+            config_path=options["config"],
+            relay=options["relay"],
+            registry=options["registry"],
+            upstreams=options["upstreams"],
+            admin_token=options["admin_token"],
+            open_files_limit=open_files_limit,
+            foreground=options.parent is None or bool(options.parent["nodaemon"]),
+        )
 
     return build_service(
         options["parsed"],

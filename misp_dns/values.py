@@ -126,6 +126,10 @@ def parse_duration(text: str) -> Duration:
     return Duration(int(match.group(1)) * _DURATION_UNITS[match.group(2)])
 
 
+#: The most serving processes `[server] workers` may ask for.
+MAX_WORKERS = 64
+
+
 def between(low: float, high: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     """An attrs validator for a number within [low, high] that names the bad value."""
 
@@ -178,6 +182,10 @@ def _valid_server_name(_instance: object, attribute: attrs.Attribute[Any], value
 class ServerConfig:
     """`[server]`: where to listen, where to forward, who may ask, and where state lives.
 
+    `workers` is how many processes serve the listen addresses (see docs/workers.md): 1 is
+    this process alone; more is a supervisor that fetches the indicators and that many
+    serving children.
+
     `rate_limit` is UDP responses per second per client network (0 turns it off); see
     `misp_dns.dns.ratelimit`. A client network is a /`rate_limit_ipv4_prefix` (IPv6:
     /`rate_limit_ipv6_prefix`); `tcp_max_connections_per_client` caps the TCP connections
@@ -201,6 +209,8 @@ class ServerConfig:
     rate_limit_ipv4_prefix: int = attrs.field(default=24, validator=between(8, 32))
     rate_limit_ipv6_prefix: int = attrs.field(default=56, validator=between(16, 128))
     rate_limit_exempt: tuple[Network, ...] = attrs.field(factory=_loopback)
+    # Serving processes sharing the listen addresses (docs/workers.md); 1 = this process.
+    workers: int = attrs.field(default=1, validator=between(1, MAX_WORKERS))
 
     def __attrs_post_init__(self) -> None:
         if not self.listen:

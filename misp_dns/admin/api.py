@@ -18,7 +18,7 @@ shows what later policies would have said (an allowlist hit hiding a MISP indica
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -50,7 +50,9 @@ __all__ = [
 class ServerParts:
     """The running pieces the admin listener reads, and the refresh acts on.
 
-    `started` is the clock's time when the server was built (for the uptime).
+    `started` is the clock's time when the server was built (for the uptime). `workers`,
+    in the supervisor of a group of serving processes, maps each worker's index to the
+    queries it reported answering (docs/workers.md); None in a single process.
     """
 
     resolver: ChainResolver
@@ -59,6 +61,7 @@ class ServerParts:
     exporter: ExporterService | None
     clock: IReactorTime
     started: float
+    workers: Mapping[int, int] | None = None
 
     @property
     def policies(self) -> Sequence[IPolicy]:

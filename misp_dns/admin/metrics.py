@@ -38,6 +38,7 @@ Every name starts with `misp_dns_`. `response_type` is the query log's (`Blocked
 | `tcp_rejected_total` | counter | (connections closed at `tcp_max_connections`) |
 | `tcp_rejected_per_client_total` | counter | (closed at `tcp_max_connections_per_client`) |
 | `descriptor_shortages_total` | counter | `operation` (`socket`, `accept`: no descriptor left) |
+| `worker_queries_total` | counter | `worker` (1, 2, ...: a group's supervisor, docs/workers.md) |
 | `info` | gauge (1) | `version` |
 
 prometheus_client's own process collector adds `process_*` (memory, CPU, open files).
@@ -182,6 +183,7 @@ class ServerCollector:
         yield from self._policies()
         yield from self._export()
         yield from self._serving()
+        yield from self._workers()
         info = GaugeMetricFamily(PREFIX + "info", "misp-dns running", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
@@ -313,6 +315,20 @@ class ServerCollector:
             "Query records waiting in the export queue",
             len(exporter) if exporter is not None else 0,
         )
+
+    def _workers(self) -> Iterator[Metric]:
+        workers = self.parts.workers
+        if workers is None:
+            return
+        family = CounterMetricFamily(
+            PREFIX + "worker_queries",
+            "Queries each serving process of the group answered, as it last reported (once"
+            " a second); the other query counters count the supervisor's, which are none",
+            labels=["worker"],
+        )
+        for index, count in sorted(workers.items()):
+            family.add_metric([str(index)], count)
+        yield family
 
     def _serving(self) -> Iterator[Metric]:
         counters = self.parts.responder.counters

@@ -12,6 +12,10 @@ reactor (`IReactorSocket.adoptStreamPort`); Twisted's port then accepts the conn
 When `accept()` fails for want of a descriptor, Twisted closes the waiting connections
 (it keeps one descriptor in reserve for that) and logs a line for each; the listener
 counts them in the shared `DescriptorShortage` instead, which logs the episode once.
+
+A serving process of a group (`[server] workers`, docs/workers.md) does not bind: it adopts
+the sockets the supervisor opened for it (`sock=` of the listeners; see
+`misp_dns.dns.reuseport`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from misp_dns.dns.descriptors import DescriptorShortage
 from misp_dns.values import HostPort
 
-__all__ = ["TCPListener", "dual_stack"]
+__all__ = ["TCPListener", "dual_stack", "tcp_socket"]
 
 _IPV6_WILDCARD = "::"
 
@@ -51,11 +55,36 @@ def set_v6only(sock: Any, address: HostPort, dual: bool) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual else 1)
 
 
+def tcp_socket(
+    address: HostPort,
+    dual: bool,
+    backlog: int,
+    *,
+    reuse_port: bool = False,
+    socket_factory: Callable[[int, int], Any] = socket.socket,
+) -> Any:
+    """A non-blocking TCP socket listening at `address`; CannotListenError when it cannot."""
+    sock = socket_factory(address.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        set_v6only(sock, address, dual)
+        sock.bind((address.host, address.port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise CannotListenError(address.host, address.port, exc) from None
+    return sock
+
+
 class TCPListener(Service):
     """Listens for DNS-over-TCP connections at one address and gives them to `factory`.
 
     `socket_factory(family, type)` makes the listening socket: `socket.socket`, or a fake
-    in tests.
+    in tests. With `sock`, it listens on that socket (already bound and listening: one a
+    serving process of a group inherited) instead of making one.
     """
 
     log = Logger()
@@ -70,10 +99,12 @@ class TCPListener(Service):
         dual: bool = False,
         shortage: DescriptorShortage | None = None,
         socket_factory: Callable[[int, int], Any] = socket.socket,
+        sock: Any = None,
     ) -> None:
         self.reactor = reactor
         self.address = address
         self.factory = factory
+        self.sock = sock
         self.backlog = backlog
         self.dual = dual
         self.shortage = shortage if shortage is not None else DescriptorShortage(reactor)
@@ -92,13 +123,12 @@ class TCPListener(Service):
 
     def _listen(self) -> None:
         family = self.address.family
-        sock = self.socket_factory(family, socket.SOCK_STREAM)
+        sock, self.sock = self.sock, None
+        if sock is None:
+            sock = tcp_socket(
+                self.address, self.dual, self.backlog, socket_factory=self.socket_factory
+            )
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            set_v6only(sock, self.address, self.dual)
-            sock.bind((self.address.host, self.address.port))
-            sock.listen(self.backlog)
-            sock.setblocking(False)
             # The reactor's port gets its own copy of the descriptor; this one is closed.
             self.port = self.reactor.adoptStreamPort(sock.fileno(), family, self.factory)
         except OSError as exc:

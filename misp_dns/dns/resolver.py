@@ -23,7 +23,8 @@ upstream asked `-c CH evil.example`, or QCLASS * (which many resolvers answer wi
 data), would answer what the policy exists to keep from the client. The one exception is
 what Unbound also answers itself, CH TXT id.server (RFC 4892) and hostname.bind: they get
 this server's `server_name`, which every blocked answer already shows as the SOA MNAME, so
-an operator can tell which instance answered. version.bind and version.server are refused
+an operator can tell which instance answered (in a group of serving processes, followed by
+"worker N": which process). version.bind and version.server are refused
 like the rest: the version helps no user, only someone choosing an exploit (Unbound's
 hide-version).
 
@@ -90,6 +91,8 @@ class ChainResolver:
         cache: AnswerCache,
         forwarder: Forwarder,
         server_name: str,
+        *,
+        identity: str | None = None,
     ) -> None:
         self.policy = policy
         self.cache = cache
@@ -97,7 +100,9 @@ class ChainResolver:
         self.server_name = server_name
         self.upstream_failures = 0
         self._blocked: dict[tuple[Decision, object], Answer] = {}
-        self._identity = chaos_identity_answer(server_name)
+        # What CH TXT id.server answers: the server's name, and in a group of serving
+        # processes which one answered ("ns1.example worker 2").
+        self._identity = chaos_identity_answer(identity or server_name)
         self._in_flight: dict[_Flight, list[tuple[defer.Deferred[Answer], Decision | None]]] = {}
 
     def decide(

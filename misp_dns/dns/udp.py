@@ -6,7 +6,8 @@ answering. This listener registers its socket with the reactor (`IReactorFDSet.a
 reads every datagram waiting when the reactor says it is readable, and sends each answer
 with one `sendto`. Answers that come later (forwarded queries) are sent when they are ready.
 An IPv6 socket takes IPv4 clients too only when `dual` says so (see `misp_dns.dns.listen`);
-such a client is known by its IPv4 address.
+such a client is known by its IPv4 address. A serving process of a group hands it the
+socket it inherited (`sock=`, see `misp_dns.dns.listen.group_sockets`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from misp_dns.dns.acl import plain_address
 from misp_dns.dns.listen import set_v6only
 from misp_dns.values import HostPort
 
-__all__ = ["UDPListener"]
+__all__ = ["UDPListener", "udp_socket"]
 
 # Datagrams read per wake-up before letting the reactor look at other sockets.
 _BATCH = 64
@@ -33,11 +34,34 @@ _RECEIVE_BUFFER = 4 * 1024 * 1024
 _MAX_DATAGRAM = 65535
 
 
+def udp_socket(
+    address: HostPort,
+    dual: bool,
+    *,
+    reuse_port: bool = False,
+    socket_factory: Callable[[int, int], Any] = socket.socket,
+) -> Any:
+    """A non-blocking UDP socket bound to `address`; CannotListenError when it cannot be."""
+    sock = socket_factory(address.family, socket.SOCK_DGRAM)
+    try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        set_v6only(sock, address, dual)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
+        sock.bind((address.host, address.port))
+    except OSError as exc:
+        sock.close()
+        raise CannotListenError(address.host, address.port, exc) from None
+    sock.setblocking(False)
+    return sock
+
+
 class UDPListener(Service):
     """Answers DNS queries arriving over UDP at one address, through a `Responder`.
 
     `socket_factory(family, type)` makes the socket: `socket.socket`, or an in-memory one
-    in tests. With `dual`, an IPv6 wildcard socket takes IPv4 clients too.
+    in tests. With `dual`, an IPv6 wildcard socket takes IPv4 clients too. With `sock`, it
+    reads that socket (already bound: one a serving process of a group inherited).
     """
 
     log = Logger()
@@ -50,12 +74,14 @@ class UDPListener(Service):
         *,
         dual: bool = False,
         socket_factory: Callable[[int, int], Any] = socket.socket,
+        sock: socket.socket | None = None,
     ) -> None:
         self.reactor = reactor
         self.address = address
         self.responder = responder
         self.dual = dual
         self.socket_factory = socket_factory
+        self._given = sock
         self.socket: socket.socket | None = None
         self.send_errors = 0
 
@@ -67,16 +93,9 @@ class UDPListener(Service):
 
     def startService(self) -> None:
         super().startService()
-        family = self.address.family
-        sock: socket.socket = self.socket_factory(family, socket.SOCK_DGRAM)
-        try:
-            set_v6only(sock, self.address, self.dual)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
-            sock.bind((self.address.host, self.address.port))
-        except OSError as exc:
-            sock.close()
-            raise CannotListenError(self.address.host, self.address.port, exc) from None
-        sock.setblocking(False)
+        sock, self._given = self._given, None
+        if sock is None:
+            sock = udp_socket(self.address, self.dual, socket_factory=self.socket_factory)
         self.socket = sock
         self.reactor.addReader(self)
 

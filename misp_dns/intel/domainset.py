@@ -34,7 +34,9 @@ Each name is held once. When a name comes more than once, a `domain` entry wins 
 `hostname` entry, and otherwise the first one given wins.
 
 `to_buffers()` (or `to_bytes()`) and `from_bytes()` give the set as one flat payload (the
-networks' payload at its end) that loads with a handful of copies and no per-entry work;
+networks' payload at its end) that loads with a handful of copies and no per-entry work, or
+with none (`copy=False`: the set's tables are views of the payload, such as a memory-mapped
+snapshot file, which then stays mapped as long as the set lives);
 `misp_dns.intel.store` writes it to disk around a header with a checksum. `digest` is the
 BLAKE2b-256 of that payload, so two sets with the same digest hold the same entries in the
 same order.
@@ -56,7 +58,12 @@ import attrs
 
 from misp_dns.intel.indicator import BlockEntry, IpEntry
 from misp_dns.intel.ipset import IpMatch, IpSet, IpSetBuilder
-from misp_dns.intel.packed import array_from_little_endian, little_endian
+from misp_dns.intel.packed import (
+    IntArray,
+    array_from_little_endian,
+    little_endian,
+    view_little_endian,
+)
 from misp_dns.interfaces import Provenance
 
 __all__ = ["FORMAT_VERSION", "DomainSet", "DomainSetBuilder", "Match"]
@@ -124,14 +131,14 @@ class DomainSet:
     def __init__(
         self,
         *,
-        names: bytes,
-        offsets: array[int],
-        flags: bytes,
-        events: array[int],
-        uuids: bytes,
+        names: bytes | memoryview,
+        offsets: IntArray,
+        flags: bytes | memoryview,
+        events: IntArray,
+        uuids: bytes | memoryview,
         other_uuids: dict[int, str],
         event_table: tuple[tuple[str, str, str], ...],
-        table: array[int],
+        table: IntArray,
         exact_depths: int,
         domain_depths: int,
         ips: IpSet | None = None,
@@ -200,7 +207,8 @@ class DomainSet:
         `domain|ip`) and how many their own name only (`hostname`)."""
         if self._domains is None:
             # One pass in C over the flags: the bytes with the subdomains bit set.
-            self._domains = len(self._flags) - self._flags.translate(_SUBDOMAIN_BIT).count(0)
+            flags = bytes(self._flags)
+            self._domains = len(flags) - flags.translate(_SUBDOMAIN_BIT).count(0)
         return {"domain": self._domains, "hostname": self._count - self._domains}
 
     def match(self, name: str) -> Match | None:
@@ -248,9 +256,8 @@ class DomainSet:
                     if slot >> 32 == key:
                         index = (slot & _LOW_WORD) >> 1
                         offset = offsets[index]
-                        if offsets[index + 1] - offset == len(suffix) and names.startswith(
-                            suffix, offset
-                        ):
+                        end = offsets[index + 1]
+                        if end - offset == len(suffix) and names[offset:end] == suffix:
                             if start == 0 or slot & 1:
                                 return index
                             break  # a hostname entry for a parent name: look further up
@@ -269,7 +276,7 @@ class DomainSet:
         )
 
     def _name_at(self, index: int) -> str:
-        return self._names[self._offsets[index] : self._offsets[index + 1]].decode("ascii")
+        return str(self._names[self._offsets[index] : self._offsets[index + 1]], "ascii")
 
     def _provenance_at(self, index: int, flags: int) -> Provenance:
         event_id, event_uuid, event_info = self._event_table[self._events[index]]
@@ -352,11 +359,16 @@ class DomainSet:
         return b"".join(self.to_buffers())
 
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview) -> DomainSet:
+    def from_bytes(cls, data: bytes | bytearray | memoryview, *, copy: bool = True) -> DomainSet:
         """Rebuild a set from `to_bytes()` output. Raises `ValueError`, and only that, when
-        `data` is not such a payload."""
+        `data` is not such a payload.
+
+        With `copy` false the set's tables are views of `data` (on a little-endian host),
+        which must then stay unchanged as long as the set lives: a read-only mapping of a
+        snapshot file, whose pages every process mapping it shares.
+        """
         try:
-            return _parse(memoryview(data).cast("B"))
+            return _parse(memoryview(data).cast("B"), copy)
         except ValueError:
             raise
         except (
@@ -371,7 +383,7 @@ class DomainSet:
             raise ValueError(f"malformed domain set: {error!r}") from error
 
 
-def _parse(data: memoryview) -> DomainSet:
+def _parse(data: memoryview, copy: bool = True) -> DomainSet:
     (meta_length,) = _META_LENGTH.unpack_from(data, 0)
     position = _META_LENGTH.size
     meta = json.loads(bytes(data[position : position + meta_length]))
@@ -396,34 +408,56 @@ def _parse(data: memoryview) -> DomainSet:
     for size in sizes:
         pieces.append(data[position : position + size])
         position += size
-    offsets = array_from_little_endian(_U32, pieces[0])
-    events = array_from_little_endian(_U32, pieces[1])
-    table = array_from_little_endian(_U64, pieces[5])
-    names = bytes(pieces[4])
-    if not names.isascii():
+    integers = array_from_little_endian if copy else view_little_endian
+    offsets = integers(_U32, pieces[0])
+    events = integers(_U32, pieces[1])
+    table = integers(_U64, pieces[5])
+    names: bytes | memoryview = bytes(pieces[4]) if copy else pieces[4]
+    if not _is_ascii(names):
         raise ValueError("malformed domain set: names are not ASCII")
     if offsets[0] != 0 or offsets[count] != names_length:
         raise ValueError("malformed domain set: name offsets do not span the names")
     if count and max(events) >= len(event_table):
         raise ValueError("malformed domain set: event index out of range")
-    if capacity - table.count(0) != count or (count and _largest_index(table) >= count):
+    if capacity - _count_zeros(table) != count or (count and _largest_index(table) >= count):
         raise ValueError("malformed domain set: hash table does not match the entries")
     return DomainSet(
         names=names,
         offsets=offsets,
-        flags=bytes(pieces[2]),
+        flags=bytes(pieces[2]) if copy else pieces[2],
         events=events,
-        uuids=bytes(pieces[3]),
+        uuids=bytes(pieces[3]) if copy else pieces[3],
         other_uuids=other_uuids,
         event_table=event_table,
         table=table,
         exact_depths=exact_depths,
         domain_depths=domain_depths,
-        ips=IpSet.from_bytes(pieces[6]),
+        ips=IpSet.from_bytes(pieces[6], copy=copy),
     )
 
 
-def _largest_index(table: array[int]) -> int:
+# Items checked at a time by the checks below, so that checking a mapped set copies little.
+_CHUNK = 1 << 16
+
+
+def _is_ascii(names: bytes | memoryview) -> bool:
+    if isinstance(names, bytes):
+        return names.isascii()
+    return all(
+        bytes(names[start : start + _CHUNK]).isascii() for start in range(0, len(names), _CHUNK)
+    )
+
+
+def _count_zeros(table: IntArray) -> int:
+    if isinstance(table, array):
+        return table.count(0)
+    return sum(
+        array(_U64, table[start : start + _CHUNK]).count(0)
+        for start in range(0, len(table), _CHUNK)
+    )
+
+
+def _largest_index(table: IntArray) -> int:
     """The largest entry index in `table`, read off the low halves of its slots."""
     low_words = memoryview(table).cast("B").cast("I")[sys.byteorder == "big" :: 2]
     return max(low_words) >> 1

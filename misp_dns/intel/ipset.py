@@ -44,7 +44,12 @@ from typing import Any
 import attrs
 
 from misp_dns.intel.indicator import IpEntry
-from misp_dns.intel.packed import array_from_little_endian, little_endian
+from misp_dns.intel.packed import (
+    IntArray,
+    array_from_little_endian,
+    little_endian,
+    view_little_endian,
+)
 from misp_dns.interfaces import Provenance
 
 __all__ = ["IpMatch", "IpSet", "IpSetBuilder"]
@@ -104,13 +109,13 @@ class IpSet:
     def __init__(
         self,
         *,
-        starts4: array[int],
-        high: array[int],
-        low: array[int],
+        starts4: IntArray,
+        high: IntArray,
+        low: IntArray,
         runs4: tuple[_Run, ...],
         runs6: tuple[_Run, ...],
-        events: array[int],
-        uuids: bytes,
+        events: IntArray,
+        uuids: bytes | memoryview,
         other_uuids: dict[int, str],
         event_table: tuple[tuple[str, str, str], ...],
     ) -> None:
@@ -268,10 +273,13 @@ class IpSet:
         return [memoryview(piece).cast("B") for piece in pieces]
 
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview) -> IpSet:
-        """Rebuild a set from `to_buffers()` output; `ValueError` when it is not one."""
+    def from_bytes(cls, data: bytes | bytearray | memoryview, *, copy: bool = True) -> IpSet:
+        """Rebuild a set from `to_buffers()` output; `ValueError` when it is not one.
+
+        With `copy` false the tables are views of `data`, as `DomainSet.from_bytes` says.
+        """
         try:
-            return _parse(memoryview(data).cast("B"))
+            return _parse(memoryview(data).cast("B"), copy)
         except ValueError:
             raise
         except (struct.error, KeyError, TypeError, IndexError, OverflowError) as error:
@@ -319,7 +327,7 @@ def _event(item: object) -> tuple[str, str, str]:
     return (item[0], item[1], item[2])
 
 
-def _parse(data: memoryview) -> IpSet:
+def _parse(data: memoryview, copy: bool = True) -> IpSet:
     (meta_length,) = _META_LENGTH.unpack_from(data, 0)
     position = _META_LENGTH.size
     meta = json.loads(bytes(data[position : position + meta_length]))
@@ -340,17 +348,18 @@ def _parse(data: memoryview) -> IpSet:
     for size in sizes:
         pieces.append(data[position : position + size])
         position += size
-    events = array_from_little_endian(_U32, pieces[3])
+    integers = array_from_little_endian if copy else view_little_endian
+    events = integers(_U32, pieces[3])
     if count and max(events) >= len(event_table):
         raise ValueError("malformed IP set: event index out of range")
     return IpSet(
-        starts4=array_from_little_endian(_U32, pieces[0]),
-        high=array_from_little_endian(_U64, pieces[1]),
-        low=array_from_little_endian(_U64, pieces[2]),
+        starts4=integers(_U32, pieces[0]),
+        high=integers(_U64, pieces[1]),
+        low=integers(_U64, pieces[2]),
         runs4=runs4,
         runs6=runs6,
         events=events,
-        uuids=bytes(pieces[4]),
+        uuids=bytes(pieces[4]) if copy else pieces[4],
         other_uuids=other_uuids,
         event_table=event_table,
     )

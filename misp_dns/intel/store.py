@@ -19,7 +19,14 @@ skips the write when the file already holds exactly this set, and raises `StoreE
 missing, unreadable, truncated, corrupt or other-version file: a bad cache never stops the
 server, it only means starting without indicators until the first update.
 
-Both block on disk I/O (tens of megabytes for a million names): call them off the reactor
+`load_mapped` reads the same file without copying it: it maps the file read-only and shared
+(`mmap`) and returns a set whose tables are views of the mapping (`DomainSet.from_bytes`
+with `copy=False`). Every process that maps the same file shares its pages through the page
+cache, which is how the serving processes of a group (`[server] workers`, docs/workers.md)
+hold one copy of a million indicators between them. A later `save` replaces the file by a
+rename, so a mapping keeps seeing the snapshot it was made from.
+
+All three block on disk I/O (tens of megabytes for a million names): call them off the reactor
 thread, for example with `deferToThread`.
 """
 
@@ -28,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import mmap
 import os
 import struct
 import tempfile
@@ -37,7 +45,7 @@ from twisted.logger import Logger
 
 from misp_dns.intel.domainset import FORMAT_VERSION, DomainSet
 
-__all__ = ["MAGIC", "StoreError", "load", "save"]
+__all__ = ["MAGIC", "StoreError", "load", "load_mapped", "save"]
 
 MAGIC = b"MISPDNS\x00"
 _HEADER = struct.Struct("<8sIQ32s")
@@ -112,11 +120,40 @@ def load(path: str | os.PathLike[str]) -> DomainSet | None:
     return domainset
 
 
+def load_mapped(path: str | os.PathLike[str]) -> DomainSet | None:
+    """Return the set saved at `path` as views of a read-only shared mapping of the file,
+    or None after logging why there is none (as `load`)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size == 0:
+                _ignoring(path, "empty file")
+                return None
+            # The mapping outlives the descriptor; it is unmapped when the set is dropped.
+            mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    except FileNotFoundError:
+        _log.info("no indicator snapshot at {path}; starting without one", path=str(path))
+        return None
+    except (OSError, ValueError) as error:
+        _ignoring(path, f"cannot map it ({getattr(error, 'strerror', None) or error})")
+        return None
+    problem = _check(mapped)
+    if problem is not None:
+        _ignoring(path, problem)
+        return None
+    try:
+        return DomainSet.from_bytes(memoryview(mapped)[_HEADER.size :], copy=False)
+    except ValueError as error:
+        _ignoring(path, f"corrupt content ({error})")
+        return None
+
+
 def _ignoring(path: Path, problem: str) -> None:
     _log.warn("ignoring indicator snapshot {path}: {problem}", path=str(path), problem=problem)
 
 
-def _check(data: bytes) -> str | None:
+def _check(data: bytes | mmap.mmap) -> str | None:
     """What is wrong with the header or checksum of `data`, or None when they are right."""
     if not data:
         return "empty file"

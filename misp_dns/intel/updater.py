@@ -8,7 +8,8 @@ milliseconds on the reactor thread, between which it answers queries), and repla
 served snapshot in one assignment; serving never waits for a refresh. With a real reactor
 (`pause_collection`), the cyclic garbage collector is paused from the first page to the
 built set, so no collection sees a page's objects half used. A changed snapshot is saved
-back to disk.
+back to disk, and `saved` (when given) is then called with the file's path: the supervisor
+of a group of serving processes tells them to map the new file (docs/workers.md).
 
 `generation` grows by one each time another snapshot is served, so that what was decided
 on the old one (the resolver's verdicts on cached answers) can tell it is out of date.
@@ -118,6 +119,7 @@ class IndicatorUpdater(Service):
         pause_collection: bool | None = None,
         enforcing: bool = True,
         response_ips: bool = False,
+        saved: Callable[[str], None] | None = None,
     ) -> None:
         self.label = label
         self.enforcing = enforcing
@@ -133,6 +135,7 @@ class IndicatorUpdater(Service):
             pause_collection = hasattr(clock, "getThreadPool")
         self.pause_collection = pause_collection
         self.response_ips = response_ips
+        self.saved = saved
         self.snapshot = DomainSet.empty()
         self.generation = 0
         self.failures = 0
@@ -243,7 +246,11 @@ class IndicatorUpdater(Service):
         if self.state_path is None:
             return None
         saving = self.run_in_thread(_save, self.state_path, domainset)
-        return saving.addErrback(self._unwritable)
+        return saving.addCallbacks(self._was_saved, self._unwritable)
+
+    def _was_saved(self, written: bool) -> None:
+        if written and self.saved is not None and self.state_path is not None:
+            self.saved(self.state_path)
 
     def _serve(self, snapshot: DomainSet) -> None:
         self.snapshot = snapshot

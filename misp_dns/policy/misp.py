@@ -46,6 +46,7 @@ from zope.interface import implementer
 from misp_dns.http import make_http_client
 from misp_dns.intel.domainset import DomainSet, Match
 from misp_dns.intel.feed import MispFeedSource
+from misp_dns.intel.follower import SnapshotFollower
 from misp_dns.intel.ipset import IpMatch
 from misp_dns.intel.misp_client import MispClient
 from misp_dns.intel.misp_options import MispFeedOptions, MispOptions
@@ -86,7 +87,7 @@ class MispBlockingPolicy:
         name: str,
         source: str,
         options: BlockingOptions,
-        updater: IndicatorUpdater,
+        updater: IndicatorUpdater | SnapshotFollower,
         sightings: SightingsReporter | None = None,
     ) -> None:
         self.name = name
@@ -275,16 +276,25 @@ def _policy(
     label: str,
     sightings: SightingsReporter | None = None,
 ) -> MispBlockingPolicy:
-    updater = IndicatorUpdater(
-        label,
-        indicators,
-        clock=context.reactor,
-        interval=options.update_interval,
-        max_age=options.max_ioc_age,
-        state_path=snapshot_path(context.state_dir, name, location),
-        enforcing=options.enable_blocking,
-        response_ips=options.block_response_ips,
-    )
+    state_path = snapshot_path(context.state_dir, name, location)
+    sharing = context.sharing
+    updater: IndicatorUpdater | SnapshotFollower
+    if sharing.follow:
+        updater = SnapshotFollower(
+            label, state_path, clock=context.reactor, enforcing=options.enable_blocking
+        )
+    else:
+        updater = IndicatorUpdater(
+            label,
+            indicators,
+            clock=context.reactor,
+            interval=options.update_interval,
+            max_age=options.max_ioc_age,
+            state_path=state_path,
+            enforcing=options.enable_blocking,
+            response_ips=options.block_response_ips,
+            saved=sharing.saved,
+        )
     return MispBlockingPolicy(name, source, options, updater, sightings)
 
 
