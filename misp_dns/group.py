@@ -34,7 +34,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, protocol
-from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -66,6 +66,18 @@ def _environment() -> dict[str, str]:
     paths = [here, *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
     environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return environment
+
+
+def _why(reason: Failure) -> str:
+    """How a process ended, in a few words: "exit status 1", "killed by signal 9"."""
+    value = reason.value
+    if isinstance(value, ProcessDone):
+        return "exit status 0"
+    if isinstance(value, ProcessTerminated):
+        if value.signal is not None:
+            return f"killed by signal {value.signal}"
+        return f"exit status {value.exitCode}"
+    return reason.getErrorMessage()
 
 
 class _Worker(protocol.ProcessProtocol):
@@ -226,14 +238,12 @@ class WorkerGroup(service.Service):
         ends = 1 if ran >= _STEADY_SECONDS else self._ends_in_a_row.get(worker.index, 0) + 1
         self._ends_in_a_row[worker.index] = ends
         delay = backoff_delay(ends, self.restart_after, self.restart_at_most)
-        how = "ended" if isinstance(reason.value, ProcessDone) else "failed"
         self.log.error(
-            "worker {index} (pid {pid}) {how} unexpectedly: {reason}; starting it again in"
+            "worker {index} (pid {pid}) ended unexpectedly ({why}); starting it again in"
             " {delay:.0f} s",
             index=worker.index,
             pid=worker.pid,
-            how=how,
-            reason=reason.getErrorMessage(),
+            why=_why(reason),
             delay=delay,
         )
         self.restarts += 1

@@ -10,7 +10,7 @@ import pytest
 
 from misp_dns.config import load_config, parse_config
 from misp_dns.interfaces import PluginType
-from misp_dns.registry import Registry
+from misp_dns.registry import Registry, default_registry
 from misp_dns.values import ConfigError, Duration, HostPort, parse_duration
 
 REPO = Path(__file__).resolve().parents[1]
@@ -273,3 +273,41 @@ def test_rpz_problems_name_the_key() -> None:
     assert problems({"rpz": {"zone": "bad zone"}}) == [
         "rpz.zone: expected a zone name such as rpz.example, got 'bad zone'"
     ]
+
+
+def test_workers_defaults_to_one_process() -> None:
+    """Without `workers`, one process serves, as before the key existed."""
+    assert parse_config({}, Registry()).server.workers == 1
+    assert parse_config({"server": {"workers": 4}}, Registry()).server.workers == 4
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, "server.workers: must be within 1..64, got 0"),
+        (65, "server.workers: must be within 1..64, got 65"),
+        ("2", "server.workers: expected an integer, got '2' (string)"),
+        (True, "server.workers: expected an integer, got True (boolean)"),
+    ],
+)
+def test_workers_out_of_range_or_not_an_integer_is_named(value: object, message: str) -> None:
+    """A `workers` that is no integer within 1..64 is one line naming the key and value."""
+    assert problems({"server": {"workers": value}}) == [message]
+
+
+def test_workers_cannot_run_the_rpz_primary_or_rpz_policies() -> None:
+    """`[rpz]` and `type = "rpz"` keep per-process zone state: with workers > 1 they are
+    refused with a line saying to run one process."""
+    raw = {
+        "server": {"workers": 2},
+        "policy": [{"type": "rpz", "zone": "rpz.example", "primary": "192.0.2.1:53"}],
+        "rpz": {"zone": "misp.rpz.example"},
+    }
+    found = problems(raw, default_registry())
+    assert "rpz: not available with server.workers > 1 (run one process)" in found
+    assert (
+        'policy[0]: type = "rpz" is not available with server.workers > 1 (run one process)'
+        in found
+    )
+    raw["server"] = {"workers": 1}
+    assert parse_config(raw, default_registry()).server.workers == 1

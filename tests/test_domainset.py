@@ -107,16 +107,38 @@ def test_repeated_names_are_stored_once(given_entries: list[BlockEntry]) -> None
     assert len(domainset) == len({candidate.name for candidate in given_entries})
 
 
-@given(st.lists(entries, max_size=25), st.lists(queries, max_size=10))
-def test_saved_form_round_trips(given_entries: list[BlockEntry], asked: list[str]) -> None:
-    """A set rebuilt from its bytes holds the same entries, digest and answers."""
+@given(st.lists(entries, max_size=25), st.lists(queries, max_size=10), st.booleans())
+def test_saved_form_round_trips(
+    given_entries: list[BlockEntry], asked: list[str], copy: bool
+) -> None:
+    """A set rebuilt from its bytes, copied or as views of them (`copy=False`, what a
+    mapped snapshot file gives), holds the same entries, digest, counts and answers."""
     domainset = DomainSet.build(given_entries)
-    loaded = DomainSet.from_bytes(domainset.to_bytes())
+    loaded = DomainSet.from_bytes(domainset.to_bytes(), copy=copy)
     assert list(loaded.entries()) == list(domainset.entries())
+    assert list(loaded.names()) == list(domainset.names())
     assert loaded.digest == domainset.digest
     assert loaded.to_bytes() == domainset.to_bytes()
-    for query in asked:
+    assert loaded.count_by_kind() == domainset.count_by_kind()
+    for query in asked + [candidate.name for candidate in given_entries]:
         assert loaded.match(query) == domainset.match(query)
+
+
+def test_a_set_over_a_buffer_copies_none_of_its_tables() -> None:
+    """With `copy=False` the set reads its payload in place: while it lives, the buffer it
+    was read from cannot be resized (its memory is exported to the set's views), and a set
+    made with copies leaves the buffer free."""
+    domainset = DomainSet.build(entry(f"host{n}.example") for n in range(100))
+    payload = bytearray(domainset.to_bytes())
+    copied = DomainSet.from_bytes(payload)
+    payload.append(0)
+    del payload[-1]
+    viewed = DomainSet.from_bytes(payload, copy=False)
+    with pytest.raises(BufferError):
+        payload.append(0)
+    assert viewed.match("www.host7.example") == copied.match("www.host7.example")
+    del viewed
+    payload.append(0)
 
 
 def test_a_name_given_as_hostname_and_as_domain_blocks_below_it() -> None:

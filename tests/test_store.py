@@ -16,7 +16,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from misp_dns.intel.domainset import FORMAT_VERSION, DomainSet
 from misp_dns.intel.indicator import BlockEntry, IpEntry
 from misp_dns.intel.normalize import normalize_network
-from misp_dns.intel.store import MAGIC, StoreError, load, save
+from misp_dns.intel.store import MAGIC, StoreError, load, load_mapped, save
 
 HEADER_SIZE = 52
 
@@ -248,3 +248,59 @@ def _flip(data: bytes, position: int) -> bytes:
     changed = bytearray(data)
     changed[position] ^= 0x01
     return bytes(changed)
+
+
+def _mapped(path: Path) -> bool:
+    """Whether this process maps the file at `path` now."""
+    return str(path) in Path("/proc/self/maps").read_text()
+
+
+def test_a_mapped_snapshot_answers_as_a_loaded_one(tmp_path: Path) -> None:
+    """`load_mapped` gives the same set as `load`, and reads it in place: the file stays
+    mapped while the set lives (the pages serving processes share), and no longer after."""
+    path = tmp_path / "misp.snapshot"
+    original = sample()
+    save(path, original)
+    mapped = load_mapped(path)
+    assert mapped is not None
+    assert _mapped(path)
+    assert mapped.digest == original.digest
+    assert list(mapped.entries()) == list(original.entries())
+    assert mapped.match("www.host1.example.com") == original.match("www.host1.example.com")
+    del mapped
+    assert not _mapped(path)
+
+
+def test_a_replaced_snapshot_leaves_the_mapped_set_whole(tmp_path: Path) -> None:
+    """A save replaces the file by a rename: a set mapped from the old file keeps answering
+    from it, and mapping again gives the new one."""
+    path = tmp_path / "misp.snapshot"
+    save(path, sample(10))
+    before = load_mapped(path)
+    save(path, sample(20, event="2"))
+    assert before is not None and len(before) == 10
+    assert before.match("host3.example.com") is not None
+    after = load_mapped(path)
+    assert after is not None and len(after) == 20
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty file"),
+        (b"MISPDNS\x00", "truncated"),
+        (b"not a snapshot at all, but long enough to hold a header of 52 bytes", "wrong magic"),
+    ],
+)
+def test_a_bad_file_maps_to_nothing_with_a_reason(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    """A missing, empty, short or foreign file is no set, with a line saying why."""
+    path = tmp_path / "misp.snapshot"
+    path.write_bytes(content)
+    with capturedLogs() as events:
+        assert load_mapped(path) is None
+    assert reason in " ".join(formatEvent(event) for event in events)
+    with capturedLogs() as events:
+        assert load_mapped(tmp_path / "missing.snapshot") is None
+    assert "no indicator snapshot" in formatEvent(events[0])
