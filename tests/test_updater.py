@@ -318,3 +318,37 @@ def test_the_collector_stays_paused_from_the_first_page_to_the_built_set() -> No
     finally:
         if not was:
             gc.disable()
+
+
+def test_a_group_supervisor_announces_each_new_file_and_serves_its_mapping(
+    tmp_path: Path,
+) -> None:
+    """With `saved` (a group's supervisor), each snapshot written is announced with its
+    path, and the updater then serves the file's mapping, as the serving processes do,
+    instead of the copy it built; an unchanged set is neither written nor announced."""
+    clock = Clock()
+    source = MemoryIndicatorSource([raw("evil.example")])
+    state = tmp_path / "misp.snapshot"
+    announced: list[str] = []
+    updater = IndicatorUpdater(
+        "misp-connector",
+        source,
+        clock=clock,
+        interval=2 * HOUR,
+        max_age=15 * 86400,
+        state_path=str(state),
+        run_in_thread=inline,
+        saved=announced.append,
+    )
+    updater.startService()
+    assert announced == [str(state)]
+    assert str(state) in Path("/proc/self/maps").read_text()
+    assert updater.snapshot.match("www.evil.example") is not None
+    assert updater.generation == 1
+    clock.advance(2 * HOUR)
+    assert announced == [str(state)]
+    source.indicators.append(raw("worse.example"))
+    clock.advance(2 * HOUR)
+    assert announced == [str(state), str(state)]
+    assert updater.snapshot.match("worse.example") is not None
+    updater.stopService()

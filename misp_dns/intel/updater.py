@@ -8,8 +8,10 @@ milliseconds on the reactor thread, between which it answers queries), and repla
 served snapshot in one assignment; serving never waits for a refresh. With a real reactor
 (`pause_collection`), the cyclic garbage collector is paused from the first page to the
 built set, so no collection sees a page's objects half used. A changed snapshot is saved
-back to disk, and `saved` (when given) is then called with the file's path: the supervisor
-of a group of serving processes tells them to map the new file (docs/workers.md).
+back to disk. With `saved` (the supervisor of a group of serving processes,
+docs/workers.md), it is then called with the file's path, for the serving processes to map
+the new file, and the updater itself serves that mapping too (loaded from disk at start as
+well), so that the group holds one copy of the indicators.
 
 `generation` grows by one each time another snapshot is served, so that what was decided
 on the old one (the resolver's verdicts on cached answers) can tell it is out of date.
@@ -168,7 +170,8 @@ class IndicatorUpdater(Service):
 
     def _load_from_disk(self) -> defer.Deferred[None]:
         assert self.state_path is not None
-        loading = self.run_in_thread(store.load, self.state_path)
+        load = store.load_mapped if self.saved is not None else store.load
+        loading = self.run_in_thread(load, self.state_path)
 
         def loaded(found: DomainSet | None) -> None:
             if found is not None and len(self.snapshot) == 0:
@@ -248,9 +251,19 @@ class IndicatorUpdater(Service):
         saving = self.run_in_thread(_save, self.state_path, domainset)
         return saving.addCallbacks(self._was_saved, self._unwritable)
 
-    def _was_saved(self, written: bool) -> None:
-        if written and self.saved is not None and self.state_path is not None:
-            self.saved(self.state_path)
+    def _was_saved(self, written: bool) -> defer.Deferred[None] | None:
+        if not written or self.saved is None or self.state_path is None:
+            return None
+        self.saved(self.state_path)
+        # The serving processes map this file: serve the same mapping here and let the
+        # built copy go, so the group holds the indicators once (docs/workers.md).
+        mapping = self.run_in_thread(store.load_mapped, self.state_path)
+        return mapping.addCallback(self._serve_mapped)
+
+    def _serve_mapped(self, mapped: DomainSet | None) -> None:
+        if mapped is not None and mapped.digest == self.snapshot.digest:
+            # The same indicators: cached verdicts stay good, the generation stays.
+            self.snapshot = mapped
 
     def _serve(self, snapshot: DomainSet) -> None:
         self.snapshot = snapshot
