@@ -311,29 +311,30 @@ class Bench:
         timeout: float = 60.0,
         upstream: int | None = None,
         probe: str | None = None,
+        server: Mapping[str, Any] | None = None,
+        pinned: bool = True,
     ) -> Iterator[MispDnsProcess]:
         """A server under twistd (or `command`) forwarding to Unbound (the shared one, or
-        the one on port `upstream`), pinned, stopped on exit. Returns once it answers
-        `probe` (the first allowed name by default); with `blocked_probe`, once misp-dns
-        itself blocks that name (not once the upstream answers it NXDOMAIN)."""
+        the one on port `upstream`), pinned (unless not `pinned`), stopped on exit; `server`
+        adds keys to its `[server]` table. Returns once it answers `probe` (the first
+        allowed name by default); with `blocked_probe`, once misp-dns itself blocks that
+        name (not once the upstream answers it NXDOMAIN)."""
         folder = self.workdir / name
         (folder / "state").mkdir(parents=True, exist_ok=True)
         port = free_port()
-        config = write_misp_dns_config(
-            folder / "misp-dns.toml",
-            self.server_sections(folder, port, upstream),
-            policies,
-            exports,
-        )
+        sections = self.server_sections(folder, port, upstream)
+        sections["server"].update(server or {})
+        config = write_misp_dns_config(folder / "misp-dns.toml", sections, policies, exports)
         process = MispDnsProcess(
             config,
             [("127.0.0.1", port)],
             folder,
-            lambda path: self.on_server_cpu(command(path)),
+            (lambda path: self.on_server_cpu(command(path))) if pinned else command,
         )
         process.start(probe=probe or self.allowed[0], timeout=timeout)
         try:
-            self.pin(process.pid)
+            if pinned:
+                self.pin(process.pid)
             if blocked_probe is not None:
                 wait_for_block(process.address, blocked_probe, timeout, interval=0.05)
             yield process

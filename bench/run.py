@@ -37,6 +37,7 @@ from peers import peer_versions, peers
 from report import machine, render, versions, write_results
 from startup import startup
 from throughput import blocked, cached, sinks
+from workers import workers
 
 __all__ = ["SCENARIOS", "main"]
 
@@ -51,6 +52,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "peers": peers,  # issue 17, item 6: PowerDNS Recursor and dnsmasq
     "independent": independent,  # issue 17: real feed names, one client socket
     "million": million,  # goals 4 and 5
+    "workers": workers,  # issue 17, item 4: [server] workers = N
 }
 
 
