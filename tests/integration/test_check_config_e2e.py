@@ -50,7 +50,13 @@ def _names(line: str, path: str) -> bool:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("tcp_idle_timeout", 0), ("tcp_max_connections", 0), ("upstream_timeout", 100)],
+    [
+        ("tcp_idle_timeout", 0),
+        ("tcp_max_connections", 0),
+        ("upstream_timeout", 100),
+        ("workers", 0),
+        ("workers", 65),
+    ],
 )
 def test_out_of_range_value_is_named_with_its_value(tmp_path: Path, key: str, value: int) -> None:
     """A number outside its range is reported on one line with its path and the bad value."""
