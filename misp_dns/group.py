@@ -3,7 +3,8 @@
 `WorkerGroup` is a service of the supervisor (the twistd process). Before twistd gives up
 root it opens every listening socket (`misp_dns.dns.reuseport.group_sockets`); once running
 it starts one serving process per worker, `python -m misp_dns.worker --config PATH --index
-N`, each with its own sockets as descriptors 3, 4, ... (per listen address, UDP then TCP).
+N --sockets M`, each with its own sockets as descriptors 3, 4, ... (per listen address, UDP
+then TCP).
 Then it:
 
 - tells every serving process when an updater of the supervisor saved a new indicator
@@ -54,9 +55,20 @@ _STEADY_SECONDS = 60.0
 _LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 
 
-def worker_command(config_path: str, index: int) -> list[str]:
-    """The command line of serving process number `index` (1-based)."""
-    return [sys.executable, "-m", "misp_dns.worker", "--config", config_path, "--index", str(index)]
+def worker_command(config_path: str, index: int, addresses: int) -> list[str]:
+    """The command line of serving process number `index` (1-based), which inherits the
+    sockets of `addresses` listen addresses."""
+    return [
+        sys.executable,
+        "-m",
+        "misp_dns.worker",
+        "--config",
+        config_path,
+        "--index",
+        str(index),
+        "--sockets",
+        str(addresses),
+    ]
 
 
 def _environment() -> dict[str, str]:
@@ -133,7 +145,7 @@ class WorkerGroup(service.Service):
         listen: Sequence[HostPort],
         backlog: int,
         *,
-        command: Callable[[str, int], list[str]] = worker_command,
+        command: Callable[[str, int, int], list[str]] = worker_command,
         open_sockets: Callable[..., list[list[ListeningSockets]]] = group_sockets,
         signals: HangupSignal = hangup,
         restart_after: float = 1.0,
@@ -195,7 +207,7 @@ class WorkerGroup(service.Service):
             fd += 2
         worker = _Worker(self, index, self.reactor.seconds())
         self.workers[index] = worker
-        command = self.command(self.config_path, index)
+        command = self.command(self.config_path, index, len(self.sockets[index - 1]))
         self.reactor.spawnProcess(
             worker, command[0], command, env=_environment(), childFDs=child_fds
         )

@@ -1,6 +1,7 @@
-"""One serving process of a group: `python -m misp_dns.worker --config PATH --index N`.
+"""One serving process of a group: `python -m misp_dns.worker --config PATH --index N ...`.
 
-The supervisor (`misp_dns.group.WorkerGroup`, in the twistd process) starts it; nobody else
+`--sockets N`: it inherited N pairs of sockets. The supervisor (`misp_dns.group.WorkerGroup`,
+in the twistd process) starts it; nobody else
 should. It reads the same config, and builds the same server as a single process does
 (`misp_dns.tap.build_service`) with these differences (docs/workers.md):
 
@@ -29,7 +30,6 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
-import attrs
 from twisted.application import service
 from twisted.internet import stdio, task
 from twisted.logger import ILogObserver, eventAsText, globalLogBeginner
@@ -38,14 +38,13 @@ from twisted.protocols.basic import LineOnlyReceiver
 from misp_dns.allocator import configure_malloc
 from misp_dns.build import build_exporter, build_policies
 from misp_dns.config import load_config
-from misp_dns.dns.listen import dual_stack
 from misp_dns.dns.reuseport import ListeningSockets
 from misp_dns.event import Answer
 from misp_dns.intel.follower import SnapshotFollower
 from misp_dns.interfaces import SnapshotSharing
 from misp_dns.registry import default_registry
 from misp_dns.tap import build_service, raise_open_files_limit, upstreams_of
-from misp_dns.values import ConfigError, ServerConfig
+from misp_dns.values import ConfigError, HostPort
 
 __all__ = ["Control", "QueryCount", "Stopper", "inherited_sockets", "main"]
 
@@ -54,15 +53,19 @@ FIRST_SOCKET_FD = 3
 _PR_SET_PDEATHSIG = 1
 
 
-def inherited_sockets(server: ServerConfig, first: int = FIRST_SOCKET_FD) -> list[ListeningSockets]:
-    """The sockets this process inherited: for each listen address, UDP then TCP."""
+def inherited_sockets(addresses: int, first: int = FIRST_SOCKET_FD) -> list[ListeningSockets]:
+    """The sockets this process inherited: for each of `addresses` listen addresses, UDP
+    then TCP. Each says itself where it is bound, so a config file edited since the
+    supervisor started cannot make a process restarted later misread them."""
     found = []
-    for number, address in enumerate(server.listen):
+    for number in range(addresses):
         udp = socket.socket(fileno=first + 2 * number)
         tcp = socket.socket(fileno=first + 2 * number + 1)
-        # The address actually bound (a configured port 0 got one from the kernel).
-        bound = address if address.port else attrs.evolve(address, port=udp.getsockname()[1])
-        found.append(ListeningSockets(bound, dual_stack(address, server.listen), udp, tcp))
+        host, port = udp.getsockname()[:2]
+        dual = udp.family == socket.AF_INET6 and not udp.getsockopt(
+            socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
+        )
+        found.append(ListeningSockets(HostPort(host, port), dual, udp, tcp))
     return found
 
 
@@ -159,6 +162,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m misp_dns.worker", description=__doc__)
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--sockets", type=int, required=True, help="listen addresses inherited")
     return parser.parse_args(argv)
 
 
@@ -199,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         upstreams=upstreams,
         open_files_limit=open_files_limit,
         tsig_keys={},
-        sockets=inherited_sockets(config.server),
+        sockets=inherited_sockets(arguments.sockets),
         identity=f"{name.rstrip('.')} worker {arguments.index}",
         sharing=follow,
         with_admin=False,

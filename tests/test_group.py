@@ -90,12 +90,12 @@ def _end(proto: Any, code: int = 1) -> None:
 
 
 def test_each_process_gets_its_own_sockets_and_the_config() -> None:
-    """Serving process N is `-m misp_dns.worker --config PATH --index N`, with its UDP and
-    TCP socket per listen address as descriptors 3, 4, 5, 6."""
+    """Serving process N is `-m misp_dns.worker --config PATH --index N --sockets 2`, with
+    its UDP and TCP socket per listen address as descriptors 3, 4, 5, 6."""
     group, reactor = _group()
-    assert [args[-4:] for _, args, _, _ in reactor.spawned] == [
-        ["--config", "/etc/misp-dns.toml", "--index", "1"],
-        ["--config", "/etc/misp-dns.toml", "--index", "2"],
+    assert [args[-6:] for _, args, _, _ in reactor.spawned] == [
+        ["--config", "/etc/misp-dns.toml", "--index", "1", "--sockets", "2"],
+        ["--config", "/etc/misp-dns.toml", "--index", "2", "--sockets", "2"],
     ]
     assert reactor.spawned[1][1][1:3] == ["-m", "misp_dns.worker"]
     assert reactor.spawned[1][2] == {0: "w", 1: "r", 2: "r", 3: 100, 4: 101, 5: 102, 6: 103}
@@ -125,7 +125,7 @@ def test_an_ended_process_is_logged_and_started_again_later_each_time() -> None:
     reactor.advance(0.9)
     assert len(reactor.spawned) == 2
     reactor.advance(0.1)
-    assert reactor.spawned[2][1][-1] == "1"
+    assert reactor.spawned[2][1][-3] == "1"
     _end(reactor.spawned[2][0])
     reactor.advance(1.9)
     assert len(reactor.spawned) == 3
