@@ -1,15 +1,16 @@
 """Where the memory and the reactor's time go during one full fetch from MISP (diagnosis).
 
-    .venv/bin/python bench/memprofile.py [--count 1000000] [--tracemalloc]
+    .venv/bin/python bench/memprofile.py [--count 1000000] [--cycles 2] [--tracemalloc]
 
-Runs, in this process, one cycle of a `misp` policy's updater (`IndicatorUpdater.update_now`:
-fetch, normalise, build, install, save) against the MISP stand-in (`misp_standin.py`,
-started here on the other CPUs), and reports:
+Runs, in this process, `--cycles` cycles of a `misp` policy's updater
+(`IndicatorUpdater.update_now`: fetch, normalise, build, install, save) against the MISP
+stand-in (`misp_standin.py`, started here on the other CPUs), and reports for each:
 
 - the RSS before and after, and the peak (VmHWM), with an RSS sample every 50 ms to place it;
 - every garbage collection and its pause (`gc.callbacks`), full ones listed;
 - how long the reactor thread could not run: the gaps between ticks of a 1 ms
-  `LoopingCall` (what a query arriving then would have waited);
+  `LoopingCall` (what a query arriving then would have waited), and for each gap over
+  10 ms where the reactor thread was (`stallwatch.StallWatch`);
 - what stays: tracked objects, pymalloc's arenas (memory the process keeps although
   nothing uses it), and the RSS after `malloc_trim`;
 - with `--tracemalloc`, the traced peak and the allocation sites still holding the most
@@ -17,6 +18,12 @@ started here on the other CPUs), and reports:
   tracemalloc's own memory);
 - with `--freeze`, the same after `gc.freeze()`: what the collector's pauses would be if the
   server moved its start-up objects out of its way.
+
+From the second cycle on, the stand-in changes 1% of the values, so a cycle replaces a
+snapshot of `--count` names, as a refresh does; before each cycle, the policy decides
+`--warm` query names (blocked ones, half of them subdomains, and allowed ones), so its
+decision memos are as full as under the `million` scenario's steady load, and is asked
+again for one name after the cycle, when it drops the memos of the old snapshot.
 
 It uses the server's own classes (`build_policies` from `misp_dns.build`) and changes
 nothing in them.
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -40,6 +48,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from integration.net import free_port  # noqa: E402
 from probe import MemoryWatch, memory_mib  # noqa: E402
+from stallwatch import StallWatch  # noqa: E402
 
 __all__ = ["main"]
 
@@ -83,39 +92,9 @@ class _GcPauses:
         )
 
 
-class _Stalls:
-    """Gaps between ticks of a 1 ms LoopingCall: how long the reactor could not answer."""
-
-    def __init__(self, reactor: Any) -> None:
-        from twisted.internet.task import LoopingCall
-
-        self.gaps: list[tuple[float, float]] = []  # (seconds, when)
-        self._last = time.perf_counter()
-        self._call = LoopingCall(self._tick)
-        self._call.clock = reactor
-        self._call.start(0.001)
-
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        self.gaps.append((now - self._last, now))
-        self._last = now
-
-    def stop(self) -> None:
-        self._call.stop()
-
-    def summary(self, since: float, until: float, over: float = 0.05) -> str:
-        chosen = [g for g in self.gaps if since <= g[1] <= until]
-        long = [g for g in chosen if g[0] > over]
-        worst = max((g[0] for g in chosen), default=0.0)
-        return (
-            f"{len(long)} stalls over {over * 1000:.0f} ms, {sum(g[0] for g in long):.1f} s in"
-            f" all, the longest {worst * 1000:.0f} ms"
-        )
-
-
-def _overlap(stalls: _Stalls, pauses: _GcPauses, over: float = 0.05) -> str:
+def _overlap(stalls: StallWatch, pauses: _GcPauses, over: float = 0.05) -> str:
     """How many reactor stalls contain a garbage collection, and how much of them it was."""
-    long = [(when - gap, when) for gap, when in stalls.gaps if gap > over]
+    long = [(g.ended - g.seconds, g.ended) for g in stalls.stalls(over)]
     with_gc = 0
     gc_time = 0.0
     for begin, end in long:
@@ -241,8 +220,57 @@ def _count_objects() -> dict[str, int]:
     return counts
 
 
+# How long the reactor is watched after a cycle: the memory trimming thread runs then.
+_TAIL_SECONDS = 2.0
+
+
+def _asked_names(count: int, allowed: int, warm: int) -> list[str]:
+    """What `million` asks during a refresh: blocked names (half of them subdomains) among
+    those the stand-in never changes, and allowed names, shuffled."""
+    from corpus import allowed_names, blocked_queries, indicators
+    from misp_standin import CHANGED_SHARE
+
+    names = indicators(count, allowed_names(allowed))
+    usable = names[: count - count // CHANGED_SHARE]
+    mixed = blocked_queries(random.Random(11).sample(usable, min(len(usable), warm)))
+    mixed += allowed_names(allowed)[:warm]
+    random.Random(12).shuffle(mixed)
+    return mixed
+
+
+def _ask_all(policy: Any, names: list[str]) -> None:
+    from misp_dns.interfaces import PolicyQuery
+
+    for name in names:
+        policy.decide(PolicyQuery(name, 1))
+
+
+class _Asker:
+    """Asks the policy about the next of `names` every 5 ms, as queries would (so the first
+    one after the swap drops the old snapshot's memos, on the reactor thread)."""
+
+    def __init__(self, policy: Any, names: list[str], reactor: Any) -> None:
+        from twisted.internet.task import LoopingCall
+
+        self._policy = policy
+        self._names = names
+        self._next = 0
+        self._call = LoopingCall(self._ask)
+        self._call.clock = reactor
+        self._call.start(0.005)
+
+    def _ask(self) -> None:
+        from misp_dns.interfaces import PolicyQuery
+
+        self._policy.decide(PolicyQuery(self._names[self._next % len(self._names)], 1))
+        self._next += 1
+
+    def stop(self) -> None:
+        self._call.stop()
+
+
 def main() -> None:
-    """Fetch once, build once, report."""
+    """Fetch `--cycles` times, report each."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--allowed", type=int, default=10_000)
@@ -253,10 +281,24 @@ def main() -> None:
         help="gc.freeze() before the cycle (an experiment: what if the server froze its"
         " start-up objects out of the collector's way)",
     )
+    parser.add_argument(
+        "--cycles",
+        type=int,
+        default=2,
+        help="update cycles in a row; from the second on, each replaces a full snapshot",
+    )
+    parser.add_argument(
+        "--warm",
+        type=int,
+        default=10_000,
+        help="blocked query names the policy decides before and during each cycle"
+        " (and as many allowed ones, up to --allowed)",
+    )
     args = parser.parse_args()
 
     from twisted.internet import reactor
     from twisted.internet.defer import ensureDeferred
+    from twisted.internet.task import deferLater
 
     standin, port = _standin(args.count, args.allowed)
     pid = os.getpid()
@@ -268,53 +310,78 @@ def main() -> None:
 
     async def run(state_dir: str) -> None:
         policy = _policy(port, state_dir, reactor)
-        updater = policy.updater
+        asked = _asked_names(args.count, args.allowed, args.warm)
         gc.collect()
         if args.freeze:
             gc.freeze()
             say(f"gc.freeze(): {gc.get_freeze_count():,} objects out of the collector's way")
+        for cycle in range(1, args.cycles + 1):
+            await _one_cycle(cycle, policy, asked, args.tracemalloc)
+        _what_stays(policy.updater)
+
+    async def _one_cycle(cycle: int, policy: Any, asked: list[str], traced: bool) -> None:
+        updater = policy.updater
+        _ask_all(policy, asked)
         pauses = _GcPauses()
-        stalls = _Stalls(reactor)
+        asker = _Asker(policy, asked, reactor)
+        stalls = StallWatch(reactor)
         watch = MemoryWatch(pid, 0.05).start()
         before = memory_mib(pid)
-        if args.tracemalloc:
+        if traced:
             tracemalloc.start(8)
         started = time.perf_counter()
         await updater.update_now()
         ended = time.perf_counter()
+        # What follows a cycle: the thread trimming memory, queries on the new snapshot.
+        await deferLater(reactor, _TAIL_SECONDS, lambda: None)
+        tail = time.perf_counter()
         watch.stop()
         stalls.stop()
+        asker.stop()
+        gc.callbacks.remove(pauses._callback)
         peak_at, _ = watch.peak()
         say(
-            f"one update cycle: {len(updater.snapshot):,} names in {ended - started:.1f} s"
+            f"cycle {cycle}: {len(updater.snapshot):,} names in {ended - started:.1f} s"
             f" (failures: {updater.failures}); RSS {before:.0f} MiB before,"
             f" {memory_mib(pid):.0f} MiB after, peak {memory_mib(pid, 'VmHWM'):.0f} MiB at"
-            f" +{peak_at - watch.samples[0][0]:.1f} s"
+            f" +{peak_at - watch.samples[0][0]:.1f} s; load average"
+            f" {os.getloadavg()[0]:.2f}"
         )
-        say(f"  reactor: {stalls.summary(started, ended)}")
-        say(f"  GC: {pauses.summary(started, ended)}")
+        say(f"  reactor, cycle and {_TAIL_SECONDS:.0f} s after: {stalls.summary(started, tail)}")
+        for stall in stalls.stalls(0.010, started, tail):
+            say(f"  +{stall.ended - started:6.2f} s {stall.describe()}")
+        say(f"  GC: {pauses.summary(started, tail)}")
         say(f"  {_overlap(stalls, pauses)}")
-        say(f"  {_page_decode(port)}")
-        if args.tracemalloc:
-            current, peak = tracemalloc.get_traced_memory()
-            snapshot = tracemalloc.take_snapshot()
-            tracemalloc.stop()
+        if traced:
+            _traced_sites()
+
+    def _traced_sites() -> None:
+        current, peak = tracemalloc.get_traced_memory()
+        snapshot = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        say(
+            f"  tracemalloc: peak {peak / 2**20:.0f} MiB traced, {current / 2**20:.0f} MiB"
+            " still held; largest sites still holding memory:"
+        )
+        for stat in snapshot.statistics("lineno")[:10]:
+            frame = stat.traceback[0]
             say(
-                f"  tracemalloc: peak {peak / 2**20:.0f} MiB traced, {current / 2**20:.0f} MiB"
-                " still held; largest sites still holding memory:"
+                f"    {stat.size / 2**20:7.1f} MiB {stat.count:>9,} blocks"
+                f"  {frame.filename.split('/misp_dns/')[-1]}:{frame.lineno}"
             )
-            for stat in snapshot.statistics("lineno")[:10]:
-                frame = stat.traceback[0]
-                say(
-                    f"    {stat.size / 2**20:7.1f} MiB {stat.count:>9,} blocks"
-                    f"  {frame.filename.split('/misp_dns/')[-1]}:{frame.lineno}"
-                )
-            del snapshot
+
+    def _what_stays(updater: Any) -> None:
+        say(f"  {_page_decode(port)}")
         gc.collect()
         say(f"  after gc.collect(): RSS {memory_mib(pid):.0f} MiB; objects: {_count_objects()}")
         say(f"  pymalloc: {_arenas()}")
+        trimming = time.perf_counter()
         trimmed = _malloc_trim()
-        say(f"  after malloc_trim(0) (released: {trimmed}): RSS {memory_mib(pid):.0f} MiB")
+        took = (time.perf_counter() - trimming) * 1000
+        say(
+            f"  after malloc_trim(0) (released: {trimmed}, {took:.1f} ms):"
+            f" RSS {memory_mib(pid):.0f} MiB"
+        )
         payload = sum(buffer.nbytes for buffer in updater.snapshot.to_buffers())
         say(f"  the DomainSet itself: {payload / 2**20:.0f} MiB of buffers")
 
