@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
+from misp_dns.intel import store
 from misp_dns.intel.domainset import FORMAT_VERSION, DomainSet
 from misp_dns.intel.indicator import BlockEntry, IpEntry
 from misp_dns.intel.normalize import normalize_network
@@ -127,6 +128,22 @@ def test_damaged_file_is_rewritten_even_with_the_same_set(saved: Path) -> None:
     saved.write_bytes(bytes(data))
     assert save(saved, sample()) is True
     assert load(saved) is not None
+
+
+def test_reading_and_writing_in_pieces_keeps_every_byte(
+    saved: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saved a few bytes per system call (so that no call holds a CPU for long), the file
+    is the same; an unchanged set is still recognised, and a damaged one still rewritten."""
+    whole = saved.read_bytes()
+    monkeypatch.setattr(store, "PIECE", 7)
+    saved.unlink()
+    assert save(saved, sample()) is True
+    assert saved.read_bytes() == whole
+    assert save(saved, sample()) is False
+    saved.write_bytes(whole[:-1] + bytes([whole[-1] ^ 0xFF]))
+    assert save(saved, sample()) is True
+    assert saved.read_bytes() == whole
 
 
 def test_leftover_temporary_files_are_cleaned(saved: Path) -> None:
