@@ -17,7 +17,10 @@ gap finds the file grown and keeps the reactor thread's part of it with the gap.
 
 Arming costs about 0.1 ms (faulthandler starts a thread each time), so a tick re-arms only
 when the last arming is `rearm` old: the stack is then taken between `threshold - rearm`
-and `threshold` into a gap, and a stall shorter than `threshold - rearm` has none.
+and `threshold` into a gap, and a stall shorter than `threshold - rearm` has none. A long
+stall without a stack is one in which the watchdog's thread did not run either: the CPU was
+taken from the whole process (another process, a long system call of another thread on a
+kernel without preemption, the hypervisor).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import attrs
 
 __all__ = ["Stall", "StallWatch"]
 
+_NO_STACK = "(no stack: the watchdog did not run either, the CPU was taken from the process)"
+
 
 @attrs.frozen
 class Stall:
@@ -46,7 +51,7 @@ class Stall:
     def describe(self, frames: int = 6) -> str:
         """One line for the gap, then its innermost `frames` frames, one a line."""
         lines = [f"{self.seconds * 1000:6.1f} ms"]
-        lines += [f"    {frame}" for frame in self.stack[:frames]] or ["    (no stack)"]
+        lines += [f"    {frame}" for frame in self.stack[:frames]] or [f"    {_NO_STACK}"]
         return "\n".join(lines)
 
 
