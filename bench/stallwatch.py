@@ -21,6 +21,10 @@ and `threshold` into a gap, and a stall shorter than `threshold - rearm` has non
 stall without a stack is one in which the watchdog's thread did not run either: the CPU was
 taken from the whole process (another process, a long system call of another thread on a
 kernel without preemption, the hypervisor).
+
+The timer reads the other threads' frames without the GIL, as faulthandler does when a
+process crashes, so it can read a frame being torn down: one `memprofile.py` run of nine
+here ended in a segmentation fault (cause not pinned down). A diagnosis tool only.
 """
 
 from __future__ import annotations
