@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import os
-import sys
 import threading
 from collections.abc import Iterator
 
@@ -17,8 +15,6 @@ from twisted.internet.task import Clock
 from misp_dns.intel.blocking import (
     RunSteps,
     Steps,
-    in_background,
-    run_in_background,
     run_inline,
     run_steps_inline,
     sliced_runner,
@@ -95,41 +91,6 @@ async def test_thread_runner_runs_the_work_in_a_thread_with_collection_paused() 
     assert where != main
     assert paused is False
     assert gc.isenabled()
-
-
-def _my_priority() -> int:
-    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-
-linux_only = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="one thread's priority is set on Linux only"
-)
-
-
-@linux_only
-def test_background_work_runs_at_the_lowest_priority_and_the_caller_keeps_its_own() -> None:
-    """Saving or hashing a snapshot in a thread takes the CPU only when answering leaves it
-    idle: that thread drops to nice 19, the thread that handed the work over keeps its own."""
-    mine = _my_priority()
-    seen: list[int] = []
-    worker = threading.Thread(target=lambda: seen.append(in_background(_my_priority)))
-    worker.start()
-    worker.join(10)
-    assert seen == [19]
-    assert _my_priority() == mine
-
-
-@linux_only
-@pytest_twisted.ensureDeferred
-async def test_the_reactor_pool_runs_refresh_work_at_the_lowest_priority() -> None:
-    """The updater's thread work (`run_in_background`) and a source's parsing work
-    (`thread_runner`) both run at nice 19; the reactor thread keeps its priority."""
-    from twisted.internet import reactor
-
-    mine = _my_priority()
-    assert await run_in_background(_my_priority) == 19
-    assert await thread_runner(reactor)(_my_priority) == 19
-    assert _my_priority() == mine
 
 
 def one_step_per_slice(clock: Clock) -> RunSteps:

@@ -21,21 +21,11 @@ returns its result) is run instead by a `RunSteps`: `sliced_runner` runs it on t
 thread a few milliseconds at a time, with the reactor polling its sockets between two
 slices, and `run_steps_inline` runs it to the end at once (tests, and sources without a
 reactor). The collector stays paused from the first slice to the last, for the reason above.
-
-What still runs in threads (hashing and saving a snapshot, trimming the allocator, a
-feed's files) runs at the lowest CPU priority (`in_background`, nice 19, Linux only): on
-a machine whose CPUs are busy, or a server pinned to one, such a thread would otherwise
-take its turns on the CPU for tens of milliseconds at a time while the reactor thread,
-runnable with queries waiting, is made to wait. At nice 19 it runs on what the reactor
-leaves idle, and a query arriving wakes the reactor thread at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -45,15 +35,13 @@ from typing import Any, ParamSpec, TypeVar
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.threads import deferToThread, deferToThreadPool
+from twisted.internet.threads import deferToThreadPool
 
 __all__ = [
     "RunBlocking",
     "RunSteps",
     "Steps",
     "collection_paused",
-    "in_background",
-    "run_in_background",
     "run_inline",
     "run_steps_inline",
     "sliced_runner",
@@ -71,47 +59,14 @@ RunSteps = Callable[[Steps[Any]], Deferred[Any]]
 # about 40 queries waiting, answered as soon as the slice ends.
 SLICE_SECONDS = 0.004
 
-# The nice value of a thread doing background work: the lowest priority there is.
-BACKGROUND_NICE = 19
-
 
 def thread_runner(reactor: Any) -> Callable[[Callable[[], T]], Deferred[T]]:
     """A `run_blocking` that runs work in the reactor's thread pool."""
 
     def run(work: Callable[[], T]) -> Deferred[T]:
-        return deferToThreadPool(
-            reactor, reactor.getThreadPool(), lambda: in_background(without_collection, work)
-        )
+        return deferToThreadPool(reactor, reactor.getThreadPool(), without_collection, work)
 
     return run
-
-
-def run_in_background(work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
-    """`deferToThread(work, *args, **kwargs)`, in a thread at the lowest CPU priority."""
-    return deferToThread(lambda: in_background(work, *args, **kwargs))
-
-
-def in_background(work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """`work(*args, **kwargs)`, after lowering the calling thread's CPU priority for good.
-
-    Call it only on threads that do background work alone (the reactor's thread pool, in
-    misp-dns): an unprivileged process cannot raise a priority again.
-    """
-    _lower_this_thread()
-    return work(*args, **kwargs)
-
-
-_lowered = threading.local()
-
-
-def _lower_this_thread() -> None:
-    if getattr(_lowered, "done", False):
-        return
-    _lowered.done = True
-    # Linux alone sets one thread's nice value by its id; elsewhere it would be the process.
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
 def run_inline(work: Callable[[], T]) -> Deferred[T]:

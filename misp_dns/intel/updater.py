@@ -12,9 +12,6 @@ back to disk. With `saved` (the supervisor of a group of serving processes,
 docs/workers.md), it is then called with the file's path, for the serving processes to map
 the new file, and the updater itself serves that mapping too (loaded from disk at start as
 well), so that the group holds one copy of the indicators.
-What runs in threads (loading, hashing and saving a snapshot, trimming the allocator) runs
-at the lowest CPU priority (`blocking.run_in_background`), so that it takes no turn on a
-CPU the reactor needs.
 
 `generation` grows by one each time another snapshot is served, so that what was decided
 on the old one (the resolver's verdicts on cached answers) can tell it is out of date.
@@ -42,6 +39,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -52,7 +50,6 @@ from misp_dns.intel.blocking import (
     RunSteps,
     Steps,
     collection_paused,
-    run_in_background,
     run_steps_inline,
     sliced_runner,
 )
@@ -119,7 +116,7 @@ class IndicatorUpdater(Service):
         max_age: float,
         state_path: str | None,
         retry_after: float = 30.0,
-        run_in_thread: RunInThread = run_in_background,
+        run_in_thread: RunInThread = deferToThread,
         run_steps: RunSteps | None = None,
         pause_collection: bool | None = None,
         enforcing: bool = True,
