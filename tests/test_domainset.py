@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import string
+import tracemalloc
 import uuid
 
 import pytest
@@ -329,3 +330,32 @@ def test_names_are_the_entries_without_provenance() -> None:
     for domainset in (built, DomainSet.from_bytes(built.to_bytes())):
         assert list(domainset.names()) == [(e.name, e.subdomains) for e in domainset.entries()]
         assert len(list(domainset.names())) == 3
+
+
+def test_finishing_a_build_copies_neither_its_names_nor_its_uuids() -> None:
+    """Indexing a built set allocates its hash table and nothing the size of its names or
+    attribute UUIDs: the end of a million-name refresh copies no tens of megabytes (each
+    copy held answering for 13 ms on a quiet machine, hundreds on a loaded one), and the
+    set answers as one read back from its bytes does."""
+    count = 20_000
+    builder = DomainSet.builder().add_all(
+        entry(
+            f"host{n}.example{n % 97}.com",
+            subdomains=bool(n % 2),
+            attribute_uuid=str(uuid.UUID(int=n)),
+        )
+        for n in range(count)
+    )
+    names_and_uuids = len(builder.names) + len(builder.uuids)
+    table = 8 * 65_536  # the smallest power of two at least twice the count, 8 bytes a slot
+    tracemalloc.start()
+    try:
+        built = builder.finish()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < table + names_and_uuids // 2
+    loaded = DomainSet.from_bytes(built.to_bytes())
+    for name in ("host7.example7.com", "www.host8.example8.com", "www.host7.example7.com"):
+        assert built.match(name) == loaded.match(name)
+    assert built.match("host7.example7.com") is not None
