@@ -273,7 +273,7 @@ def build_service(
     top = _ServerService(_summary(config.server, upstreams), foreground, details)
     if exporter is not None:
         exporter.setServiceParent(top)
-        responder.observers.append(exporter.observe)
+        responder.recorder = exporter.record
     policy_services = _policy_services(policies)
     policy_services.setServiceParent(top)
     count_query: Tally | None = None

@@ -2,7 +2,8 @@
 
 `Responder.respond` turns a received packet into the bytes to send back (or None to stay
 silent): wire checks, the client ACL, the resolver chain, encoding with truncation, and a
-`QueryEvent` for every answered query handed to the observers (the exporter). The
+record of every answered query handed to the `recorder` (the exporter: `QueryEvent`'s
+fields as arguments, no object made) and, as a `QueryEvent`, to the observers. The
 `tally`, when set (the admin listener's query counter), is called for every answered query
 with the transport, the question and the answer, without building an event. The
 listeners only move bytes; TCP adds framing, pipelining (answers go out in whatever
@@ -58,13 +59,22 @@ from misp_dns.dns.wire import (
 from misp_dns.event import Answer, Kind, PacketBody, QueryEvent
 from misp_dns.interfaces import IZoneFollower
 
-__all__ = ["NOTIFY_REPORT_INTERVAL", "DNSStreamFactory", "Responder", "Tally", "ZoneHook"]
+__all__ = [
+    "NOTIFY_REPORT_INTERVAL",
+    "DNSStreamFactory",
+    "Recorder",
+    "Responder",
+    "Tally",
+    "ZoneHook",
+]
 
 #: Seconds between two log lines about refused NOTIFYs.
 NOTIFY_REPORT_INTERVAL = 60.0
 
 #: Called for every answered query with (transport, question in wire format, answer).
 Tally = Callable[[str, bytes, Answer], None]
+#: Called for every answered query with `QueryEvent`'s fields, in their order.
+Recorder = Callable[[float, str, str, bytes, bool, Answer, int, int], None]
 #: Offered every packet with (data, client, transport): None, the answer, or a stream.
 ZoneHook = Callable[[bytes, str, str], bytes | Iterator[bytes] | None]
 
@@ -111,6 +121,7 @@ class Responder:
         self.observers = observers if observers is not None else []
         self.counters = Counters()
         self.tally: Tally | None = None
+        self.recorder: Recorder | None = None
         self.zone: ZoneHook | None = None
         # NOTIFYs refused since the last line saying so, and when that line was written:
         # anyone may send them, so they are reported once a minute, not once each.
@@ -201,6 +212,21 @@ class Responder:
                 tally("udp", query.question, answer)
             except Exception:
                 self.log.failure("query tally failed")
+        recorder = self.recorder
+        if recorder is not None:
+            try:
+                recorder(
+                    self.clock.seconds(),
+                    client,
+                    "udp",
+                    query.question,
+                    query.edns,
+                    answer,
+                    len(wire),
+                    age,
+                )
+            except Exception:
+                self.log.failure("query recorder failed")
         if self.observers:
             self._tell(
                 QueryEvent(
@@ -237,6 +263,23 @@ class Responder:
                 tally(transport, request.question_wire, answer)
             except Exception:
                 self.log.failure("query tally failed")
+        size = 0 if wire is None else len(wire)
+        edns = request.edns is not None
+        recorder = self.recorder
+        if recorder is not None:
+            try:
+                recorder(
+                    started,
+                    client,
+                    transport,
+                    request.question_wire,
+                    edns,
+                    answer,
+                    size,
+                    answer.age,
+                )
+            except Exception:
+                self.log.failure("query recorder failed")
         if self.observers:
             self._tell(
                 QueryEvent(
@@ -244,9 +287,9 @@ class Responder:
                     client,
                     transport,
                     request.question_wire,
-                    request.edns is not None,
+                    edns,
                     answer,
-                    0 if wire is None else len(wire),
+                    size,
                     answer.age,
                 )
             )

@@ -1,12 +1,14 @@
 """The exporter service: a bounded queue between the DNS path and the export sinks.
 
-The responder calls `ExporterService.observe(event)` for every answered query, on the
-reactor thread; it appends the event to a bounded queue and returns at once (when the queue
-holds `max_queue` events, or events reckoned by `event_size` at `max_queue_bytes`, the
-newest are dropped and counted). A moment later, off the answer path, the exporter builds
-the records (with its own `record.RecordEncoder`, once per query, shared by every sink, each
-at most `record.MAX_RECORD_BYTES`) and hands them to each sink in batches, filtered by the
-sink's `include`. Sinks own their own bounded backlog and count what they drop; the
+The responder calls `ExporterService.record(...)` for every answered query, on the reactor
+thread, with a `QueryEvent`'s fields as arguments (so no event object is made per query;
+`observe(event)` takes an event, for other callers); it appends them as one plain tuple to
+a bounded queue and returns at once (when the queue holds `max_queue` events, or events
+reckoned by `event_size` at `max_queue_bytes`, the newest are dropped and counted). A
+moment later, off the answer path, the exporter builds the records (with its own
+`record.RecordEncoder`, once per query, shared by every sink, each at most
+`record.MAX_RECORD_BYTES`) and hands them to each sink in batches, filtered by the sink's
+`include`. Sinks own their own bounded backlog and count what they drop; the
 exporter logs one line per sink that dropped records, within a second of the first drop
 and then at most once every 10 s (likewise for the queue). Stopping the service exports
 what is queued, then stops each sink (which flushes) and waits for them.
@@ -15,29 +17,31 @@ Wiring, in `misp_dns.tap.build_service` (the sinks are built by `misp_dns.build`
 
     exporter = build_exporter(config.export, registry, reactor, server=config.server)
     exporter.setServiceParent(top)             # before the listeners: stopped after them
-    responder.observers.append(exporter.observe)
+    responder.recorder = exporter.record
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from misp_dns.event import QueryEvent
+from misp_dns.event import Answer, QueryEvent
 from misp_dns.export.options import DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_BYTES
-from misp_dns.export.record import QueryRecord, RecordEncoder, is_blocking
+from misp_dns.export.record import EventFields, RecordEncoder
 from misp_dns.interfaces import ISink
 
 __all__ = [
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_MAX_QUEUE_BYTES",
+    "EventFields",
     "ExporterService",
     "SinkSlot",
     "event_size",
@@ -59,6 +63,10 @@ REPORT_INTERVAL = 10.0
 CHECK_INTERVAL = 1.0
 
 
+_ANSWER: Final = 5
+_RESPONSE_SIZE: Final = 6
+
+
 def event_size(event: QueryEvent) -> int:
     """The memory `event` is reckoned to hold while it waits in the queue.
 
@@ -66,11 +74,18 @@ def event_size(event: QueryEvent) -> int:
     or the policy, so only the event itself counts; an answer read from the upstream for
     this query alone counts its response's wire size and its records too.
     """
-    answer = event.answer
+    return _answer_size(event.answer, event.response_size)
+
+
+def _answer_size(answer: Answer, response_size: int) -> int:
     if answer.packet is not None:
         return EVENT_BYTES
     records = len(answer.answers) + len(answer.authority) + len(answer.additional)
-    return EVENT_BYTES + event.response_size + RECORD_BYTES * records
+    return EVENT_BYTES + response_size + RECORD_BYTES * records
+
+
+def _fields_size(fields: EventFields) -> int:
+    return _answer_size(fields[_ANSWER], fields[_RESPONSE_SIZE])
 
 
 @attrs.define(eq=False)
@@ -119,7 +134,7 @@ class ExporterService(service.Service):
         self.dropped = 0
         #: Events turned into records and handed to the sinks.
         self.exported = 0
-        self._queue: deque[QueryEvent] = deque()
+        self._queue: deque[EventFields] = deque()
         #: What the queued events are reckoned to hold (`event_size`).
         self.queued_bytes = 0
         self._encoder = RecordEncoder()
@@ -137,15 +152,22 @@ class ExporterService(service.Service):
 
     def observe(self, event: QueryEvent) -> None:
         """Queue one answered query for export; never blocks, never raises."""
+        self.record(*attrs.astuple(event, recurse=False))
+
+    def record(self, *fields: Any) -> None:
+        """Queue one answered query, given as `QueryEvent`'s fields in their order
+        (`EventFields`), for export; never blocks, never raises (the responder's
+        `recorder`: the arguments are queued as they come, one tuple)."""
         if not self.slots:
             return
         # Written out for cached and blocked answers, the most common: this runs per query.
-        size = EVENT_BYTES if event.answer.packet is not None else event_size(event)
+        answer = fields[_ANSWER]
+        size = EVENT_BYTES if answer.packet is not None else _fields_size(fields)
         queued = self.queued_bytes + size
         if queued > self.max_queue_bytes or len(self._queue) >= self.max_queue:
             self.dropped += 1
             return
-        self._queue.append(event)
+        self._queue.append(fields)
         self.queued_bytes = queued
         if self._drain_call is None and self.running:
             self._drain_call = self.clock.callLater(self.flush_delay, self._drain)
@@ -198,27 +220,20 @@ class ExporterService(service.Service):
     def _export_chunk(self) -> None:
         queue = self._queue
         events = [queue.popleft() for _ in range(min(self.chunk_size, len(queue)))]
-        self.queued_bytes -= sum(map(event_size, events))
-        encode = self._encoder.encode
-        records: list[QueryRecord] = []
-        blocked: list[QueryRecord] = []
-        for event in events:
-            try:
-                record = encode(event)
-                if self._filtering and is_blocking(event):
-                    blocked.append(record)
-            except Exception:
-                if not self._unbuildable_logged:
-                    self._unbuildable_logged = True
-                    self.log.failure("cannot build the query record of {event!r}", event=event)
-                continue
-            records.append(record)
+        self.queued_bytes -= sum(map(_fields_size, events))
+        records, blocked, failures = self._encoder.encode_batch(events, blocked=self._filtering)
+        if failures and not self._unbuildable_logged:
+            self._unbuildable_logged = True
+            fields, problem = failures[0]
+            self.log.failure(
+                "cannot build the query record of {event!r}", Failure(problem), event=fields
+            )
         self.exported += len(records)
-        # Tuples, so that sinks sharing a batch can share its encoding (`encode_records`).
-        batches = {False: tuple(records), True: tuple(blocked)}
+        # One batch object per include, so sinks sharing it share its bytes (`RecordBatch`).
+        batches = {False: records, True: blocked}
         for slot in self.slots:
             chosen = batches[slot.blocked_only]
-            if not chosen:
+            if chosen is None or not chosen:
                 continue
             try:
                 slot.sink.write(chosen)

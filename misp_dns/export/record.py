@@ -49,9 +49,9 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from twisted.names import dns
 
@@ -61,13 +61,28 @@ from misp_dns.names import ExactMessage, labels
 from misp_dns.qtypes import qtype_name
 
 if TYPE_CHECKING:
-    from misp_dns.event import PacketBody, QueryEvent
+    from misp_dns.event import Answer, PacketBody, QueryEvent
+
+#: An answer's `responseType`, its record from `responseCode` to `"answers":`, what follows
+#: the answers without EDNS and with it, whether the answers are to be written, whether
+#: `is_blocking` keeps the record, and its `edns` and `policy` JSON.
+_ShapeTexts = tuple[str, str, str, str, bool, bool, str, str]
+#: The answer and its `_ShapeTexts`.
+_AnswerParts = tuple["Answer", str, str, str, str, bool, bool]
+#: A query as the exporter queues it: `QueryEvent`'s fields, in their order.
+EventFields = tuple[float, str, str, bytes, bool, "Answer", int, int]
+#: What an answer's `_ShapeTexts` are made of: RCODE, kind, EDE, policy decision, and
+#: whether it has answers to write.
+_Shape = tuple[int, Kind, tuple[tuple[int, str], ...], "Decision | None", bool]
 
 __all__ = [
     "EDE_NAMES",
     "MAX_RECORD_BYTES",
+    "EventFields",
     "QueryRecord",
+    "RecordBatch",
     "RecordEncoder",
+    "answer_is_blocking",
     "class_name",
     "ede_name",
     "encode_records",
@@ -183,6 +198,53 @@ class QueryRecord(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"QueryRecord({self.line})"
+
+
+#: Where a record's line holds its timestamp (`{"timestamp":"2025-11-26T10:10:30.567Z",`).
+_STAMP_SLICE = slice(len('{"timestamp":"'), len('{"timestamp":"2025-11-26T10:10:30.567Z'))
+
+
+class RecordBatch(Sequence[QueryRecord]):
+    """Records as the exporter hands them to the sinks: their lines, one `QueryRecord`
+    made only for a sink that reads one, and their NDJSON bytes (`encode_records`) made
+    once for every sink that writes them."""
+
+    __slots__ = ("_data", "kinds", "lines")
+
+    def __init__(self, lines: list[str], kinds: list[str]) -> None:
+        self.lines = lines
+        self.kinds = kinds
+        self._data: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @overload
+    def __getitem__(self, index: int) -> QueryRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[QueryRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> QueryRecord | Sequence[QueryRecord]:
+        if isinstance(index, slice):
+            return RecordBatch(self.lines[index], self.kinds[index])
+        line = self.lines[index]
+        return QueryRecord(line, self.kinds[index], line[_STAMP_SLICE])
+
+    def __iter__(self) -> Iterator[QueryRecord]:
+        for line, kind in zip(self.lines, self.kinds, strict=True):
+            yield QueryRecord(line, kind, line[_STAMP_SLICE])
+
+    @property
+    def data(self) -> bytes:
+        """The records as NDJSON bytes, as `encode_records` writes them."""
+        data = self._data
+        if data is None:
+            data = self._data = _ndjson(self.lines)
+        return data
+
+    def __repr__(self) -> str:
+        return f"RecordBatch({len(self.lines)} records)"
 
 
 def class_name(code: int) -> str:
@@ -554,43 +616,131 @@ class RecordEncoder:
         self._rcodes: dict[int, str] = {}
         self._edes: dict[tuple[tuple[int, str], ...], str] = {}
         self._policies: dict[Decision, str] = {}
+        # id(answer) -> what its record holds whoever asked (see `_answer_parts_of`)
+        self._parts: dict[int, _AnswerParts] = {}
+        self._shapes: dict[_Shape, _ShapeTexts] = {}
         # packet -> the answers' JSON at any age (and the records it was made from)
         self._answers: dict[PacketBody, _AnswerText] = {}
         self._answer_chars = 0
 
     def encode(self, event: QueryEvent) -> QueryRecord:
         """The query record of `event`, as the `QueryRecord` every sink gets."""
-        answer = event.answer
+        return self.encode_fields(
+            event.timestamp,
+            event.client,
+            event.transport,
+            event.question,
+            event.edns,
+            event.answer,
+            event.response_size,
+            event.age,
+        )
+
+    def encode_fields(
+        self,
+        timestamp: float,
+        client: str,
+        transport: str,
+        question: bytes,
+        edns: bool,
+        answer: Answer,
+        response_size: int = 0,
+        age: int = 0,
+    ) -> QueryRecord:
+        """The query record of a query given as `QueryEvent`'s fields, in their order."""
+        fields = (timestamp, client, transport, question, edns, answer, response_size, age)
+        batch, _, failures = self.encode_batch([fields])
+        if failures:
+            raise failures[0][1]
+        return batch[0]
+
+    def encode_batch(
+        self, events: Iterable[EventFields], *, blocked: bool = False
+    ) -> tuple[RecordBatch, RecordBatch | None, list[tuple[EventFields, Exception]]]:
+        """The records of queries given as `QueryEvent`'s fields, in their order (the
+        exporter queues them as plain tuples: no event object is made per query).
+
+        Returns every record that could be built, with `blocked` those of them that
+        `is_blocking` keeps too, and the queries whose record could not be built with why.
+        """
+        # One loop with the memos at hand, and no object per record: this runs per query.
+        lines: list[str] = []
+        kinds: list[str] = []
+        blocked_lines: list[str] = []
+        blocked_kinds: list[str] = []
+        failures: list[tuple[EventFields, Exception]] = []
+        clients, questions, parts_memo = self._clients, self._questions, self._parts
+        unmeasured = self._unmeasured_chars
+        for fields in events:
+            try:
+                timestamp, client, transport, question, edns, answer, _, age = fields
+                # As `_milliseconds` reckons them.
+                millis = int(timestamp * 1000 + 0.001)
+                stamp = self._stamp_text if millis == self._stamp_ms else self._timestamp(millis)
+                client_json = clients.get(client) or self._client_json(client)
+                protocol = _PROTOCOL_JSON.get(transport) or _protocol_json(transport)
+                question_json = questions.get(question) or self._question_json(question)
+                parts = parts_memo.get(id(answer))
+                if parts is None or parts[0] is not answer:
+                    parts = self._answer_parts_of(answer)
+                _, kind_value, middle, plain_end, edns_end, listed, blocking = parts
+                answers = self._answers_json(question, answer, age) if listed else "[]"
+                end = edns_end if edns else plain_end
+                line = (
+                    f'{{"timestamp":"{stamp}","clientIp":{client_json},"protocol":{protocol},'
+                    f'"question":{question_json},{middle}{answers}{end}'
+                )
+                if len(line) > unmeasured and answers != "[]":
+                    line = self._capped(line, answers, end)
+            except Exception as problem:
+                failures.append((fields, problem))
+                continue
+            lines.append(line)
+            kinds.append(kind_value)
+            if blocked and blocking:
+                blocked_lines.append(line)
+                blocked_kinds.append(kind_value)
+        kept = RecordBatch(blocked_lines, blocked_kinds) if blocked else None
+        return RecordBatch(lines, kinds), kept, failures
+
+    def _answer_parts_of(self, answer: Answer) -> _AnswerParts:
+        """What the record of `answer` holds whoever asked, kept by the answer's identity
+        (it is held, so its id names no other answer while kept): `responseCode` to
+        `"answers":`, and what follows the answers without EDNS and with it. The texts are
+        shared by every answer of the same shape (a cached NOERROR answer's are all alike),
+        but for an upstream's round trip, which each `Recursive` answer has its own of."""
         kind = answer.kind
-        kind_value = _KIND_VALUES[kind]
-        # The memo lookups are written out here: this runs for every query.
-        millis = _milliseconds(event.timestamp)
-        timestamp = self._stamp_text if millis == self._stamp_ms else self._timestamp(millis)
-        client = self._clients.get(event.client) or self._client_json(event.client)
-        protocol = _PROTOCOL_JSON.get(event.transport) or _protocol_json(event.transport)
-        question = self._questions.get(event.question) or self._question_json(event)
-        rcode = self._rcodes.get(answer.rcode) or self._rcode_json(answer.rcode)
-        answers = "[]"
-        if answer.answers or answer.packet is not None:
-            answers = self._answers_json(event)
-        ede = "[]"
-        if event.edns and answer.ede:
-            ede = self._edes.get(answer.ede) or self._ede_json(answer.ede)
-        rtt = ""
+        listed = bool(answer.answers) or answer.packet is not None
+        shape = (answer.rcode, kind, answer.ede, answer.decision, listed)
+        texts = self._shapes.get(shape) or self._shape_texts(shape)
+        kind_value, middle, plain_end, edns_end, _, blocking, ede, policy = texts
         if kind is Kind.RECURSIVE and answer.rtt is not None:
             rtt = f',"responseRtt":{round(answer.rtt * 1000.0, 3)!r}'
-        decision = answer.decision
+            plain_end = f',"edns":[]{rtt}{policy}}}'
+            edns_end = f',"edns":{ede}{rtt}{policy}}}'
+        parts = (answer, kind_value, middle, plain_end, edns_end, listed, blocking)
+        # An answer straight from the upstream is not seen again: not kept.
+        if answer.packet is not None:
+            self._remember(self._parts, id(answer), parts)
+        return parts
+
+    def _shape_texts(self, shape: _Shape) -> _ShapeTexts:
+        rcode_value, kind, ede_value, decision, listed = shape
+        kind_value = _KIND_VALUES[kind]
+        rcode = self._rcodes.get(rcode_value) or self._rcode_json(rcode_value)
+        middle = f'"responseCode":{rcode},"responseType":"{kind_value}","answers":'
+        ede = "[]"
+        if ede_value:
+            ede = self._edes.get(ede_value) or self._ede_json(ede_value)
         policy = ""
         if decision is not None:
             policy = f',"policy":{self._policies.get(decision) or self._policy_json(decision)}'
-        line = (
-            f'{{"timestamp":"{timestamp}","clientIp":{client},"protocol":{protocol},'
-            f'"question":{question},"responseCode":{rcode},"responseType":"{kind_value}",'
-            f'"answers":{answers},"edns":{ede}{rtt}{policy}}}'
+        blocking = kind is Kind.BLOCKED or (
+            decision is not None and decision.action is Action.BLOCK
         )
-        if len(line) > self._unmeasured_chars and answers != "[]":
-            line = self._capped(line, answers, f',"edns":{ede}{rtt}{policy}}}')
-        return QueryRecord(line, kind_value, timestamp)
+        plain_end, edns_end = f',"edns":[]{policy}}}', f',"edns":{ede}{policy}}}'
+        texts = (kind_value, middle, plain_end, edns_end, listed, blocking, ede, policy)
+        return self._remember(self._shapes, shape, texts)
 
     def _capped(self, line: str, answers: str, tail: str) -> str:
         """`line` with as many of its first answers as fit `max_record_bytes`, marked
@@ -617,7 +767,7 @@ class RecordEncoder:
         self._cut = (answers, parts, prefix_sizes)
         return parts, prefix_sizes
 
-    def _remember(self, memo: dict[Any, str], key: Any, text: str) -> str:
+    def _remember(self, memo: dict[Any, Any], key: Any, text: Any) -> Any:
         if len(memo) >= self.memo_size:
             memo.clear()
         memo[key] = text
@@ -631,13 +781,15 @@ class RecordEncoder:
     def _client_json(self, client: str) -> str:
         return self._remember(self._clients, client, _dumps(client))
 
-    def _question_json(self, event: QueryEvent) -> str:
+    def _question_json(self, question: bytes) -> str:
+        qtype = int.from_bytes(question[-4:-2], "big")
+        qclass = int.from_bytes(question[-2:], "big")
         text = (
-            f'{{"questionName":{_json_string(_question_name(event.question))},'
-            f'"questionType":{_json_string(qtype_name(event.qtype))},'
-            f'"questionClass":{_json_string(class_name(event.qclass))}}}'
+            f'{{"questionName":{_json_string(_question_name(question))},'
+            f'"questionType":{_json_string(qtype_name(qtype))},'
+            f'"questionClass":{_json_string(class_name(qclass))}}}'
         )
-        return self._remember(self._questions, event.question, text)
+        return self._remember(self._questions, question, text)
 
     def _rcode_json(self, rcode: int) -> str:
         return self._remember(self._rcodes, rcode, _dumps(rcode_name(rcode)))
@@ -649,24 +801,23 @@ class RecordEncoder:
     def _policy_json(self, decision: Decision) -> str:
         return self._remember(self._policies, decision, _dumps(_policy(decision)))
 
-    def _answers_json(self, event: QueryEvent) -> str:
-        answer = event.answer
+    def _answers_json(self, question: bytes, answer: Answer, age: int) -> str:
         records = answer.answers
         packet = answer.packet
         if not records:
             if packet is None or not packet.counts[0]:
                 return "[]"
             # Owned by the question's name, which differs from query to query: not kept.
-            records = _packet_answers(event.question, packet)
-            return _answer_list(records, answer.authentic, event.age)
+            records = _packet_answers(question, packet)
+            return _answer_list(records, answer.authentic, age)
         if packet is None:
             # Straight from the upstream: these records are not seen again.
-            return _answer_list(records, answer.authentic, event.age)
+            return _answer_list(records, answer.authentic, age)
         found = self._answers.get(packet)
         if found is None or found.records is not records or found.authentic != answer.authentic:
             found = _AnswerText(records, answer.authentic)
             self._remember_answers(packet, found)
-        return found.at(event.age)
+        return found.at(age)
 
     def _remember_answers(self, packet: PacketBody, entry: _AnswerText) -> None:
         memo = self._answers
@@ -716,10 +867,13 @@ def is_blocking(event: QueryEvent) -> bool:
 
     This is what `include = "blocked"` keeps.
     """
-    decision = event.answer.decision
-    return event.answer.kind is Kind.BLOCKED or (
-        decision is not None and decision.action is Action.BLOCK
-    )
+    return answer_is_blocking(event.answer)
+
+
+def answer_is_blocking(answer: Answer) -> bool:
+    """`is_blocking` for a query answered with `answer`."""
+    decision = answer.decision
+    return answer.kind is Kind.BLOCKED or (decision is not None and decision.action is Action.BLOCK)
 
 
 def _utf8_size(text: str) -> int:
@@ -727,23 +881,16 @@ def _utf8_size(text: str) -> int:
     return len(text.encode("utf-8", "backslashreplace"))
 
 
-class _LastBatch:
-    """The batch `encode_records` encoded last and its bytes: the exporter hands one tuple
-    to every sink, and the JSONL file and the syslog worker take the same bytes."""
-
-    records: Sequence[QueryRecord] | None = None
-    data = b""
+def _ndjson(lines: list[str]) -> bytes:
+    if not lines:
+        return b""
+    return ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace")
 
 
 def encode_records(records: Sequence[QueryRecord]) -> bytes:
     """Records as NDJSON bytes: one line each, every line ending in a newline."""
     if not records:
         return b""
-    if records is _LastBatch.records:
-        return _LastBatch.data
-    text = "\n".join([record.line for record in records])
-    data = (text + "\n").encode("utf-8", "backslashreplace")
-    if isinstance(records, tuple):
-        # Only a tuple is kept: it cannot change (the exporter hands its batches as tuples).
-        _LastBatch.records, _LastBatch.data = records, data
-    return data
+    if isinstance(records, RecordBatch):
+        return records.data
+    return _ndjson([record.line for record in records])
