@@ -354,9 +354,9 @@ class _BlockEverything:
         return misp_decision(query.name)
 
 
-def test_responder_feeds_the_exporter_for_every_answered_query() -> None:
-    """Wired as tap.py does, each answered query reaches the sinks as a record, whether
-    the fast path (plain UDP) or the full path (TCP, refused) answered it."""
+def _records_of_three_queries(wiring: str) -> list[Any]:
+    """The records of a blocked UDP query (fast path), a TXT report over TCP and a refused
+    query, with the exporter fed by the responder's `recorder` or as an observer."""
     clock = Clock()
     clock.advance(1764151830.5)
     sink = MemorySink()
@@ -370,14 +370,27 @@ def test_responder_feeds_the_exporter_for_every_answered_query() -> None:
         "dns.example.net",
     )
     responder = Responder(resolver, acl, clock)
-    responder.observers.append(exporter.observe)
+    if wiring == "recorder":
+        responder.recorder = exporter.record
+    else:
+        responder.observers.append(exporter.observe)
     query = dns.message.make_query("StemTopx.com", "A", use_edns=0).to_wire()
     txt = dns.message.make_query("stemtopx.com", "TXT").to_wire()
     assert isinstance(responder.respond(query, "127.0.0.1", "udp"), bytes)
     assert isinstance(responder.respond(txt, "127.0.0.1", "tcp"), bytes)
     assert isinstance(responder.respond(query, "192.0.2.1", "tcp"), bytes)
+    assert responder.counters.fast == 1
     clock.advance(0.05)
-    records = sink.records
+    return sink.records
+
+
+def test_responder_feeds_the_exporter_for_every_answered_query() -> None:
+    """Wired as tap.py does (the responder's `recorder`, no event object per query), each
+    answered query reaches the sinks as a record, whether the fast path (plain UDP) or the
+    full path (TCP, refused) answered it: the very record an observer's event gives."""
+    records = _records_of_three_queries("recorder")
+    observed = _records_of_three_queries("observers")
+    assert [r.line for r in records] == [r.line for r in observed]
     assert [(r["responseType"], r["protocol"], r["clientIp"]) for r in records] == [
         ("Blocked", "Udp", "127.0.0.1"),
         ("Blocked", "Tcp", "127.0.0.1"),

@@ -414,3 +414,51 @@ def test_zone_hook_answers_udp_with_bytes_only() -> None:
     answer = responder.respond(query("other.test"), "127.0.0.1", "udp")
     assert isinstance(answer, bytes)
     assert dns.message.from_wire(answer).answer[0][0].address == "192.0.2.7"
+
+
+def _cached_resolver() -> ScriptedResolver:
+    """A resolver holding a cached answer for www.example.com, as the fast path takes it."""
+    from misp_dns.dns.cache import AnswerCache
+
+    cache = AnswerCache(10, Clock())
+    record = tdns.RRHeader(b"www.example.com", tdns.A, tdns.IN, 60, tdns.Record_A("192.0.2.7"))
+    key = (b"\x03www\x07example\x03com\x00", tdns.A, tdns.IN, False, 0)
+    cache.put(key, Answer(tdns.OK, answers=(record,)))
+    resolver = ScriptedResolver()
+    resolver.answer_at_once = lambda decision, wanted: cache.lookup(wanted)  # type: ignore[method-assign]
+    return resolver
+
+
+def test_recorder_gets_the_fields_of_every_answered_query() -> None:
+    """The recorder (the exporter) gets each answered query as `QueryEvent`'s fields, no
+    event made: the very event the observers get, on the fast path (cached, plain UDP)
+    and on the full path (TCP)."""
+    responder = make_responder(_cached_resolver())
+    recorded: list[tuple[Any, ...]] = []
+    events: list[QueryEvent] = []
+    responder.recorder = lambda *fields: recorded.append(fields)
+    responder.observers.append(events.append)
+    responder.respond(query(), "127.0.0.1", "udp")
+    responder.respond(query("other.example"), "127.0.0.1", "tcp")
+    assert responder.counters.fast == 1
+    assert [QueryEvent(*fields) for fields in recorded] == events
+    assert [(e.transport, e.answer.kind.value) for e in events] == [
+        ("udp", "Cached"),
+        ("tcp", "Recursive"),
+    ]
+
+
+@pytest.mark.allow_errors
+def test_failing_recorder_does_not_cost_the_answer(logged_errors: list[dict[str, Any]]) -> None:
+    """A recorder that raises is logged; the client still gets its answer, on either path."""
+    responder = make_responder(_cached_resolver())
+
+    def broken(*fields: Any) -> None:
+        raise RuntimeError("exporter exploded")
+
+    responder.recorder = broken
+    for transport in ("udp", "tcp"):
+        wire = responder.respond(query(), "127.0.0.1", transport)
+        assert isinstance(wire, bytes)
+        assert dns.message.from_wire(wire).rcode() == dns.rcode.NOERROR
+    assert len(logged_errors) == 2
