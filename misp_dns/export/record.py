@@ -35,9 +35,10 @@ working, plus our own `policy`:
 
 One `RecordEncoder` writes the records: the exporter makes one and owns it. It builds each
 record straight as its JSON line, reusing the JSON of the parts that repeat from query to
-query (question, client, EDE list, policy, the answers of a cached entry), and hands it out
-as a `QueryRecord`, a read-only mapping that carries its line, so every sink shares one
-serialization.
+query (question, client, EDE list, policy, the answers of a cached entry), and hands a
+batch out as a `RecordBatch`: a sequence of `QueryRecord`s (read-only mappings that carry
+their line, made only for a sink that reads them) whose NDJSON bytes are made once, so
+every sink shares one serialization.
 """
 
 from __future__ import annotations
@@ -589,10 +590,17 @@ class RecordEncoder:
     the answers memo also stops at `answer_memo_chars` characters. Memos are keyed by
     values (the question's bytes, the client, the decision), except the answers memo, which
     is keyed by the cached entry's pre-encoded packet and holds it (and the records it
-    was made from), so no entry can be taken for another answer's. A cached answer ages a
-    second at a time, and a text for every age would fill the memo with near copies (a
-    40-record answer is 5 kB of JSON): each answer's text is kept in two pieces around its
-    TTL, with the text of the age it was last served at.
+    was made from), so no entry can be taken for another answer's, and the memo of what a
+    record holds whoever asked (response code to policy, with and without EDNS), which is
+    keyed by the answer object's identity and holds it (a cached or blocked answer is one
+    object served again and again), its texts shared by answers alike. A cached answer
+    ages a second at a time, and a text for every age would fill the memo with near copies
+    (a 40-record answer is 5 kB of JSON): each answer's text is kept in two pieces around
+    its TTL, with the text of the age it was last served at.
+
+    `encode_batch` is what the exporter calls: one loop over a batch of queries given as
+    `QueryEvent`'s fields, returning a `RecordBatch`; `encode` and `encode_fields` go
+    through it, so a record is the same bytes however it was asked for.
     """
 
     def __init__(
