@@ -250,7 +250,7 @@ def in_process(queries: int = 40_000, rounds: int = 5) -> float:
     exporter.startService()
 
     def run(observe: bool) -> float:
-        responder.observers[:] = [exporter.observe] if observe else []
+        responder.recorder = exporter.record if observe else None  # as tap.py wires it
         started = time.process_time()
         for index in range(queries):
             responder.respond(wires[index % len(wires)], "127.0.0.1", "udp")
