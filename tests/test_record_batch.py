@@ -4,7 +4,9 @@ memos hold, and a `RecordBatch` that sinks read as records or write as NDJSON.""
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from typing import Any
 
 import attrs
@@ -182,3 +184,19 @@ def test_a_record_batch_reads_as_its_records_and_writes_as_ndjson() -> None:
     assert batch.data == encode_records(records) == encode_records(batch)
     assert batch.data is batch.data
     assert encode_records(RecordBatch([], [])) == b""
+
+
+def test_the_encoder_keeps_no_answer_alive() -> None:
+    """An answer the cache (or the policy) has let go of is freed though its records were
+    written: the encoder remembers what its records hold without holding it, and a new
+    answer given the freed one's place in memory gets its own record."""
+    encoder = RecordEncoder()
+    event = _cached("gone.example", 3)
+    gone = weakref.ref(event.answer)
+    encoder.encode(event)
+    del event
+    gc.collect()
+    assert gone() is None
+    for index in range(50):  # new answers, some of them where a freed one was
+        fresh = _cached(f"n{index}.example", 1 + index % 3)
+        assert encoder.encode(fresh).line == RecordEncoder().encode(fresh).line

@@ -50,6 +50,7 @@ import re
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, overload
@@ -68,8 +69,6 @@ if TYPE_CHECKING:
 #: the answers without EDNS and with it, whether the answers are to be written, whether
 #: `is_blocking` keeps the record, and its `edns` and `policy` JSON.
 _ShapeTexts = tuple[str, str, str, str, bool, bool, str, str]
-#: The answer and its `_ShapeTexts`.
-_AnswerParts = tuple["Answer", str, str, str, str, bool, bool]
 #: A query as the exporter queues it: `QueryEvent`'s fields, in their order.
 EventFields = tuple[float, str, str, bytes, bool, "Answer", int, int]
 #: What an answer's `_ShapeTexts` are made of: RCODE, kind, EDE, policy decision, and
@@ -592,8 +591,8 @@ class RecordEncoder:
     is keyed by the cached entry's pre-encoded packet and holds it (and the records it
     was made from), so no entry can be taken for another answer's, and the memo of what a
     record holds whoever asked (response code to policy, with and without EDNS), which is
-    keyed by the answer object's identity and holds it (a cached or blocked answer is one
-    object served again and again), its texts shared by answers alike. A cached answer
+    keyed by the answer object's identity (a cached or blocked answer is one object served
+    again and again) and refers to it weakly, its texts shared by answers alike. A cached answer
     ages a second at a time, and a text for every age would fill the memo with near copies
     (a 40-record answer is 5 kB of JSON): each answer's text is kept in two pieces around
     its TTL, with the text of the age it was last served at.
@@ -625,7 +624,7 @@ class RecordEncoder:
         self._edes: dict[tuple[tuple[int, str], ...], str] = {}
         self._policies: dict[Decision, str] = {}
         # id(answer) -> what its record holds whoever asked (see `_answer_parts_of`)
-        self._parts: dict[int, _AnswerParts] = {}
+        self._parts: dict[int, _KnownAnswer] = {}
         self._shapes: dict[_Shape, _ShapeTexts] = {}
         # packet -> the answers' JSON at any age (and the records it was made from)
         self._answers: dict[PacketBody, _AnswerText] = {}
@@ -688,10 +687,10 @@ class RecordEncoder:
                 client_json = clients.get(client) or self._client_json(client)
                 protocol = _PROTOCOL_JSON.get(transport) or _protocol_json(transport)
                 question_json = questions.get(question) or self._question_json(question)
-                parts = parts_memo.get(id(answer))
-                if parts is None or parts[0] is not answer:
-                    parts = self._answer_parts_of(answer)
-                _, kind_value, middle, plain_end, edns_end, listed, blocking = parts
+                known = parts_memo.get(id(answer))
+                if known is None or known() is not answer:
+                    known = self._answer_parts_of(answer)
+                kind_value, middle, plain_end, edns_end, listed, blocking, _, _ = known.texts
                 answers = self._answers_json(question, answer, age) if listed else "[]"
                 end = edns_end if edns else plain_end
                 line = (
@@ -711,26 +710,28 @@ class RecordEncoder:
         kept = RecordBatch(blocked_lines, blocked_kinds) if blocked else None
         return RecordBatch(lines, kinds), kept, failures
 
-    def _answer_parts_of(self, answer: Answer) -> _AnswerParts:
+    def _answer_parts_of(self, answer: Answer) -> _KnownAnswer:
         """What the record of `answer` holds whoever asked, kept by the answer's identity
-        (it is held, so its id names no other answer while kept): `responseCode` to
-        `"answers":`, and what follows the answers without EDNS and with it. The texts are
+        with a weak reference to it (so the memo keeps no answer alive, and an id that
+        names another answer since is told apart): `responseCode` to `"answers":`, and
+        what follows the answers without EDNS and with it. The texts are
         shared by every answer of the same shape (a cached NOERROR answer's are all alike),
         but for an upstream's round trip, which each `Recursive` answer has its own of."""
         kind = answer.kind
         listed = bool(answer.answers) or answer.packet is not None
         shape = (answer.rcode, kind, answer.ede, answer.decision, listed)
         texts = self._shapes.get(shape) or self._shape_texts(shape)
-        kind_value, middle, plain_end, edns_end, _, blocking, ede, policy = texts
         if kind is Kind.RECURSIVE and answer.rtt is not None:
+            kind_value, middle, _, _, _, blocking, ede, policy = texts
             rtt = f',"responseRtt":{round(answer.rtt * 1000.0, 3)!r}'
             plain_end = f',"edns":[]{rtt}{policy}}}'
             edns_end = f',"edns":{ede}{rtt}{policy}}}'
-        parts = (answer, kind_value, middle, plain_end, edns_end, listed, blocking)
+            texts = (kind_value, middle, plain_end, edns_end, listed, blocking, ede, policy)
+        known = _KnownAnswer(answer, texts)
         # An answer straight from the upstream is not seen again: not kept.
         if answer.packet is not None:
-            self._remember(self._parts, id(answer), parts)
-        return parts
+            self._remember(self._parts, id(answer), known)
+        return known
 
     def _shape_texts(self, shape: _Shape) -> _ShapeTexts:
         rcode_value, kind, ede_value, decision, listed = shape
@@ -838,6 +839,23 @@ class RecordEncoder:
             self._answer_chars -= replaced.chars
         memo[packet] = entry
         self._answer_chars += size
+
+
+class _KnownAnswer(weakref.ref["Answer"]):
+    """A weak reference to an answer that carries its `_ShapeTexts` (with its round trip,
+    if any): one small object per answer the encoder remembers."""
+
+    __slots__ = ("texts",)
+    texts: _ShapeTexts
+
+    def __new__(cls, answer: Answer, texts: _ShapeTexts) -> _KnownAnswer:
+        known = super().__new__(cls, answer)
+        known.texts = texts
+        return known
+
+    def __init__(self, answer: Answer, texts: _ShapeTexts) -> None:
+        """Made whole by `__new__` (`weakref.ref.__init__` would take `texts` for a
+        callback)."""
 
 
 class _AnswerText:
