@@ -24,8 +24,8 @@ from twisted.names import dns
 from misp_dns.dns.wire import (
     EDNS_UDP_SIZE,
     OPT,
+    OPTION_EDE,
     PLAIN_UDP_SIZE,
-    encode_ede,
     encode_opt,
     encode_sections,
     presentation_name,
@@ -123,7 +123,7 @@ def read_plain_query(data: bytes) -> PlainQuery | None:
     offset = 12
     length = data[12]
     while length:
-        if length > 63 or 46 in data[offset + 1 : offset + 1 + length]:
+        if length > 63 or data.find(46, offset + 1, offset + 1 + length) >= 0:
             return None  # a pointer, a reserved label type, or a label holding a dot
         offset += length + 1
         if offset >= size:
@@ -272,26 +272,32 @@ def empty_body(rcode: int) -> PacketBody:
 
 
 _PLAIN_OPT = {do: encode_opt(EDNS_UDP_SIZE, dnssec_ok=do) for do in (False, True)}
-_OPT_MEMO: dict[tuple[bool, tuple[tuple[int, str], ...]], bytes] = {}
-# One OPT (with its EDE text) per blocked indicator recently asked about.
-_OPT_MEMO_SIZE = 131072
+# Per DO bit: one OPT (with its EDE text) per blocked indicator recently asked about.
+_OPT_MEMO: dict[bool, dict[tuple[tuple[int, str], ...], bytes]] = {False: {}, True: {}}
+_OPT_MEMO_SIZE = 65536
+# An OPT record's fixed part (root owner, type, UDP size, TTL holding the DO bit, RDLENGTH).
+_OPT_HEAD = struct.Struct("!BHHIH")
+# An option's code and length, and an EDE option's INFO-CODE.
+_EDE_HEAD = struct.Struct("!HHH")
 
 
 def opt_record(dnssec_ok: bool, ede: tuple[tuple[int, str], ...] = ()) -> bytes:
-    """Our OPT record: UDP size 1232, the client's DO bit, and any Extended DNS Errors."""
+    """Our OPT record: UDP size 1232, the client's DO bit, and any Extended DNS Errors
+    (the bytes `encode_opt` gives with `encode_ede` options, built here in one go)."""
     if not ede:
         return _PLAIN_OPT[dnssec_ok]
-    key = (dnssec_ok, ede)
-    opt = _OPT_MEMO.get(key)
+    memo = _OPT_MEMO[dnssec_ok]
+    opt = memo.get(ede)
     if opt is None:
-        if len(_OPT_MEMO) >= _OPT_MEMO_SIZE:
-            _OPT_MEMO.clear()
-        opt = encode_opt(
-            EDNS_UDP_SIZE,
-            dnssec_ok=dnssec_ok,
-            options=[encode_ede(code, text) for code, text in ede],
-        )
-        _OPT_MEMO[key] = opt
+        if len(memo) >= _OPT_MEMO_SIZE:
+            memo.clear()
+        options = b""
+        for code, text in ede:
+            extra = text.encode("utf-8")
+            options += _EDE_HEAD.pack(OPTION_EDE, 2 + len(extra), code) + extra
+        flags = 0x8000 if dnssec_ok else 0
+        opt = _OPT_HEAD.pack(0, OPT, EDNS_UDP_SIZE, flags, len(options)) + options
+        memo[ede] = opt
     return opt
 
 
