@@ -219,3 +219,67 @@ def test_the_answer_policy_double_keeps_to_the_interface() -> None:
     """The test double above provides IAnswerPolicy, so these tests say what the chain
     does with a real one."""
     assert verifyObject(IAnswerPolicy, ListedNames("x", set()))
+
+
+class ByName:
+    """A policy deciding on the name alone, offering `decide_name`; it counts how it is
+    asked, and raises for a name it is told to."""
+
+    name = "by-name"
+
+    def __init__(self, blocked: str, broken: str = "") -> None:
+        self.blocked, self.broken = blocked, broken
+        self.full: list[PolicyQuery] = []
+
+    def decide(self, query: PolicyQuery) -> Decision | None:
+        self.full.append(query)
+        return self.decide_name(query.name, query.qclass)
+
+    def decide_name(self, name: str, qclass: int) -> Decision | None:
+        if name == self.broken:
+            raise ValueError(name)
+        return Decision(Action.BLOCK, "by-name", name) if name == self.blocked else None
+
+
+class ByClient:
+    """A policy that looks at the whole query: it allows one client, whatever it asks."""
+
+    name = "by-client"
+
+    def __init__(self) -> None:
+        self.asked: list[PolicyQuery] = []
+
+    def decide(self, query: PolicyQuery) -> Decision | None:
+        self.asked.append(query)
+        return Decision(Action.ALLOW, "by-client") if query.client == "192.0.2.9" else None
+
+
+def test_a_plain_question_reaches_every_policy_as_the_whole_query_would() -> None:
+    """`decide_plain` gives what `decide` gives: the name-only policy is asked by name,
+    the first decision still wins, and a policy without `decide_name` gets the whole query,
+    client and all (built once, for it alone)."""
+    by_name, by_client = ByName("evil.test"), ByClient()
+    chain = PolicyChain([by_name, by_client, Quiet()])
+    fields = ("fine.test", 28, 1, "192.0.2.9", "tcp", True, True)
+    assert chain.decide_plain(*fields) == chain.decide(PolicyQuery(*fields))
+    decision = chain.decide_plain(*fields)
+    assert decision is not None and decision.source == "by-client"
+    assert by_client.asked[-1] == PolicyQuery(*fields)
+    blocked = chain.decide_plain("evil.test", 1, 1, "192.0.2.9", "udp", False, False)
+    assert blocked is not None and blocked.source == "by-name"
+    assert by_client.asked[-1].name == "fine.test"  # the chain stopped at the block
+    assert len(by_name.full) == 1  # only `decide` itself built its query for it
+    assert chain.decide_plain("fine.test", 1, 1, "192.0.2.1", "udp", False, False) is None
+
+
+@pytest.mark.allow_errors
+def test_a_name_only_policy_that_raises_fails_the_query_too() -> None:
+    """A raising `decide_name` is a failing policy like any other: SERVFAIL's decision and
+    a log line naming it, and the policies after it are not asked."""
+    by_client = ByClient()
+    chain = PolicyChain([ByName("", broken="evil.test"), by_client], now=Clock().seconds)
+    with capturedLogs() as events:
+        decision = chain.decide_plain("evil.test", 1, 1, "192.0.2.9", "udp", False, False)
+    assert decision is POLICY_FAILED
+    assert chain.failures == 1 and not by_client.asked
+    assert "policy[0] (by-name) raised ValueError" in lines(events)[0]

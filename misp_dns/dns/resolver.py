@@ -99,7 +99,11 @@ class ChainResolver:
         self.forwarder = forwarder
         self.server_name = server_name
         self.upstream_failures = 0
-        self._blocked: dict[tuple[Decision, object], Answer] = {}
+        # Blocked answers by decision: the NXDOMAIN/NODATA kind, the TXT report kind, and
+        # (by decision and type) those of local data.
+        self._blocked: dict[Decision, Answer] = {}
+        self._blocked_txt: dict[Decision, Answer] = {}
+        self._blocked_local: dict[tuple[Decision, int], Answer] = {}
         # What CH TXT id.server answers: the server's name, and in a group of serving
         # processes which one answered ("ns1.example worker 2").
         self._identity = chaos_identity_answer(identity or server_name)
@@ -118,9 +122,7 @@ class ChainResolver:
         """The policy chain's decision about a question (`name` as `presentation_name`)."""
         if not self.policy:
             return None
-        return self.policy.decide(
-            PolicyQuery(name, qtype, qclass, client, transport, edns, dnssec_ok)
-        )
+        return self.policy.decide_plain(name, qtype, qclass, client, transport, edns, dnssec_ok)
 
     def answer_at_once(self, decision: Decision | None, key: CacheKey) -> tuple[Answer, int] | None:
         """The blocked, cached or local answer and its age in the cache, or None to forward.
@@ -275,18 +277,28 @@ class ChainResolver:
 
     def blocked(self, decision: Decision, qtype: int) -> Answer:
         """The blocked answer for `decision`, the same object for the same decision."""
-        key: tuple[Decision, object] = (decision, qtype == dns.TXT and decision.add_txt_report)
         if decision.local_data:
-            key = (decision, qtype)
-        answer = self._blocked.get(key)
+            return self._blocked_local_data(decision, qtype)
+        memo = self._blocked_txt if qtype == dns.TXT and decision.add_txt_report else self._blocked
+        answer = memo.get(decision)
         if answer is None:
-            if len(self._blocked) >= BLOCKED_MEMO:
-                self._blocked.clear()
+            if len(memo) >= BLOCKED_MEMO:
+                memo.clear()
             if decision is POLICY_FAILED:
                 answer = policy_failure()
             else:
                 answer = blocked_answer(decision, qtype, self.server_name)
-            self._blocked[key] = answer
+            memo[decision] = answer
+        return answer
+
+    def _blocked_local_data(self, decision: Decision, qtype: int) -> Answer:
+        """The blocked answer of a decision answering local data, to a question of `qtype`."""
+        memo = self._blocked_local
+        answer = memo.get((decision, qtype))
+        if answer is None:
+            if len(memo) >= BLOCKED_MEMO:
+                memo.clear()
+            answer = memo[decision, qtype] = blocked_answer(decision, qtype, self.server_name)
         return answer
 
     def _settle(self, result: Answer | Failure, flight: _Flight) -> None:

@@ -93,7 +93,11 @@ class AllowlistPolicy:
 
     def decide(self, query: PolicyQuery) -> Decision | None:
         """ALLOW when the name is listed or below a listed name; otherwise no opinion."""
-        match = self.names.match(query.name)
+        return self.decide_name(query.name, query.qclass)
+
+    def decide_name(self, name: str, qclass: int) -> Decision | None:
+        """`decide` for a question of `name` (of any class): nothing else of it counts."""
+        match = self.names.match(name)
         if match is None:
             return None
         return Decision(Action.ALLOW, SOURCE, indicator=match.name, ede_code=None)

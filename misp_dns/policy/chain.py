@@ -18,12 +18,19 @@ thousands a second, so a line (let alone a traceback) per failure would flood th
 slow the very path it reports on, while the first line still comes at once. The error's
 message is left out: it can hold anything, an API key or a URL with credentials, and the
 type and place are what finding the bug takes.
+
+A policy whose decision depends on the question's name and class alone (the built-in ones)
+may offer `decide_name(name, qclass)`, giving what `decide` gives for any query of that
+name and class; the chain's `decide_plain` then asks it so, and builds a `PolicyQuery`
+(once) only for a policy without it. This is not part of `IPolicy`: a policy that never
+offers it is asked as before.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 from twisted.logger import Logger
@@ -59,6 +66,10 @@ class PolicyChain:
         # Asked once here, not per answer.
         self.answer_policies = tuple(p for p in self.policies if IAnswerPolicy.providedBy(p))
         self.failures = 0
+        # Per policy, in order: its `decide_name` if it offers one.
+        self._asking: tuple[tuple[IPolicy, Callable[[str, int], Any] | None], ...] = tuple(
+            (policy, getattr(policy, "decide_name", None)) for policy in self.policies
+        )
         self._now = now
         # Per policy index: when it was last reported, and its failures since.
         self._reported: dict[int, tuple[float, int]] = {}
@@ -71,6 +82,33 @@ class PolicyChain:
         try:
             for policy in self.policies:
                 decision = policy.decide(query)
+                if decision is not None:
+                    return decision
+        except Exception as error:
+            self._failed(policy, error)
+            return POLICY_FAILED
+        return None
+
+    def decide_plain(
+        self,
+        name: str,
+        qtype: int,
+        qclass: int,
+        client: str,
+        transport: str,
+        edns: bool,
+        dnssec_ok: bool,
+    ) -> Decision | None:
+        """`decide` of the `PolicyQuery` of these fields, built only if a policy needs it."""
+        query = None
+        try:
+            for policy, decide_name in self._asking:
+                if decide_name is not None:
+                    decision = decide_name(name, qclass)
+                else:
+                    if query is None:
+                        query = PolicyQuery(name, qtype, qclass, client, transport, edns, dnssec_ok)
+                    decision = policy.decide(query)
                 if decision is not None:
                     return decision
         except Exception as error:

@@ -134,20 +134,24 @@ class MispBlockingPolicy:
 
         Only class IN questions are decided: MISP's indicators are Internet names.
         """
-        if query.qclass != IN:
+        return self.decide_name(query.name, query.qclass)
+
+    def decide_name(self, name: str, qclass: int) -> Decision | None:
+        """`decide` for a question of `name` and `qclass`: nothing else of it counts."""
+        if qclass != IN:
             return None
         snapshot = self.updater.snapshot
         if snapshot is not self._decided_for:
             self._previous = self._by_indicator
             self._decided_for, self._by_name, self._by_indicator = snapshot, {}, {}
         by_name = self._by_name
-        decision = by_name.get(query.name, _UNKNOWN)
+        decision = by_name.get(name, _UNKNOWN)
         if decision is _UNKNOWN:
-            match = snapshot.match(query.name)
+            match = snapshot.match(name)
             decision = None if match is None else self._for_indicator(match)
             if len(by_name) >= DECISION_MEMO:
                 by_name.clear()
-            by_name[query.name] = decision
+            by_name[name] = decision
         return decision  # type: ignore[return-value]
 
     @property

@@ -202,7 +202,11 @@ class RpzPolicy:
 
     def decide(self, query: PolicyQuery) -> Decision | None:
         """The decision of the zone's QNAME triggers for `query`, or None."""
-        if query.qclass != IN:
+        return self.decide_name(query.name, query.qclass)
+
+    def decide_name(self, name: str, qclass: int) -> Decision | None:
+        """`decide` for a question of `name` and `qclass`: nothing else of it counts."""
+        if qclass != IN:
             return None
         zone = self.follower.zone
         if zone is None:
@@ -210,13 +214,13 @@ class RpzPolicy:
         if zone is not self._decided_for:
             self._decided_for, self._by_name, self._by_rule = zone, {}, {}
         by_name = self._by_name
-        decision = by_name.get(query.name, _UNKNOWN)
+        decision = by_name.get(name, _UNKNOWN)
         if decision is _UNKNOWN:
-            match = zone.match_name(query.name)
-            decision = None if match is None else self.decision(match, query.name)
+            match = zone.match_name(name)
+            decision = None if match is None else self.decision(match, name)
             if len(by_name) >= DECISION_MEMO:
                 by_name.clear()
-            by_name[query.name] = decision
+            by_name[name] = decision
         return decision  # type: ignore[return-value]
 
     @property
