@@ -65,6 +65,7 @@ from misp_dns.tsig import TsigKey, load_keys
 from misp_dns.values import Config, ConfigError, ServerConfig, Upstream
 
 __all__ = [
+    "COLLECTOR_THRESHOLDS",
     "ListenFailed",
     "Options",
     "SnapshotRelay",
@@ -73,6 +74,7 @@ __all__ = [
     "cannot_listen_message",
     "makeService",
     "raise_open_files_limit",
+    "settle_collector",
     "upstreams_of",
 ]
 
@@ -143,6 +145,22 @@ class Options(usage.Options):
             log.warn("{warning}", warning=line)
 
 
+#: The cyclic collector's thresholds while serving (`gc.set_threshold`). Python's (700, 10,
+#: 10) make it walk every object still alive again and again while the answer memos fill
+#: with first-seen names: a quarter of a cold blocked answer's cost (bench/RESULTS.md,
+#: issue 17). Reference counting frees nearly everything an answer makes, so the
+#: collector only finds the rare cycle (a failed Deferred), later.
+COLLECTOR_THRESHOLDS = (20_000, 20, 100)
+
+
+def settle_collector() -> None:
+    """Set the collector up for serving: what was built at start is frozen (it lives as
+    long as the server, and full passes over it would stall answers for tens of ms), and
+    collections come at `COLLECTOR_THRESHOLDS`."""
+    gc.freeze()
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
+
+
 class ListenFailed(Exception):
     """An address could not be listened on; the message is the one line saying why."""
 
@@ -176,9 +194,7 @@ class _ServerService(service.MultiService):
         log.info("{summary}", summary=self.summary)
         for line in self.details:
             log.info("{detail}", detail=line)
-        # Everything built at start lives as long as the server: keep it out of the cyclic
-        # collector's full passes, which would otherwise stall answers for tens of ms.
-        gc.freeze()
+        settle_collector()
 
     @contextmanager
     def _ending_when_cannot_listen(self) -> Iterator[None]:
