@@ -46,3 +46,19 @@ def test_bad_names_and_missing_files_are_config_errors(tmp_path: Path) -> None:
     assert caught.value.problems[0].startswith(f"allowlist {listed}:2: ")
     with pytest.raises(ConfigError, match="cannot read"):
         AllowlistPolicy.from_config(AllowlistOptions(files=(str(tmp_path / "nope.txt"),)))
+
+
+def test_a_name_allowed_again_gets_the_same_decision() -> None:
+    """Every query under one listed name gets one decision object, equal to what the query
+    log has always shown (ALLOW, the listed name, no EDE), so nothing is built per query."""
+    policy = AllowlistPolicy.from_config(AllowlistOptions(domains=("example.com",)))
+    first = policy.decide(PolicyQuery("www.example.com", 1))
+    assert first is not None
+    assert (first.action, first.source, first.indicator, first.ede_code) == (
+        Action.ALLOW,
+        "allowlist",
+        "example.com",
+        None,
+    )
+    assert policy.decide(PolicyQuery("mail.example.com", 1)) is first
+    assert policy.decide(PolicyQuery("example.com", 28)) is first

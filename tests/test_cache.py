@@ -7,6 +7,7 @@ from twisted.names import dns
 
 from misp_dns.dns.cache import AnswerCache
 from misp_dns.event import Answer, Kind
+from misp_dns.interfaces import Action, Decision
 
 KEY = (b"\x03www\x07example\x03com\x00", dns.A, dns.IN, False, 0)
 
@@ -134,3 +135,20 @@ def test_hits_and_misses_are_counted() -> None:
     assert cache.get(KEY) is None
     assert cache.lookup(KEY) is None
     assert (cache.hits, cache.misses) == (2, 2)
+
+
+def test_an_entry_gives_its_answer_with_each_decision_built_once() -> None:
+    """A cached answer given under a decision (an allowlisted name, a monitor-mode block)
+    carries that decision for the query log, built the first time and the same object
+    while the decision is; another decision gets its own, never the one kept before."""
+    cache = AnswerCache(10, Clock())
+    entry = cache.put((b"\x03www\x07example\x03com\x00", dns.A, dns.IN, False, 0), a_answer())
+    assert entry is not None
+    allowed = Decision(Action.ALLOW, "allowlist", indicator="example.com", ede_code=None)
+    watched = Decision(Action.BLOCK, "misp-feed", indicator="example.com", enforced=False)
+    first = entry.decided(allowed)
+    assert first.decision is allowed and first.kind is Kind.CACHED
+    assert first.answers == entry.answer.answers and first.packet is entry.answer.packet
+    assert entry.decided(allowed) is first
+    assert entry.decided(watched).decision is watched
+    assert entry.decided(allowed).decision is allowed

@@ -58,6 +58,7 @@ class CacheEntry:
     """
 
     __slots__ = (
+        "_decided",
         "answer",
         "expires_at",
         "generation",
@@ -77,6 +78,15 @@ class CacheEntry:
         self.verdict: Decision | None = None
         self.judged_by: object = None
         self.generation = -1
+        self._decided: Answer | None = None
+
+    def decided(self, decision: Decision) -> Answer:
+        """The answer with `decision` on it (an allow, a monitor-mode block, a verdict): the
+        same object while the decision is the same object, so a hit builds nothing."""
+        kept = self._decided
+        if kept is None or kept.decision is not decision:
+            kept = self._decided = attrs.evolve(self.answer, decision=decision)
+        return kept
 
 
 def _negative_ttl(authority: Sequence[dns.RRHeader]) -> int | None:

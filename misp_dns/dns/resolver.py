@@ -143,7 +143,7 @@ class ChainResolver:
             return (attrs.evolve(local, decision=decision) if decision else local), 0
         entry, age = found
         if decision is not None:
-            return attrs.evolve(entry.answer, decision=decision), age
+            return entry.decided(decision), age
         if entry.targets is not None:
             chain = self.policy
             if entry.judged_by is not chain or entry.generation != chain.generation():
@@ -152,7 +152,7 @@ class ChainResolver:
             if verdict is not None:
                 if verdict.blocks:
                     return self.blocked(verdict, key[1]), 0
-                return attrs.evolve(entry.answer, decision=verdict), age
+                return entry.decided(verdict), age
         return entry.answer, age
 
     def _judge(self, entry: CacheEntry, key: CacheKey) -> None:

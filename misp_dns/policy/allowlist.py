@@ -33,6 +33,8 @@ from misp_dns.values import ConfigError
 __all__ = ["AllowlistOptions", "AllowlistPolicy", "plugin"]
 
 SOURCE = "allowlist"
+# Decisions kept, one per listed name recently asked about.
+DECISION_MEMO = 65536
 
 
 @attrs.frozen
@@ -68,6 +70,9 @@ class AllowlistPolicy:
     name: str = SOURCE
     #: The list is read once, when the policy is built: no background work.
     service: None = attrs.field(default=None, init=False)
+    # The decision per listed name asked about, so a name allowed again and again gets the
+    # same object (the answers built with it are then kept too, `CacheEntry.decided`).
+    _decisions: dict[str, Decision] = attrs.field(factory=dict, init=False, eq=False, repr=False)
 
     @classmethod
     def from_config(cls, options: AllowlistOptions) -> AllowlistPolicy:
@@ -100,7 +105,14 @@ class AllowlistPolicy:
         match = self.names.match(name)
         if match is None:
             return None
-        return Decision(Action.ALLOW, SOURCE, indicator=match.name, ede_code=None)
+        decisions = self._decisions
+        decision = decisions.get(match.name)
+        if decision is None:
+            if len(decisions) >= DECISION_MEMO:
+                decisions.clear()
+            decision = Decision(Action.ALLOW, SOURCE, indicator=match.name, ede_code=None)
+            decisions[match.name] = decision
+        return decision
 
 
 def _build(options: AllowlistOptions, context: BuildContext) -> AllowlistPolicy:
