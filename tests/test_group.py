@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -62,6 +63,19 @@ class _Reactor(Clock):
         return process
 
 
+#: The groups started by the running test, stopped when it ends.
+_started: list[WorkerGroup] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_groups() -> Iterator[None]:
+    """Stop each test's groups, so that no SIGHUP handler of theirs outlives the test (a
+    later SIGHUP would reach their fake reactors)."""
+    yield
+    while _started:
+        _started.pop().stopService()
+
+
 def _group(count: int = 2) -> tuple[WorkerGroup, _Reactor]:
     reactor = _Reactor()
 
@@ -82,6 +96,7 @@ def _group(count: int = 2) -> tuple[WorkerGroup, _Reactor]:
     )
     group.privilegedStartService()
     group.startService()
+    _started.append(group)
     return group, reactor
 
 
