@@ -27,7 +27,10 @@ dies, too): no serving process outlives its supervisor.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,6 +40,7 @@ from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.process import ProcessReader, ProcessWriter
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
@@ -46,7 +50,7 @@ from misp_dns.dns.reuseport import ListeningSockets, group_sockets
 from misp_dns.export.jsonl import HangupSignal, hangup
 from misp_dns.values import HostPort
 
-__all__ = ["WorkerGroup", "worker_command"]
+__all__ = ["WorkerGroup", "worker_command", "zygote_command"]
 
 #: The first descriptor number of the sockets a serving process inherits.
 FIRST_SOCKET_FD = 3
@@ -71,6 +75,11 @@ def worker_command(config_path: str, index: int, addresses: int) -> list[str]:
     ]
 
 
+def zygote_command() -> list[str]:
+    """The command line of the fork server (`misp_dns.zygote`)."""
+    return [sys.executable, "-m", "misp_dns.zygote"]
+
+
 def _environment() -> dict[str, str]:
     """This process's environment, with misp_dns importable from where this one is."""
     environment = dict(os.environ)
@@ -90,6 +99,120 @@ def _why(reason: Failure) -> str:
             return f"killed by signal {value.signal}"
         return f"exit status {value.exitCode}"
     return reason.getErrorMessage()
+
+
+def _wait_status(status: int) -> Failure:
+    """A wait status as the failure Twisted gives a `ProcessProtocol.processEnded`."""
+    if os.WIFSIGNALED(status):
+        return Failure(ProcessTerminated(signal=os.WTERMSIG(status), status=status))
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0:
+        return Failure(ProcessDone(status))
+    return Failure(ProcessTerminated(exitCode=code, status=status))
+
+
+class _Forked:
+    """The transport of a serving process the zygote forked: the supervisor's ends of its
+    stdin, stdout and stderr pipes, and its pid once the zygote reports it.
+
+    It tells its protocol the process ended once the zygote reported its end (or itself
+    ended) and both output pipes closed, as Twisted does for a process it spawned."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        proto: _Worker,
+        pipes: tuple[int, int, int],
+        kill: Callable[[int, int], None],
+    ) -> None:
+        stdin, stdout, stderr = pipes
+        self.proto = proto
+        self.kill = kill
+        self.pid: int | None = None
+        self.status: Failure | None = None
+        self.pipes: dict[int, Any] = {
+            0: ProcessWriter(reactor, self, 0, stdin),
+            1: ProcessReader(reactor, self, 1, stdout),
+            2: ProcessReader(reactor, self, 2, stderr),
+        }
+        self._over = False
+
+    def write(self, data: bytes) -> None:
+        if 0 in self.pipes:
+            self.pipes[0].write(data)
+
+    def signalProcess(self, name: str) -> None:
+        if self.pid is None or self.status is not None:
+            raise ProcessExitedAlready()
+        self.kill(self.pid, getattr(signal, f"SIG{name}"))
+
+    def childDataReceived(self, name: int, data: bytes) -> None:
+        self.proto.childDataReceived(name, data)
+
+    def childConnectionLost(self, name: int, reason: Failure) -> None:
+        self.pipes.pop(name, None)
+        self._maybe_over()
+
+    def reaped(self, status: Failure) -> None:
+        """The process ended (as the zygote reports), or its zygote did."""
+        if self.status is None:
+            self.status = status
+        writer = self.pipes.pop(0, None)
+        if writer is not None:
+            writer.loseConnection()
+        self._maybe_over()
+
+    def _maybe_over(self) -> None:
+        if self.status is not None and not {1, 2} & set(self.pipes) and not self._over:
+            self._over = True
+            self.proto.processEnded(self.status)
+
+
+class _Zygote(protocol.ProcessProtocol):
+    """The fork server process: forks serving processes on request, reports on stdout
+    (`ready`, `forked N PID`, `ended PID STATUS`), logs on stderr."""
+
+    def __init__(self, group: WorkerGroup, control: socket.socket, started: float) -> None:
+        self.group = group
+        self.control = control
+        self.started = started
+        self.pid: int | None = None
+        self.ready = False
+        #: What it forked (or was asked to), by pid once it reported one.
+        self.forks: list[_Forked] = []
+        self.children: dict[int, _Forked] = {}
+        self._partial = {1: b"", 2: b""}
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # type: ignore[union-attr]
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        *lines, self._partial[childFD] = (self._partial.get(childFD, b"") + data).split(b"\n")
+        for line in lines:
+            self.group.zygote_said(self, childFD, line.decode("utf-8", "replace"))
+
+    def processEnded(self, reason: Failure) -> None:
+        self.control.close()
+        self.group.zygote_ended(self, reason)
+
+    def fork(self, index: int, argv: list[str], fds: list[int]) -> None:
+        """Ask for serving process `index`, with `fds` as its descriptors 0, 1, 2, ...;
+        OSError if the zygote is gone."""
+        request = json.dumps({"index": index, "argv": argv}).encode("utf-8")
+        socket.send_fds(self.control, [request], fds)
+
+    def stop(self) -> None:
+        """Close its control socket and stdin: it ends (its children end with it)."""
+        self.control.close()
+        with contextlib.suppress(OSError, ProcessExitedAlready):
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class ZygoteEnded(Exception):
+    """A serving process's zygote ended: the process ends with it."""
+
+    def __str__(self) -> str:
+        return "its zygote ended"
 
 
 class _Worker(protocol.ProcessProtocol):
@@ -146,6 +269,8 @@ class WorkerGroup(service.Service):
         backlog: int,
         *,
         command: Callable[[str, int, int], list[str]] = worker_command,
+        zygote: Callable[[], list[str]] | None = None,
+        kill: Callable[[int, int], None] = os.kill,
         open_sockets: Callable[..., list[list[ListeningSockets]]] = group_sockets,
         signals: HangupSignal = hangup,
         restart_after: float = 1.0,
@@ -159,6 +284,8 @@ class WorkerGroup(service.Service):
         self.listen = tuple(listen)
         self.backlog = backlog
         self.command = command
+        self.zygote_command = zygote
+        self.kill = kill
         self.open_sockets = open_sockets
         self.signals = signals
         self.restart_after = restart_after
@@ -172,6 +299,11 @@ class WorkerGroup(service.Service):
         self._pending: dict[int, IDelayedCall] = {}
         self._stopped: defer.Deferred[None] | None = None
         self._token: int | None = None
+        self.zygote: _Zygote | None = None
+        self._direct = zygote is None
+        self._waiting: set[int] = set()
+        self._zygote_ends = 0
+        self._zygote_pending: IDelayedCall | None = None
 
     @property
     def pids(self) -> list[int]:
@@ -187,6 +319,8 @@ class WorkerGroup(service.Service):
         super().startService()
         self._open()
         self._stopped = None
+        if not self._direct:
+            self._start_zygote()
         for index in range(1, self.count + 1):
             self._spawn(index)
         self._token = self.signals.add(self.reactor, self.hangup)
@@ -199,6 +333,137 @@ class WorkerGroup(service.Service):
         self._pending.pop(index, None)
         if not self.running:
             return
+        if self._direct:
+            self._spawn_directly(index)
+        elif self.zygote is not None and self.zygote.ready:
+            self._fork(index)
+        else:
+            self._waiting.add(index)
+
+    def _socket_fds(self, index: int) -> list[int]:
+        return [
+            fd
+            for sockets in self.sockets[index - 1]
+            for fd in (sockets.udp.fileno(), sockets.tcp.fileno())
+        ]
+
+    def _start_zygote(self) -> None:
+        self._zygote_pending = None
+        if not self.running or self.zygote_command is None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        zygote = _Zygote(self, ours, self.reactor.seconds())
+        command = self.zygote_command()
+        try:
+            self.reactor.spawnProcess(
+                zygote,
+                command[0],
+                command,
+                env=_environment(),
+                childFDs={0: "w", 1: "r", 2: "r", 3: theirs.fileno()},
+            )
+        except OSError as problem:
+            ours.close()
+            self._fall_back(f"it could not be started: {problem}")
+            return
+        finally:
+            theirs.close()
+        self.zygote = zygote
+        self.log.info("zygote started (pid {pid})", pid=zygote.pid)
+
+    def _fall_back(self, why: str) -> None:
+        self.log.error(
+            "the zygote that forks serving processes is not running ({why}); starting"
+            " each serving process as a new interpreter instead",
+            why=why,
+        )
+        self._direct = True
+        for index in sorted(self._waiting):
+            self._spawn(index)
+        self._waiting.clear()
+
+    def _fork(self, index: int) -> None:
+        zygote = self.zygote
+        assert zygote is not None
+        stdin, stdin_child = os.pipe()[::-1]
+        stdout, stdout_child = os.pipe()
+        stderr, stderr_child = os.pipe()
+        worker = _Worker(self, index, self.reactor.seconds())
+        self.workers[index] = worker
+        argv = self.command(self.config_path, index, len(self.sockets[index - 1]))[3:]
+        problem: OSError | None = None
+        try:
+            zygote.fork(
+                index, argv, [stdin_child, stdout_child, stderr_child, *self._socket_fds(index)]
+            )
+        except OSError as error:
+            problem = error
+        finally:
+            for fd in (stdin_child, stdout_child, stderr_child):
+                os.close(fd)
+        forked = _Forked(self.reactor, worker, (stdin, stdout, stderr), self.kill)
+        zygote.forks.append(forked)
+        worker.makeConnection(forked)
+        if problem is not None:
+            forked.reaped(Failure(problem))
+
+    def zygote_said(self, zygote: _Zygote, fd: int, line: str) -> None:
+        """A line from the zygote: a log event (stderr) or a report (stdout)."""
+        if not line:
+            return
+        if fd == 2:
+            self._relay("zygote", line)
+            return
+        word, *values = line.split()
+        if word == "ready":
+            zygote.ready = True
+            if self.zygote is zygote:
+                waiting, self._waiting = sorted(self._waiting), set()
+                for index in waiting:
+                    self._spawn(index)
+        elif word == "forked" and len(values) == 2:
+            self._forked(zygote, int(values[0]), int(values[1]))
+        elif word == "ended" and len(values) == 2:
+            forked = zygote.children.pop(int(values[0]), None)
+            if forked is not None:
+                forked.reaped(_wait_status(int(values[1])))
+
+    def _forked(self, zygote: _Zygote, index: int, pid: int) -> None:
+        worker = self.workers.get(index)
+        forked = worker.transport if worker is not None else None
+        if not isinstance(forked, _Forked) or forked.pid is not None:
+            return
+        forked.pid = worker.pid = pid
+        zygote.children[pid] = forked
+        self.log.info("worker {index} started (pid {pid})", index=index, pid=pid)
+        if not self.running:
+            worker.signal("TERM")
+
+    def zygote_ended(self, zygote: _Zygote, reason: Failure) -> None:
+        """The zygote ended: its serving processes end with it; it is started again (or,
+        if it never got ready, serving processes are started without it)."""
+        if self.zygote is zygote:
+            self.zygote = None
+        for forked in zygote.forks:
+            forked.reaped(Failure(ZygoteEnded()))
+        if not self.running:
+            return
+        if not zygote.ready:
+            self._fall_back(f"it ended before it was ready: {_why(reason)}")
+            return
+        ran = self.reactor.seconds() - zygote.started
+        self._zygote_ends = 1 if ran >= _STEADY_SECONDS else self._zygote_ends + 1
+        delay = backoff_delay(self._zygote_ends, self.restart_after, self.restart_at_most)
+        self.log.error(
+            "zygote (pid {pid}) ended unexpectedly ({why}); the serving processes it forked"
+            " end with it; starting it again in {delay:.0f} s",
+            pid=zygote.pid,
+            why=_why(reason),
+            delay=delay,
+        )
+        self._zygote_pending = self.reactor.callLater(delay, self._start_zygote)
+
+    def _spawn_directly(self, index: int) -> None:
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         fd = FIRST_SOCKET_FD
         for sockets in self.sockets[index - 1]:
@@ -232,11 +497,14 @@ class WorkerGroup(service.Service):
             if name == "queries" and value.isdigit():
                 self.queries[worker.index] = int(value)
             return
+        self._relay(f"worker {worker.index}", line)
+
+    def _relay(self, who: str, line: str) -> None:
         level_name, _, text = line.partition(" ")
         level = _LEVELS.get(level_name)
         if level is None:
             level, text = LogLevel.info, line
-        self.log.emit(level, "worker {index}: {text}", index=worker.index, text=text)
+        self.log.emit(level, "{who}: {text}", who=who, text=text)
 
     def ended(self, worker: _Worker, reason: Failure) -> None:
         """A serving process ended: the group is stopping, or it is started again."""
@@ -270,6 +538,10 @@ class WorkerGroup(service.Service):
             if call.active():
                 call.cancel()
         self._pending.clear()
+        self._waiting.clear()
+        if self._zygote_pending is not None and self._zygote_pending.active():
+            self._zygote_pending.cancel()
+        self._zygote_pending = None
         stopped: defer.Deferred[None] = defer.Deferred()
         self._stopped = stopped
         if not self.workers:
@@ -296,6 +568,8 @@ class WorkerGroup(service.Service):
             worker.signal("KILL")
 
     def _close(self) -> None:
+        if self.zygote is not None:
+            self.zygote.stop()
         for sockets in self.sockets:
             for each in sockets:
                 each.udp.close()

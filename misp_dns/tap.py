@@ -54,7 +54,7 @@ from misp_dns.dns.udp import UDPListener
 from misp_dns.event import Answer
 from misp_dns.export.exporter import ExporterService
 from misp_dns.export.jsonl import hangup
-from misp_dns.group import WorkerGroup
+from misp_dns.group import WorkerGroup, zygote_command
 from misp_dns.interfaces import SINGLE_PROCESS, IPolicy, SnapshotSharing
 from misp_dns.policy.chain import PolicyChain
 from misp_dns.policy.sightings import SightingsTally, wants_sightings
@@ -567,6 +567,7 @@ def build_supervisor(
         server.workers,
         server.listen,
         _backlog(tcp_factory.max_connections),
+        zygote=zygote_command,
     )
     group.setName("workers")
     relay.target = group.snapshot_saved

@@ -51,6 +51,9 @@ __all__ = ["Control", "QueryCount", "Stopper", "inherited_sockets", "main"]
 #: The first descriptor number of the inherited sockets (as `misp_dns.group` hands them).
 FIRST_SOCKET_FD = 3
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+#: The name `ps` and /proc/PID/comm show for a serving process.
+PROCESS_NAME = b"misp-dns-worker"
 
 
 def inherited_sockets(addresses: int, first: int = FIRST_SOCKET_FD) -> list[ListeningSockets]:
@@ -142,10 +145,12 @@ def _followers(parent: Any) -> Iterator[SnapshotFollower]:
 
 
 def _die_with_parent() -> None:
-    """Ask the kernel for SIGTERM when the supervisor dies (Linux; elsewhere stdin's end)."""
+    """Ask the kernel for SIGTERM when the supervisor (or the zygote that forked this
+    process) dies (Linux; elsewhere stdin's end), and name this process."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)
     except (OSError, AttributeError):
         pass
 

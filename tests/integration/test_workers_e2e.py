@@ -9,6 +9,7 @@ supervisor alone; the serving processes map the snapshot file it saves.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -131,12 +132,36 @@ def _problems(response: dns.message.Message, name: str) -> list[str]:
     return blocked_problems(response, name, report(name), server_name=SERVER_NAME)
 
 
-def _child_pids(pid: int) -> set[int]:
+def _children(pid: int) -> set[int]:
     children: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text()
-        children.update(int(child) for child in text.split())
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                text = (task / "children").read_text()
+                children.update(int(child) for child in text.split())
     return children
+
+
+def _named(pid: int, name: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == name
+    except FileNotFoundError:
+        return False
+
+
+def _zygotes(pid: int) -> set[int]:
+    """The supervisor's zygote (fork server), a set of one while it runs."""
+    return {child for child in _children(pid) if _named(child, "misp-dns-zygote")}
+
+
+def _child_pids(pid: int) -> set[int]:
+    """The serving processes of the supervisor `pid`: children of its zygote (or its own
+    children, were there no zygote)."""
+    found = set()
+    for child in _children(pid):
+        candidates = _children(child) if _named(child, "misp-dns-zygote") else {child}
+        found.update(c for c in candidates if _named(c, "misp-dns-worker"))
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -309,3 +334,44 @@ def test_a_killed_supervisor_leaves_no_process_behind(
     os.kill(process.pid, signal.SIGKILL)
     process.stop()
     wait_until(lambda: not any(_alive(pid) for pid in workers), 10, 0.1, "no serving process")
+
+
+def test_the_serving_processes_are_forked_by_one_zygote(group: MispDnsProcess) -> None:
+    """The supervisor runs one zygote, and every serving process is its child: they share
+    its imported interpreter copy-on-write instead of each starting a new one."""
+    [zygote] = _zygotes(group.pid)
+    forked = {c for c in _children(zygote) if _named(c, "misp-dns-worker")}
+    assert len(forked) == WORKERS
+    assert forked == _child_pids(group.pid)
+
+
+@pytest.mark.allow_errors
+def test_a_killed_zygote_is_replaced_with_its_serving_processes(
+    tmp_path: Path, unbound: UnboundProcess, misp: MispStandIn
+) -> None:
+    """A zygote killed with SIGKILL takes its serving processes with it; that is logged,
+    and a new zygote forks new ones, which answer and block."""
+    process = _start_group(tmp_path / "zygote", unbound, misp)
+    try:
+        [zygote] = _zygotes(process.pid)
+        workers = _child_pids(process.pid)
+        log_start = process.log_size()
+        os.kill(zygote, signal.SIGKILL)
+        wait_until(lambda: not any(_alive(pid) for pid in workers), 10, 0.1, "workers ending")
+        text = process.log_text(start=log_start)
+        assert f"zygote (pid {zygote}) ended unexpectedly (killed by signal 9)" in text
+        wait_until(
+            lambda: (
+                len(_zygotes(process.pid) - {zygote}) == 1
+                and len(_child_pids(process.pid) - workers) == WORKERS
+            ),
+            20,
+            0.1,
+            "a new zygote and new serving processes",
+        )
+        for identity, sock in _pinned(process).items():
+            with sock:
+                response = _ask(sock, make_query(LISTED, "A", edns=0))
+                assert _problems(response, LISTED) == [], identity
+    finally:
+        process.stop()
