@@ -5,6 +5,16 @@ root it opens every listening socket (`misp_dns.dns.reuseport.group_sockets`); o
 it starts one serving process per worker, `python -m misp_dns.worker --config PATH --index
 N --sockets M`, each with its own sockets as descriptors 3, 4, ... (per listen address, UDP
 then TCP).
+
+With `zygote` (what the supervisor passes), a serving process is not a new interpreter:
+the group starts the fork server `misp_dns.zygote` and, once it says `ready`, asks it to
+fork each serving process, handing it the process's stdin, stdout and stderr pipes (the
+group keeps the other ends) and its sockets. The zygote reports the pid of each fork and
+the wait status of each end; a serving process counts as ended once that status came and
+its output pipes closed. A zygote that ends takes its serving processes with it and is
+started again after the same doubling delay; one that ends before it was ready makes the
+group start serving processes as new interpreters from then on.
+
 Then it:
 
 - tells every serving process when an updater of the supervisor saved a new indicator
@@ -20,8 +30,9 @@ Then it:
   records it still holds), and SIGKILL to one that has not ended after `stop_timeout`.
 
 A serving process ends by itself when its stdin closes, which is what happens when the
-supervisor dies without stopping it (and it asks the kernel for SIGTERM when its parent
-dies, too): no serving process outlives its supervisor.
+supervisor dies without stopping it (and it asks the kernel for SIGTERM when its parent,
+the supervisor or the zygote, dies; the zygote asks for SIGKILL when the supervisor
+dies): no serving process outlives its supervisor.
 """
 
 from __future__ import annotations
@@ -426,6 +437,7 @@ class WorkerGroup(service.Service):
         elif word == "ended" and len(values) == 2:
             forked = zygote.children.pop(int(values[0]), None)
             if forked is not None:
+                zygote.forks.remove(forked)
                 forked.reaped(_wait_status(int(values[1])))
 
     def _forked(self, zygote: _Zygote, index: int, pid: int) -> None:

@@ -16,8 +16,8 @@ forks, and the child makes those its descriptors and runs `misp_dns.worker.main(
 On stdout it reports `forked N PID` after each fork and `ended PID STATUS` (the wait
 status) when a child ends. It ends when its stdin or the control socket closes (the
 supervisor is gone or stops it), and is killed when the supervisor dies
-(`PR_SET_PDEATHSIG`); it ignores SIGTERM and SIGINT, which the supervisor and systemd send
-to the serving processes, so that it keeps reporting their ends while the group stops.
+(`PR_SET_PDEATHSIG`); it ignores SIGTERM, SIGINT and SIGHUP, which the supervisor and
+systemd send to the serving processes, so that it keeps reporting their ends while the group stops.
 Its children ask for SIGTERM when it dies: no serving process outlives it.
 """
 
@@ -45,6 +45,9 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 #: The name `ps` and /proc/PID/comm show for the zygote.
 PROCESS_NAME = b"misp-dns-zygote"
+#: Signals meant for the serving processes (SIGTERM, SIGINT from systemd or a terminal to
+#: the whole group, SIGHUP on a terminal's hangup), which the zygote outlives.
+_IGNORED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: At most this many descriptors come with one request (stdio and 2 per listen address).
 _MAX_FDS = 3 + 2 * 64
 
@@ -92,7 +95,7 @@ def _become_worker(zygote: int, fds: list[int], argv: list[str], closing: list[i
     code: Any = 1
     try:
         signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGCHLD, *_IGNORED):
             signal.signal(signum, signal.SIG_DFL)
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != zygote:
@@ -149,7 +152,7 @@ def main() -> int:
     """Preload, then fork serving processes on request until the supervisor goes away."""
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     _prctl(_PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME))
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in _IGNORED:
         signal.signal(signum, signal.SIG_IGN)
     control = socket.socket(fileno=CONTROL_FD)
     wake = os.pipe()
