@@ -65,7 +65,8 @@ def test_a_reload_asked_during_a_reload_runs_after_it(tmp_path: Path) -> None:
         return waiting
 
     follower = SnapshotFollower("misp test", str(path), clock=Clock(), run_in_thread=held)
-    follower.startService()
+    follower.startService()  # the first read is at once (see the next test)
+    follower.reload()
     save(path, _set("two.example"))
     follower.reload()
     assert len(pending) == 1
@@ -73,3 +74,20 @@ def test_a_reload_asked_during_a_reload_runs_after_it(tmp_path: Path) -> None:
     assert len(pending) == 1
     pending.pop().callback(None)
     assert follower.snapshot.match("two.example") is not None
+
+
+def test_the_snapshot_saved_before_start_is_served_as_soon_as_it_starts(
+    tmp_path: Path,
+) -> None:
+    """A serving process (re)started after the supervisor saved a snapshot serves it from
+    the moment its policies started, before its listeners start: it is read at once, not
+    in a thread whose result would come after the first queries."""
+    path = tmp_path / "misp.snapshot"
+    save(path, _set("one.example"))
+    never: defer.Deferred[None] = defer.Deferred()
+    follower = SnapshotFollower(
+        "misp test", str(path), clock=Clock(), run_in_thread=lambda *args: never
+    )
+    follower.startService()
+    assert follower.snapshot.match("www.one.example") is not None
+    assert follower.whenReady().called

@@ -75,7 +75,10 @@ class SnapshotFollower(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.reload()
+        # Read at once, not in a thread: the listeners start after the policies, so a
+        # (re)started serving process never answers before it holds the saved snapshot.
+        # Mapping a file is quick; its pages are read as queries touch them.
+        self._reload(defer.maybeDeferred)
 
     def update_now(self) -> defer.Deferred[None]:
         """Read the file again (what a refresh means for a process that does not fetch)."""
@@ -83,11 +86,14 @@ class SnapshotFollower(Service):
 
     def reload(self) -> defer.Deferred[None]:
         """Map the file again and serve what it holds; while a read runs, one more follows."""
+        return self._reload(self.run_in_thread)
+
+    def _reload(self, run: RunInThread) -> defer.Deferred[None]:
         if self._loading is not None:
             self._again = True
             return self._loading
         started = self.clock.seconds()
-        loading = self.run_in_thread(self.load, self.state_path)
+        loading = run(self.load, self.state_path)
         loading.addCallbacks(self._loaded, self._failed, callbackArgs=(started,))
         done: defer.Deferred[None] = loading.addBoth(self._over)
         if not done.called:

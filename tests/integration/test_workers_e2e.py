@@ -353,6 +353,7 @@ def test_a_killed_zygote_is_replaced_with_its_serving_processes(
     and a new zygote forks new ones, which answer and block."""
     process = _start_group(tmp_path / "zygote", unbound, misp)
     try:
+        _wait_until_every_process_blocks(process)
         [zygote] = _zygotes(process.pid)
         workers = _child_pids(process.pid)
         log_start = process.log_size()
@@ -369,9 +370,26 @@ def test_a_killed_zygote_is_replaced_with_its_serving_processes(
             0.1,
             "a new zygote and new serving processes",
         )
+        # Each read the saved snapshot before it started listening.
         for identity, sock in _pinned(process).items():
             with sock:
                 response = _ask(sock, make_query(LISTED, "A", edns=0))
                 assert _problems(response, LISTED) == [], identity
     finally:
         process.stop()
+
+
+def _wait_until_every_process_blocks(process: MispDnsProcess) -> None:
+    """Wait for the first fetch of a group just started to reach every serving process."""
+    pinned = _pinned(process)
+    try:
+        for identity, sock in pinned.items():
+
+            def blocked(sock: socket.socket = sock) -> bool:
+                response = _ask(sock, make_query(LISTED, "A", edns=0))
+                return _problems(response, LISTED) == []
+
+            wait_until(blocked, 20, 0.2, f"{LISTED} blocked by {identity}")
+    finally:
+        for sock in pinned.values():
+            sock.close()
