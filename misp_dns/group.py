@@ -212,6 +212,11 @@ class _Zygote(protocol.ProcessProtocol):
         request = json.dumps({"index": index, "argv": argv}).encode("utf-8")
         socket.send_fds(self.control, [request], fds)
 
+    def kill(self) -> None:
+        """SIGKILL: it ends (and its processes end with it)."""
+        with contextlib.suppress(OSError, ProcessExitedAlready):
+            self.transport.signalProcess("KILL")  # type: ignore[union-attr]
+
     def stop(self) -> None:
         """Close its control socket and stdin: it ends (its children end with it)."""
         self.control.close()
@@ -287,6 +292,7 @@ class WorkerGroup(service.Service):
         restart_after: float = 1.0,
         restart_at_most: float = 60.0,
         stop_timeout: float = 15.0,
+        zygote_ready_timeout: float = 60.0,
     ) -> None:
         self.reactor = reactor
         # Absolute before twistd changes directory when it daemonizes.
@@ -302,6 +308,7 @@ class WorkerGroup(service.Service):
         self.restart_after = restart_after
         self.restart_at_most = restart_at_most
         self.stop_timeout = stop_timeout
+        self.zygote_ready_timeout = zygote_ready_timeout
         self.sockets: list[list[ListeningSockets]] = []
         self.workers: dict[int, _Worker] = {}
         self.queries: dict[int, int] = {}
@@ -381,6 +388,17 @@ class WorkerGroup(service.Service):
             theirs.close()
         self.zygote = zygote
         self.log.info("zygote started (pid {pid})", pid=zygote.pid)
+        self.reactor.callLater(self.zygote_ready_timeout, self._not_ready_in_time, zygote)
+
+    def _not_ready_in_time(self, zygote: _Zygote) -> None:
+        if zygote.ready or self.zygote is not zygote or not self.running:
+            return
+        self.log.error(
+            "zygote (pid {pid}) not ready within {timeout:.0f} s; killing it",
+            pid=zygote.pid,
+            timeout=self.zygote_ready_timeout,
+        )
+        zygote.kill()
 
     def _fall_back(self, why: str) -> None:
         self.log.error(

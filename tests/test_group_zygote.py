@@ -260,3 +260,21 @@ def test_stopping_stops_the_zygote_after_its_processes(sockets: list[list[_Socke
     reactor.pump()
     assert stopped.called
     assert reactor.spawned[0][2].closed
+
+
+@pytest.mark.allow_errors
+def test_a_zygote_not_ready_in_time_is_killed_and_processes_start_without_it(
+    sockets: list[list[_Sockets]],
+) -> None:
+    """A zygote still not ready after a minute (stuck importing) gets SIGKILL; its end
+    then makes the group start serving processes as new interpreters."""
+    _, reactor = _group(sockets)
+    zygote, _, process, _ = reactor.spawned[0]
+    reactor.advance(59)
+    assert process.signals == []
+    with capturedLogs() as events:
+        reactor.advance(1)
+    assert process.signals == ["KILL"]
+    assert "zygote (pid 900) not ready within 60 s; killing it" in [formatEvent(e) for e in events]
+    zygote.processEnded(Failure(ConnectionDone()))
+    assert [args[1:3] for _, args, _, _ in reactor.spawned[1:]] == [["-m", "misp_dns.worker"]] * 2

@@ -393,3 +393,16 @@ def _wait_until_every_process_blocks(process: MispDnsProcess) -> None:
     finally:
         for sock in pinned.values():
             sock.close()
+
+
+def test_a_killed_supervisor_leaves_no_zygote_behind(
+    tmp_path: Path, unbound: UnboundProcess, misp: MispStandIn
+) -> None:
+    """When the supervisor dies without stopping anything (SIGKILL), its zygote ends too,
+    and with it every serving process."""
+    process = _start_group(tmp_path / "kill-zygote", unbound, misp)
+    [zygote] = _zygotes(process.pid)
+    workers = _child_pids(process.pid)
+    os.kill(process.pid, signal.SIGKILL)
+    process.stop()
+    wait_until(lambda: not any(_alive(pid) for pid in {zygote, *workers}), 10, 0.1, "no process")
