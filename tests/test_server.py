@@ -36,7 +36,7 @@ class ScriptedResolver:
     def decide(self, *args: Any) -> None:
         return None
 
-    def answer_at_once(self, *args: Any) -> None:
+    def answer_held(self, *args: Any) -> None:
         return None
 
     def resolve(self, request: Request, client: str, transport: str) -> Any:
@@ -425,7 +425,12 @@ def _cached_resolver() -> ScriptedResolver:
     key = (b"\x03www\x07example\x03com\x00", tdns.A, tdns.IN, False, 0)
     cache.put(key, Answer(tdns.OK, answers=(record,)))
     resolver = ScriptedResolver()
-    resolver.answer_at_once = lambda decision, wanted: cache.lookup(wanted)  # type: ignore[method-assign]
+
+    def held(decision: Any, wanted: Any) -> Any:
+        found = cache.lookup(wanted)
+        return None if found is None else (*found, None, 0)
+
+    resolver.answer_held = held  # type: ignore[method-assign]
     return resolver
 
 

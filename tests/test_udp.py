@@ -43,7 +43,7 @@ class OneAddress:
     def decide(self, *args: Any) -> None:
         return None
 
-    def answer_at_once(self, *args: Any) -> None:
+    def answer_held(self, *args: Any) -> None:
         return None
 
     def resolve(self, request: Request, client: str, transport: str) -> Answer:

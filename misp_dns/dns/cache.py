@@ -152,6 +152,18 @@ class AnswerCache:
         self._entries.move_to_end(key)
         return entry, int(now - entry.stored_at)
 
+    def holds(self, key: CacheKey, entry: CacheEntry, age: int) -> bool:
+        """Whether `entry` is still the live entry of `key`, `age` seconds old; if so, that
+        counts as a hit (as `entry` would count it), otherwise nothing is counted."""
+        if self._entries.get(key) is not entry:
+            return False
+        now = self._clock.seconds()
+        if now >= entry.expires_at or int(now - entry.stored_at) != age:
+            return False
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return True
+
     def get(self, key: CacheKey) -> Answer | None:
         """The cached answer with its `age` set, or None when absent or expired.
 

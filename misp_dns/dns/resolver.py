@@ -127,23 +127,38 @@ class ChainResolver:
     def answer_at_once(self, decision: Decision | None, key: CacheKey) -> tuple[Answer, int] | None:
         """The blocked, cached or local answer and its age in the cache, or None to forward.
 
-        Both the fast path and `resolve` go through here, so they answer alike. Questions
-        answered here without asking the upstream (other classes, ANY) are never cached, so
-        they are looked at only after the cache missed: a hit pays nothing for them.
+        Both the fast path and `resolve` go through here (the fast path as `answer_held`),
+        so they answer alike.
+        """
+        found = self.answer_held(decision, key)
+        if found is None:
+            return None
+        return found[0], found[1]
+
+    def answer_held(
+        self, decision: Decision | None, key: CacheKey
+    ) -> tuple[Answer, int, CacheEntry | None, int] | None:
+        """`answer_at_once`, with the cache entry the answer comes from and that entry's
+        age (None and 0 for answers that do not come from the cache: blocked by the
+        decision, or local), so a caller can tell how long the answer holds.
+
+        Questions answered here without asking the upstream (other classes, ANY) are never
+        cached, so they are looked at only after the cache missed: a hit pays nothing for
+        them.
         """
         if decision is not None and decision.blocks:
             if _garden(decision, key[1]) is not None:
                 return None  # the full path resolves the walled garden
-            return self.blocked(decision, key[1]), 0
+            return self.blocked(decision, key[1]), 0, None, 0
         found = self.cache.entry(key)
         if found is None:
             local = self._local(key)
             if local is None:
                 return None
-            return (attrs.evolve(local, decision=decision) if decision else local), 0
+            return (attrs.evolve(local, decision=decision) if decision else local), 0, None, 0
         entry, age = found
         if decision is not None:
-            return entry.decided(decision), age
+            return entry.decided(decision), age, entry, age
         if entry.targets is not None:
             chain = self.policy
             if entry.judged_by is not chain or entry.generation != chain.generation():
@@ -151,9 +166,9 @@ class ChainResolver:
             verdict = entry.verdict
             if verdict is not None:
                 if verdict.blocks:
-                    return self.blocked(verdict, key[1]), 0
-                return entry.decided(verdict), age
-        return entry.answer, age
+                    return self.blocked(verdict, key[1]), 0, entry, age
+                return entry.decided(verdict), age, entry, age
+        return entry.answer, age, entry, age
 
     def _judge(self, entry: CacheEntry, key: CacheKey) -> None:
         """Reach the chain's verdict on a cached answer and keep it on the entry."""

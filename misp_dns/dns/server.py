@@ -38,7 +38,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from misp_dns.dns.acl import ClientACL, client_network, plain_address
-from misp_dns.dns.cache import CHECKING_DISABLED
+from misp_dns.dns.cache import CHECKING_DISABLED, CacheEntry, CacheKey
 from misp_dns.dns.descriptors import DescriptorShortage
 from misp_dns.dns.packet import assemble, opt_record, read_plain_query
 from misp_dns.dns.ratelimit import RateLimiter, Verdict
@@ -60,6 +60,8 @@ from misp_dns.event import Answer, Kind, PacketBody, QueryEvent
 from misp_dns.interfaces import IZoneFollower
 
 __all__ = [
+    "MEMO_BYTES",
+    "MEMO_ENTRIES",
     "NOTIFY_REPORT_INTERVAL",
     "DNSStreamFactory",
     "Recorder",
@@ -81,6 +83,62 @@ ZoneHook = Callable[[bytes, str, str], bytes | Iterator[bytes] | None]
 # Queries one TCP connection may have in flight before we stop reading from it.
 MAX_PIPELINED = 64
 
+# The fast path's memo of answers: at most this many, holding at most this many bytes of
+# queries and answers (each answer fits the client's UDP limit); emptied when full. The
+# queries seen once (not yet kept) are bounded alike.
+MEMO_ENTRIES = 32768
+MEMO_BYTES = 8 * 1024 * 1024
+
+
+class _Kept:
+    """An answer the fast path gave, kept under the query's bytes after its ID.
+
+    Two queries whose bytes after the ID are the same (flags, counts, the question in the
+    client's case, the OPT record with its payload size, DO bit and options) get the same
+    answer but for the ID, for as long as the decision and the cached answer stand: the
+    chain is the resolver's chain and its `generation` has not moved (a new snapshot or
+    zone copy, a reload), and, for an answer that comes from the cache (`entry`), that
+    entry is still the live one and still `entry_age` seconds old (its TTLs age each
+    second; it expires). A blocked or local answer has fixed TTLs and no entry.
+    """
+
+    __slots__ = (
+        "age",
+        "answer",
+        "body",
+        "cache_key",
+        "chain",
+        "edns",
+        "entry",
+        "entry_age",
+        "generation",
+        "question",
+    )
+
+    def __init__(
+        self,
+        body: bytes,
+        answer: Answer,
+        question: bytes,
+        edns: bool,
+        age: int,
+        chain: Any,
+        generation: int,
+        cache_key: CacheKey,
+        entry: CacheEntry | None,
+        entry_age: int,
+    ) -> None:
+        self.body = body
+        self.answer = answer
+        self.question = question
+        self.edns = edns
+        self.age = age
+        self.chain = chain
+        self.generation = generation
+        self.cache_key = cache_key
+        self.entry = entry
+        self.entry_age = entry_age
+
 
 @attrs.define
 class Counters:
@@ -100,8 +158,15 @@ class Responder:
 
     Plain UDP queries that are blocked or cached are answered on the fast path, from
     pre-encoded packets, without decoding them into objects; everything else takes the full
-    path. Both ask the same `ChainResolver.answer_at_once` and build the bytes with the same
-    `packet.assemble`, so the two cannot answer differently.
+    path. Both ask the same `ChainResolver.answer_at_once` (the fast path as `answer_held`)
+    and build the bytes with the same `packet.assemble`, so the two cannot answer
+    differently.
+
+    When every policy of the chain decides by name and class alone (`names_only`), the
+    fast path keeps the answers it gave to queries asked more than once (`_Kept`): a query
+    whose bytes after the ID were answered before, while that answer stands, gets those
+    bytes with its own ID, without reading the query again. It is counted, tallied and
+    recorded as any other, after the rate limiter and the ACL.
     """
 
     log = Logger()
@@ -127,6 +192,13 @@ class Responder:
         # anyone may send them, so they are reported once a minute, not once each.
         self._refused_notifies = 0
         self._refusal_reported_at: float | None = None
+        # The fast path's answers by query bytes after the ID (see `_Kept`), and the bytes
+        # of those keys and answers together.
+        self._memo: dict[bytes, _Kept] = {}
+        self._memo_bytes = 0
+        # The query bytes answered once on the fast path and not yet kept, and their size.
+        self._seen: set[bytes] = set()
+        self._seen_bytes = 0
 
     def respond(
         self, data: bytes, client: str, transport: str
@@ -179,68 +251,124 @@ class Responder:
 
     def _fast(self, data: bytes, client: str) -> bytes | None:
         """The answer to a plain, allowed, blocked-or-cached UDP query; else None."""
+        key = data[2:]
+        kept = self._memo.get(key)
+        if kept is not None:
+            if not self.acl.allows(client):
+                return None
+            if self._holds(kept):
+                wire = data[:2] + kept.body
+                self._fast_answered(
+                    client, kept.question, kept.edns, kept.answer, len(wire), kept.age
+                )
+                return wire
+            del self._memo[key]
         query = read_plain_query(data)
         if query is None or not self.acl.allows(client):
             return None
         resolver = self.resolver
+        chain = resolver.policy
         decision = None
-        if resolver.policy:
+        if chain:
             decision = resolver.decide(
                 query.name, query.qtype, query.qclass, client, "udp", query.edns, query.dnssec_ok
             )
-        key = (
+        cache_key = (
             query.key_name,
             query.qtype,
             query.qclass,
             query.dnssec_ok,
             query.flags & CHECKING_DISABLED,
         )
-        found = resolver.answer_at_once(decision, key)
+        found = resolver.answer_held(decision, cache_key)
         if found is None or found[0].packet is None:
             return None
-        answer, age = found
+        answer, age, entry, entry_age = found
         opt = opt_record(query.dnssec_ok, answer.ede) if query.edns else None
         assert answer.packet is not None
         wire = assemble(query.ident, query.flags, query.question, answer.packet, age, opt)
         if len(wire) > query.udp_limit:
             return None  # the full path truncates
+        if (
+            getattr(chain, "names_only", False)
+            and answer.kind is not Kind.SERVER_FAILURE  # a failing policy is asked again
+            and self._asked_before(key)
+        ):
+            self._keep(
+                key,
+                _Kept(
+                    wire[2:],
+                    answer,
+                    query.question,
+                    query.edns,
+                    age,
+                    chain,
+                    chain.generation(),
+                    cache_key,
+                    entry,
+                    entry_age,
+                ),
+            )
+        self._fast_answered(client, query.question, query.edns, answer, len(wire), age)
+        return wire
+
+    def _holds(self, kept: _Kept) -> bool:
+        """Whether a kept answer is still the one to give (see `_Kept`)."""
+        chain = self.resolver.policy
+        if kept.chain is not chain or kept.generation != chain.generation():
+            return False
+        entry = kept.entry
+        return entry is None or self.resolver.cache.holds(kept.cache_key, entry, kept.entry_age)
+
+    def _asked_before(self, key: bytes) -> bool:
+        """Whether the query bytes `key` were seen before (lately); remember them if not.
+
+        Only an answer asked for a second time is kept: most names asked once are never
+        asked again (a new feed's names, random subdomains), and keeping each would cost
+        their first answers more (the collector walks every object kept) for nothing.
+        """
+        seen = self._seen
+        if key in seen:
+            return True
+        if len(seen) >= MEMO_ENTRIES or self._seen_bytes + len(key) > MEMO_BYTES:
+            seen.clear()
+            self._seen_bytes = 0
+        seen.add(key)
+        self._seen_bytes += len(key)
+        return False
+
+    def _keep(self, key: bytes, kept: _Kept) -> None:
+        """Keep an answer for the query bytes `key`, within the memo's bounds."""
+        memo = self._memo
+        size = len(key) + len(kept.body)
+        if len(memo) >= MEMO_ENTRIES or self._memo_bytes + size > MEMO_BYTES:
+            memo.clear()
+            self._memo_bytes = 0
+        memo[key] = kept
+        self._memo_bytes += size
+
+    def _fast_answered(
+        self, client: str, question: bytes, edns: bool, answer: Answer, size: int, age: int
+    ) -> None:
+        """Count, tally and record a query answered on the fast path."""
         self.counters.queries += 1
         self.counters.fast += 1
         tally = self.tally
         if tally is not None:
             try:
-                tally("udp", query.question, answer)
+                tally("udp", question, answer)
             except Exception:
                 self.log.failure("query tally failed")
         recorder = self.recorder
         if recorder is not None:
             try:
-                recorder(
-                    self.clock.seconds(),
-                    client,
-                    "udp",
-                    query.question,
-                    query.edns,
-                    answer,
-                    len(wire),
-                    age,
-                )
+                recorder(self.clock.seconds(), client, "udp", question, edns, answer, size, age)
             except Exception:
                 self.log.failure("query recorder failed")
         if self.observers:
             self._tell(
-                QueryEvent(
-                    self.clock.seconds(),
-                    client,
-                    "udp",
-                    query.question,
-                    query.edns,
-                    answer,
-                    len(wire),
-                    age,
-                )
+                QueryEvent(self.clock.seconds(), client, "udp", question, edns, answer, size, age)
             )
-        return wire
 
     def _finish(
         self, answer: Answer, request: Request, client: str, transport: str, started: float

@@ -23,7 +23,12 @@ A policy whose decision depends on the question's name and class alone (the buil
 may offer `decide_name(name, qclass)`, giving what `decide` gives for any query of that
 name and class; the chain's `decide_plain` then asks it so, and builds a `PolicyQuery`
 (once) only for a policy without it. This is not part of `IPolicy`: a policy that never
-offers it is asked as before.
+offers it is asked as before. When every policy of the chain offers it (`names_only`),
+the chain's decision about a query depends on its name and class alone and changes only
+with the chain's `generation`: the responder then keeps whole answers per question (see
+`misp_dns.dns.server`). A policy whose name decisions can change must therefore also be
+an `IAnswerPolicy` whose `generation` grows when they do, as the built-in ones are (the
+allowlist never changes: a reload builds a new chain).
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class PolicyChain:
         self._asking: tuple[tuple[IPolicy, Callable[[str, int], Any] | None], ...] = tuple(
             (policy, getattr(policy, "decide_name", None)) for policy in self.policies
         )
+        #: Whether every policy decides by name and class alone (offers `decide_name`).
+        self.names_only = all(decide is not None for _, decide in self._asking)
         self._now = now
         # Per policy index: when it was last reported, and its failures since.
         self._reported: dict[int, tuple[float, int]] = {}
