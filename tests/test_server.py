@@ -467,3 +467,229 @@ def test_failing_recorder_does_not_cost_the_answer(logged_errors: list[dict[str,
         assert isinstance(wire, bytes)
         assert dns.message.from_wire(wire).rcode() == dns.rcode.NOERROR
     assert len(logged_errors) == 2
+
+
+# -- the fast path's kept answers ---------------------------------------------------------
+
+
+class Memo:
+    """A real responder over a real chain: the misp policy with `INDICATORS`, a cache
+    holding an A record for www.example.com, a clock the test moves."""
+
+    def __init__(self, policies: list[Any] | None = None) -> None:
+        from test_misp_policy import INDICATORS, NoUpstream, misp_policy
+
+        from misp_dns.dns.cache import AnswerCache
+        from misp_dns.dns.resolver import ChainResolver
+        from misp_dns.policy.chain import PolicyChain
+
+        self.clock = Clock()
+        self.clock.advance(1000.5)
+        self.policy = misp_policy(list(INDICATORS))
+        self.cache = AnswerCache(100, self.clock)
+        self.put("www.example.com", 60)
+        chain = PolicyChain([self.policy] if policies is None else policies)
+        self.upstream = NoUpstream()
+        resolver = ChainResolver(chain, self.cache, self.upstream, "dns.corp.example")  # type: ignore[arg-type]
+        self.responder = Responder(
+            resolver, ClientACL([ipaddress.ip_network("127.0.0.0/8")]), self.clock
+        )
+
+    def put(self, name: str, ttl: int, count: int = 1) -> None:
+        """Cache `count` A records of `name` with `ttl`."""
+        records = tuple(
+            tdns.RRHeader(name.encode(), tdns.A, tdns.IN, ttl, tdns.Record_A(f"192.0.2.{i + 1}"))
+            for i in range(count)
+        )
+        wire = b"".join(bytes([len(x)]) + x.encode() for x in name.lower().split(".")) + b"\0"
+        self.cache.put((wire, tdns.A, tdns.IN, False, 0), Answer(tdns.OK, answers=records))
+
+    def ask(self, wire: bytes, client: str = "127.0.0.1") -> Any:
+        """The response's bytes over UDP (a Deferred when it went upstream)."""
+        return self.responder.respond(wire, client, "udp")
+
+
+def udp_query(name: str, ident: int, **kwargs: Any) -> bytes:
+    message = dns.message.make_query(name, "A", **kwargs)
+    message.id = ident
+    return message.to_wire()
+
+
+def test_a_repeated_query_gets_the_same_bytes_but_its_id_without_deciding_again() -> None:
+    """Asked again and again, a blocked and a cached name get byte for byte the answer
+    they got first, with each query's own ID; the policy is not asked once the answer is
+    kept (the second time it is asked)."""
+    rig = Memo()
+    asked: list[str] = []
+    decide_name = rig.policy.decide_name
+
+    def counting(name: str, qclass: int) -> Any:
+        asked.append(name)
+        return decide_name(name, qclass)
+
+    rig.policy.decide_name = counting  # type: ignore[method-assign]
+    rig.responder.resolver.policy = type(rig.responder.resolver.policy)([rig.policy])
+    for name in ("www.evil.example", "www.example.com"):
+        wires = [rig.ask(udp_query(name, ident, use_edns=0)) for ident in (1, 2, 3, 4)]
+        assert all(isinstance(w, bytes) for w in wires)
+        assert [dns.message.from_wire(w).id for w in wires] == [1, 2, 3, 4]
+        assert len({w[2:] for w in wires}) == 1
+    assert asked == ["www.evil.example"] * 2 + ["www.example.com"] * 2
+    assert rig.responder.counters.fast == 8
+
+
+def test_a_name_no_longer_listed_at_a_new_snapshot_is_no_longer_blocked() -> None:
+    """A kept blocked answer stands only while the indicators do: once a new snapshot no
+    longer lists the name, the very next query goes upstream instead."""
+    from misp_dns.interfaces import RawIndicator
+
+    rig = Memo()
+    query = udp_query("www.evil.example", 7)
+    for _ in range(3):
+        assert dns.message.from_wire(rig.ask(query)).rcode() == dns.rcode.NXDOMAIN
+    rig.policy.updater.source.indicators = [RawIndicator("host.example", "hostname")]
+    rig.policy.updater.update_now()
+    assert isinstance(rig.ask(query), defer.Deferred)
+    assert rig.upstream.asked == [b"www.evil.example"]
+
+
+def test_a_kept_cached_answer_ages_second_by_second_and_expires() -> None:
+    """A cached answer given again and again still counts its TTL down each second (the
+    cache's seconds, from when it was stored) and is not given once it expired."""
+    rig = Memo()
+    query = udp_query("www.example.com", 9)
+    ttls = []
+    for step in (0, 0.25, 0.25, 0.25, 0.25, 0.25, 1, 1, 56):
+        rig.clock.advance(step)
+        for _ in range(2):
+            wire = rig.ask(query)
+            assert isinstance(wire, bytes)
+            ttls.append(dns.message.from_wire(wire).answer[0].ttl)
+    assert ttls == [60] * 8 + [59] * 4 + [58] * 2 + [57] * 2 + [1] * 2
+    rig.clock.advance(1)
+    assert isinstance(rig.ask(query), defer.Deferred)
+
+
+def test_each_case_of_a_name_gets_its_answer_in_that_case() -> None:
+    """Queries that differ only in the case of their name (0x20) each get the question
+    and the records' owner back in their own case."""
+    rig = Memo()
+    for name in ("www.example.com", "WwW.ExAmPlE.cOm", "WWW.EXAMPLE.COM", "www.EVIL.example"):
+        for _ in range(3):
+            response = dns.message.from_wire(rig.ask(udp_query(name, 1)))
+            assert response.question[0].name.to_text() == name + "."
+            if response.answer:
+                assert response.answer[0].name.to_text() == name + "."
+
+
+def test_each_edns_shape_gets_its_own_answer() -> None:
+    """The same name asked without EDNS, with EDNS and other payload sizes, with DO, gets
+    an answer of its own shape each time; an answer too large for a client's UDP limit is
+    truncated for it, however often another client got it whole."""
+    rig = Memo()
+    rig.put("big.example", 300, count=40)
+    shapes: list[dict[str, Any]] = [
+        {"use_edns": False},
+        {"use_edns": 0, "payload": 1232},
+        {"use_edns": 0, "payload": 4096, "want_dnssec": True},
+        {"use_edns": 0, "payload": 1232},
+    ]
+    for _ in range(3):
+        for shape in shapes:
+            response = dns.message.from_wire(rig.ask(udp_query("www.evil.example", 3, **shape)))
+            assert response.edns == (0 if shape["use_edns"] is not False else -1)
+            assert bool(response.ednsflags & dns.flags.DO) == shape.get("want_dnssec", False)
+        big = dns.message.from_wire(rig.ask(udp_query("big.example", 4, use_edns=0, payload=4096)))
+        assert len(big.answer[0]) == 40 and not big.flags & dns.flags.TC
+        small = dns.message.from_wire(rig.ask(udp_query("big.example", 5)))
+        assert small.flags & dns.flags.TC
+
+
+def test_kept_answers_are_tallied_and_recorded_as_the_first() -> None:
+    """The tally (metrics, sightings) and the recorder get the same arguments for a query
+    answered from a kept answer as for the first ones."""
+    rig = Memo()
+    tallied: list[tuple[Any, ...]] = []
+    recorded: list[tuple[Any, ...]] = []
+    rig.responder.tally = lambda *fields: tallied.append(fields)
+    rig.responder.recorder = lambda *fields: recorded.append(fields)
+    for name in ("www.evil.example", "www.example.com"):
+        for _ in range(4):
+            rig.ask(udp_query(name, 11, use_edns=0))
+    assert len(tallied) == len(recorded) == 8
+    for first in (0, 4):
+        assert tallied[first : first + 4] == [tallied[first]] * 4
+        assert recorded[first : first + 4] == [recorded[first]] * 4
+    assert tallied[0][2].decision.indicator == "evil.example"
+    assert recorded[4][-1] == 0 and recorded[4][5].kind.value == "Cached"
+
+
+class ByClient:
+    """A third-party policy: blocks evil.example for 127.0.0.2 alone (no `decide_name`)."""
+
+    name = "by-client"
+    service = None
+
+    def decide(self, query: Any) -> Any:
+        from misp_dns.interfaces import Action, Decision
+
+        if query.client == "127.0.0.2" and query.name.endswith("evil.example"):
+            return Decision(Action.BLOCK, "by-client", indicator="evil.example")
+        return None
+
+
+def test_a_policy_that_judges_the_whole_query_gets_every_query() -> None:
+    """With a policy that decides on more than the name (here the client), no answer is
+    kept: another client asking what one client was answered gets its own decision."""
+    rig = Memo(policies=[ByClient()])
+    rig.put("www.evil.example", 60)
+    query = udp_query("www.evil.example", 5)
+    for _ in range(3):
+        assert dns.message.from_wire(rig.ask(query)).rcode() == dns.rcode.NOERROR
+    assert dns.message.from_wire(rig.ask(query, "127.0.0.2")).rcode() == dns.rcode.NXDOMAIN
+
+
+def test_the_kept_answers_stay_within_their_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many names are asked, the kept answers and the queries seen once stay
+    within their count and byte bounds (and answers still come right)."""
+    from misp_dns.dns import server
+
+    monkeypatch.setattr(server, "MEMO_ENTRIES", 8)
+    monkeypatch.setattr(server, "MEMO_BYTES", 600)
+    rig = Memo()
+    for i in range(40):
+        rig.put(f"n{i}.example.com", 60)
+        for _ in range(3):
+            response = dns.message.from_wire(rig.ask(udp_query(f"n{i}.example.com", i)))
+            assert response.answer[0].name.to_text() == f"n{i}.example.com."
+        memo, seen = rig.responder._memo, rig.responder._seen
+        assert 0 < len(memo) <= 8 and len(seen) <= 8
+        assert sum(len(k) + len(v.body) for k, v in memo.items()) <= 600
+        assert sum(len(k) for k in seen) <= 600
+
+
+def test_a_kept_answer_still_passes_the_acl() -> None:
+    """A client outside the ACL is refused, however often the same query was answered
+    for a client inside it."""
+    rig = Memo()
+    query = udp_query("www.evil.example", 5)
+    for _ in range(3):
+        assert dns.message.from_wire(rig.ask(query)).rcode() == dns.rcode.NXDOMAIN
+    assert dns.message.from_wire(rig.ask(query, "192.0.2.99")).rcode() == dns.rcode.REFUSED
+
+
+def test_an_allowlist_added_by_a_reload_counts_from_the_next_query() -> None:
+    """A reload that puts an allowlist before the misp policy (a new chain) lets the next
+    query for a name that was blocked, and kept, through."""
+    from misp_dns.policy.allowlist import AllowlistOptions, AllowlistPolicy
+    from misp_dns.policy.chain import PolicyChain
+
+    rig = Memo()
+    rig.put("www.evil.example", 60)
+    query = udp_query("www.evil.example", 5)
+    for _ in range(3):
+        assert dns.message.from_wire(rig.ask(query)).rcode() == dns.rcode.NXDOMAIN
+    allowlist = AllowlistPolicy.from_config(AllowlistOptions(domains=("evil.example",)))
+    rig.responder.resolver.policy = PolicyChain([allowlist, rig.policy])
+    response = dns.message.from_wire(rig.ask(query))
+    assert response.rcode() == dns.rcode.NOERROR and response.answer
