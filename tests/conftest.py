@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
@@ -166,6 +167,15 @@ def pytest_configure(config: pytest.Config) -> None:
 def _is_error(event: dict[str, Any]) -> bool:
     level = event.get("log_level")
     return "log_failure" in event or level in (LogLevel.error, LogLevel.critical)
+
+
+@pytest.fixture(autouse=True)
+def sighup_handler_restored() -> Iterator[None]:
+    """Whatever SIGHUP handler a test installs (a sink's or a worker group's, around a fake
+    reactor) is gone after it: a later test's SIGHUP must not reach a finished test's fakes."""
+    before = signal.getsignal(signal.SIGHUP)
+    yield
+    signal.signal(signal.SIGHUP, before)
 
 
 @pytest.fixture(autouse=True)
