@@ -44,6 +44,7 @@ __all__ = [
     "Measurement",
     "children",
     "cpu_seconds",
+    "descendants",
     "parse_dnsperf",
     "start_unbound",
     "stop_process",
@@ -150,10 +151,16 @@ def _own_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every running process under `pid`: its children and theirs (a `workers` group's
+    zygote and the serving processes it forked, each one's syslog sender)."""
+    return [each for child in children(pid) for each in (child, *descendants(child))]
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` (all its threads) and of the processes it
-    started that still run, so far, in seconds."""
-    return _own_cpu_seconds(pid) + sum(_own_cpu_seconds(child) for child in children(pid))
+    """User + system CPU time of process `pid` (all its threads) and of every process under
+    it that still runs, so far, in seconds."""
+    return _own_cpu_seconds(pid) + sum(_own_cpu_seconds(each) for each in descendants(pid))
 
 
 def start_unbound(

@@ -28,7 +28,7 @@ import dns.message
 import dns.rdataclass
 import dns.rdatatype
 from corpus import indicators, write_feed
-from harness import Bench, Figure, Measurement, children
+from harness import Bench, Figure, Measurement, descendants
 from probe import blocked_here
 
 __all__ = ["workers"]
@@ -76,15 +76,10 @@ def wait_for_group(address: tuple[str, int], processes: int, blocked: str, timeo
                 ready.add(identity)
 
 
-def _descendants(pid: int) -> list[int]:
-    """The processes under `pid`: the zygote and the serving processes it forked."""
-    return [each for child in children(pid) for each in (child, *_descendants(child))]
-
-
 def group_memory(pid: int) -> tuple[float, float]:
     """RSS and PSS in MiB of `pid` and every process under it (a whole group)."""
     rss = pss = 0.0
-    for member in [pid, *_descendants(pid)]:
+    for member in [pid, *descendants(pid)]:
         for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
             field, _, value = line.partition(":")
             if field == "Rss":
